@@ -1,0 +1,50 @@
+"""Shared pytest set-up: where the real data lives, and whether missing services may skip tests.
+
+CI sets EQFACE_REQUIRE_SERVICES=1: a test whose external component (redis-server, prometheus, Triton) is missing then
+fails instead of skipping, so a broken CI image cannot pass by skipping the integration suite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """The read-only real-data folder (../shared/data beside the checkout, or $EQFACE_SHARED_DATA)."""
+    candidates = [os.environ.get("EQFACE_SHARED_DATA"), REPO_ROOT.parent / "shared" / "data"]
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if path is None:
+        if os.environ.get("EQFACE_REQUIRE_DATA") == "1":
+            pytest.fail("EQFACE_REQUIRE_DATA=1 but ../shared/data is missing")
+        pytest.skip("real face data (../shared/data) is not present on this machine")
+    return path
+
+
+def require_executable(name: str) -> str:
+    """Path of an external program a test needs; skips (or fails under EQFACE_REQUIRE_SERVICES=1) when missing."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("EQFACE_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{name} is required (EQFACE_REQUIRE_SERVICES=1) but not installed")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # "no tests collected" must never pass silently (pytest already exits 5; make any filter that empties a run fail).
+    if session.testscollected == 0 and exitstatus == 0:
+        session.exitstatus = 1
