@@ -1,0 +1,43 @@
+"""The ``eqface`` command line: one sub-module per command group, each adding its own sub-parser."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from eqface.cli import config_cmd, train_cmd
+
+COMMANDS = [train_cmd, config_cmd]
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad option, missing file): printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eqface",
+        description="EQFace: face recognition with an explicit quality score — training, evaluation, serving.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"eqface {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"eqface {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

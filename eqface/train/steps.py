@@ -1,0 +1,101 @@
+"""What each training step trains, freezes and feeds to Eq. 6 as s_i.
+
+Step 1: s_i = 1; backbone + classifier learn (or only the classifier on a pretrained backbone).
+Step 2: backbone and classifier frozen (eval mode, no gradients, not in the optimizer); only the quality branch learns,
+        through s_i in Eq. 6.
+Step 3: the quality branch is frozen; s_i comes from the frozen Step-2 network — precomputed once per sample on the
+        un-augmented image (the paper's "a face quality is generated for every sample"), or online for each augmented
+        view by a frozen copy (``teacher``) — and the backbone + classifier learn. QWDF: s_i < threshold → 0, which
+        in Eq. 6 zeroes the sample's gradient (it is dropped).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from eqface.losses import CombinedMarginLoss, NormalizedClassifier
+from eqface.models import EQFaceNet
+
+
+class Step(enum.Enum):
+    ONE = "step1"
+    TWO = "step2"
+    THREE = "step3"
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    correct: torch.Tensor  # number of samples whose arg-max class is the label
+    quality: torch.Tensor | None  # s_i used in Eq. 6 (None in Step 1)
+
+
+def set_trainable(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+class StepModel(nn.Module):
+    """Network + classifier + loss for one step; ``forward`` returns the loss and statistics of a batch."""
+
+    def __init__(
+        self,
+        step: Step,
+        net: EQFaceNet,
+        classifier: NormalizedClassifier,
+        loss: CombinedMarginLoss,
+        train_backbone: bool = True,
+        teacher: EQFaceNet | None = None,
+        qwdf_threshold: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.step, self.net, self.classifier, self.loss = step, net, classifier, loss
+        self.teacher, self.qwdf_threshold = teacher, qwdf_threshold
+        self.train_backbone = train_backbone and step is not Step.TWO
+        set_trainable(net.backbone, self.train_backbone)
+        set_trainable(net.quality, step is Step.TWO)
+        set_trainable(classifier, step is not Step.TWO)
+        if teacher is not None:
+            set_trainable(teacher, False)
+            teacher.eval()
+
+    def train(self, mode: bool = True) -> "StepModel":
+        super().train(mode)
+        # Frozen parts stay in eval mode so their BatchNorm statistics do not move either.
+        self.net.backbone.train(mode and self.train_backbone)
+        self.net.quality.train(mode and self.step is Step.TWO)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, sample_quality: torch.Tensor | None = None
+    ) -> StepOutput:
+        if self.step is Step.TWO:
+            with torch.no_grad():
+                embedding, fmap = self.net.embed_and_map(images)
+                cos = self.classifier(embedding)
+            quality = self.net.quality(fmap).squeeze(1)
+        else:
+            with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
+                embedding, _ = self.net.embed_and_map(images)
+            cos = self.classifier(embedding)
+            quality = self._step3_quality(images, sample_quality) if self.step is Step.THREE else None
+        loss = self.loss(cos, labels, quality)
+        correct = (cos.argmax(dim=1) == labels).sum()
+        return StepOutput(loss, correct, None if quality is None else quality.detach())
+
+    def _step3_quality(self, images: torch.Tensor, sample_quality: torch.Tensor | None) -> torch.Tensor:
+        if sample_quality is None:
+            if self.teacher is None:
+                raise ValueError("Step 3 needs precomputed sample qualities or a teacher network")
+            with torch.no_grad():
+                sample_quality = self.teacher(images)[1].squeeze(1)
+        s = sample_quality.detach()
+        if self.qwdf_threshold > 0:
+            s = torch.where(s < self.qwdf_threshold, torch.zeros_like(s), s)
+        return s

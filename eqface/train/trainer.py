@@ -1,0 +1,259 @@
+"""Runs one training step (1, 2 or 3) to completion: resumable mid-epoch, optionally distributed, with progress."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from eqface.config import EQFaceConfig, ScheduleConfig, to_json
+from eqface.data.augment import Augmenter
+from eqface.data.dataset import AugmentedFaces, EpochBatchSampler, collate, to_input_tensor
+from eqface.data.image_ops import fit_to_size
+from eqface.data.sources import FaceSource
+from eqface.losses import CombinedMarginLoss, NormalizedClassifier
+from eqface.models import EQFaceNet, build_model
+from eqface.models.pretrained import load_backbone_weights
+from eqface.train import checkpoint
+from eqface.train.distributed import DistEnv, barrier, sum_across
+from eqface.train.schedule import build_optimizer, lr_at, set_lr
+from eqface.train.steps import Step, StepModel
+
+FINAL = "final.pt"
+RESUME = "checkpoint.pt"
+LOG = "log.jsonl"
+
+
+@dataclass
+class Position:
+    """Where a step stands: the next batch to run and the running sums of the current epoch."""
+
+    epoch: int = 0
+    batch: int = 0
+    iteration: int = 0
+    sums: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "correct": 0.0, "n": 0.0, "q": 0.0, "q2": 0.0, "skipped": 0.0})
+
+
+def schedule_of(cfg: EQFaceConfig, step: Step) -> ScheduleConfig:
+    return {Step.ONE: cfg.train.step1, Step.TWO: cfg.train.step2, Step.THREE: cfg.train.step3}[step]
+
+
+def run_step(
+    step: Step, cfg: EQFaceConfig, source: FaceSource, out_dir: Path, env: DistEnv, init: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Trains one step into ``out_dir`` and returns its final state (net, classifier, model config…).
+
+    A finished step (``final.pt`` present) is returned as is; an interrupted one resumes from ``checkpoint.pt``.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / FINAL).exists():
+        return checkpoint.load(out_dir / FINAL)
+    if env.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(to_json(cfg))
+    net, classifier, teacher = _prepare_networks(step, cfg, source, init, env)
+    qualities = _precompute_qualities(teacher, source, cfg, env) if step is Step.THREE and cfg.train.step3_quality == "precomputed" else None
+    model = StepModel(step, net, classifier, CombinedMarginLoss(cfg.margin), _trains_backbone(step, cfg),
+                      teacher if cfg.train.step3_quality == "online" else None, cfg.train.qwdf_threshold)
+    model.to(env.device)
+    optimizer = build_optimizer(model.parameters(), schedule_of(cfg, step))
+    pos = _restore(out_dir / RESUME, model, optimizer, step)
+    wrapped = DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None) if env.distributed else model
+    _train_loop(step, cfg, source, out_dir, env, model, wrapped, optimizer, pos, qualities)
+    final = _final_state(step, cfg, model, source)
+    if env.is_main:
+        checkpoint.save_atomic(final, out_dir / FINAL)
+        (out_dir / RESUME).unlink(missing_ok=True)
+    barrier(env)
+    return final
+
+
+def _trains_backbone(step: Step, cfg: EQFaceConfig) -> bool:
+    return step is Step.THREE or (step is Step.ONE and cfg.train.step1_train_backbone)
+
+
+def _prepare_networks(
+    step: Step, cfg: EQFaceConfig, source: FaceSource, init: dict[str, Any] | None, env: DistEnv
+) -> tuple[EQFaceNet, NormalizedClassifier, EQFaceNet | None]:
+    """Builds the step's starting point: fresh, pretrained or from the previous step, with seeded re-inits."""
+    torch.manual_seed(cfg.train.seed + {Step.ONE: 1, Step.TWO: 2, Step.THREE: 3}[step])
+    net = build_model(cfg.model)
+    classifier = NormalizedClassifier(cfg.model.embedding_size, source.num_classes)
+    fresh_net, fresh_classifier = copy.deepcopy(net), copy.deepcopy(classifier)
+    teacher = None
+    if init is not None:
+        net.load_state_dict(init["net"])
+        classifier.load_state_dict(init["classifier"])
+        if classifier.weight.shape[0] != source.num_classes:
+            raise ValueError(f"the initial classifier has {classifier.weight.shape[0]} classes, the data {source.num_classes}")
+    elif step is not Step.ONE:
+        raise ValueError(f"{step.value} starts from the previous step's final.pt (give an init checkpoint)")
+    elif cfg.model.pretrained:
+        load_backbone_weights(net.backbone, cfg.model.pretrained)
+    if step is Step.TWO:
+        net.quality.load_state_dict(fresh_net.quality.state_dict())  # each Step 2 fits a new branch
+    if step is Step.THREE:
+        teacher = copy.deepcopy(net).to(env.device).eval()
+        if cfg.train.step3_from_scratch:
+            net.backbone.load_state_dict(fresh_net.backbone.state_dict())
+            classifier.load_state_dict(fresh_classifier.state_dict())
+    if step is Step.ONE and init is None and cfg.train.classifier_init == "centers":
+        classifier.weight.data.copy_(class_centers(net, source, cfg.model.image_size, env.device))
+    return net, classifier, teacher
+
+
+@torch.no_grad()
+def embed_source(
+    net: EQFaceNet, source: FaceSource, image_size: tuple[int, int], device: torch.device, batch_size: int = 128,
+    desc: str = "embedding",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised embeddings [N, D] and qualities [N] of every sample, un-augmented, in eval mode."""
+    was_training = net.training
+    net.eval()
+    embs, quals = [], []
+    for start in tqdm(range(0, len(source), batch_size), desc=desc, leave=False, unit="batch"):
+        idx = range(start, min(start + batch_size, len(source)))
+        x = to_input_tensor([fit_to_size(source.image(i), image_size) for i in idx]).to(device)
+        e, q = net.to(device)(x)
+        embs.append(e.cpu().numpy())
+        quals.append(q.squeeze(1).cpu().numpy())
+    net.train(was_training)
+    return np.concatenate(embs), np.concatenate(quals)
+
+
+def class_centers(net: EQFaceNet, source: FaceSource, image_size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Per-class mean of the backbone's normalised embeddings: a classifier for a pretrained backbone."""
+    emb, _ = embed_source(net, source, image_size, device, desc="class centres")
+    centers = np.zeros((source.num_classes, emb.shape[1]), dtype=np.float64)
+    np.add.at(centers, source.labels, emb)
+    centers /= np.maximum(np.linalg.norm(centers, axis=1, keepdims=True), 1e-12)
+    return torch.from_numpy(centers.astype(np.float32))
+
+
+def _precompute_qualities(teacher: EQFaceNet | None, source: FaceSource, cfg: EQFaceConfig, env: DistEnv) -> torch.Tensor:
+    assert teacher is not None  # Step 3 always has the Step-2 network (checked in _prepare_networks)
+    _, q = embed_source(teacher, source, cfg.model.image_size, env.device, desc="step-2 qualities")
+    return torch.from_numpy(q)
+
+
+def _restore(path: Path, model: StepModel, optimizer: torch.optim.Optimizer, step: Step) -> Position:
+    if not path.exists():
+        return Position()
+    state = checkpoint.load(path)
+    if state.get("step") != step.value:
+        raise ValueError(f"{path} belongs to {state.get('step')}, not {step.value}")
+    model.net.load_state_dict(state["net"])
+    model.classifier.load_state_dict(state["classifier"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng_torch"])
+    if torch.cuda.is_available() and "rng_cuda" in state:
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return Position(state["epoch"], state["batch"], state["iteration"], json.loads(state["sums"]))
+
+
+def _save_resume(path: Path, step: Step, model: StepModel, optimizer: torch.optim.Optimizer, pos: Position) -> None:
+    state = {
+        "step": step.value, "epoch": pos.epoch, "batch": pos.batch, "iteration": pos.iteration,
+        "sums": json.dumps(pos.sums), "net": model.net.state_dict(), "classifier": model.classifier.state_dict(),
+        "optimizer": optimizer.state_dict(), "rng_torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    checkpoint.save_atomic(state, path)
+
+
+def _final_state(step: Step, cfg: EQFaceConfig, model: StepModel, source: FaceSource) -> dict[str, Any]:
+    return {
+        "step": step.value, "net": model.net.state_dict(), "classifier": model.classifier.state_dict(),
+        "model_config": json.dumps(json.loads(to_json(cfg.model))), "config": to_json(cfg),
+        "num_classes": source.num_classes,
+    }
+
+
+def _train_loop(
+    step: Step, cfg: EQFaceConfig, source: FaceSource, out_dir: Path, env: DistEnv, model: StepModel,
+    wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, pos: Position, qualities: torch.Tensor | None,
+) -> None:
+    sched = schedule_of(cfg, step)
+    augment = cfg.quality_augment if step is Step.TWO else cfg.augment
+    dataset = AugmentedFaces(source, cfg.model.image_size, Augmenter(augment), cfg.train.seed, cfg.data.on_error == "skip")
+    sampler = EpochBatchSampler(len(source), cfg.train.batch_size, cfg.train.seed, env.rank, env.world_size)
+    per_epoch = sampler.batches_per_epoch
+    model.train()
+    while pos.epoch < sched.epochs:
+        sampler.set_position(pos.epoch, pos.batch)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.train.num_workers,
+                            pin_memory=env.device.type == "cuda")
+        started = time.monotonic()
+        bar = tqdm(loader, total=len(sampler), desc=f"{step.value} epoch {pos.epoch + 1}/{sched.epochs}",
+                   unit="batch", leave=False, disable=not env.is_main)
+        for batch in bar:
+            lr = lr_at(sched, pos.iteration, per_epoch)
+            set_lr(optimizer, lr)
+            _train_batch(wrapped, optimizer, batch, pos, qualities, env)
+            pos.batch += 1
+            pos.iteration += 1
+            bar.set_postfix(loss=f"{pos.sums['loss'] / max(pos.sums['n'], 1):.3f}", lr=f"{lr:.2g}")
+            if cfg.train.checkpoint_every and pos.iteration % cfg.train.checkpoint_every == 0 and env.is_main:
+                _save_resume(out_dir / RESUME, step, model, optimizer, pos)
+        _end_epoch(step, sched, out_dir, env, pos, time.monotonic() - started, lr_at(sched, pos.iteration - 1, per_epoch))
+        if env.is_main:
+            _save_resume(out_dir / RESUME, step, model, optimizer, pos)
+        barrier(env)
+
+
+def _train_batch(
+    wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Any, pos: Position,
+    qualities: torch.Tensor | None, env: DistEnv,
+) -> None:
+    pos.sums["skipped"] += batch.skipped
+    if batch.labels.numel() == 0:
+        return
+    images = batch.images.to(env.device, non_blocking=True)
+    labels = batch.labels.to(env.device, non_blocking=True)
+    sample_q = qualities[batch.indices].to(env.device) if qualities is not None else None
+    out = wrapped(images, labels, sample_q)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    optimizer.step()
+    n = labels.numel()
+    pos.sums["loss"] += out.loss.item() * n
+    pos.sums["correct"] += out.correct.item()
+    pos.sums["n"] += n
+    if out.quality is not None:
+        pos.sums["q"] += out.quality.sum().item()
+        pos.sums["q2"] += (out.quality.double() ** 2).sum().item()
+
+
+def _end_epoch(
+    step: Step, sched: ScheduleConfig, out_dir: Path, env: DistEnv, pos: Position, seconds: float, lr: float
+) -> None:
+    keys = ["loss", "correct", "n", "q", "q2", "skipped"]
+    loss, correct, n, q, q2, skipped = sum_across(env, [pos.sums[k] for k in keys])
+    n = max(n, 1.0)
+    record = {"step": step.value, "epoch": pos.epoch + 1, "loss": loss / n, "accuracy": correct / n, "lr": lr,
+              "seconds": round(seconds, 2), "skipped": int(skipped)}
+    quality_text = "s = 1"
+    if step is not Step.ONE:
+        mean = q / n
+        record["quality_mean"], record["quality_std"] = mean, max(q2 / n - mean * mean, 0.0) ** 0.5
+        quality_text = f"quality mean {mean:.3f} std {record['quality_std']:.3f}"
+    if env.is_main:
+        tqdm.write(
+            f"{step.value} epoch {pos.epoch + 1}/{sched.epochs}  loss {record['loss']:.4f}  "
+            f"acc {record['accuracy']:.3f}  {quality_text}  lr {lr:.2g}  {seconds:.1f}s"
+            + (f"  skipped {int(skipped)} unreadable" if skipped else "")
+        )
+        with (out_dir / LOG).open("a") as f:
+            f.write(json.dumps(record) + "\n")
+    pos.epoch, pos.batch = pos.epoch + 1, 0
+    pos.sums = Position().sums
