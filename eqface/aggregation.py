@@ -129,6 +129,8 @@ class ProgressiveQWFA:
     def update(self, feature: np.ndarray, quality: float) -> UpdateResult:
         """Applies Eq. 8–9 for one frame; raises ValueError (state unchanged) on invalid input."""
         f = np.asarray(feature, dtype=np.float64)
+        if f.ndim != 1:
+            raise ValueError(f"feature must be one vector [D], got shape {f.shape}")
         check_features(f[None, :], np.asarray([quality], dtype=np.float64))
         if self.weighted_mean is not None and f.shape != self.weighted_mean.shape:
             raise ValueError(f"feature has {f.shape[0]} dims, the template has {self.weighted_mean.shape[0]}")
@@ -143,7 +145,10 @@ class ProgressiveQWFA:
             return UpdateResult(Decision.REJECTED_QUALITY, similarity)
         if similarity is None or similarity <= self.f_th:
             return UpdateResult(Decision.REJECTED_SIMILARITY, similarity)
-        merged = (self.s_sum * self.weighted_mean + s * f) / max(self.s_sum + s, _EPS)
+        if self.s_sum + s > 0:
+            merged = (self.s_sum * self.weighted_mean + s * f) / (self.s_sum + s)
+        else:  # only reachable with s_th < 0: all merged weights are 0, so Eq. 7 falls back to the plain mean, as qwfa()
+            merged = (self.accepted * self.weighted_mean + f) / (self.accepted + 1)
         self.weighted_mean = merged.astype(np.float32)
         self.s_sum += s
         self.accepted += 1
