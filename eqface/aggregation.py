@@ -147,7 +147,7 @@ class ProgressiveQWFA:
             return UpdateResult(Decision.REJECTED_SIMILARITY, similarity)
         if self.s_sum + s > 0:
             merged = (self.s_sum * self.weighted_mean + s * f) / (self.s_sum + s)
-        else:  # only reachable with s_th < 0: all merged weights are 0, so Eq. 7 falls back to the plain mean, as qwfa()
+        else:  # only with s_th < 0: every merged weight is 0, so Eq. 7 falls back to the plain mean, as qwfa() does
             merged = (self.accepted * self.weighted_mean + f) / (self.accepted + 1)
         self.weighted_mean = merged.astype(np.float32)
         self.s_sum += s
