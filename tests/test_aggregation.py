@@ -175,7 +175,7 @@ def test_batch_progressive_equals_repeated_update() -> None:
     batch = progressive_templates(features, qualities, f_th=0.5, s_th=0.3)
     state = ProgressiveQWFA(f_th=0.5, s_th=0.3)
     decisions = set()
-    for i, (f, s) in enumerate(zip(features, qualities)):
+    for i, (f, s) in enumerate(zip(features, qualities, strict=True)):
         decisions.add(state.update(f, float(s)).decision)
         np.testing.assert_array_equal(batch[i], state.template)
     assert {Decision.ACCEPTED, Decision.REJECTED_QUALITY} <= decisions  # the sequence exercises the gates

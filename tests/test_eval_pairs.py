@@ -14,7 +14,7 @@ IMPOSTOR = {(i, j) for i in range(6) for j in range(i + 1, 6)} - GENUINE  # 15 -
 
 
 def as_set(idx_a: np.ndarray, idx_b: np.ndarray) -> set[tuple[int, int]]:
-    return {(int(a), int(b)) for a, b in zip(idx_a, idx_b)}
+    return {(int(a), int(b)) for a, b in zip(idx_a, idx_b, strict=True)}
 
 
 def test_exhaustive_request_returns_every_pair_once() -> None:
@@ -35,7 +35,7 @@ def test_unsorted_integer_labels() -> None:
 def test_same_generator_state_gives_same_pairs() -> None:
     first = make_pairs(LABELS, 3, 5, np.random.default_rng(42))
     second = make_pairs(LABELS, 3, 5, np.random.default_rng(42))
-    for x, y in zip(first, second):
+    for x, y in zip(first, second, strict=True):
         np.testing.assert_array_equal(x, y)
 
 

@@ -27,14 +27,27 @@ def _sample_keys(total: int, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(rng.choice(total, size=n, replace=False), dtype=np.int64)
 
 
+def _identity_blocks(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sorts images by label; for each sorted position p, counts the pairs (p, q > p) of each kind.
+
+    Returns:
+        ``(order, ends, genuine_counts, impostor_counts)``: the stable sort order, the exclusive end of each position's
+        identity block, and the number of same-identity / different-identity partners q > p.
+    """
+    order = np.argsort(labels, kind="stable")
+    _, codes = np.unique(labels[order], return_inverse=True)
+    ends = np.searchsorted(codes, codes, side="right")
+    return order, ends, ends - np.arange(len(labels)) - 1, len(labels) - ends
+
+
 def make_pairs(
     labels: np.ndarray, n_genuine: int, n_impostor: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Samples distinct genuine and impostor pairs of images, uniformly and without duplicates.
 
-    Images are sorted by label (stably), so every unordered pair {i, j} has one flat key; keys are drawn without
-    replacement and decoded, which needs memory proportional to the number of images and pairs only. The genuine and
-    impostor pairs are then shuffled together, so contiguous folds (``kfold_accuracy``) get a mix of both.
+    Images are sorted by label (stably), so every unordered pair {i, j} of a kind has one flat key; keys are drawn
+    without replacement and decoded, so the pair list is never materialised. The genuine and impostor pairs are then
+    shuffled together, so contiguous folds (``kfold_accuracy``) get a mix of both.
 
     Args:
         labels: identity of each image, shape [N].
@@ -55,13 +68,7 @@ def make_pairs(
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     if n_genuine < 0 or n_impostor < 0:
         raise ValueError(f"pair counts must be >= 0, got n_genuine={n_genuine}, n_impostor={n_impostor}")
-    order = np.argsort(labels, kind="stable")
-    _, codes = np.unique(labels[order], return_inverse=True)
-    n = len(labels)
-    positions = np.arange(n)
-    ends = np.searchsorted(codes, codes, side="right")  # end (exclusive) of each position's identity block
-    genuine_counts = ends - positions - 1
-    impostor_counts = n - ends
+    order, ends, genuine_counts, impostor_counts = _identity_blocks(labels)
     for kind, wanted, counts in (("genuine", n_genuine, genuine_counts), ("impostor", n_impostor, impostor_counts)):
         available = int(counts.sum())
         if wanted > available:

@@ -98,6 +98,7 @@ def kfold_accuracy(
     issame: np.ndarray,
     n_folds: int = 10,
     thresholds: np.ndarray | None = None,
+    *,
     shuffle: bool = False,
     seed: int = 0,
 ) -> VerificationResult:
