@@ -1,0 +1,191 @@
+"""Command line of the aggregation server: ``python -m eqface.service`` (and ``eqface serve aggregator``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from eqface.aggregation import PAPER_F_TH, PAPER_S_TH
+from eqface.service.config import MiB, ServiceConfig, TritonConfig
+
+DESCRIPTION = """\
+EQFace aggregation service (gRPC). Keeps one progressive quality-weighted template per subject (paper section 5.3,
+Eq. 8-9) from streamed frames, durably, and identifies subjects 1:N against an enrolled gallery.
+
+Feature mode (frames carry an embedding + quality) needs nothing else. Image mode (frames carry JPEG/PNG bytes)
+needs Triton serving the EQFace models (--triton-url). Health checking (grpc.health.v1) and server reflection are
+enabled; Prometheus metrics are served on --metrics-port. SIGTERM/SIGINT stop gracefully: streams stop reading,
+every frame read is committed and answered, then the server exits.
+
+First frame of a subject: F_1 = f_1 whatever its quality. If that quality is <= s_th the template is provisional and
+the first later frame with quality > s_th replaces it (--strict-first-frame keeps the paper's behaviour instead)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = ServiceConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m eqface.service",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    net = p.add_argument_group("network")
+    net.add_argument("--host", default=defaults.host, help="gRPC listen address (default: %(default)s, all)")
+    net.add_argument("--port", type=int, default=defaults.port, help="gRPC port; 0 picks a free one (%(default)s)")
+    net.add_argument(
+        "--metrics-port", type=int, default=defaults.metrics_port, help="Prometheus /metrics port; 0 disables it"
+    )
+    net.add_argument(
+        "--max-message-mib",
+        type=float,
+        default=defaults.max_message_bytes / MiB,
+        help="largest gRPC message accepted or sent, in MiB; bigger ones fail RESOURCE_EXHAUSTED (%(default)s)",
+    )
+    store = p.add_argument_group("state")
+    store.add_argument(
+        "--store",
+        default=defaults.store_url,
+        help="where subject state and the gallery live: sqlite:///relative.db or sqlite:////abs/path.db "
+        "(default %(default)s; add ?synchronous=normal to skip the per-commit fsync), or "
+        "redis://[:password@]host:port/db[?prefix=eqface:] for replicas sharing one Redis",
+    )
+    store.add_argument(
+        "--cache-subjects",
+        type=int,
+        default=defaults.cache_subjects,
+        help="subjects kept decoded in RAM (LRU, ~2.5 KB each); the store holds all of them (%(default)s)",
+    )
+    store.add_argument(
+        "--max-commit-frames",
+        type=int,
+        default=defaults.max_commit_frames,
+        help="most frames applied in one group-commit transaction (%(default)s)",
+    )
+    agg = p.add_argument_group("aggregation (paper Eq. 8-9)")
+    agg.add_argument("--f-th", type=float, default=PAPER_F_TH, help="similarity gate f_th (default %(default)s)")
+    agg.add_argument("--s-th", type=float, default=PAPER_S_TH, help="quality gate s_th (default %(default)s)")
+    agg.add_argument(
+        "--strict-first-frame",
+        action="store_true",
+        help="never replace a low-quality first frame (the paper's F_1 = f_1 without the provisional seed)",
+    )
+    agg.add_argument(
+        "--embedding-dim", type=int, default=defaults.embedding_dim, help="embedding size D (%(default)s)"
+    )
+    agg.add_argument("--top-k", type=int, default=defaults.top_k, help="gallery matches per answer (%(default)s)")
+    agg.add_argument("--max-top-k", type=int, default=defaults.max_top_k, help="largest top_k a client may ask")
+    limits = p.add_argument_group("limits")
+    limits.add_argument(
+        "--max-frames-per-message",
+        type=int,
+        default=defaults.max_frames_per_message,
+        help="frames in one StreamFrames message (%(default)s)",
+    )
+    limits.add_argument(
+        "--max-image-bytes", type=int, default=defaults.max_image_bytes, help="bytes per encoded image"
+    )
+    limits.add_argument(
+        "--max-image-pixels", type=int, default=defaults.max_image_pixels, help="pixels per decoded image"
+    )
+    limits.add_argument(
+        "--max-inflight-messages",
+        type=int,
+        default=defaults.max_inflight_messages,
+        help="messages of one stream read ahead of their answer (%(default)s)",
+    )
+    limits.add_argument(
+        "--shutdown-grace", type=float, default=defaults.shutdown_grace_s, help="seconds SIGTERM waits for streams"
+    )
+    limits.add_argument(
+        "--active-window",
+        type=float,
+        default=defaults.active_window_s,
+        help="seconds a subject counts as active after a frame (metric; %(default)s)",
+    )
+    tri = p.add_argument_group("image mode (Triton)")
+    tri.add_argument("--triton-url", help="Triton gRPC host:port; without it only feature frames are accepted")
+    tri.add_argument(
+        "--triton-input",
+        choices=("bytes", "tensor"),
+        default="bytes",
+        help="bytes: send encoded images to the ensemble model 'eqface'; tensor: decode here and call 'eqface_onnx'",
+    )
+    tri.add_argument("--triton-max-batch", type=int, default=32, help="images per Triton request (%(default)s)")
+    tri.add_argument(
+        "--triton-max-wait-ms", type=float, default=2.0, help="how long a micro-batch waits to fill (%(default)s)"
+    )
+    tri.add_argument("--triton-timeout", type=float, default=2.0, help="seconds per Triton request (%(default)s)")
+    tri.add_argument(
+        "--triton-probe-interval", type=float, default=1.0, help="seconds between readiness checks (%(default)s)"
+    )
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServiceConfig:
+    triton = None
+    if args.triton_url:
+        triton = TritonConfig(
+            url=args.triton_url,
+            input_kind=args.triton_input,
+            max_batch=args.triton_max_batch,
+            max_wait_s=args.triton_max_wait_ms / 1000,
+            timeout_s=args.triton_timeout,
+            probe_interval_s=args.triton_probe_interval,
+        )
+    return ServiceConfig(
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        store_url=args.store,
+        triton=triton,
+        f_th=args.f_th,
+        s_th=args.s_th,
+        reseed_low_quality=not args.strict_first_frame,
+        embedding_dim=args.embedding_dim,
+        top_k=args.top_k,
+        max_top_k=args.max_top_k,
+        max_message_bytes=int(args.max_message_mib * MiB),
+        max_frames_per_message=args.max_frames_per_message,
+        max_image_bytes=args.max_image_bytes,
+        max_image_pixels=args.max_image_pixels,
+        cache_subjects=args.cache_subjects,
+        max_commit_frames=args.max_commit_frames,
+        max_inflight_messages=args.max_inflight_messages,
+        active_window_s=args.active_window,
+        shutdown_grace_s=args.shutdown_grace,
+    )
+
+
+async def serve(config: ServiceConfig) -> None:
+    """Runs the server until SIGTERM or SIGINT, then stops it gracefully."""
+    from eqface.service.server import AggregatorServer  # grpc is imported only when serving
+
+    server = AggregatorServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger(__name__).info("signal received: draining")
+    await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        asyncio.run(serve(config))
+    except (OSError, RuntimeError) as exc:  # e.g. the port is taken, the store cannot be opened
+        print(f"eqface aggregator: {exc}", file=sys.stderr)
+        return 1
+    return 0

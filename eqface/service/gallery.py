@@ -1,0 +1,52 @@
+"""The in-memory gallery index for 1:N identification: enrolled templates as one matrix, searched by cosine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from eqface.service.store import IdentityRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    identity_id: str
+    score: float
+    display_name: str
+
+
+class GalleryIndex:
+    """A snapshot of the store's gallery at ``version``; replaced whole when the store's version changes.
+
+    The whole gallery is held in RAM (4 bytes x D per identity: 2 KiB at D = 512, so 100k identities take ~200 MB).
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.version = -1
+        self._ids: list[str] = []
+        self._names: list[str] = []
+        self._matrix = np.zeros((0, dim), dtype=np.float32)
+
+    def replace(self, version: int, records: Sequence[IdentityRecord]) -> None:
+        usable = [r for r in records if r.template.shape == (self.dim,)]  # skip entries of another model's size
+        matrix = np.stack([r.template for r in usable]).astype(np.float32) if usable else np.zeros((0, self.dim))
+        self._ids = [r.identity_id for r in usable]
+        self._names = [r.display_name for r in usable]
+        self._matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        self.version = version
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def search(self, template: np.ndarray, k: int) -> list[Match]:
+        """The ``k`` best identities for an L2-normalised template, best first (ties broken by id)."""
+        if not self._ids or k <= 0:
+            return []
+        scores = self._matrix @ np.asarray(template, dtype=np.float32)
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        ranked = sorted(top.tolist(), key=lambda i: (-scores[i], self._ids[i]))
+        return [Match(self._ids[i], float(scores[i]), self._names[i]) for i in ranked]

@@ -1,0 +1,120 @@
+"""The aggregation server's lifecycle: gRPC server, health checking, reflection, metrics endpoint, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from eqface.service.config import ServiceConfig
+from eqface.service.service import AggregatorService
+from eqface.service.servicer import AggregatorServicer
+from eqface.service.store import SubjectStore, open_store
+from eqface.service.v1 import aggregator_pb2 as pb
+from eqface.service.v1 import aggregator_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Aggregator"].full_name  # "eqface.service.v1.Aggregator"
+# Health-checked names: "" and SERVICE_NAME are SERVING when every dependency is up (readiness); the component names
+# say which dependency is down.
+STORE_HEALTH = f"{SERVICE_NAME}/store"
+TRITON_HEALTH = f"{SERVICE_NAME}/triton"
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class AggregatorServer:
+    """Owns one gRPC server and the service behind it. ``start()``, then ``stop()`` (graceful) or ``wait()``."""
+
+    def __init__(self, config: ServiceConfig, store: SubjectStore | None = None) -> None:
+        self.config = config
+        self._store = store
+        self.port = 0
+        self.metrics_port: int | None = None
+        self.service: AggregatorService | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health_aio.HealthServicer()
+        self._health_update: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        store = self._store or await asyncio.to_thread(open_store, config.store_url)
+        service = self.service = AggregatorService(config, store)
+        server = self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 0),  # a port already in use must fail, not be shared silently
+            ]
+        )
+        pb_grpc.add_AggregatorServicer_to_server(AggregatorServicer(service), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+        self.port = server.add_insecure_port(f"{config.host}:{config.port}")
+        for name in self._health_names():
+            await self._health.set(name, _NOT_SERVING)
+        await service.start()
+        service.on_readiness_change = lambda readiness: self._schedule_health_update()
+        await server.start()
+        await self._update_health()
+        if config.metrics_port:
+            self.metrics_port = service.metrics.serve(config.metrics_port)
+        log.info(
+            "serving %s on %s:%d (store %s, triton %s, metrics port %s)",
+            SERVICE_NAME,
+            config.host,
+            self.port,
+            _redact(config.store_url),
+            config.triton.url if config.triton else "off",
+            self.metrics_port or "off",
+        )
+
+    def _health_names(self) -> list[str]:
+        names = ["", SERVICE_NAME, STORE_HEALTH]
+        return names + [TRITON_HEALTH] if self.config.triton is not None else names
+
+    def _schedule_health_update(self) -> None:
+        self._health_update = asyncio.get_running_loop().create_task(self._update_health())
+
+    async def _update_health(self) -> None:
+        service = self.service
+        if service is None:
+            return
+        ready = service.ready
+        await self._health.set("", _SERVING if ready else _NOT_SERVING)
+        await self._health.set(SERVICE_NAME, _SERVING if ready else _NOT_SERVING)
+        await self._health.set(STORE_HEALTH, _SERVING if service.readiness.get("store") else _NOT_SERVING)
+        if "triton" in service.readiness:
+            await self._health.set(TRITON_HEALTH, _SERVING if service.readiness["triton"] else _NOT_SERVING)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful: NOT_SERVING, streams stop reading and answer every frame they read, then everything closes."""
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        if self.service is not None:
+            self.service.draining.set()
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        if self.service is not None:
+            await self.service.stop()
+            self.service.metrics.stop()
+            self.service = None
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+def _redact(url: str) -> str:
+    """The store URL without a password."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -1,0 +1,352 @@
+"""The aggregation service's domain API: frames → durable progressive templates, subjects, gallery, identification.
+
+Everything here takes and returns plain Python/numpy types; ``servicer.py`` translates them to and from protobuf.
+Blocking store work runs on the group committer's single store thread; image decoding on a small thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from eqface.aggregation import qwfaf
+from eqface.contract import InferenceSpec
+from eqface.service.aggregator import FrameInput, FrameOutcome, FrameStatus
+from eqface.service.config import ServiceConfig
+from eqface.service.engine import CommittedBatch, GroupCommitter, StreamToken, SubjectEngine
+from eqface.service.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
+from eqface.service.gallery import GalleryIndex, Match
+from eqface.service.images import ImageLimits, decode_image, to_model_input
+from eqface.service.inputs import (
+    RawFrame,
+    check_id,
+    check_quality,
+    check_sequence,
+    decode_page_token,
+    encode_page_token,
+    page_size,
+    parse_embedding,
+)
+from eqface.service.metrics import ServiceMetrics
+from eqface.service.state import AggregationParams, SubjectRecord
+from eqface.service.store import IdentityRecord, StoreUnavailable, SubjectStore
+from eqface.service.triton import TritonEmbedder
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+STORE_CHECK_INTERVAL_S = 1.0
+SUBJECT_COUNT_INTERVAL_S = 15.0
+
+
+@dataclass
+class PreparedMessage:
+    """One StreamFrames message on its way through the pipeline: a FrameInput or a final outcome per frame."""
+
+    slots: list[FrameInput | FrameOutcome | None]
+    images: list[tuple[int, RawFrame]] = field(default_factory=list)  # frames still waiting for Triton
+
+
+@dataclass(frozen=True, slots=True)
+class MessageResult:
+    outcomes: list[FrameOutcome]  # one per request frame, in order
+    matches: list[tuple[str, list[Match]]]  # per subject with a template, when the gallery is not empty
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateSource:
+    """Exactly one of: a subject's current template, images of one person, or an embedding."""
+
+    subject_id: str | None = None
+    images: tuple[bytes, ...] | None = None
+    embedding: bytes | None = None
+
+
+def invalid_outcome(frame: RawFrame, error: ServiceError) -> FrameOutcome:
+    # Counters stay 0: the subject is not read for a frame that cannot be applied.
+    quality = frame.quality if frame.image is None else 0.0
+    return FrameOutcome(
+        frame.subject_id, frame.sequence, FrameStatus.INVALID, quality, None, 0.0, 0, 0, 0, str(error), error
+    )
+
+
+class AggregatorService:
+    def __init__(self, config: ServiceConfig, store: SubjectStore, metrics: ServiceMetrics | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.spec = InferenceSpec(image_size=config.image_size, embedding_size=config.embedding_dim)
+        self.params = AggregationParams(config.f_th, config.s_th, config.reseed_low_quality)
+        self.metrics = metrics or ServiceMetrics(config.active_window_s, max(config.cache_subjects, 100_000))
+        self.engine = SubjectEngine(store, self.params, config.cache_subjects, self.metrics)
+        self.committer = GroupCommitter(self.engine, config.max_commit_frames, self.metrics)
+        self.gallery = GalleryIndex(config.embedding_dim)
+        self.image_limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
+        self.readiness: dict[str, bool] = {"store": False}
+        self.on_readiness_change: Callable[[dict[str, bool]], None] = lambda readiness: None
+        self.draining = asyncio.Event()
+        self.embedder: TritonEmbedder | None = None
+        if config.triton is not None:
+            self.readiness["triton"] = False
+            self.embedder = TritonEmbedder(config.triton, self.spec, self.metrics, self._triton_ready)
+        self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="eqface-decode")
+        self._background: asyncio.Task[None] | None = None
+        self.metrics.cached_subjects.set_function(lambda: len(self.engine.cache))
+
+    # ----------------------------------------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self.committer.start()
+        await self._check_store()
+        await self.refresh_gallery()
+        if self.embedder is not None:
+            await self.embedder.start()
+        self._background = asyncio.get_running_loop().create_task(self._watch(), name="eqface-watch")
+
+    async def stop(self) -> None:
+        """Stops after the streams ended: commits what is queued, then closes Triton and the store."""
+        if self._background is not None:
+            self._background.cancel()
+            await asyncio.gather(self._background, return_exceptions=True)
+        if self.embedder is not None:
+            await self.embedder.stop()
+        await self.committer.stop()
+        self._decode_pool.shutdown(wait=True)
+        self.store.close()
+
+    @property
+    def ready(self) -> bool:
+        return all(self.readiness.values()) and not self.draining.is_set()
+
+    def _set_readiness(self, name: str, ok: bool) -> None:
+        if self.readiness.get(name) != ok:
+            self.readiness[name] = ok
+            self.metrics.dependency_up.labels(name).set(1 if ok else 0)
+            self.on_readiness_change(dict(self.readiness))
+
+    def _triton_ready(self, ready: bool) -> None:
+        self._set_readiness("triton", ready)
+
+    async def _check_store(self) -> None:
+        try:
+            await self.committer.call(self.store.ping)
+            self._set_readiness("store", True)
+        except Unavailable as exc:
+            log.warning("store check failed: %s", exc)
+            self._set_readiness("store", False)
+
+    async def _watch(self) -> None:
+        last_count = 0.0
+        while True:
+            await asyncio.sleep(STORE_CHECK_INTERVAL_S)
+            await self._check_store()
+            try:
+                await self.refresh_gallery()
+                if time.monotonic() - last_count >= SUBJECT_COUNT_INTERVAL_S:
+                    self.metrics.stored_subjects.set(await self.committer.call(self.store.count_subjects))
+                    last_count = time.monotonic()
+            except ServiceError as exc:
+                log.warning("background refresh failed: %s", exc)
+
+    # --------------------------------------------------------------------------------------------------- frames
+    def prepare(self, frames: Sequence[RawFrame]) -> PreparedMessage:
+        """Validates a message's frames; invalid ones get their final outcome now, image frames wait for Triton."""
+        if len(frames) > self.config.max_frames_per_message:
+            raise ResourceExhausted(
+                f"message has {len(frames)} frames; the limit is {self.config.max_frames_per_message}"
+            )
+        message = PreparedMessage([])
+        dim = self.config.embedding_dim
+        for i, frame in enumerate(frames):
+            try:
+                check_id(frame.subject_id)
+                check_sequence(frame.sequence)
+                if frame.image is not None:
+                    if self.embedder is None:
+                        raise FailedPrecondition("image frames need Triton (start with --triton-url); send features")
+                    message.images.append((i, frame))
+                    message.slots.append(None)
+                elif frame.embedding is not None:
+                    embedding = parse_embedding(frame.embedding, dim)
+                    quality = check_quality(frame.quality)
+                    message.slots.append(FrameInput(frame.subject_id, frame.sequence, embedding, quality))
+                else:
+                    raise InvalidArgument("frame has neither an image nor features")
+            except ServiceError as exc:
+                message.slots.append(invalid_outcome(frame, exc))
+        return message
+
+    async def embed_images(self, message: PreparedMessage) -> None:
+        """Decodes and embeds the message's image frames (raises Unavailable when Triton is down)."""
+        if not message.images:
+            return
+        decoded = await self._decode([frame.image for _, frame in message.images])  # type: ignore[misc]
+        todo = []
+        for (i, frame), item in zip(message.images, decoded):
+            if isinstance(item, ServiceError):
+                message.slots[i] = invalid_outcome(frame, item)
+            else:
+                todo.append((i, frame, item))
+        message.images = []
+        if not todo:
+            return
+        if self.embedder is None:  # prepare() only queues images when Triton is configured
+            raise FailedPrecondition("image frames need Triton (start with --triton-url)")
+        embedded = await self.embedder.embed([item for _, _, item in todo])
+        for (i, frame, _), result in zip(todo, embedded):
+            message.slots[i] = FrameInput(frame.subject_id, frame.sequence, result.embedding, result.quality)
+
+    async def _decode(self, images: list[bytes]) -> list[Any]:
+        started = time.perf_counter()
+        kind = self.config.triton.input_kind if self.config.triton else "bytes"
+        decoded = await asyncio.get_running_loop().run_in_executor(
+            self._decode_pool, _decode_all, images, self.image_limits, kind, self.spec.image_size
+        )
+        self.metrics.observe_stage("decode", time.perf_counter() - started)
+        return decoded
+
+    def submit(self, message: PreparedMessage, deadline: float | None, token: StreamToken) -> asyncio.Future:
+        frames = [slot for slot in message.slots if isinstance(slot, FrameInput)]
+        return self.committer.submit(frames, deadline, token, want_templates=len(self.gallery) > 0)
+
+    def finish(self, message: PreparedMessage, committed: CommittedBatch, top_k: int) -> MessageResult:
+        applied = iter(committed.outcomes)
+        outcomes = [slot if isinstance(slot, FrameOutcome) else next(applied) for slot in message.slots]
+        self.metrics.observe_outcomes(outcomes)
+        matches = [(sid, self.gallery.search(t, top_k)) for sid, t in committed.templates.items()]
+        return MessageResult(outcomes, matches)
+
+    def resolve_top_k(self, requested: int) -> int:
+        if requested == 0:
+            return self.config.top_k
+        if requested > self.config.max_top_k:
+            raise InvalidArgument(f"top_k {requested} exceeds the server's limit {self.config.max_top_k}")
+        return requested
+
+    # ------------------------------------------------------------------------------------------------- subjects
+    async def get_subject(self, subject_id: str) -> SubjectRecord:
+        return await self.committer.call(self.engine.read, check_id(subject_id))
+
+    async def reset_subject(self, subject_id: str, deadline: float | None) -> SubjectRecord:
+        return await self.committer.call(_before(deadline, self.engine.reset), check_id(subject_id))
+
+    async def delete_subject(self, subject_id: str, deadline: float | None) -> None:
+        await self.committer.call(_before(deadline, self.engine.delete), check_id(subject_id))
+        self.metrics.active.forget(subject_id)
+
+    async def list_subjects(self, requested_size: int, token: str) -> tuple[list[str], str]:
+        size, after = page_size(requested_size), decode_page_token(token)
+        ids = await self.committer.call(self.store.list_subjects, after, size + 1)
+        return ids[:size], encode_page_token(ids[size - 1]) if len(ids) > size else ""
+
+    # -------------------------------------------------------------------------------------------------- gallery
+    async def refresh_gallery(self) -> None:
+        version = await self.committer.call(self.store.gallery_version)
+        if version != self.gallery.version:
+            version, records = await self.committer.call(self.store.load_gallery)
+            self.gallery.replace(version, records)
+            self.metrics.gallery_size.set(len(self.gallery))
+
+    async def template_from(self, source: TemplateSource) -> tuple[np.ndarray, list[float]]:
+        """An L2-normalised template, and the image qualities when the source is images."""
+        if source.subject_id is not None:
+            record = await self.get_subject(source.subject_id)
+            template = record.aggregate.template
+            if template is None:
+                raise FailedPrecondition(f"subject {source.subject_id!r} has no template (no frames since a reset)")
+            return template, []
+        if source.embedding is not None:
+            return parse_embedding(source.embedding, self.config.embedding_dim), []
+        if source.images is not None:
+            return await self._template_from_images(list(source.images))
+        raise InvalidArgument("set one of subject_id, images or embedding")
+
+    async def _template_from_images(self, images: list[bytes]) -> tuple[np.ndarray, list[float]]:
+        if not images:
+            raise InvalidArgument("images is empty")
+        if len(images) > self.config.max_frames_per_message:
+            raise ResourceExhausted(f"{len(images)} images; the limit is {self.config.max_frames_per_message}")
+        if self.embedder is None:
+            raise FailedPrecondition("images need Triton (start the server with --triton-url); send an embedding")
+        decoded = await self._decode(images)
+        for i, item in enumerate(decoded):
+            if isinstance(item, ServiceError):
+                raise InvalidArgument(f"image {i}: {item}")
+        embedded = await self.embedder.embed(decoded)
+        features = np.stack([e.embedding for e in embedded])
+        qualities = np.array([e.quality for e in embedded])
+        template = qwfaf(features, qualities, self.config.s_th).astype(np.float32)
+        return template, qualities.tolist()
+
+    async def enroll(
+        self, identity_id: str, display_name: str, source: TemplateSource, overwrite: bool, deadline: float | None
+    ) -> tuple[int, list[float]]:
+        """Adds (or with ``overwrite`` replaces) an identity; returns the gallery size and image qualities."""
+        check_id(identity_id, "identity_id")
+        if len(display_name.encode()) > 1024:
+            raise InvalidArgument("display_name is longer than 1024 bytes")
+        template, qualities = await self.template_from(source)
+        record = IdentityRecord(identity_id, display_name, template)
+        if not await self.committer.call(_before(deadline, self.store.put_identity), record, overwrite):
+            raise AlreadyExists(f"identity {identity_id!r} is already enrolled (set overwrite to replace it)")
+        await self.refresh_gallery()
+        return len(self.gallery), qualities
+
+    async def identify(self, source: TemplateSource, top_k: int) -> tuple[list[Match], int]:
+        k = self.resolve_top_k(top_k)
+        template, _ = await self.template_from(source)
+        await self.refresh_gallery()  # another replica may have enrolled since the last background refresh
+        return self.gallery.search(template, k), len(self.gallery)
+
+    async def remove_identity(self, identity_id: str, deadline: float | None) -> int:
+        check_id(identity_id, "identity_id")
+        if not await self.committer.call(_before(deadline, self.store.remove_identity), identity_id):
+            raise NotFound(f"unknown identity {identity_id!r}")
+        await self.refresh_gallery()
+        return len(self.gallery)
+
+    async def list_identities(self, requested_size: int, token: str) -> tuple[list[IdentityRecord], str]:
+        size, after = page_size(requested_size), decode_page_token(token)
+        records = await self.committer.call(self.store.list_identities, after, size + 1)
+        next_token = encode_page_token(records[size - 1].identity_id) if len(records) > size else ""
+        return records[:size], next_token
+
+
+def _before(deadline: float | None, fn: Callable[..., T]) -> Callable[..., T]:
+    """Wraps a blocking write so that it is skipped, not applied, once the call's deadline has passed."""
+
+    def guarded(*args: Any) -> T:
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded("the call's deadline passed before the change was applied")
+        try:
+            return fn(*args)
+        except StoreUnavailable as exc:
+            raise Unavailable(str(exc)) from exc
+
+    return guarded
+
+
+def _decode_all(images: list[bytes], limits: ImageLimits, kind: str, size: tuple[int, int]) -> list[Any]:
+    """Per image: what Triton gets (the bytes, or a model-input tensor [3, H, W]) or the InvalidArgument error."""
+    out: list[Any] = []
+    for data in images:
+        try:
+            rgb = decode_image(data, limits)
+        except InvalidArgument as exc:
+            out.append(exc)
+            continue
+        out.append(data if kind == "bytes" else to_model_input([rgb], size)[0])
+    return out

@@ -1,0 +1,272 @@
+"""The gRPC servicer: translates protobuf messages to the domain API of ``AggregatorService`` and back.
+
+No logic lives here beyond that translation, the stream's read-ahead loop and mapping domain errors to status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from eqface.service import errors
+from eqface.service.aggregator import FrameOutcome, FrameStatus
+from eqface.service.engine import CommittedBatch
+from eqface.service.gallery import Match
+from eqface.service.inputs import RawFrame
+from eqface.service.pipeline import StreamPipeline
+from eqface.service.service import AggregatorService, MessageResult, PreparedMessage, TemplateSource
+from eqface.service.state import SubjectRecord
+from eqface.service.v1 import aggregator_pb2 as pb
+from eqface.service.v1 import aggregator_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+CODES: dict[type[errors.ServiceError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.Internal: grpc.StatusCode.INTERNAL,
+}
+_STATUS = {
+    FrameStatus.SEEDED: pb.FRAME_STATUS_SEEDED,
+    FrameStatus.ACCEPTED: pb.FRAME_STATUS_ACCEPTED,
+    FrameStatus.RESEEDED: pb.FRAME_STATUS_RESEEDED,
+    FrameStatus.REJECTED_QUALITY: pb.FRAME_STATUS_REJECTED_QUALITY,
+    FrameStatus.REJECTED_SIMILARITY: pb.FRAME_STATUS_REJECTED_SIMILARITY,
+    FrameStatus.DUPLICATE: pb.FRAME_STATUS_DUPLICATE,
+    FrameStatus.INVALID: pb.FRAME_STATUS_INVALID,
+}
+
+
+def status_code(error: BaseException) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in CODES:
+            return CODES[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _unary(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    """Turns a domain error into the call's status (with its message), and a bug into INTERNAL."""
+
+    @functools.wraps(method)
+    async def wrapper(self: AggregatorServicer, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await method(self, request, context)
+        except errors.ServiceError as exc:
+            await context.abort(status_code(exc), str(exc))
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed; see the server log")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    message: PreparedMessage
+    committed: Awaitable[CommittedBatch]
+    top_k: int
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    error: errors.ServiceError | None = None
+
+
+class AggregatorServicer(pb_grpc.AggregatorServicer):
+    def __init__(self, service: AggregatorService) -> None:
+        self.service = service
+
+    async def StreamFrames(
+        self, request_iterator: AsyncIterator[pb.StreamFramesRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamFramesResponse]:
+        pipeline = StreamPipeline(self.service, _deadline(context))
+        pending: asyncio.Queue[_Pending | _End] = asyncio.Queue(maxsize=self.service.config.max_inflight_messages)
+        reader = asyncio.get_running_loop().create_task(self._read(request_iterator, pipeline, pending))
+        self.service.metrics.open_streams.inc()
+        try:
+            while True:
+                item = await pending.get()
+                if isinstance(item, _End):
+                    if item.error is not None:
+                        await context.abort(status_code(item.error), str(item.error))
+                    return
+                try:
+                    committed = await item.committed
+                except errors.ServiceError as exc:
+                    await context.abort(status_code(exc), str(exc))
+                yield _response(pipeline.finish(item.message, committed, item.top_k))
+        finally:
+            pipeline.close()
+            reader.cancel()
+            while not pending.empty():  # nothing will await these any more
+                item = pending.get_nowait()
+                if isinstance(item, _Pending) and isinstance(item.committed, asyncio.Future):
+                    item.committed.cancel()
+            self.service.metrics.open_streams.dec()
+
+    async def _read(
+        self,
+        requests: AsyncIterator[pb.StreamFramesRequest],
+        pipeline: StreamPipeline,
+        pending: asyncio.Queue[_Pending | _End],
+    ) -> None:
+        draining = asyncio.ensure_future(self.service.draining.wait())
+        try:
+            while True:
+                next_request = asyncio.ensure_future(anext(requests))
+                await asyncio.wait((next_request, draining), return_when=asyncio.FIRST_COMPLETED)
+                if not next_request.done():
+                    next_request.cancel()
+                    await pending.put(_End(errors.Unavailable("the server is shutting down; reconnect and resend")))
+                    return
+                try:
+                    request = next_request.result()
+                except StopAsyncIteration:
+                    await pending.put(_End())
+                    return
+                try:
+                    top_k = self.service.resolve_top_k(request.top_k)
+                    message, committed = pipeline.push([_raw_frame(f) for f in request.frames])
+                except errors.ServiceError as exc:
+                    await pending.put(_End(exc))
+                    return
+                await pending.put(_Pending(message, committed, top_k))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the client went away or sent garbage: end the stream
+            log.debug("stream read ended: %r", exc)
+            await pending.put(_End(errors.Unavailable(f"reading the stream failed: {exc}")))
+        finally:
+            draining.cancel()
+
+    @_unary
+    async def GetTemplate(self, request: pb.GetTemplateRequest, context: Any) -> pb.GetTemplateResponse:
+        record = await self.service.get_subject(request.subject_id)
+        return pb.GetTemplateResponse(subject=_subject_state(record))
+
+    @_unary
+    async def ResetSubject(self, request: pb.ResetSubjectRequest, context: Any) -> pb.ResetSubjectResponse:
+        record = await self.service.reset_subject(request.subject_id, _deadline(context))
+        return pb.ResetSubjectResponse(subject=_subject_state(record))
+
+    @_unary
+    async def DeleteSubject(self, request: pb.DeleteSubjectRequest, context: Any) -> pb.DeleteSubjectResponse:
+        await self.service.delete_subject(request.subject_id, _deadline(context))
+        return pb.DeleteSubjectResponse()
+
+    @_unary
+    async def ListSubjects(self, request: pb.ListSubjectsRequest, context: Any) -> pb.ListSubjectsResponse:
+        ids, token = await self.service.list_subjects(request.page_size, request.page_token)
+        return pb.ListSubjectsResponse(subject_ids=ids, next_page_token=token)
+
+    @_unary
+    async def Enroll(self, request: pb.EnrollRequest, context: Any) -> pb.EnrollResponse:
+        source = _source(request, request.WhichOneof("source"))
+        size, qualities = await self.service.enroll(
+            request.identity_id, request.display_name, source, request.overwrite, _deadline(context)
+        )
+        identity = pb.Identity(identity_id=request.identity_id, display_name=request.display_name)
+        return pb.EnrollResponse(identity=identity, gallery_size=size, image_qualities=qualities)
+
+    @_unary
+    async def Identify(self, request: pb.IdentifyRequest, context: Any) -> pb.IdentifyResponse:
+        source = _source(request, request.WhichOneof("probe"))
+        matches, size = await self.service.identify(source, request.top_k)
+        return pb.IdentifyResponse(matches=[_match(m) for m in matches], gallery_size=size)
+
+    @_unary
+    async def RemoveIdentity(self, request: pb.RemoveIdentityRequest, context: Any) -> pb.RemoveIdentityResponse:
+        size = await self.service.remove_identity(request.identity_id, _deadline(context))
+        return pb.RemoveIdentityResponse(gallery_size=size)
+
+    @_unary
+    async def ListIdentities(self, request: pb.ListIdentitiesRequest, context: Any) -> pb.ListIdentitiesResponse:
+        records, token = await self.service.list_identities(request.page_size, request.page_token)
+        identities = [pb.Identity(identity_id=r.identity_id, display_name=r.display_name) for r in records]
+        return pb.ListIdentitiesResponse(identities=identities, next_page_token=token)
+
+
+def _raw_frame(frame: pb.Frame) -> RawFrame:
+    kind = frame.WhichOneof("content")
+    if kind == "features":
+        features = frame.features
+        return RawFrame(frame.subject_id, frame.sequence, embedding=features.embedding, quality=features.quality)
+    if kind == "image":
+        return RawFrame(frame.subject_id, frame.sequence, image=frame.image)
+    return RawFrame(frame.subject_id, frame.sequence)
+
+
+def _source(request: pb.EnrollRequest | pb.IdentifyRequest, kind: str | None) -> TemplateSource:
+    if kind == "subject_id":
+        return TemplateSource(subject_id=request.subject_id)
+    if kind == "images":
+        return TemplateSource(images=tuple(request.images.images))
+    if kind == "embedding":
+        return TemplateSource(embedding=request.embedding)
+    return TemplateSource()
+
+
+def _frame_result(o: FrameOutcome) -> pb.FrameResult:
+    result = pb.FrameResult(
+        subject_id=o.subject_id,
+        sequence=o.sequence,
+        status=_STATUS[o.status],
+        accepted=o.status.merged,
+        detail=o.detail,
+        quality=o.quality,
+        s_sum=o.s_sum,
+        frame_count=o.frames,
+        accepted_count=o.accepted,
+        last_sequence=o.last_sequence,
+    )
+    if o.similarity is not None:
+        result.similarity = o.similarity
+    if o.status is FrameStatus.INVALID:
+        result.error_code = status_code(o.error).value[0] if o.error else grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    return result
+
+
+def _response(result: MessageResult) -> pb.StreamFramesResponse:
+    return pb.StreamFramesResponse(
+        results=[_frame_result(o) for o in result.outcomes],
+        matches=[pb.SubjectMatches(subject_id=sid, matches=[_match(m) for m in ms]) for sid, ms in result.matches],
+    )
+
+
+def _match(m: Match) -> pb.Match:
+    return pb.Match(identity_id=m.identity_id, score=m.score, display_name=m.display_name)
+
+
+def _subject_state(record: SubjectRecord) -> pb.SubjectState:
+    agg = record.aggregate
+    template = agg.template
+    return pb.SubjectState(
+        subject_id=record.subject_id,
+        template=b"" if template is None else template.astype("<f4").tobytes(),
+        dimension=record.dimension,
+        s_sum=agg.s_sum,
+        frame_count=agg.frames,
+        accepted_count=agg.accepted,
+        last_sequence=record.last_sequence,
+        provisional=agg.provisional,
+    )
