@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from eqface.contract import normalize_pixels
+from eqface.data.image_ops import fit_to_size
 from eqface.service.errors import InvalidArgument
 
 _FORMATS = ("JPEG", "PNG")
@@ -49,11 +50,9 @@ def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
 
 
 def to_model_input(images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 images → the contract's model input float32 [N, 3, H, W] (resized to ``size`` when needed)."""
-    height, width = size
-    batch = np.empty((len(images), height, width, 3), dtype=np.uint8)
-    for i, image in enumerate(images):
-        if image.shape[:2] != (height, width):
-            image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-        batch[i] = image
-    return normalize_pixels(batch)
+    """RGB uint8 images → the contract's model input float32 [N, 3, H, W].
+
+    Geometry is training's own ``fit_to_size`` (the same function Triton's ``preprocess`` model uses), so tensor mode
+    and bytes mode feed the network identical pixels.
+    """
+    return normalize_pixels(np.stack([fit_to_size(image, size) for image in images]))

@@ -131,6 +131,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         pending: asyncio.Queue[_Pending | _End],
     ) -> None:
         draining = asyncio.ensure_future(self.service.draining.wait())
+        next_request: asyncio.Future[pb.StreamFramesRequest] | None = None
         try:
             while True:
                 next_request = asyncio.ensure_future(anext(requests))
@@ -158,6 +159,11 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             await pending.put(_End(errors.Unavailable(f"reading the stream failed: {exc}")))
         finally:
             draining.cancel()
+            if next_request is not None:
+                if next_request.done() and not next_request.cancelled():
+                    next_request.exception()  # retrieved: the call ended while the read was completing
+                else:
+                    next_request.cancel()
 
     @_unary
     async def GetTemplate(self, request: pb.GetTemplateRequest, context: Any) -> pb.GetTemplateResponse:

@@ -1,0 +1,276 @@
+"""Real components for the aggregation-service tests: a redis-server per test session, the gRPC server in a thread
+or as a child process (free ports, readiness wait, teardown even on failure), and synthetic face-stream embeddings."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from eqface.service.config import ServiceConfig
+from eqface.service.server import AggregatorServer
+from eqface.service.v1 import aggregator_pb2_grpc as pb_grpc
+from tests.conftest import REPO_ROOT, require_executable
+
+DIM = 512
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def face_stream(
+    seed: int, n: int, dim: int = DIM, noise: float = 0.04, low: float = 0.0, high: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """One person's frames: unit embeddings scattered around an identity direction, qualities uniform in [low, high]."""
+    rng = np.random.default_rng(seed)
+    identity = unit(rng.normal(size=dim))
+    features = unit(identity + noise * rng.normal(size=(n, dim)))
+    return features, rng.uniform(low, high, size=n).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------------------ redis
+class RedisServer:
+    """A redis-server child process on a free port, append-only file fsynced on every write."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, port: int = 0) -> RedisServer:
+        """Starts on ``port`` (0: a free one; a restart on the old port finds its data in the append-only file)."""
+        binary = require_executable("redis-server")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for _ in range(3 if port == 0 else 1):
+            self.port = port or free_port()
+            args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
+            args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no"]
+            log = open(self.directory / "redis.log", "ab")
+            self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            log.close()
+            if self._wait_ready(10.0):
+                return self
+            self.stop()
+        raise RuntimeError(f"redis-server did not start; log: {(self.directory / 'redis.log').read_text()[-2000:]}")
+
+    def _wait_ready(self, timeout_s: float) -> bool:
+        import redis
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                return False
+            try:
+                redis.Redis(port=self.port, socket_timeout=0.5).ping()
+                return True
+            except redis.RedisError:
+                time.sleep(0.05)
+        return False
+
+    def url(self, prefix: str = "") -> str:
+        prefix = prefix or f"t{uuid.uuid4().hex[:10]}:"
+        return f"redis://127.0.0.1:{self.port}/0?prefix={prefix}"
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test against both backends: an SQLite file, and a fresh key prefix in the session's Redis."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state.db"
+    return request.getfixturevalue("redis_server").url()
+
+
+# ----------------------------------------------------------------------------------------------------- gRPC server
+def wait_serving(target: str, timeout_s: float, service: str = "", alive: object = None) -> None:
+    """Polls grpc.health.v1 until ``service`` is SERVING; ``alive()`` returning False aborts early."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if alive is not None and not alive():  # type: ignore[operator]
+                raise RuntimeError(f"server at {target} exited while starting")
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=0.5).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = status
+            except grpc.RpcError as exc:
+                last = exc.code()
+            time.sleep(0.05)
+    raise TimeoutError(f"{target} not SERVING after {timeout_s}s (last: {last})")
+
+
+def health_status(target: str, service: str = "") -> int:
+    with grpc.insecure_channel(target) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+
+
+class ServerThread:
+    """An AggregatorServer on its own event loop in a background thread (the tests talk to it with sync stubs)."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = replace(config, host="127.0.0.1", port=0)
+        self.server: AggregatorServer | None = None
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="aggregator-server", daemon=True)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"  # type: ignore[union-attr]
+
+    def run(self, coroutine: object, timeout_s: float = 30.0) -> object:
+        """Runs a coroutine on the server's loop and returns its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)  # type: ignore[arg-type]
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        self.server = AggregatorServer(self.config)
+        self.run(self.server.start())
+        return self
+
+    def stop(self) -> None:
+        try:
+            if self.server is not None:
+                self.run(self.server.stop(grace_s=2.0))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
+
+
+@contextmanager
+def serve_in_thread(config: ServiceConfig, ready_timeout_s: float = 10.0) -> Iterator[ServerThread]:
+    server = ServerThread(config)
+    try:
+        server.start()
+        if server.config.triton is None:
+            wait_serving(server.target, ready_timeout_s)
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def aggregator_stub(target: str) -> Iterator[pb_grpc.AggregatorStub]:
+    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
+        yield pb_grpc.AggregatorStub(channel)
+
+
+class ServerProcess:
+    """``python -m eqface.service`` as a child process, for kill -9 and SIGTERM tests."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.port = free_port()
+        self.args = [sys.executable, "-m", "eqface.service", "--host", "127.0.0.1", "--port", str(self.port), *args]
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, ready_timeout_s: float = 30.0) -> ServerProcess:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO_ROOT
+            )
+        try:
+            wait_serving(self.target, ready_timeout_s, alive=lambda: self.process.poll() is None)  # type: ignore[union-attr]
+        except BaseException:
+            self.kill()
+            raise RuntimeError(f"server did not start; log tail:\n{self.log_tail()}") from None
+        return self
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind runs in the server."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def terminate(self, timeout_s: float = 20.0) -> int:
+        """SIGTERM and wait for a graceful exit; returns the exit code."""
+        if self.process is None:
+            raise RuntimeError("not started")
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_s)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill()
+
+
+class StreamSession:
+    """A StreamFrames call driven step by step from a test: ``send`` a request, ``recv`` its response."""
+
+    _END = object()
+
+    def __init__(self, stub: pb_grpc.AggregatorStub, timeout_s: float | None = 30.0) -> None:
+        import queue
+
+        self._requests: queue.Queue[object] = queue.Queue()
+        self.responses = stub.StreamFrames(iter(self._requests.get, self._END), timeout=timeout_s)
+
+    def send(self, request: object) -> None:
+        self._requests.put(request)
+
+    def recv(self) -> object:
+        return next(self.responses)
+
+    def exchange(self, request: object) -> object:
+        self.send(request)
+        return self.recv()
+
+    def close(self) -> list[object]:
+        """Half-closes the stream and returns the responses still to come."""
+        self._requests.put(self._END)
+        return list(self.responses)

@@ -1,0 +1,154 @@
+"""The store contract, one suite for both backends (SQLite file, real redis-server)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from eqface.service.store import IdentityRecord, StoreUnavailable, SubjectStore, SubjectWrite, open_store
+from eqface.service.store.sqlite import SqliteStore
+from tests.support.service import redis_server, store_url, unit  # noqa: F401  (fixtures)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[SubjectStore]:  # noqa: F811
+    s = open_store(store_url)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_create_read_and_versioned_update(store: SubjectStore):
+    assert store.load_subjects(["a"]) == {}
+    created = store.commit_subjects([SubjectWrite("a", 0, b"one"), SubjectWrite("b", 0, b"bee")])
+    assert not created.conflicts and set(created.versions) == {"a", "b"}
+    loaded = store.load_subjects(["a", "b", "missing", "a"])
+    assert set(loaded) == {"a", "b"}
+    assert loaded["a"].data == b"one" and loaded["a"].version == created.versions["a"] != 0
+    updated = store.commit_subjects([SubjectWrite("a", created.versions["a"], b"two")])
+    assert store.load_subjects(["a"])["a"].data == b"two"
+    assert updated.versions["a"] != created.versions["a"]
+    assert store.count_subjects() == 2
+
+
+def test_stale_writes_conflict_and_change_nothing(store: SubjectStore):
+    v1 = store.commit_subjects([SubjectWrite("a", 0, b"one")]).versions["a"]
+    store.commit_subjects([SubjectWrite("a", v1, b"two")])
+    result = store.commit_subjects([SubjectWrite("a", v1, b"stale"), SubjectWrite("c", 0, b"new")])
+    assert result.conflicts == {"a"} and set(result.versions) == {"c"}
+    assert store.load_subjects(["a"])["a"].data == b"two"
+    assert store.commit_subjects([SubjectWrite("a", 0, b"create-again")]).conflicts == {"a"}
+
+
+def test_delete_and_recreate_cannot_resurrect_an_old_version(store: SubjectStore):
+    v1 = store.commit_subjects([SubjectWrite("a", 0, b"one")]).versions["a"]
+    assert store.delete_subject("a") and not store.delete_subject("a")
+    assert store.load_subjects(["a"]) == {} and store.count_subjects() == 0
+    v2 = store.commit_subjects([SubjectWrite("a", 0, b"again")]).versions["a"]
+    assert v2 != v1
+    assert store.commit_subjects([SubjectWrite("a", v1, b"from a stale cache")]).conflicts == {"a"}
+
+
+def test_list_subjects_pages_in_byte_order(store: SubjectStore):
+    ids = ["b", "a", "ü", "a1", "Z", "10", "2"]
+    store.commit_subjects([SubjectWrite(i, 0, b"x") for i in ids])
+    pages, after = [], ""
+    while True:
+        page = store.list_subjects(after, 3)
+        if not page:
+            break
+        pages.append(page)
+        after = page[-1]
+    assert [i for p in pages for i in p] == sorted(ids, key=lambda s: s.encode())
+    assert all(len(p) <= 3 for p in pages)
+
+
+def test_gallery_entries_and_version(store: SubjectStore):
+    rng = np.random.default_rng(0)
+    t1, t2 = unit(rng.normal(size=(2, 512)))
+    v0 = store.gallery_version()
+    assert store.put_identity(IdentityRecord("alice", "Alice Ä", t1), overwrite=False)
+    assert not store.put_identity(IdentityRecord("alice", "other", t2), overwrite=False)
+    v1 = store.gallery_version()
+    assert v1 != v0
+    assert store.put_identity(IdentityRecord("alice", "Alice 2", t2), overwrite=True)
+    assert store.put_identity(IdentityRecord("bob", "", t1), overwrite=False)
+    version, entries = store.load_gallery()
+    assert version == store.gallery_version() != v1
+    assert [(e.identity_id, e.display_name) for e in entries] == [("alice", "Alice 2"), ("bob", "")]
+    np.testing.assert_array_equal(entries[0].template, t2)
+    assert [e.identity_id for e in store.list_identities("alice", 10)] == ["bob"]
+    assert store.remove_identity("alice") and not store.remove_identity("alice")
+    assert [e.identity_id for e in store.load_gallery()[1]] == ["bob"]
+
+
+def test_two_handles_on_one_store_serialise_their_updates(store_url: str):  # noqa: F811
+    """Two replicas incrementing one counter with read-modify-CAS loops: no update is lost."""
+    handles = [open_store(store_url), open_store(store_url)]
+    rounds = 60
+
+    def increment(s: SubjectStore) -> None:
+        for _ in range(rounds):
+            while True:
+                current = s.load_subjects(["counter"]).get("counter")
+                value = int(current.data) if current else 0
+                write = SubjectWrite("counter", current.version if current else 0, str(value + 1).encode())
+                if not s.commit_subjects([write]).conflicts:
+                    break
+
+    threads = [threading.Thread(target=increment, args=(h,)) for h in handles]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert int(handles[0].load_subjects(["counter"])["counter"].data) == 2 * rounds
+    finally:
+        for h in handles:
+            h.close()
+
+
+def test_stored_bytes_and_ping(store: SubjectStore):
+    store.ping()
+    assert store.stored_bytes() > 0
+
+
+def test_sqlite_is_wal_with_the_requested_synchronous_mode(tmp_path):
+    store = SqliteStore.from_url(f"sqlite:///{tmp_path}/a.db?synchronous=normal")
+    try:
+        conn = store._conn
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 8192
+    finally:
+        store.close()
+    default = SqliteStore.from_url(f"sqlite:///{tmp_path}/b.db")
+    try:
+        assert default._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        default.close()
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("sqlite://host/x.db", "sqlite:///"),
+        ("sqlite:///x.db?sync=1", "unknown sqlite URL options"),
+        ("mysql://x", "unknown store URL scheme"),
+    ],
+)
+def test_bad_store_urls(url, message):
+    with pytest.raises(ValueError, match=message):
+        open_store(url)
+
+
+def test_unreachable_redis_is_store_unavailable():
+    pytest.importorskip("redis")
+    from tests.support.service import free_port
+
+    with pytest.raises(StoreUnavailable, match="Redis"):
+        open_store(f"redis://127.0.0.1:{free_port()}/0")
