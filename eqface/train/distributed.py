@@ -73,3 +73,21 @@ def sum_across(env: DistEnv, values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=env.device if env.device.type == "cuda" else "cpu")
     dist.all_reduce(t)
     return t.tolist()
+
+
+def check_replicas_in_sync(env: DistEnv, module: torch.nn.Module) -> None:
+    """Raises RuntimeError when ranks hold different weights (DDP must keep replicas identical).
+
+    Parameters only: BatchNorm running statistics legitimately differ between ranks after the last step (DDP
+    re-broadcasts rank 0's buffers at each forward, and only rank 0 writes checkpoints).
+    """
+    if not env.distributed:
+        return
+    with torch.no_grad():
+        sums = torch.stack([p.detach().double().sum() for p in module.parameters()])
+    sums = sums.to(env.device if env.device.type == "cuda" else "cpu")
+    low, high = sums.clone(), sums.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if not torch.equal(low, high):
+        raise RuntimeError(f"rank {env.rank}: replicas diverged ({int((low != high).sum())} tensors differ)")

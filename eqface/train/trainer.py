@@ -24,7 +24,7 @@ from eqface.losses import CombinedMarginLoss, NormalizedClassifier
 from eqface.models import EQFaceNet, build_model
 from eqface.models.pretrained import load_backbone_weights
 from eqface.train import checkpoint
-from eqface.train.distributed import DistEnv, barrier, sum_across
+from eqface.train.distributed import DistEnv, barrier, check_replicas_in_sync, sum_across
 from eqface.train.schedule import build_optimizer, lr_at, set_lr
 from eqface.train.steps import Step, StepModel
 
@@ -69,6 +69,7 @@ def run_step(
     pos = _restore(out_dir / RESUME, model, optimizer, step)
     wrapped = DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None) if env.distributed else model
     _train_loop(step, cfg, source, out_dir, env, model, wrapped, optimizer, pos, qualities)
+    check_replicas_in_sync(env, model)
     final = _final_state(step, cfg, model, source)
     if env.is_main:
         checkpoint.save_atomic(final, out_dir / FINAL)
