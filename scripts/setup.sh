@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Creates .venv and installs eqface with everything the main job and the tests need, on a fresh machine.
+#   - torch is pinned (constraints.txt) to the CPU build that lies on this machine's disk: a range would make pip
+#     download a multi-GB CUDA build.
+#   - Debian packages the integration tests start themselves: redis-server, prometheus (+ promtool).
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $("$PYTHON" --version)"
+  "$PYTHON" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check --constraint constraints.txt)
+if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
+  echo "setup: installing torch 2.13.0 (CPU build)"
+  "${pip[@]}" torch==2.13.0
+fi
+echo "setup: installing eqface and its dependencies"
+"${pip[@]}" --editable ".[dev]"
+.venv/bin/python -m pip check --disable-pip-version-check >/dev/null || { .venv/bin/python -m pip check; exit 1; }
+
+missing=()
+for pkg in redis-server:redis-server prometheus:prometheus promtool:prometheus; do
+  command -v "${pkg%%:*}" >/dev/null || missing+=("${pkg##*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $sudo apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
+    || { $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null; } \
+    || echo "setup: warning: could not install ${missing[*]}; integration tests that need them will fail" >&2
+fi
+echo "setup: ready (.venv/bin/eqface --help)"
