@@ -14,6 +14,8 @@ INPUT_NAME = "input"
 EMBEDDING_NAME = "embedding"
 QUALITY_NAME = "quality"
 IMAGE_BYTES_NAME = "image"  # bytes-in entry point: one encoded JPEG/PNG per batch item
+# Per-item shape of IMAGE_BYTES_NAME (batch axis excluded): a request carries object/bytes [N, 1], one image per row.
+IMAGE_BYTES_SHAPE = (1,)
 
 INPUT_DTYPE = np.float32
 OUTPUT_DTYPE = np.float32
@@ -42,6 +44,10 @@ class InferenceSpec:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (CHANNELS, *self.image_size)
+
+    @property
+    def image_bytes_shape(self) -> tuple[int]:
+        return IMAGE_BYTES_SHAPE
 
     @property
     def embedding_shape(self) -> tuple[int]:

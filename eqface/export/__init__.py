@@ -1,0 +1,1 @@
+"""Exporting trained networks to ONNX, the file every serving variant runs."""
