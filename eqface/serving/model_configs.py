@@ -1,0 +1,162 @@
+"""Triton ``config.pbtxt`` for the three served models, built from :mod:`eqface.contract` as typed protobuf messages.
+
+Two variants share names, dtypes and shapes: ``production`` runs the ONNX file on Triton's onnxruntime backend on GPU;
+``local`` runs the same file through onnxruntime inside a python-backend model, the only backend that the server in
+the nvidia-pytriton wheel has. Both put the ``preprocess`` python model and the ``eqface`` ensemble (encoded image
+bytes in, embedding and quality out) in front of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from eqface import contract
+from eqface.contract import InferenceSpec
+
+Variant = Literal["production", "local"]
+VARIANTS: tuple[Variant, ...] = ("production", "local")
+MODEL_NAMES = (contract.ONNX_MODEL_NAME, contract.PREPROCESS_MODEL_NAME, contract.ENSEMBLE_MODEL_NAME)
+ONNX_FILE = "model.onnx"
+PYTHON_FILE = "model.py"
+# The python-backend eqface_onnx and Triton's onnxruntime backend both read this parameter.
+THREADS_PARAMETER = "intra_op_thread_count"
+# Ensemble-internal tensor between preprocess and eqface_onnx.
+_PREPROCESSED = "preprocessed"
+_HEADER = (
+    "# Rendered by eqface.serving.model_configs from eqface/contract.py: edit the code, not this file.\n"
+    "# Variant: {variant}. Regenerate: eqface serve repository --variant {variant} --out DIR [MODEL.onnx]\n"
+)
+_FP32 = mc.DataType.Value(contract.TRITON_FLOAT)
+_BYTES = mc.DataType.Value(contract.TRITON_BYTES)
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Request batching of the served models; the same numbers go to every model of a repository.
+
+    ``max_queue_delay_us`` bounds how long the first queued request waits for others; requests that arrive while an
+    execution runs are batched without any added delay.
+    """
+
+    max_batch_size: int = 64
+    dynamic: bool = True
+    preferred_batch_sizes: tuple[int, ...] = (16, 32, 64)
+    max_queue_delay_us: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be ≥ 1, got {self.max_batch_size}")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"preferred batch sizes {bad} are outside 1..max_batch_size={self.max_batch_size}")
+        if self.max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_us must be ≥ 0, got {self.max_queue_delay_us}")
+
+
+DEFAULT_BATCHING = Batching()
+
+
+def _tensor(name: str, data_type: int, dims: tuple[int, ...]) -> dict:
+    return {"name": name, "data_type": data_type, "dims": list(dims)}
+
+
+def _batched(config: mc.ModelConfig, batching: Batching) -> None:
+    config.max_batch_size = batching.max_batch_size
+    if batching.dynamic:
+        config.dynamic_batching.preferred_batch_size.extend(
+            [b for b in batching.preferred_batch_sizes if b <= batching.max_batch_size]
+        )
+        config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+
+
+def onnx_model_config(spec: InferenceSpec, variant: Variant, batching: Batching, threads: int = 0) -> mc.ModelConfig:
+    """``eqface_onnx``: float32 [N, 3, H, W] → embedding [N, D], quality [N, 1]."""
+    config = mc.ModelConfig(
+        name=contract.ONNX_MODEL_NAME,
+        input=[mc.ModelInput(**_tensor(contract.INPUT_NAME, _FP32, spec.input_shape))],
+        output=[
+            mc.ModelOutput(**_tensor(contract.EMBEDDING_NAME, _FP32, spec.embedding_shape)),
+            mc.ModelOutput(**_tensor(contract.QUALITY_NAME, _FP32, spec.quality_shape)),
+        ],
+    )
+    _batched(config, batching)
+    if variant == "production":
+        config.platform = "onnxruntime_onnx"
+        config.default_model_filename = ONNX_FILE
+        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=1)
+    else:
+        config.backend = "python"
+        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    if threads:
+        config.parameters[THREADS_PARAMETER].string_value = str(threads)
+    return config
+
+
+def preprocess_model_config(spec: InferenceSpec, variant: Variant, batching: Batching) -> mc.ModelConfig:
+    """``preprocess``: encoded JPEG/PNG bytes [N, 1] → the model input [N, 3, H, W], exactly as in training."""
+    config = mc.ModelConfig(
+        name=contract.PREPROCESS_MODEL_NAME,
+        backend="python",
+        input=[mc.ModelInput(**_tensor(contract.IMAGE_BYTES_NAME, _BYTES, spec.image_bytes_shape))],
+        output=[mc.ModelOutput(**_tensor(contract.INPUT_NAME, _FP32, spec.input_shape))],
+    )
+    _batched(config, batching)
+    # Decoding is CPU work in both variants; production has cores to spare for a second instance.
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=2 if variant == "production" else 1)
+    return config
+
+
+def ensemble_config(spec: InferenceSpec, batching: Batching) -> mc.ModelConfig:
+    """``eqface``: encoded image bytes [N, 1] → embedding [N, D], quality [N, 1] (preprocess → eqface_onnx)."""
+    config = mc.ModelConfig(
+        name=contract.ENSEMBLE_MODEL_NAME,
+        platform="ensemble",
+        max_batch_size=batching.max_batch_size,
+        input=[mc.ModelInput(**_tensor(contract.IMAGE_BYTES_NAME, _BYTES, spec.image_bytes_shape))],
+        output=[
+            mc.ModelOutput(**_tensor(contract.EMBEDDING_NAME, _FP32, spec.embedding_shape)),
+            mc.ModelOutput(**_tensor(contract.QUALITY_NAME, _FP32, spec.quality_shape)),
+        ],
+    )
+    steps = config.ensemble_scheduling.step
+    steps.add(
+        model_name=contract.PREPROCESS_MODEL_NAME,
+        model_version=-1,
+        input_map={contract.IMAGE_BYTES_NAME: contract.IMAGE_BYTES_NAME},
+        output_map={contract.INPUT_NAME: _PREPROCESSED},
+    )
+    steps.add(
+        model_name=contract.ONNX_MODEL_NAME,
+        model_version=-1,
+        input_map={contract.INPUT_NAME: _PREPROCESSED},
+        output_map={contract.EMBEDDING_NAME: contract.EMBEDDING_NAME, contract.QUALITY_NAME: contract.QUALITY_NAME},
+    )
+    return config
+
+
+def model_configs(
+    spec: InferenceSpec, variant: Variant, batching: Batching = DEFAULT_BATCHING, threads: int = 0
+) -> dict[str, mc.ModelConfig]:
+    """The three model configs of one repository, by model name."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    configs = [
+        onnx_model_config(spec, variant, batching, threads),
+        preprocess_model_config(spec, variant, batching),
+        ensemble_config(spec, batching),
+    ]
+    return {c.name: c for c in configs}
+
+
+def render(config: mc.ModelConfig, variant: Variant) -> str:
+    """config.pbtxt text for one model, with a header saying where it comes from."""
+    return _HEADER.format(variant=variant) + text_format.MessageToString(config)
+
+
+def parse(text: str) -> mc.ModelConfig:
+    """Parses config.pbtxt text with Triton's own ModelConfig schema (unknown fields are errors)."""
+    return text_format.Parse(text, mc.ModelConfig())
