@@ -85,6 +85,28 @@ def test_fit_to_size_crops_arcface_112_to_the_96_wide_template() -> None:
     assert fit_to_size(gray, (112, 112)).shape == (112, 112, 3)
 
 
+def test_similarity_alignment_recovers_a_known_transform() -> None:
+    from eqface.data.image_ops import ARCFACE_TEMPLATE, estimate_similarity, warp_similarity
+    from eqface.data.packs import YALE_EYES
+
+    angle, scale, shift = 0.3, 1.7, np.array([3.0, -4.0])
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    src = np.random.default_rng(0).uniform(0, 100, (5, 2))
+    matrix = estimate_similarity(src, src @ rot.T + shift)
+    np.testing.assert_allclose(matrix, np.hstack([rot, shift[:, None]]), atol=1e-9)
+    # Yale's eye positions land on the template's eyes
+    m = estimate_similarity(YALE_EYES, ARCFACE_TEMPLATE[:2])
+    np.testing.assert_allclose(YALE_EYES @ m[:, :2].T + m[:, 2], ARCFACE_TEMPLATE[:2], atol=0.2)
+    # a bright dot at the source eye ends up at the template eye after warping
+    img = np.zeros((192, 168), np.uint8)
+    img[44:47, 34:37] = 255
+    warped = warp_similarity(img, m, (112, 112), fill=0)[:, :, 0]
+    y, x = np.unravel_index(np.argmax(warped), warped.shape)
+    assert abs(x - 38.3) <= 1.5 and abs(y - 51.7) <= 1.5
+    with pytest.raises(ValueError, match="K >= 2"):
+        estimate_similarity(src[:1], src[:1])
+
+
 def test_resolution_drop_like_the_official_code(faces) -> None:
     img = faces[0]
     dropped = resolution_drop(img, 20)
@@ -146,6 +168,7 @@ def test_identity_split_holds_out_whole_identities() -> None:
 def test_shared_packs_load(shared_data) -> None:
     yale = load_pack(shared_data / "extended_yale_b_cropped.npz")
     assert len(yale) == 2414 and yale.num_classes == 38  # flash-failed and ambient images dropped
+    assert yale.image(0).shape == (112, 112, 3)  # mapped onto the ArcFace template
     angles = light_angle_degrees(yale)
     assert angles.min() == 0 and angles.max() > 80
     celeba = load_pack(shared_data / "celeba_wild_subset_rgb112.npz")
