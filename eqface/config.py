@@ -109,7 +109,9 @@ class TrainConfig:
     classifier_init: Literal["random", "centers"] = "random"  # centers: class means of the backbone's embeddings
     iterations: int = 1  # rounds of (Step 3 → Step 2) after 1 → 2
     step3_from_scratch: bool = False
-    step3_quality: Literal["precomputed", "online"] = "precomputed"
+    # Where Step 3 gets s_i: precomputed once per sample by the Step-2 network, online per augmented view, or
+    # "none" (s_i = 1): the control arm of a QW experiment — the same retraining without quality weights.
+    step3_quality: Literal["precomputed", "online", "none"] = "precomputed"
     qwdf_threshold: float = 0.0  # QWDF: in Step 3, s_i < threshold counts as weight 0; 0 disables
     checkpoint_every: int = 50  # iterations between resumable checkpoints (and at every epoch end)
     log_every: int = 0  # 0: one log line per epoch only

@@ -90,3 +90,17 @@ def test_qwdf_drops_low_quality_samples_from_step3() -> None:
     out.loss.backward()
     assert classifier.weight.grad.abs().max() == 0
     assert out.quality.tolist() == [0.0, 0.0]
+
+
+def test_unweighted_step3_is_the_plain_margin_loss() -> None:
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(backbone="tiny", embedding_size=16, image_size=(32, 32), quality_hidden=8))
+    classifier = NormalizedClassifier(16, 3)
+    loss_fn = CombinedMarginLoss(PAPER)
+    model = StepModel(Step.THREE, net, classifier, loss_fn).eval()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        expected = loss_fn(classifier(net.embed_and_map(x)[0]), y)
+        out = model(x, y)
+    assert out.quality.tolist() == [1.0] * 4
+    torch.testing.assert_close(out.loss, expected)

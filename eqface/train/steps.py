@@ -5,7 +5,7 @@ Step 2: backbone and classifier frozen (eval mode, no gradients, not in the opti
         through s_i in Eq. 6.
 Step 3: the quality branch is frozen; s_i comes from the frozen Step-2 network — precomputed once per sample on the
         un-augmented image (the paper's "a face quality is generated for every sample"), or online for each augmented
-        view by a frozen copy (``teacher``) — and the backbone + classifier learn. QWDF: s_i < threshold → 0, which
+        view by a frozen copy (``teacher``), or 1 for an unweighted control run — and the backbone + classifier learn. QWDF: s_i < threshold → 0, which
         in Eq. 6 zeroes the sample's gradient (it is dropped).
 """
 
@@ -91,8 +91,8 @@ class StepModel(nn.Module):
 
     def _step3_quality(self, images: torch.Tensor, sample_quality: torch.Tensor | None) -> torch.Tensor:
         if sample_quality is None:
-            if self.teacher is None:
-                raise ValueError("Step 3 needs precomputed sample qualities or a teacher network")
+            if self.teacher is None:  # step3_quality="none": unweighted retraining (s_i = 1)
+                return torch.ones(images.shape[0], device=images.device)
             with torch.no_grad():
                 sample_quality = self.teacher(images)[1].squeeze(1)
         s = sample_quality.detach()
