@@ -17,7 +17,16 @@ from eqface.export.onnx import export_onnx
 from eqface.models import build_model
 from eqface.serving.launcher import TritonServer
 from eqface.serving.metrics import parse_inference_counts
-from eqface.serving.model_configs import VARIANTS, Batching, model_configs, parse, render
+from eqface.serving.model_configs import (
+    SPINNING_PARAMETER,
+    THREADS_PARAMETER,
+    VARIANTS,
+    Batching,
+    OnnxRuntimeSettings,
+    model_configs,
+    parse,
+    render,
+)
 from eqface.serving.repository import CONFIG_FILE, write_model_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -97,9 +106,11 @@ def test_variants_differ_only_in_where_the_model_runs(repository):
     if variant == "production":
         assert (config.platform, config.backend) == ("onnxruntime_onnx", "")
         assert group.kind == mc.ModelInstanceGroup.KIND_GPU
+        assert dict(config.parameters) == {}
     else:
         assert (config.platform, config.backend) == ("", "python")
         assert group.kind == mc.ModelInstanceGroup.KIND_CPU
+        assert config.parameters[SPINNING_PARAMETER].string_value == "0"
 
 
 def test_version_folders_hold_the_model_files(repository, default_size_onnx):
@@ -128,6 +139,15 @@ def test_committed_configs_match_the_renderer(variant):
     for name, config in model_configs(InferenceSpec(), variant).items():
         committed = REPO_ROOT / "serving" / variant / name / CONFIG_FILE
         assert committed.read_text() == render(config, variant), f"regenerate {committed} (see serving/README.md)"
+
+
+def test_onnxruntime_settings_reach_the_config():
+    runtime = OnnxRuntimeSettings(threads=2, spinning=True)
+    local = model_configs(InferenceSpec(), "local", runtime=runtime)[contract.ONNX_MODEL_NAME]
+    assert local.parameters[THREADS_PARAMETER].string_value == "2"
+    assert local.parameters[SPINNING_PARAMETER].string_value == "1"
+    production = model_configs(InferenceSpec(), "production", runtime=runtime)[contract.ONNX_MODEL_NAME]
+    assert dict(production.parameters).keys() == {THREADS_PARAMETER}
 
 
 def test_dynamic_batching_can_be_switched_off():

@@ -39,6 +39,8 @@ def _add_repository_parser(serve: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching queue delay")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request on its own")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+    p.add_argument("--spinning", action="store_true",
+                   help="local variant: let idle onnxruntime threads busy-wait (faster only on otherwise idle cores)")
     p.add_argument("--image-size", type=int, nargs=2, default=list(contract.DEFAULT_IMAGE_SIZE),
                    metavar=("H", "W"), help="without MODEL_ONNX: input size the configs declare")
     p.add_argument("--embedding-size", type=int, default=contract.DEFAULT_EMBEDDING_SIZE,
@@ -69,7 +71,7 @@ def _add_triton_parser(serve: argparse._SubParsersAction) -> None:
 
 def run_repository(args: argparse.Namespace) -> int:
     from eqface.contract import InferenceSpec
-    from eqface.serving.model_configs import Batching
+    from eqface.serving.model_configs import Batching, OnnxRuntimeSettings
     from eqface.serving.repository import write_configs, write_model_repository
 
     batching = Batching(
@@ -78,14 +80,15 @@ def run_repository(args: argparse.Namespace) -> int:
         preferred_batch_sizes=tuple(args.preferred_batch_sizes),
         max_queue_delay_us=args.max_queue_delay_us,
     )
+    runtime = OnnxRuntimeSettings(threads=args.threads, spinning=args.spinning)
     if args.onnx is None:
         spec = InferenceSpec(image_size=tuple(args.image_size), embedding_size=args.embedding_size)
-        for path in write_configs(args.out, spec, args.variant, batching, args.threads).values():
+        for path in write_configs(args.out, spec, args.variant, batching, runtime).values():
             print(f"wrote {path}")
         return 0
     repo = write_model_repository(
         args.onnx, args.out, variant=args.variant, version=args.version, batching=batching,
-        threads=args.threads, overwrite=args.overwrite,
+        runtime=runtime, overwrite=args.overwrite,
     )
     h, w = repo.spec.image_size
     print(f"wrote {args.variant} model repository {repo.root} (version {repo.version}; input [N, 3, {h}, {w}], "

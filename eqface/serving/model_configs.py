@@ -22,8 +22,10 @@ VARIANTS: tuple[Variant, ...] = ("production", "local")
 MODEL_NAMES = (contract.ONNX_MODEL_NAME, contract.PREPROCESS_MODEL_NAME, contract.ENSEMBLE_MODEL_NAME)
 ONNX_FILE = "model.onnx"
 PYTHON_FILE = "model.py"
-# The python-backend eqface_onnx and Triton's onnxruntime backend both read this parameter.
+# Model-config parameters of eqface_onnx. Triton's onnxruntime backend reads the thread count too; the spinning switch
+# exists only in the local python-backend model.
 THREADS_PARAMETER = "intra_op_thread_count"
+SPINNING_PARAMETER = "allow_spinning"
 # Ensemble-internal tensor between preprocess and eqface_onnx.
 _PREPROCESSED = "preprocessed"
 _HEADER = (
@@ -60,6 +62,26 @@ class Batching:
 DEFAULT_BATCHING = Batching()
 
 
+@dataclass(frozen=True)
+class OnnxRuntimeSettings:
+    """CPU onnxruntime settings of ``eqface_onnx``.
+
+    ``spinning`` lets idle intra-op threads busy-wait for work: fastest when onnxruntime owns its cores, but in a
+    server the spinning threads take CPU from the gRPC, batching and python-backend threads beside them (on 2 shared
+    cores it cut Triton's throughput by a third or more here), so the local variant turns it off.
+    """
+
+    threads: int = 0  # intra-op threads; 0: onnxruntime's default (every core)
+    spinning: bool = False
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"threads must be ≥ 0, got {self.threads}")
+
+
+DEFAULT_RUNTIME = OnnxRuntimeSettings()
+
+
 def _tensor(name: str, data_type: int, dims: tuple[int, ...]) -> dict:
     return {"name": name, "data_type": data_type, "dims": list(dims)}
 
@@ -73,7 +95,9 @@ def _batched(config: mc.ModelConfig, batching: Batching) -> None:
         config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
 
 
-def onnx_model_config(spec: InferenceSpec, variant: Variant, batching: Batching, threads: int = 0) -> mc.ModelConfig:
+def onnx_model_config(
+    spec: InferenceSpec, variant: Variant, batching: Batching, runtime: OnnxRuntimeSettings = DEFAULT_RUNTIME
+) -> mc.ModelConfig:
     """``eqface_onnx``: float32 [N, 3, H, W] → embedding [N, D], quality [N, 1]."""
     config = mc.ModelConfig(
         name=contract.ONNX_MODEL_NAME,
@@ -91,8 +115,9 @@ def onnx_model_config(spec: InferenceSpec, variant: Variant, batching: Batching,
     else:
         config.backend = "python"
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
-    if threads:
-        config.parameters[THREADS_PARAMETER].string_value = str(threads)
+        config.parameters[SPINNING_PARAMETER].string_value = str(int(runtime.spinning))
+    if runtime.threads:
+        config.parameters[THREADS_PARAMETER].string_value = str(runtime.threads)
     return config
 
 
@@ -139,13 +164,16 @@ def ensemble_config(spec: InferenceSpec, batching: Batching) -> mc.ModelConfig:
 
 
 def model_configs(
-    spec: InferenceSpec, variant: Variant, batching: Batching = DEFAULT_BATCHING, threads: int = 0
+    spec: InferenceSpec,
+    variant: Variant,
+    batching: Batching = DEFAULT_BATCHING,
+    runtime: OnnxRuntimeSettings = DEFAULT_RUNTIME,
 ) -> dict[str, mc.ModelConfig]:
     """The three model configs of one repository, by model name."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
     configs = [
-        onnx_model_config(spec, variant, batching, threads),
+        onnx_model_config(spec, variant, batching, runtime),
         preprocess_model_config(spec, variant, batching),
         ensemble_config(spec, batching),
     ]

@@ -16,9 +16,11 @@ from eqface import contract
 from eqface.contract import InferenceSpec
 from eqface.serving.model_configs import (
     DEFAULT_BATCHING,
+    DEFAULT_RUNTIME,
     ONNX_FILE,
     PYTHON_FILE,
     Batching,
+    OnnxRuntimeSettings,
     Variant,
     model_configs,
     render,
@@ -51,12 +53,12 @@ def write_configs(
     spec: InferenceSpec,
     variant: Variant,
     batching: Batching = DEFAULT_BATCHING,
-    threads: int = 0,
+    runtime: OnnxRuntimeSettings = DEFAULT_RUNTIME,
 ) -> dict[str, Path]:
     """Writes only ``<model>/config.pbtxt`` for the three models; returns their paths by model name."""
     root = Path(repository)
     paths = {}
-    for name, config in model_configs(spec, variant, batching, threads).items():
+    for name, config in model_configs(spec, variant, batching, runtime).items():
         path = root / name / CONFIG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(config, variant))
@@ -71,7 +73,7 @@ def write_model_repository(
     variant: Variant = "local",
     version: int = 1,
     batching: Batching = DEFAULT_BATCHING,
-    threads: int = 0,
+    runtime: OnnxRuntimeSettings = DEFAULT_RUNTIME,
     overwrite: bool = False,
 ) -> ModelRepository:
     """Writes configs and version ``version`` of every model into ``repository``, ready for ``tritonserver``.
@@ -86,7 +88,7 @@ def write_model_repository(
         variant: ``production`` (onnxruntime backend, GPU) or ``local`` (python backend, CPU, the bundled server).
         version: the version folder to write (a positive integer).
         batching: max batch size and dynamic batching settings.
-        threads: onnxruntime intra-op threads of ``eqface_onnx`` (0: onnxruntime's default, all cores).
+        runtime: CPU onnxruntime settings of ``eqface_onnx`` (threads; spinning, local variant only).
         overwrite: replace an existing version folder instead of refusing.
 
     Raises:
@@ -105,7 +107,7 @@ def write_model_repository(
     existing = [str(repo.version_dir(m)) for m in model_configs(spec, variant) if repo.version_dir(m).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"version {version} already exists ({', '.join(existing)}); pass overwrite=True")
-    paths = write_configs(repo.root, spec, variant, batching, threads)
+    paths = write_configs(repo.root, spec, variant, batching, runtime)
     for name in paths:
         _write_version(repo.version_dir(name), _version_files(name, variant, onnx_path))
     return repo

@@ -12,6 +12,7 @@ import triton_python_backend_utils as pb_utils
 
 MODEL_FILE = "model.onnx"
 THREADS_PARAMETER = "intra_op_thread_count"
+SPINNING_PARAMETER = "allow_spinning"
 
 
 class TritonPythonModel:
@@ -25,11 +26,12 @@ class TritonPythonModel:
         self.input_name = model_input["name"]
         self.input_dtype = pb_utils.triton_string_to_numpy(model_input["data_type"])
         self.outputs = [(o["name"], pb_utils.triton_string_to_numpy(o["data_type"])) for o in config["output"]]
-        threads = int(config.get("parameters", {}).get(THREADS_PARAMETER, {}).get("string_value", "0"))
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = int(parameters.get(THREADS_PARAMETER, "0"))
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", parameters.get(SPINNING_PARAMETER, "1"))
         path = Path(args["model_repository"]) / args["model_version"] / MODEL_FILE
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
