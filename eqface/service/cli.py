@@ -164,12 +164,12 @@ async def serve(config: ServiceConfig) -> None:
     """Runs the server until SIGTERM or SIGINT, then stops it gracefully."""
     from eqface.service.server import AggregatorServer  # grpc is imported only when serving
 
-    server = AggregatorServer(config)
-    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before serving: a signal during start-up stops right after it
         loop.add_signal_handler(sig, stop.set)
+    server = AggregatorServer(config)
+    await server.start()
     await stop.wait()
     logging.getLogger(__name__).info("signal received: draining")
     await server.stop()

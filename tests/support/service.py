@@ -213,10 +213,19 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, ready_timeout_s: float = 30.0) -> ServerProcess:
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError(f"server already running (pid {self.process.pid})")
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO_ROOT
+                self.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=REPO_ROOT,
+                # No preexec_fn: it forces fork() instead of vfork, and gRPC's fork handlers can then deadlock a
+                # test process that holds channels (seen here: the parent hung in futex_wait before the fork).
             )
         try:
             wait_serving(self.target, ready_timeout_s, alive=lambda: self.process.poll() is None)  # type: ignore[union-attr]
@@ -243,7 +252,7 @@ class ServerProcess:
         return self.process.wait(timeout_s)
 
     def __enter__(self) -> ServerProcess:
-        return self.start()
+        return self if self.process is not None else self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.kill()
