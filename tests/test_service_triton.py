@@ -1,0 +1,233 @@
+"""Image mode against the real Triton server (nvidia-pytriton wheel) serving MobileFaceNet (112x96, 128-d).
+
+The model repository and the exported network come from the serving tests' fixtures (tests.support.models /
+tests.support.triton); the faces are real CelebA JPEGs of a few identities.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2
+
+from eqface.aggregation import progressive_templates, qwfaf
+from eqface.service.client import feature_frame, image_frame, template_of
+from eqface.service.config import ServiceConfig, TritonConfig
+from eqface.service.server import SERVICE_NAME, TRITON_HEALTH
+from eqface.service.v1 import aggregator_pb2 as pb
+from tests.support.images import FACE_PACK
+from tests.support.service import (
+    ServerThread,
+    StreamSession,
+    TritonProcess,
+    aggregator_stub,
+    health_status,
+    serve_in_thread,
+    unit,
+    wait_serving,
+)
+
+pytest_plugins = ["tests.support.models", "tests.support.triton"]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture(scope="module")
+def people(shared_data: Path) -> dict[str, list[bytes]]:
+    """JPEG files of three CelebA identities with at least 12 images each (12 per identity)."""
+    with np.load(shared_data / FACE_PACK) as pack:
+        blob, offsets, identity = pack["jpeg_bytes"], pack["jpeg_offsets"], pack["identity"]
+    ids, counts = np.unique(identity, return_counts=True)
+    chosen = ids[counts >= 12][:3]
+    return {
+        f"person{k}": [blob[offsets[i] : offsets[i + 1]].tobytes() for i in np.flatnonzero(identity == pid)[:12]]
+        for k, pid in enumerate(chosen)
+    }
+
+
+@pytest.fixture(scope="module")
+def triton(triton_installed, local_repository: Path, tmp_path_factory) -> Iterator[TritonProcess]:
+    server = TritonProcess(local_repository, tmp_path_factory.mktemp("triton") / "triton.log")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def _config(tmp_path: Path, triton: TritonProcess, mobilefacenet, **triton_options) -> ServiceConfig:
+    return ServiceConfig(
+        store_url=f"sqlite:///{tmp_path}/state.db",
+        metrics_port=0,
+        embedding_dim=mobilefacenet.spec.embedding_size,
+        image_size=mobilefacenet.spec.image_size,
+        triton=TritonConfig(url=triton.grpc_url, **{"timeout_s": 5.0, "probe_interval_s": 0.2, **triton_options}),
+    )
+
+
+@pytest.fixture
+def image_server(tmp_path, triton, mobilefacenet) -> Iterator[ServerThread]:
+    with serve_in_thread(_config(tmp_path, triton, mobilefacenet)) as server:
+        wait_serving(server.target, 30)
+        yield server
+
+
+def _direct(triton: TritonProcess, images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """What Triton itself answers for these images (the reference the service must reproduce)."""
+    import tritonclient.grpc as grpcclient
+
+    from eqface.serving.client import infer_images
+
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    try:
+        embedding, quality = infer_images(client, images)
+    finally:
+        client.close()
+    return unit(embedding), quality.reshape(-1)
+
+
+def _stream_images(stub, subject: str, images: list[bytes], per_message: int = 4, first_seq: int = 1):
+    requests = [
+        pb.StreamFramesRequest(
+            frames=[image_frame(subject, first_seq + i + j, b) for j, b in enumerate(images[i : i + per_message])]
+        )
+        for i in range(0, len(images), per_message)
+    ]
+    return [r for response in stub.StreamFrames(iter(requests), timeout=60) for r in response.results]
+
+
+def test_image_stream_reproduces_triton_and_the_offline_aggregation(image_server, triton, people):
+    images = people["person0"]
+    embeddings, qualities = _direct(triton, images)
+    with aggregator_stub(image_server.target) as stub:
+        results = _stream_images(stub, "cam", images)
+        state = stub.GetTemplate(pb.GetTemplateRequest(subject_id="cam")).subject
+    assert [r.sequence for r in results] == list(range(1, 13))
+    assert all(r.status != pb.FRAME_STATUS_INVALID for r in results)
+    np.testing.assert_allclose([r.quality for r in results], qualities, atol=1e-5)
+    expected = progressive_templates(embeddings, np.clip(qualities, 0, 1))[-1]
+    assert state.dimension == 128 and state.frame_count == 12
+    np.testing.assert_allclose(template_of(state), expected, atol=1e-4)
+
+
+def test_tensor_mode_gives_the_same_results_as_bytes_mode(tmp_path, triton, mobilefacenet, people):
+    images = people["person1"]
+    embeddings, qualities = _direct(triton, images)
+    config = _config(tmp_path, triton, mobilefacenet, input_kind="tensor")
+    with serve_in_thread(config) as server, aggregator_stub(server.target) as stub:
+        wait_serving(server.target, 30)
+        results = _stream_images(stub, "cam", images, per_message=12)
+        state = stub.GetTemplate(pb.GetTemplateRequest(subject_id="cam")).subject
+    np.testing.assert_allclose([r.quality for r in results], qualities, atol=1e-5)
+    expected = progressive_templates(embeddings, np.clip(qualities, 0, 1))[-1]
+    np.testing.assert_allclose(template_of(state), expected, atol=1e-4)
+
+
+def test_bad_images_fail_alone_and_enroll_identify_from_images(image_server, triton, people):
+    good = people["person2"][:3]
+    jpeg = good[0]
+    frames = [
+        image_frame("s", 1, good[0]),
+        image_frame("s", 2, b""),
+        image_frame("s", 3, jpeg[: len(jpeg) // 2]),  # truncated JPEG
+        image_frame("s", 4, b"GIF89a not really"),
+        image_frame("s", 5, good[1]),
+        feature_frame("s", 6, unit(np.ones(256)), 0.9),  # wrong dimension for this 128-d model
+    ]
+    with aggregator_stub(image_server.target) as stub:
+        (response,) = stub.StreamFrames(iter([pb.StreamFramesRequest(frames=frames)]), timeout=60)
+        statuses = [r.status for r in response.results]
+        assert statuses[0] == pb.FRAME_STATUS_SEEDED and statuses[4] != pb.FRAME_STATUS_INVALID
+        assert statuses[1:4] == [pb.FRAME_STATUS_INVALID] * 3 and statuses[5] == pb.FRAME_STATUS_INVALID
+        assert "empty" in response.results[1].detail and "JPEG or PNG" in response.results[2].detail
+        assert stub.GetTemplate(pb.GetTemplateRequest(subject_id="s")).subject.frame_count == 2
+
+        for name, images in people.items():
+            enrolled = stub.Enroll(pb.EnrollRequest(identity_id=name, images=pb.ImageSet(images=images[:6])))
+            assert len(enrolled.image_qualities) == 6
+        embeddings, qualities = _direct(triton, people["person1"][:6])
+        gallery_template = qwfaf(embeddings, np.clip(qualities, 0, 1), 0.3)
+        by_embedding = stub.Identify(pb.IdentifyRequest(embedding=gallery_template.astype("<f4").tobytes()))
+        assert by_embedding.matches[0].identity_id == "person1" and by_embedding.matches[0].score > 0.999
+        for name, images in people.items():
+            probe = stub.Identify(pb.IdentifyRequest(images=pb.ImageSet(images=images[6:]), top_k=3))
+            assert probe.matches[0].identity_id == name, (name, probe)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Identify(pb.IdentifyRequest(images=pb.ImageSet(images=[good[0], b"junk"])))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "image 1" in err.value.details()
+
+
+def test_concurrent_streams_share_micro_batches(image_server, people):
+    errors: list[BaseException] = []
+
+    def run(subject: str, images: list[bytes]) -> None:
+        try:
+            with aggregator_stub(image_server.target) as stub:
+                for rep in range(3):
+                    _stream_images(stub, subject, images, per_message=1, first_seq=1 + 12 * rep)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(f"c{i}", people[f"person{i % 3}"])) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    text = image_server.server.service.metrics.exposition().decode()
+    count = _sample(text, "eqface_aggregator_triton_batch_images_count")
+    total = _sample(text, "eqface_aggregator_triton_batch_images_sum")
+    assert total == 6 * 36 and count < total  # several streams' images went to Triton together
+
+
+def test_triton_outage_is_unavailable_then_recovers(tmp_path, triton, mobilefacenet, people):
+    """Triton hung (SIGSTOP), then gone (stopped), then back: streams get UNAVAILABLE, readiness follows, no crash."""
+    images = people["person0"]
+    config = _config(tmp_path, triton, mobilefacenet, timeout_s=1.0)
+    with serve_in_thread(config) as server, aggregator_stub(server.target) as stub:
+        wait_serving(server.target, 30)
+        assert health_status(server.target, TRITON_HEALTH) == SERVING
+        _stream_images(stub, "cam", images[:2])
+        features = StreamSession(stub)  # feature mode must keep working throughout
+        assert features.exchange(pb.StreamFramesRequest(frames=[feature_frame("f", 1, unit(np.ones(128)), 0.9)]))
+
+        for outage, restore in ((triton.freeze, triton.thaw), (triton.stop, triton.start)):
+            outage()
+            with pytest.raises(grpc.RpcError) as err:
+                _stream_images(stub, "cam", images[2:4], first_seq=3)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+            _wait_health(server.target, "", NOT_SERVING)
+            assert health_status(server.target, SERVICE_NAME) == NOT_SERVING
+            assert health_status(server.target, TRITON_HEALTH) == NOT_SERVING
+            seq = 2 + int(restore == triton.start)
+            reply = features.exchange(pb.StreamFramesRequest(frames=[feature_frame("f", seq, unit(np.ones(128)), 0.9)]))
+            assert reply.results[0].status == pb.FRAME_STATUS_ACCEPTED
+            restore()
+            _wait_health(server.target, "", SERVING, timeout_s=30)
+            results = _stream_images(stub, "cam", images[2:4], first_seq=3)
+            assert [r.status != pb.FRAME_STATUS_INVALID for r in results] == [True, True]
+            stub.DeleteSubject(pb.DeleteSubjectRequest(subject_id="cam"))
+            _stream_images(stub, "cam", images[:2])
+        features.close()
+        text = server.server.service.metrics.exposition().decode()
+        assert _sample(text, 'eqface_aggregator_triton_errors_total{reason="deadline_exceeded"}') >= 1
+
+
+def _wait_health(target: str, service: str, status: int, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while health_status(target, service) != status:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"health of {service!r} did not become {status} in {timeout_s}s")
+        time.sleep(0.05)
+
+
+def _sample(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
