@@ -1,0 +1,259 @@
+"""E2: does training with quality weights (Step 3, QW) help? Step-1 vs Step-3 QW vs Step-3 without weights (control).
+
+All three networks are evaluated on the same pairs of unseen identities: the 40 CelebA identities the training run held
+out, and ORL (40 subjects never seen). 10-fold verification accuracy on balanced sampled pairs; TAR at FAR and AUC on
+every within-set pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eqface.eval.pairs import make_pairs
+from eqface.eval.roc import auc, roc_curve, tar_at_far
+from eqface.eval.verification import kfold_accuracy
+from experiments.common import (
+    DEFAULT_DATA_DIR, DEFAULT_RUN, RESULTS_DIR, ModelRef, Report, all_within_pairs, binomial_se, command_line,
+    embed_images, flat_config_diff, fmt_far, held_out_source, load_model_ref, new_figure, source_images,
+)
+
+NAME = "e2_qw_training"
+FARS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+MAX_BALANCED_PAIRS = 3000  # per kind, for the 10-fold accuracy (LFW uses 3000 + 3000)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str
+    images: Sequence[np.ndarray]
+    labels: np.ndarray
+    note: str
+
+
+def balanced_pairs(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LFW-style: as many genuine as impostor pairs (up to MAX_BALANCED_PAIRS each), drawn by ``make_pairs``."""
+    counts = np.bincount(labels)
+    n = int(min(MAX_BALANCED_PAIRS, (counts * (counts - 1) // 2).sum()))
+    return make_pairs(labels, n, n, np.random.default_rng(seed))
+
+
+def evaluate_set(emb: np.ndarray, labels: np.ndarray, seed: int, fars: Sequence[float] = FARS) -> dict[str, Any]:
+    a, b, same = balanced_pairs(labels, seed)
+    acc = kfold_accuracy(np.einsum("nd,nd->n", emb[a], emb[b]).astype(np.float64), same, 10)
+    ia, ib, isame = all_within_pairs(labels)
+    scores = np.einsum("nd,nd->n", emb[ia].astype(np.float64), emb[ib].astype(np.float64))
+    tars = tar_at_far(scores, isame, fars)
+    curve = roc_curve(scores, isame)
+    keep = np.unique(np.concatenate([np.searchsorted(curve.far, np.logspace(-6, 0, 300)), [len(curve.far) - 1]]))
+    keep = keep[keep < len(curve.far)]
+    n_gen = int(isame.sum())
+    return {
+        "accuracy": acc.mean, "accuracy_std": acc.std, "balanced_pairs_per_kind": int(same.sum()),
+        "auc": auc(scores, isame), "tar_at_far": tars, "genuine_pairs": n_gen, "impostor_pairs": int((~isame).sum()),
+        "tar_binomial_se": {far: binomial_se(t, n_gen) for far, t in tars.items()},
+        "roc": {"far": curve.far[keep].round(8).tolist(), "tar": curve.tar[keep].round(6).tolist()},
+    }
+
+
+def run_e2(
+    models: Sequence[ModelRef], sets: Sequence[EvalSet], out_dir: Path, *, seed: int = 0,
+    fars: Sequence[float] = FARS, command: str | None = None, run_logs: dict[str, Any] | None = None,
+    checks: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Embeds every set once per model; ``checks`` are protocol facts verified by the caller (printed as is)."""
+    report = Report(out_dir, "E2 — quality-weighted training (Step 3 QW) against its controls")
+    report.figures.update({"seed": seed, "fars": list(fars), "models": {m.name: m.describe() for m in models},
+                           "results": {}})
+    _protocol(report, models, sets, seed, run_logs or {}, checks)
+    results: dict[str, dict[str, Any]] = {s.name: {} for s in sets}
+    for ref in models:
+        for s in sets:
+            emb = embed_images(ref.net, s.images, ref.image_size).emb
+            results[s.name][ref.name] = evaluate_set(emb, s.labels, seed, fars)
+    report.figures["results"] = results
+    for s in sets:
+        _set_section(report, s, models, results[s.name], fars)
+    report.write(command)
+    return report.figures
+
+
+def _protocol(report: Report, models: Sequence[ModelRef], sets: Sequence[EvalSet], seed: int,
+              run_logs: dict[str, Any], checks: Sequence[str]) -> None:
+    report.section("Protocol")
+    report.text(
+        "Compared networks (embeddings only; the quality branch plays no part in verification):",
+    )
+    report.table(["arm", "file", "training time (s, from log.jsonl)"],
+                 [[m.name, m.describe(), run_logs.get(m.name, {}).get("seconds", "–")] for m in models])
+    rows = []
+    for i, first in enumerate(models):
+        for other in models[i + 1 :]:
+            diff = flat_config_diff(first.config, other.config)
+            rows.append([f"{first.name} → {other.name}",
+                         "; ".join(f"`{k}`: {a} → {b}" for k, (a, b) in diff.items()) or "(none)"])
+    if rows:
+        report.text("Stored training configs, what differs (arms of one run share its config; the Step-3 arms must "
+                    "differ only in `train.step3_quality` and start from the same Step-2 `final.pt`):")
+        report.table(["configs", "differences"], rows)
+    for line in checks:
+        report.text(line)
+    report.text(
+        "Evaluation sets (identities never seen in training):",
+        *(f"- **{s.name}**: {len(s.labels)} images, {len(np.unique(s.labels))} identities. {s.note}" for s in sets),
+        f"Accuracy: 10-fold LFW protocol (threshold fitted on 9 folds, scored on the 10th) on balanced pairs "
+        f"(min(genuine available, {MAX_BALANCED_PAIRS}) genuine + as many impostor pairs, `make_pairs`, seed {seed}; "
+        "the same pairs for every arm). TAR@FAR and AUC: every unordered within-set pair. 'n/r' = FAR not "
+        "reachable (fewer than 1/FAR impostor pairs). ± on TAR is the binomial standard error over genuine pairs, "
+        "a rough noise scale (paired differences are less noisy, but differences below it are not evidence).",
+    )
+
+
+def _set_section(report: Report, s: EvalSet, models: Sequence[ModelRef], res: dict[str, Any],
+                 fars: Sequence[float]) -> None:
+    report.section(f"Results — {s.name}")
+    first = next(iter(res.values()))
+    report.text(f"{first['genuine_pairs']} genuine / {first['impostor_pairs']} impostor pairs for TAR@FAR; "
+                f"{first['balanced_pairs_per_kind']} + {first['balanced_pairs_per_kind']} pairs for accuracy.")
+    rows = []
+    for m in models:
+        r = res[m.name]
+        rows.append([m.name, f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}", f"{r['auc']:.4f}",
+                     *(_tar_cell(r, far) for far in fars)])
+    report.table(["arm", "accuracy % (10-fold)", "AUC", *(f"TAR@{fmt_far(f)} %" for f in fars)], rows)
+    report.text(*_verdicts(models, res, fars))
+    report.image(_roc_figure(s.name, models, res), f"roc_{s.name.split()[0].lower()}.png",
+                 f"ROC on every within-set pair, {s.name}")
+
+
+def _tar_cell(r: dict[str, Any], far: float) -> str:
+    t = r["tar_at_far"][far]
+    if t is None:
+        return "n/r"
+    return f"{100 * t:.2f} ± {100 * r['tar_binomial_se'][far]:.2f}"
+
+
+def _verdicts(models: Sequence[ModelRef], res: dict[str, Any], fars: Sequence[float]) -> list[str]:
+    """Plain-language comparison of each arm with the first (the baseline); 'within noise' below 2 standard errors."""
+    lines = []
+    names = [m.name for m in models]
+    pairs = [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
+    for a, b in pairs:
+        ra, rb = res[a], res[b]
+        d_acc = rb["accuracy"] - ra["accuracy"]
+        se_acc = np.hypot(ra["accuracy_std"], rb["accuracy_std"]) / np.sqrt(10)
+        parts = [f"accuracy {100 * d_acc:+.2f} pts ({_noise(d_acc, se_acc)})"]
+        for far in fars:
+            ta, tb = ra["tar_at_far"][far], rb["tar_at_far"][far]
+            if ta is None or tb is None:
+                continue
+            se = np.hypot(ra["tar_binomial_se"][far], rb["tar_binomial_se"][far])
+            parts.append(f"TAR@{fmt_far(far)} {100 * (tb - ta):+.2f} pts ({_noise(tb - ta, se)})")
+        parts.append(f"AUC {rb['auc'] - ra['auc']:+.4f}")
+        lines.append(f"- **{b}** vs **{a}**: " + ", ".join(parts) + ".")
+    return lines
+
+
+def _noise(diff: float, se: float) -> str:
+    if diff == 0:
+        return "equal"
+    if abs(diff) <= 2 * se:
+        return "within noise"
+    return "better" if diff > 0 else "worse"
+
+
+def _roc_figure(title: str, models: Sequence[ModelRef], res: dict[str, Any]):
+    fig = new_figure(6.5, 4.5)
+    ax = fig.add_subplot()
+    for i, m in enumerate(models):
+        roc = res[m.name]["roc"]
+        far = np.maximum(np.asarray(roc["far"]), 1e-7)
+        ax.plot(far, roc["tar"], label=f"{m.name} (AUC {res[m.name]['auc']:.4f})", color=f"C{i}")
+    ax.set(xscale="log", xlim=(1e-5, 1), xlabel="FAR", ylabel="TAR", title=f"ROC — {title}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def step_seconds(folder: Path) -> float | None:
+    """Total training seconds recorded in a step folder's log.jsonl (None when absent)."""
+    log = folder / "log.jsonl"
+    if not log.is_file():
+        return None
+    return round(sum(json.loads(line).get("seconds", 0.0) for line in log.read_text().splitlines() if line), 1)
+
+
+def same_start_checks(step2: Path, arms: dict[str, Path]) -> list[str]:
+    """Step 3 freezes the quality branch, so an arm whose branch equals step2's bit for bit started from it."""
+    import torch
+
+    from eqface.train import checkpoint
+
+    start = {k: v for k, v in checkpoint.load(step2)["net"].items() if k.startswith("quality.")}
+    lines = []
+    for name, path in arms.items():
+        net = checkpoint.load(path)["net"]
+        same = all(torch.equal(v, net[k]) for k, v in start.items())
+        lines.append(f"- {name}: quality branch {'bit-identical to' if same else 'DIFFERS from'} "
+                     f"`{_rel(step2)}` (frozen in Step 3, so {'it did' if same else 'it did NOT'} start from that "
+                     "Step-2 checkpoint).")
+    return lines
+
+
+def _rel(path: Path) -> str:
+    from experiments.common import REPO_ROOT
+
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="QW training run (step1/, step3-1/)")
+    p.add_argument("--noqw", type=Path, default=DEFAULT_RUN.parent / "mfn-celeba-noqw",
+                   help="folder of the Step-3 control run (train.step3_quality=none), holding final.pt")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder of the shared face packs")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / NAME, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of the balanced pair sampling")
+    args = p.parse_args(argv)
+    from eqface.data.packs import load_pack
+
+    folders = {"step1 (pretrained + classifier)": args.run / "step1",
+               "step3 QW": args.run / "step3-1", "step3 no-QW (control)": args.noqw}
+    models = [load_model_ref(folder / "final.pt", name) for name, folder in folders.items()]
+    logs = {name: {"seconds": step_seconds(folder)} for name, folder in folders.items()}
+    celeba = held_out_source(models[0], args.data_dir)
+    orl = load_pack(args.data_dir / "orl_att_faces.npz")
+    sets = [
+        EvalSet("CelebA held-out", source_images(celeba), celeba.labels,
+                "The last 40 identities (by label) of `celeba_wild_subset_rgb112.npz`, held out by the training run's "
+                "own config (`data.eval_identities`), ArcFace-aligned RGB."),
+        EvalSet("ORL", source_images(orl), orl.labels,
+                "`orl_att_faces.npz`, grey 112×92, not aligned to the ArcFace template (centre-cropped to the "
+                "112×96 input), so absolute numbers are lower than on aligned faces."),
+    ]
+    step2 = args.run / "step2-1" / "final.pt"
+    checks = [
+        "The control arm was trained with `eqface train --preset mobilefacenet-celeba --step 3 --init "
+        f"{_rel(step2)} --set train.step3_quality=none --out {_rel(args.noqw)} --no-summary`: the same data, "
+        "schedule, seed and starting point as the QW arm's Step 3, with s_i = 1.",
+        *same_start_checks(step2, {"step3 QW": folders["step3 QW"] / "final.pt",
+                                   "step3 no-QW (control)": args.noqw / "final.pt"}),
+    ]
+    figures = run_e2(models, sets, args.out, seed=args.seed, command=command_line(f"experiments.{NAME}"),
+                     run_logs=logs, checks=checks)
+    print((args.out / "report.md").read_text())
+    print(f"wrote {args.out} in {figures['runtime_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""Smoke tests of the experiments: each core function on a tiny trained model and tiny synthetic faces.
+
+They check the outputs (report.md, results.json, PNGs) and that every reported number is finite, not the figures of
+the full experiments (those run from the command line on the real packs; see experiments/results/).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from eqface.config import SyntheticConfig, preset
+from eqface.data.synthetic import generate_synthetic
+from eqface.train.distributed import DistEnv
+from eqface.train.pipeline import train_pipeline
+from experiments.common import ModelRef, load_model_ref
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny_run")
+    train_pipeline(preset("test"), out, DistEnv())
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_run: Path) -> ModelRef:
+    return load_model_ref(tiny_run / "model.pt", "tiny model.pt")
+
+
+@pytest.fixture(scope="module")
+def faces() -> tuple[list[np.ndarray], np.ndarray]:
+    source = generate_synthetic(SyntheticConfig(identities=6, images_per_identity=8, degraded_fraction=0.3),
+                                image_size=(32, 32), seed=5)
+    return [source.image(i) for i in range(len(source))], source.labels
+
+
+def _numbers(obj: Any):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _numbers(v)
+    elif isinstance(obj, (list, tuple, np.ndarray)):
+        for v in obj:
+            yield from _numbers(v)
+    elif isinstance(obj, (float, np.floating, int, np.integer)) and not isinstance(obj, bool):
+        yield float(obj)
+
+
+def _check_outputs(out: Path, figures: dict[str, Any], pngs: int) -> dict[str, Any]:
+    report = (out / "report.md").read_text()
+    assert report.startswith("# ") and "Runtime:" in report and "## Protocol" in report
+    stored = json.loads((out / "results.json").read_text())
+    assert stored["runtime_s"] >= 0 and len(stored["pngs"]) == pngs
+    for name in stored["pngs"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in report
+    numbers = list(_numbers(figures))
+    assert numbers and all(math.isfinite(x) for x in numbers)
+    return stored
+
+
+def test_e1_illumination(tiny_run: Path, tiny_model: ModelRef, faces, tmp_path: Path) -> None:
+    from experiments.e1_illumination import MEASURES, run_e1
+
+    images, labels = faces
+    angles = np.random.default_rng(1).uniform(0, 130, len(labels))  # seed 0 would equal the random baseline
+    step2 = load_model_ref(tiny_run / "step2-1" / "final.pt", "step2-1")
+    figures = run_e1([tiny_model, step2], images, labels, angles, tmp_path, start_fmr=1e-2)
+    stored = _check_outputs(tmp_path, figures, pngs=6)  # EDC, histogram and scatter per model
+    result = stored["models"]["tiny model.pt"]
+    assert -1 <= result["quality"]["spearman"] <= 1 and len(result["quality"]["bands"]) == 4
+    assert set(result["edc"]) == set(MEASURES)
+
+
+def test_e2_qw_training(tiny_run: Path, tiny_model: ModelRef, faces, tmp_path: Path) -> None:
+    from experiments.e2_qw_training import EvalSet, run_e2
+
+    images, labels = faces
+    models = [load_model_ref(tiny_run / "step1" / "final.pt", "step1"),
+              load_model_ref(tiny_run / "step3-1" / "final.pt", "step3 QW")]
+    figures = run_e2(models, [EvalSet("synthetic set", images, labels, "tiny")], tmp_path)
+    stored = _check_outputs(tmp_path, figures, pngs=1)
+    r = stored["results"]["synthetic set"]["step3 QW"]
+    assert 0 <= r["accuracy"] <= 1 and r["tar_at_far"]["1e-05"] is None  # too few impostors: not reachable
+    assert "`train.step3_quality`" in (tmp_path / "report.md").read_text()
+
+
+def test_e3_templates(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
+    from experiments.e3_templates import run_e3
+
+    images, labels = faces
+    figures = run_e3(tiny_model, images, labels, tmp_path, frames=2, repeats=2)
+    stored = _check_outputs(tmp_path, figures, pngs=1)
+    assert stored["templates"] == 2 * 6 * 4
+    assert "| QWFAF, s_th=0.3 |" in stored["table_markdown"] and "n/r" in stored["table_markdown"]
+
+
+def test_e4_progressive(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
+    from experiments.e4_progressive import F_THS, S_THS, run_e4
+
+    images, labels = faces
+    figures = run_e4(tiny_model, images, labels, tmp_path, refs=2, queries=3, repeats=2, fars=(1e-2, 1e-1),
+                     select_far=1e-1)
+    stored = _check_outputs(tmp_path, figures, pngs=1)
+    assert len(stored["results"]) == 1 + len(F_THS) * len(S_THS) + 3
+    assert stored["best_by_tar"].startswith("f_th=")
+
+
+def test_fig4_quality_grid(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
+    from experiments.fig4_quality_grid import run_fig4
+
+    images, labels = faces
+    figures = run_fig4(tiny_model, images, [f"face{i}" for i in range(len(images))], tmp_path, shown=12)
+    stored = _check_outputs(tmp_path, figures, pngs=1)
+    q = [f["quality"] for f in stored["all_sorted"]]
+    assert q == sorted(q) and stored["shown"] == 12
