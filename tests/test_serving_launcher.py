@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
@@ -138,3 +139,29 @@ def test_two_servers_run_side_by_side(local_repository, faces, triton_installed)
         for server in (first, second):
             with grpcclient.InferenceServerClient(server.grpc_url) as client:
                 assert infer_images(client, face)[0].shape == (1, 128)
+
+
+def test_the_server_dies_with_a_killed_parent(local_repository, triton_installed):
+    """A test run killed mid-way (SIGKILL: no teardown runs) must not leave tritonserver behind."""
+    script = (
+        "import time\nfrom eqface.serving.launcher import TritonServer\n"
+        f"server = TritonServer({str(local_repository)!r}).start()\nprint(server.pid, flush=True)\ntime.sleep(300)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait() is missing

@@ -154,11 +154,11 @@ def _spec_from_graph(model, path: str | Path) -> InferenceSpec:
     in_dims, emb_dims, q_dims = inputs[contract.INPUT_NAME][1], *(outputs[n][1] for n in OUTPUT_NAMES)
     if len(in_dims) != 4 or in_dims[1] != contract.CHANNELS:
         raise OnnxContractError(f"{path}: input shape {list(in_dims)}, expected [N, {contract.CHANNELS}, H, W]")
-    spec = InferenceSpec(image_size=(in_dims[2], in_dims[3]), embedding_size=emb_dims[1] if len(emb_dims) == 2 else -1)
-    if emb_dims[1:] != spec.embedding_shape or q_dims[1:] != spec.quality_shape:
+    if len(emb_dims) != 2 or tuple(q_dims[1:]) != InferenceSpec().quality_shape:
         raise OnnxContractError(
             f"{path}: output shapes {list(emb_dims)} and {list(q_dims)}, expected [N, D] and [N, 1]"
         )
+    spec = InferenceSpec(image_size=(in_dims[2], in_dims[3]), embedding_size=emb_dims[1])
     return spec
 
 

@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
@@ -68,11 +68,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _set_parent_death_signal() -> None:
-    # Runs in the child between fork and exec: if the parent dies without stopping us, the kernel sends SIGTERM,
-    # so a crashed test run never leaves a server holding ports and shared memory.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _parent_death_signal() -> Callable[[], None]:
+    """A preexec_fn after which the kernel sends the server SIGTERM if its parent dies without stopping it.
+
+    So a crashed or killed test run never leaves a server holding ports and shared memory. ``prctl`` is looked up
+    here, in the parent: between fork and exec only the call itself runs (no dlopen, no imports).
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    sigterm = int(signal.SIGTERM)
+    return lambda: prctl(_PR_SET_PDEATHSIG, sigterm)
 
 
 class TritonServer:
@@ -86,7 +90,7 @@ class TritonServer:
         model_repository: folder with ``<model>/config.pbtxt`` and version folders.
         grpc_port, http_port, metrics_port: 0 picks a free port.
         host: address the three endpoints bind to.
-        model_control_mode: ``none`` loads every model at start; ``poll`` also reloads changed ones;
+        model_control_mode: ``none`` loads every model at start; ``poll`` also reloads changed ones (every 2 s);
             ``explicit`` loads only ``load_models`` and then what clients ask for through the model-control API.
         load_models: models to load at start in explicit mode (``["*"]``: all).
         log_verbose: Triton's ``--log-verbose`` level.
@@ -273,7 +277,7 @@ class TritonServer:
                 env=self.environment(libs),
                 cwd=self._workdir,
                 start_new_session=True,  # Ctrl-C reaches us, and we stop the server in order
-                preexec_fn=_set_parent_death_signal,
+                preexec_fn=_parent_death_signal(),
             )
 
     def _wait_ready(self) -> None:

@@ -19,7 +19,6 @@ from eqface.contract import InferenceSpec
 
 Variant = Literal["production", "local"]
 VARIANTS: tuple[Variant, ...] = ("production", "local")
-MODEL_NAMES = (contract.ONNX_MODEL_NAME, contract.PREPROCESS_MODEL_NAME, contract.ENSEMBLE_MODEL_NAME)
 ONNX_FILE = "model.onnx"
 PYTHON_FILE = "model.py"
 # Model-config parameters of eqface_onnx. Triton's onnxruntime backend reads the thread count too; the spinning switch
@@ -89,9 +88,7 @@ def _tensor(name: str, data_type: int, dims: tuple[int, ...]) -> dict:
 def _batched(config: mc.ModelConfig, batching: Batching) -> None:
     config.max_batch_size = batching.max_batch_size
     if batching.dynamic:
-        config.dynamic_batching.preferred_batch_size.extend(
-            [b for b in batching.preferred_batch_sizes if b <= batching.max_batch_size]
-        )
+        config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
         config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
 
 
