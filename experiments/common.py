@@ -57,6 +57,16 @@ class ModelRef:
         rel = _relative(self.path)
         return f"`{rel}` ({self.step}, sha256 {self.sha256[:12]}, backbone {self.model_cfg.backbone})"
 
+    def config_note(self) -> str:
+        """The training config in one line (the full config is in results.json under ``model_configs``)."""
+        train, data = self.config.get("train", {}), self.config.get("data", {})
+        if not train:
+            return "(no training config stored)"
+        epochs = "/".join(str(train.get(f"step{k}", {}).get("epochs")) for k in (1, 2, 3))
+        return (f"trained on {Path(str(data.get('path', ''))).name or data.get('source')} minus its last "
+                f"{data.get('eval_identities')} identities, seed {train.get('seed')}, epochs step1/2/3 {epochs}, "
+                f"step3_quality {train.get('step3_quality')}, iterations {train.get('iterations')}")
+
 
 def _relative(path: Path) -> str:
     try:
@@ -223,6 +233,11 @@ class Report:
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def add_models(self, models: Sequence[ModelRef]) -> None:
+        """Records each model's file, hash and full training config in results.json."""
+        self.figures["model_files"] = {m.name: m.describe() for m in models}
+        self.figures["model_configs"] = {m.name: m.config for m in models}
 
     def section(self, title: str) -> None:
         self.lines += ["", f"## {title}", ""]

@@ -89,6 +89,7 @@ def run_e1(
     report.figures.update({"images": len(labels), "identities": int(len(np.unique(labels))),
                            "genuine_pairs": int(issame.sum()), "impostor_pairs": n_imp, "start_fmr": start_fmr,
                            "seed": seed, "models": {}})
+    report.add_models(models)
     _protocol(report, models, labels, issame, start_fmr, seed, data_note)
     sharp_cache: dict[tuple[int, int], np.ndarray] = {}
     rand = random_quality(len(labels), seed)
@@ -146,18 +147,7 @@ def _protocol(
         f"Acceptance (issue 2): Spearman(quality, light angle) ≤ {ACCEPT_SPEARMAN} and quality std ≥ {ACCEPT_STD}.",
     )
     report.table(["model", "file", "training config"],
-                 [[m.name, m.describe(), _config_note(m)] for m in models])
-
-
-def _config_note(ref: ModelRef) -> str:
-    train = ref.config.get("train", {})
-    data = ref.config.get("data", {})
-    if not train:
-        return "(no config stored)"
-    return (f"data {Path(str(data.get('path', ''))).name or data.get('source')} minus last "
-            f"{data.get('eval_identities')} ids; seed {train.get('seed')}; epochs step1/2/3 "
-            f"{train.get('step1', {}).get('epochs')}/{train.get('step2', {}).get('epochs')}/"
-            f"{train.get('step3', {}).get('epochs')}; step3_quality {train.get('step3_quality')}")
+                 [[m.name, m.describe(), m.config_note()] for m in models])
 
 
 def _write_results(report: Report, models: Sequence[ModelRef], results: dict[str, Any], angles: np.ndarray) -> None:

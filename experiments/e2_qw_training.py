@@ -71,6 +71,7 @@ def run_e2(
     report = Report(out_dir, "E2 — quality-weighted training (Step 3 QW) against its controls")
     report.figures.update({"seed": seed, "fars": list(fars), "models": {m.name: m.describe() for m in models},
                            "results": {}})
+    report.add_models(models)
     _protocol(report, models, sets, seed, run_logs or {}, checks)
     results: dict[str, dict[str, Any]] = {s.name: {} for s in sets}
     for ref in models:
@@ -90,8 +91,9 @@ def _protocol(report: Report, models: Sequence[ModelRef], sets: Sequence[EvalSet
     report.text(
         "Compared networks (embeddings only; the quality branch plays no part in verification):",
     )
-    report.table(["arm", "file", "training time (s, from log.jsonl)"],
-                 [[m.name, m.describe(), run_logs.get(m.name, {}).get("seconds", "–")] for m in models])
+    report.table(["arm", "file", "training config", "step training time (s, log.jsonl)"],
+                 [[m.name, m.describe(), m.config_note(), run_logs.get(m.name, {}).get("seconds") or "–"]
+                  for m in models])
     rows = []
     for i, first in enumerate(models):
         for other in models[i + 1 :]:

@@ -110,6 +110,7 @@ def run_e3(
         "qwfaf_fallback_templates": fallbacks,
         "qwfaf_mean_fraction_kept": {s: (float(np.mean(v)) if v else None) for s, v in kept.items()},
     })
+    report.add_models([ref])
     _write(report, ref, labels, pooled, issame, fars, data_note)
     report.write(command)
     return report.figures
@@ -126,7 +127,8 @@ def _write(report: Report, ref: ModelRef, labels: np.ndarray, pooled: dict[str, 
     f = report.figures
     report.section("Protocol")
     report.text(
-        f"Model: {ref.describe()}. Data: {len(labels)} images of {len(np.unique(labels))} identities. {data_note}",
+        f"Model: {ref.describe()}; {ref.config_note()}. Data: {len(labels)} images of "
+        f"{len(np.unique(labels))} identities. {data_note}",
         f"Templates: each repeat shuffles every identity's images (seeded `default_rng([seed, repeat])`, seed "
         f"{f['seed']}) and cuts them into disjoint templates of {f['frames_per_template']} frames (leftovers "
         f"unused). Each frame is degraded with probability {f['degrade_p']} by one of {', '.join(KINDS)} (uniform), "

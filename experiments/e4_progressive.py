@@ -150,6 +150,7 @@ def run_e4(
         "merged_fraction": {n: float(np.mean(v)) for n, v in merged.items()},
         "quality_by_condition": quality_by_condition(np.concatenate(q_all), np.concatenate(kind_all)),
     })
+    report.add_models([ref])
     _write(report, ref, labels, pooled, issame, fars, data_note)
     report.write(command)
     return report.figures
@@ -169,7 +170,8 @@ def _write(report: Report, ref: ModelRef, labels: np.ndarray, pooled: dict[str, 
     c = f["counts"]
     report.section("Protocol (what is compared with what)")
     report.text(
-        f"Model: {ref.describe()}. Data: {len(labels)} images of {len(np.unique(labels))} identities. {data_note}",
+        f"Model: {ref.describe()}; {ref.config_note()}. Data: {len(labels)} images of "
+        f"{len(np.unique(labels))} identities. {data_note}",
         f"Each of {f['repeats']} repeats (seeded `default_rng([seed, repeat])`, seed {f['seed']}) shuffles the "
         f"identities: half are enrolled, half are distractors. An enrolled identity gives up to {f['refs_per_id']} "
         f"reference images and up to {f['queries_per_id']} other (disjoint) images as its query video; a distractor "
@@ -238,11 +240,14 @@ def _pct(x: float | None) -> str:
 
 
 def _roc_figure(pooled: dict[str, np.ndarray], issame: np.ndarray):
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"]
     fig = new_figure(7.5, 5.5)
     ax = fig.add_subplot()
     for i, (n, s) in enumerate(pooled.items()):
         c = roc_curve(s, issame)
-        style = {"color": "black", "lw": 2.0} if n == BASELINE else {"color": f"C{i % 10}", "lw": 1.0}
+        style = {"color": "black", "lw": 2.0} if n == BASELINE else {"color": palette(i % 20), "lw": 1.0}
         if n in (NO_GATES, RUNNING_MEAN, STRICT):
             style["ls"] = "--"
         ax.plot(np.maximum(c.far, 1e-6), c.tar, label=n, **style)

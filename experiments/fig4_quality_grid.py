@@ -38,9 +38,10 @@ def run_fig4(
                     "percentiles": {str(p): float(np.percentile(q, p)) for p in (5, 25, 50, 75, 95)}},
         "all_sorted": [{"name": str(names[i]), "quality": round(float(q[i]), 5)} for i in order],
     })
+    report.add_models([ref])
     report.section("Protocol")
     report.text(
-        f"Model: {ref.describe()}. {len(images)} faces. {data_note}",
+        f"Model: {ref.describe()}; {ref.config_note()}. {len(images)} faces. {data_note}",
         f"Every face is scored once (input fitted to {ref.image_size[0]}×{ref.image_size[1]} as in training). "
         f"The grid shows {len(picked)} faces at evenly spaced quality ranks, lowest first (read left to right, top "
         "to bottom); results.json lists all faces with their quality, sorted.",
