@@ -7,7 +7,7 @@ sequence numbers (a frame is applied at most once) and an outcome per frame for 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,9 +38,11 @@ _FROM_DECISION = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class FrameInput:
-    """A validated frame: the embedding is finite, L2-normalised float32 [D]; quality lies in [0, 1]."""
+class FrameInput(NamedTuple):
+    """A validated frame: the embedding is finite, L2-normalised float32 [D]; quality lies in [0, 1].
+
+    FrameInput and FrameOutcome are NamedTuples (immutable, built per frame, cheaper than frozen dataclasses).
+    """
 
     subject_id: str
     sequence: int
@@ -48,8 +50,7 @@ class FrameInput:
     quality: float
 
 
-@dataclass(frozen=True, slots=True)
-class FrameOutcome:
+class FrameOutcome(NamedTuple):
     """What happened to one frame, and the subject's counters after it."""
 
     subject_id: str

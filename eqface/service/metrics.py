@@ -11,7 +11,12 @@ from collections import Counter as Tally
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
+import threading
+
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from eqface.service.aggregator import FrameOutcome, FrameStatus
 
@@ -31,6 +36,44 @@ QUALITY_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # every 0.05 
 SIMILARITY_BUCKETS = tuple(round(-1.0 + 0.1 * i, 1) for i in range(1, 21))  # cosine in [-1, 1]
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+class BatchHistogram:
+    """A Prometheus histogram fed a whole message of observations per call (``Histogram.observe`` costs ~1 µs per
+    value, which at 20k frames/s and two histograms per frame is several percent of a core)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = np.array([*buckets, float("inf")])
+        self._labels = [floatToGoString(b) for b in self._bounds]
+        self._counts = np.zeros(len(self._bounds), dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: Sequence[float]) -> None:
+        if not len(values):
+            return
+        v = np.asarray(values, dtype=np.float64)
+        counts = np.bincount(np.searchsorted(self._bounds, v, side="left"), minlength=len(self._bounds))
+        with self._lock:  # scrapes run on the HTTP server's thread
+            self._counts += counts
+            self._sum += float(v.sum())
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> list[HistogramMetricFamily]:
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts), self._sum
+        family = HistogramMetricFamily(self.name, self.documentation)
+        for label, count in zip(self._labels, cumulative):
+            family.add_sample(f"{self.name}_bucket", {"le": label}, float(count))
+        # Added by hand: HistogramMetricFamily drops _count and _sum when a bucket bound is negative (similarity).
+        family.add_sample(f"{self.name}_count", {}, float(cumulative[-1]))
+        family.add_sample(f"{self.name}_sum", {}, total)
+        return [family]
 
 
 class ActiveSubjects:
@@ -69,14 +112,17 @@ class ServiceMetrics:
         ns = dict(namespace="eqface", subsystem="aggregator", registry=self.registry)
         self.frames = Counter("frames", "Frames processed, by result.", ["result"], **ns)
         self._frames_by_result = {r: self.frames.labels(r) for r in RESULTS}
-        self.quality = Histogram(
-            "frame_quality", "Quality s of processed frames (0 to 1).", buckets=QUALITY_BUCKETS, **ns
+        self.quality = BatchHistogram(
+            "eqface_aggregator_frame_quality",
+            "Quality s of processed frames (0 to 1).",
+            QUALITY_BUCKETS,
+            self.registry,
         )
-        self.similarity = Histogram(
-            "frame_similarity",
+        self.similarity = BatchHistogram(
+            "eqface_aggregator_frame_similarity",
             "Cosine similarity of a frame to its subject's template before the frame.",
-            buckets=SIMILARITY_BUCKETS,
-            **ns,
+            SIMILARITY_BUCKETS,
+            self.registry,
         )
         self.stage = Histogram(
             "stage_duration_seconds",
@@ -115,15 +161,18 @@ class ServiceMetrics:
 
     def observe_outcomes(self, outcomes: Sequence[FrameOutcome]) -> None:
         tally: Tally[str] = Tally()
+        qualities, similarities = [], []
         for o in outcomes:
             tally[_RESULT_OF[o.status]] += 1
             if o.status is FrameStatus.DUPLICATE or o.status is FrameStatus.INVALID:
                 continue
-            self.quality.observe(o.quality)
+            qualities.append(o.quality)
             if o.similarity is not None:
-                self.similarity.observe(o.similarity)
+                similarities.append(o.similarity)
         for result, n in tally.items():
             self._frames_by_result[result].inc(n)
+        self.quality.observe_many(qualities)
+        self.similarity.observe_many(similarities)
         self.active.touch(dict.fromkeys(o.subject_id for o in outcomes))
 
     def count_errors(self, n: int = 1) -> None:

@@ -232,8 +232,9 @@ def _source(request: pb.EnrollRequest | pb.IdentifyRequest, kind: str | None) ->
     return TemplateSource()
 
 
-def _frame_result(o: FrameOutcome) -> pb.FrameResult:
-    result = pb.FrameResult(
+def _add_frame_result(results: Any, o: FrameOutcome) -> None:
+    # results.add() builds the message in place: half the cost of constructing it and copying it into the list.
+    result = results.add(
         subject_id=o.subject_id,
         sequence=o.sequence,
         status=_STATUS[o.status],
@@ -249,14 +250,16 @@ def _frame_result(o: FrameOutcome) -> pb.FrameResult:
         result.similarity = o.similarity
     if o.status is FrameStatus.INVALID:
         result.error_code = status_code(o.error).value[0] if o.error else grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    return result
 
 
 def _response(result: MessageResult) -> pb.StreamFramesResponse:
-    return pb.StreamFramesResponse(
-        results=[_frame_result(o) for o in result.outcomes],
-        matches=[pb.SubjectMatches(subject_id=sid, matches=[_match(m) for m in ms]) for sid, ms in result.matches],
-    )
+    response = pb.StreamFramesResponse()
+    results = response.results
+    for outcome in result.outcomes:
+        _add_frame_result(results, outcome)
+    for sid, matches in result.matches:
+        response.matches.add(subject_id=sid, matches=[_match(m) for m in matches])
+    return response
 
 
 def _match(m: Match) -> pb.Match:

@@ -128,9 +128,11 @@ class TritonEmbedder:
                 self.model, [tensor], outputs=outputs, client_timeout=self.config.timeout_s
             )
         except InferenceServerException as exc:
-            self._count_error(_reason(exc.status()))
-            if _reason(exc.status()) in ("unavailable", "deadline_exceeded", "cancelled"):
+            reason = _reason(exc.status())
+            self._count_error(reason)
+            if reason == "unavailable":  # unreachable: fail fast until the probe sees it back
                 self._set_ready(False)
+            # A timeout may only mean overload: the request fails, readiness is left to the probe's own timeout.
             raise Unavailable(f"Triton inference failed: {exc}") from None
         finally:
             if self._metrics is not None:
