@@ -15,6 +15,10 @@ from eqface.data.augment import DEGRADATIONS, degrade
 from eqface.data.sources import ArraySource
 
 
+SKIN_TONES = np.array([[235, 195, 170], [205, 150, 120], [160, 110, 80], [110, 75, 55]], dtype=np.float64)
+IRIS_COLOURS = np.array([[60, 40, 20], [40, 90, 140], [70, 110, 60]], dtype=np.uint8)
+
+
 def _smooth_field(rng: np.random.Generator, size: tuple[int, int], grid: int, channels: int) -> np.ndarray:
     coarse = rng.uniform(0, 255, size=(grid, grid, channels)).astype(np.uint8)
     img = Image.fromarray(coarse.squeeze() if channels == 1 else coarse)
@@ -27,14 +31,16 @@ def identity_prototype(rng: np.random.Generator, size: tuple[int, int]) -> np.nd
     canvas = Image.new("RGB", (w, h), (0, 0, 0))
     mask = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(canvas)
-    skin = tuple(int(v) for v in rng.uniform([120, 80, 60], [250, 210, 190]))
+    # Colours are shared across identities (a few skin tones) so identity lives in geometry and fine detail, which
+    # blur, low resolution and noise destroy: that is what makes the degradations matter for recognition.
+    skin = tuple(int(v) for v in SKIN_TONES[rng.integers(len(SKIN_TONES))] + rng.uniform(-12, 12, size=3))
     hw, hh = rng.uniform(0.30, 0.42) * w, rng.uniform(0.38, 0.47) * h
     cx, cy = w / 2, h * rng.uniform(0.50, 0.56)
     draw.ellipse([cx - hw, cy - hh, cx + hw, cy + hh], fill=skin)
     ImageDraw.Draw(mask).ellipse([cx - hw, cy - hh, cx + hw, cy + hh], fill=255)
     eye_dx, eye_y = rng.uniform(0.12, 0.2) * w, cy - rng.uniform(0.08, 0.18) * h
     eye_r = rng.uniform(0.035, 0.06) * w
-    iris = tuple(int(v) for v in rng.uniform(0, 160, size=3))
+    iris = tuple(int(v) for v in IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))])
     for sx in (-1, 1):
         ex = cx + sx * eye_dx
         draw.ellipse([ex - eye_r * 1.6, eye_y - eye_r, ex + eye_r * 1.6, eye_y + eye_r], fill=(245, 245, 245))
@@ -46,9 +52,13 @@ def identity_prototype(rng: np.random.Generator, size: tuple[int, int]) -> np.nd
     mouth_y, mouth_w = eye_y + eye_r + nose_len + rng.uniform(0.06, 0.12) * h, rng.uniform(0.12, 0.24) * w
     lips = tuple(int(v) for v in rng.uniform([120, 20, 30], [220, 90, 100]))
     draw.ellipse([cx - mouth_w, mouth_y - rng.uniform(2, 6), cx + mouth_w, mouth_y + rng.uniform(2, 8)], fill=lips)
+    dot = max(1.0, 0.012 * w)
+    for _ in range(rng.integers(6, 13)):  # moles/freckles: identity-specific fine detail
+        px, py = cx + rng.uniform(-0.8, 0.8) * hw, cy + rng.uniform(-0.2, 0.8) * hh
+        draw.ellipse([px - dot, py - dot, px + dot, py + dot], fill=(70, 45, 35))
     face = np.asarray(canvas, dtype=np.float32)
-    texture = _smooth_field(rng, size, 6, 1)[:, :, None] - 128.0
-    face = np.clip(face + 0.25 * texture, 0, 255).astype(np.uint8)
+    texture = _smooth_field(rng, size, 10, 1)[:, :, None] - 128.0
+    face = np.clip(face + 0.3 * texture, 0, 255).astype(np.uint8)
     return np.dstack([face, np.asarray(mask)])
 
 
@@ -67,7 +77,8 @@ def render_sample(proto: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         img = img.resize((sw, sh), Image.BILINEAR)
         left, top = (sw - w) // 2, (sh - h) // 2
         img = img.crop((left, top, left + w, top + h))
-    out = np.asarray(img, dtype=np.float32) * rng.uniform(0.85, 1.15) + rng.normal(0, 3.0, size=(h, w, 3))
+    cast = rng.uniform(0.85, 1.15) * rng.uniform(0.88, 1.12, size=3)  # exposure and white balance
+    out = np.asarray(img, dtype=np.float32) * cast + rng.normal(0, 3.0, size=(h, w, 3))
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
