@@ -8,7 +8,8 @@ Phases:
                float32 bytes, --subjects-per-message subjects per message), --window messages in flight per stream.
                Reported: frames/s over the whole run and the per-message round trip p50/p99 under that load (read,
                validate, QWFA update, durable group commit, answer).
-  latency      one stream, one frame per message, lock-step: the round trip of a single durable update p50/p99/p999.
+  latency      one stream, one frame per message, lock-step: the round trip of a single durable update p50/p99/p999;
+               and at a steady --paced-rate (16 streams sending 8-frame messages on a fixed schedule, open loop).
   bytes        --subjects realistic subject records written through the store API: the record size and what the
                backend uses per subject (SQLite file pages in use; Redis used_memory growth).
   image        (when nvidia-pytriton, ../shared/data and its weights are present) Triton on the local repository
@@ -181,6 +182,43 @@ async def run_streams(target: str, payloads: list[list[bytes]], window: int, fra
     return {"frames": frames, "seconds": elapsed, "latencies": latencies, "statuses": statuses}
 
 
+async def run_paced(target: str, payloads: list[list[bytes]], messages_per_s_per_stream: float) -> list[float]:
+    """Open loop: each stream sends its messages on a fixed schedule, whatever the answers; round trip per message."""
+    import grpc
+
+    latencies: list[float] = []
+    interval = 1.0 / messages_per_s_per_stream
+
+    async def one(channel: grpc.aio.Channel, messages: list[bytes], offset: float) -> None:
+        call = channel.stream_stream(METHOD, request_serializer=None, response_deserializer=None)()
+        sent: list[float] = []
+
+        async def writer() -> None:
+            start = time.perf_counter() + offset
+            for i, message in enumerate(messages):
+                delay = start + i * interval - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent.append(time.perf_counter())
+                await call.write(message)
+            await call.done_writing()
+
+        task = asyncio.get_running_loop().create_task(writer())
+        for i in range(len(messages)):
+            await call.read()
+            latencies.append(time.perf_counter() - sent[i])
+        await task
+
+    channels = [grpc.aio.insecure_channel(target, options=_CHANNEL) for _ in payloads]
+    try:
+        offsets = [interval * k / len(payloads) for k in range(len(payloads))]  # spread the streams' sends
+        await asyncio.gather(*(one(c, m, o) for c, m, o in zip(channels, payloads, offsets)))
+    finally:
+        for c in channels:
+            await c.close()
+    return latencies
+
+
 def _percentiles(values: list[float], *qs: float) -> dict[str, float]:
     ordered = np.sort(np.asarray(values)) * 1000
     return {f"p{q:g}_ms": float(np.percentile(ordered, q)) for q in qs}
@@ -202,6 +240,7 @@ def throughput(args: argparse.Namespace, store: str, workdir: Path) -> dict:
         result = asyncio.run(run_streams(server.target, payloads, args.window, per_message))
         cpu = server.cpu_seconds() - cpu_before
         latency = lockstep_latency(server.target, args.latency_frames, args.dim)
+        paced = _paced(args, server.target)
     finally:
         server.stop()
     applied = sum(n for s, n in result["statuses"].items() if s != pb.FRAME_STATUS_DUPLICATE)
@@ -218,7 +257,18 @@ def throughput(args: argparse.Namespace, store: str, workdir: Path) -> dict:
         "applied_fraction_of_sample": applied / max(1, sum(result["statuses"].values())),
         "statuses": {pb.FrameStatus.Name(k): v for k, v in result["statuses"].items()},
         "single_frame_round_trip": latency,
+        "paced": paced,
     }
+
+
+def _paced(args: argparse.Namespace, target: str) -> dict:
+    """Round trips at a steady --paced-rate frames/s: 16 camera streams, 8 frames (one subject) per message."""
+    streams, per_message = 16, 8
+    rate_per_stream = args.paced_rate / streams / per_message
+    messages = int(rate_per_stream * args.paced_seconds)
+    payloads = [feature_payloads(200 + s, messages, per_message, 1, args.dim) for s in range(streams)]
+    latencies = asyncio.run(run_paced(target, payloads, rate_per_stream))
+    return {"frames_per_s": args.paced_rate, **_percentiles(latencies[len(latencies) // 10 :], 50, 99, 99.9)}
 
 
 def lockstep_latency(target: str, n: int, dim: int) -> dict:
@@ -398,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=4, help="messages in flight per stream")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--latency-frames", type=int, default=2000)
+    p.add_argument("--paced-rate", type=float, default=10_000, help="frames/s of the steady-load latency phase")
+    p.add_argument("--paced-seconds", type=float, default=5.0)
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--client-core", type=int, default=1)
     p.add_argument("--stores", nargs="+", default=["sqlite", "redis"], choices=["sqlite", "sqlite-normal", "redis"])
@@ -478,7 +530,11 @@ def _print(report: dict, args: argparse.Namespace) -> None:
         print(f"  {'':<14} {t['frames_per_cpu_s']:>9,.0f} frames per server CPU-second (the server got "
               f"{100 * t['server_cpu_share']:.0f}% of its core)")
         print(f"  {'':<14} single-frame durable update round trip p50 {one['p50_ms']:.2f} ms  p99 {one['p99_ms']:.2f} ms"
-              f"  p99.9 {one['p99.9_ms']:.2f} ms;  sampled statuses {t['statuses']}")
+              f"  p99.9 {one['p99.9_ms']:.2f} ms (one frame per message, lock-step)")
+        paced = t["paced"]
+        print(f"  {'':<14} at a steady {paced['frames_per_s']:,.0f} frames/s (16 streams, 8 frames/message): round trip "
+              f"p50 {paced['p50_ms']:.2f} ms  p99 {paced['p99_ms']:.2f} ms  p99.9 {paced['p99.9_ms']:.2f} ms")
+        print(f"  {'':<14} sampled statuses {t['statuses']}")
     if "redis" in report and isinstance(report["redis"], str):
         print(f"  redis: {report['redis']}")
     print("bytes per subject (512-d template + counters):")

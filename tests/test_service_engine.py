@@ -10,7 +10,7 @@ import pytest
 
 from eqface.aggregation import progressive_templates
 from eqface.service.aggregator import FrameInput, FrameStatus
-from eqface.service.engine import GroupCommitter, StreamToken, SubjectEngine
+from eqface.service.engine import GroupCommitter, StoreThread, StreamToken, SubjectEngine
 from eqface.service.errors import Aborted, DeadlineExceeded, Unavailable
 from eqface.service.metrics import ServiceMetrics
 from eqface.service.state import AggregationParams
@@ -25,7 +25,11 @@ def _frames(subject: str, features: np.ndarray, qualities: np.ndarray, first_seq
 
 
 def _engine(url: str, cache: int = 100, metrics: ServiceMetrics | None = None) -> SubjectEngine:
-    return SubjectEngine(open_store(url), PARAMS, cache, metrics)
+    return SubjectEngine(open_store(url), PARAMS, cache, StoreThread(), metrics)
+
+
+def _read(engine: SubjectEngine, subject: str):
+    return asyncio.run(engine.read(subject))
 
 
 async def _commit_all(engine: SubjectEngine, batches: list[list[FrameInput]], **kw) -> list:
@@ -49,7 +53,7 @@ def test_interleaved_streams_are_applied_in_order_and_grouped(store_url):  # noq
     assert all(not isinstance(r, BaseException) for r in results)
     assert [o.sequence for r in results[::2] for o in r.outcomes] == list(range(1, 41))
     for sid, f, q in (("a", fa, qa), ("b", fb, qb)):
-        record = engine.read(sid)
+        record = _read(engine, sid)
         np.testing.assert_allclose(record.aggregate.template, progressive_templates(f, q)[-1], atol=1e-6)
         assert record.aggregate.frames == 40 and record.last_sequence == 40
     groups = metrics.group.collect()[0].samples
@@ -90,7 +94,7 @@ def test_replicas_with_stale_caches_lose_no_update(store_url):  # noqa: F811
     asyncio.run(_commit_all(one, [frames[:10]]))
     asyncio.run(_commit_all(two, [frames[10:20]]))  # `one` still caches the state after frame 10
     asyncio.run(_commit_all(one, [frames[20:]]))  # its version check fails, it re-reads and re-applies
-    record = two.read("s")
+    record = _read(two, "s")
     assert record.aggregate.frames == 30 and record.last_sequence == 30
     np.testing.assert_allclose(record.aggregate.template, progressive_templates(f, q)[-1], atol=1e-6)
     one.store.close()
@@ -104,7 +108,7 @@ def test_cache_stays_bounded_and_results_stay_exact(store_url):  # noqa: F811
     asyncio.run(_commit_all(engine, batches))
     assert len(engine.cache) <= 4
     for sid, (f, q) in streams.items():
-        np.testing.assert_allclose(engine.read(sid).aggregate.template, progressive_templates(f, q)[-1], atol=1e-6)
+        np.testing.assert_allclose(_read(engine, sid).aggregate.template, progressive_templates(f, q)[-1], atol=1e-6)
     engine.store.close()
 
 
@@ -124,7 +128,7 @@ def test_store_outage_fails_batches_then_recovers(tmp_path):
         redis.start(redis.port)
         (ok,) = asyncio.run(_commit_all(engine, [frames[3:]]))
         assert [o.sequence for o in ok.outcomes] == [4, 5, 6]
-        assert engine.read("s").aggregate.frames == 6
+        assert _read(engine, "s").aggregate.frames == 6
         engine.store.close()
     finally:
         redis.stop()

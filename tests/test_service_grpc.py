@@ -264,7 +264,7 @@ def test_calls_past_their_deadline_are_not_applied(stub, server):
 
     def block_store_thread(seconds: float) -> None:
         # Occupy the store thread (as a long commit would) so that the next calls wait past their deadline.
-        server.loop.call_soon_threadsafe(lambda: server.loop.create_task(service.committer.call(time.sleep, seconds)))
+        server.loop.call_soon_threadsafe(lambda: server.loop.create_task(service.io(time.sleep, seconds)))
         time.sleep(0.05)
 
     block_store_thread(0.6)

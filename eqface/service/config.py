@@ -65,7 +65,8 @@ class ServiceConfig:
         max_image_bytes, max_image_pixels: per-image limits (INVALID_ARGUMENT above); the pixel limit stops
             decompression bombs.
         cache_subjects: subjects kept decoded in the in-memory LRU cache (the store holds them all).
-        max_commit_frames: most frames applied in one group-commit transaction.
+        max_commit_frames: most frames applied in one group-commit transaction (a group's QWFA arithmetic runs on
+            the event loop, ~25 µs a frame, so this also bounds how long the loop is busy at once).
         max_inflight_messages: messages of one stream read ahead of their acknowledgement (flow control).
         active_window_s: a subject counts as active while it received a frame in this window.
         shutdown_grace_s: how long SIGTERM waits for in-flight frames to be committed and answered.
@@ -88,7 +89,7 @@ class ServiceConfig:
     max_image_bytes: int = 4 * MiB
     max_image_pixels: int = 16_000_000
     cache_subjects: int = 10_000
-    max_commit_frames: int = 8192
+    max_commit_frames: int = 2048
     max_inflight_messages: int = 32
     active_window_s: float = 60.0
     shutdown_grace_s: float = 10.0

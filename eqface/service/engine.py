@@ -1,9 +1,13 @@
-"""Durable, ordered application of frames: the subject engine (blocking, one thread) and the group committer.
+"""Durable, ordered application of frames: the store thread, the subject engine and the group committer.
 
 The committer queues batches of validated frames from every stream and hands them to the engine a group at a time:
-one store transaction per group (group commit), futures resolved only after it is durable. The engine runs in a
-single dedicated thread, so frames of one subject are applied in submission order within a process; the store's
-version check extends that to several processes sharing one store (the loser of a race re-reads and re-applies).
+one store transaction per group (group commit), futures resolved only after it is durable. Frames of one subject are
+applied in submission order within a process; the store's version check extends that to several processes sharing
+one store (the loser of a race re-reads and re-applies).
+
+Threads: the QWFA arithmetic and the cache live on the event loop's thread; only blocking store calls go to the one
+store thread. Running the numpy work on the store thread instead made the two threads fight over the GIL (every numpy
+call that releases it could wait a whole switch interval, 5 ms, to get it back): it cost throughput and tail latency.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -22,7 +26,7 @@ from eqface.service.aggregator import FrameInput, FrameOutcome, FrameStatus, app
 from eqface.service.cache import LruCache
 from eqface.service.errors import Aborted, DeadlineExceeded, Internal, NotFound, ServiceError, Unavailable
 from eqface.service.state import AggregationParams, SubjectRecord, decode_record, encode_record, reset_record
-from eqface.service.store import StoreUnavailable, SubjectStore, SubjectWrite
+from eqface.service.store import CommitResult, StoreUnavailable, SubjectStore, SubjectWrite
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,6 +45,36 @@ class _NoMetrics:
 
     def observe_group(self, frames: int) -> None:
         pass
+
+
+class StoreThread:
+    """The single thread every blocking store call runs on, in call order (one SQLite connection, one Redis client)."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eqface-store")
+
+    async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"store unavailable: {exc}") from exc
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def before_deadline(deadline: float | None, fn: Callable[..., T]) -> Callable[..., T]:
+    """Wraps a blocking write so that it is skipped, not applied, once the call's deadline has passed.
+
+    The check runs on the store thread immediately before the write, after any wait in the store thread's queue.
+    """
+
+    def guarded(*args: Any) -> T:
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded("the call's deadline passed before the change was applied")
+        return fn(*args)
+
+    return guarded
 
 
 @dataclass(eq=False)
@@ -71,80 +105,115 @@ BatchResult = CommittedBatch | ServiceError
 
 
 class SubjectEngine:
-    """Applies frames to subject records, read through an LRU cache and written with optimistic version checks."""
+    """Applies frames to subject records, read through an LRU cache and written with optimistic version checks.
+
+    Call it from the event loop's thread only (the cache is not locked); ``io`` runs the store calls.
+    """
 
     def __init__(
         self,
         store: SubjectStore,
         params: AggregationParams,
         cache_subjects: int,
+        io: StoreThread,
         metrics: EngineMetrics | None = None,
     ) -> None:
         self.store = store
         self.params = params
         self.cache: LruCache[str, SubjectRecord] = LruCache(cache_subjects)
+        self.io = io
         self._metrics = metrics or _NoMetrics()
 
-    def apply(self, batches: Sequence[PendingBatch]) -> list[BatchResult]:
-        """One group commit. Store failures raise StoreUnavailable (nothing of the group is acknowledged)."""
-        results: list[BatchResult] = []
-        now = time.monotonic()
-        order: dict[str, list[tuple[int, int]]] = {}  # subject -> (batch, frame) positions, in submission order
-        for b, batch in enumerate(batches):
-            if batch.token is not None and batch.token.failed:
-                results.append(Aborted("an earlier message of this stream failed; these frames were not applied"))
-            elif batch.deadline is not None and now > batch.deadline:
-                results.append(DeadlineExceeded("the call's deadline passed before its frames were applied"))
-            else:
-                results.append(CommittedBatch([None] * len(batch.frames), {}))  # type: ignore[list-item]
-                for f, frame in enumerate(batch.frames):
-                    order.setdefault(frame.subject_id, []).append((b, f))
-        aborted = self._apply_subjects(batches, order, results)  # type: ignore[arg-type]
-        for b in {b for sid in aborted for b, _ in order[sid]}:
+    async def apply(self, batches: Sequence[PendingBatch]) -> list[BatchResult]:
+        """One group commit. A store failure raises Unavailable: nothing of the group is acknowledged.
+
+        A batch whose call ended (deadline passed, stream failed or cancelled) before the group's transaction starts
+        on the store thread is not applied: the group is recomputed without it. Retries after a version conflict
+        (another replica) no longer drop batches, since part of the group is committed by then.
+        """
+        results: list[BatchResult] = [CommittedBatch([None] * len(b.frames), {}) for b in batches]  # type: ignore
+        live = [b for b in range(len(batches)) if not self._ended(batches[b], results, b, time.monotonic())]
+        while True:
+            if not live:
+                return results
+            order = _positions(batches, live)
+            pending = set(order)
+            records = await self._checkout(pending, from_store=False)
+            writes = self._compute(batches, order, pending, records, results)  # type: ignore[arg-type]
+            started = time.perf_counter()
+            committed = await self.io(self._commit_if_live, writes, batches, live, results)
+            self._metrics.observe_stage("store", time.perf_counter() - started)
+            if committed is not None:
+                break
+            live = [b for b in live if isinstance(results[b], CommittedBatch)]  # some ended while queued: redo
+        self._settle(records, pending, committed)
+        for _ in range(MAX_CONFLICT_RETRIES):
+            if not committed.conflicts:
+                return results
+            pending = set(committed.conflicts)
+            log.debug("version conflict on %d subjects; re-reading them", len(pending))
+            records = await self._checkout(pending, from_store=True)
+            writes = self._compute(batches, order, pending, records, results)  # type: ignore[arg-type]
+            committed = await self.io(self.store.commit_subjects, writes)
+            self._settle(records, pending, committed)
+        for b in {b for sid in committed.conflicts for b, _ in order[sid]}:
             results[b] = Aborted("concurrent writers kept updating the same subject; resend (duplicates are skipped)")
         return results
 
-    def _apply_subjects(
+    @staticmethod
+    def _ended(batch: PendingBatch, results: list[BatchResult], b: int, now: float) -> bool:
+        if batch.token is not None and batch.token.failed:
+            results[b] = Aborted("an earlier message of this stream failed or the call ended; not applied")
+        elif batch.deadline is not None and now > batch.deadline:
+            results[b] = DeadlineExceeded("the call's deadline passed before its frames were applied")
+        else:
+            return False
+        return True
+
+    def _commit_if_live(
+        self, writes: list[SubjectWrite], batches: Sequence[PendingBatch], live: list[int], results: list[BatchResult]
+    ) -> CommitResult | None:
+        """On the store thread, right before the transaction: None (nothing written) if a batch's call has ended."""
+        now = time.monotonic()
+        if any([self._ended(batches[b], results, b, now) for b in live]):
+            return None
+        return self.store.commit_subjects(writes)
+
+    def _compute(
         self,
         batches: Sequence[PendingBatch],
         order: dict[str, list[tuple[int, int]]],
+        pending: set[str],
+        records: dict[str, SubjectRecord],
         results: list[CommittedBatch],
-    ) -> set[str]:
-        pending = set(order)
-        fresh = False
-        for _ in range(MAX_CONFLICT_RETRIES):
-            records = self._checkout(pending, from_store=fresh)
-            started = time.perf_counter()
-            writes = []
-            for sid in pending:
-                record = records[sid]
-                changed = False
-                positions = order[sid]
-                for i, (b, f) in enumerate(positions):
-                    outcome = apply_frame(record, batches[b].frames[f])
-                    results[b].outcomes[f] = outcome
-                    changed |= outcome.status is not FrameStatus.DUPLICATE and outcome.status is not FrameStatus.INVALID
-                    last_of_batch = i + 1 == len(positions) or positions[i + 1][0] != b
-                    if last_of_batch and batches[b].want_templates and record.aggregate.weighted_mean is not None:
-                        results[b].templates[sid] = record.aggregate.template
-                if changed:
-                    writes.append(SubjectWrite(sid, record.version, encode_record(record)))
-            stored = time.perf_counter()
-            self._metrics.observe_stage("update", stored - started)
-            committed = self.store.commit_subjects(writes)
-            self._metrics.observe_stage("store", time.perf_counter() - stored)
-            for sid in pending - committed.conflicts:
-                record = records[sid]
-                record.version = committed.versions.get(sid, record.version)
-                self.cache.put(sid, record)
-            if not committed.conflicts:
-                return set()
-            self.cache.discard(committed.conflicts)
-            pending, fresh = set(committed.conflicts), True
-            log.debug("version conflict on %d subjects; re-reading them", len(pending))
-        return pending
+    ) -> list[SubjectWrite]:
+        """Progressive QWFA over the working copies, frame by frame in order; the writes for changed subjects."""
+        started = time.perf_counter()
+        writes = []
+        for sid in pending:
+            record = records[sid]
+            changed = False
+            positions = order[sid]
+            for i, (b, f) in enumerate(positions):
+                outcome = apply_frame(record, batches[b].frames[f])
+                results[b].outcomes[f] = outcome
+                changed |= outcome.status is not FrameStatus.DUPLICATE and outcome.status is not FrameStatus.INVALID
+                last_of_batch = i + 1 == len(positions) or positions[i + 1][0] != b
+                if last_of_batch and batches[b].want_templates and record.aggregate.weighted_mean is not None:
+                    results[b].templates[sid] = record.aggregate.template
+            if changed:
+                writes.append(SubjectWrite(sid, record.version, encode_record(record)))
+        self._metrics.observe_stage("update", time.perf_counter() - started)
+        return writes
 
-    def _checkout(self, subject_ids: set[str], from_store: bool) -> dict[str, SubjectRecord]:
+    def _settle(self, records: dict[str, SubjectRecord], pending: set[str], committed: CommitResult) -> None:
+        for sid in pending - committed.conflicts:
+            record = records[sid]
+            record.version = committed.versions.get(sid, record.version)
+            self.cache.put(sid, record)
+        self.cache.discard(committed.conflicts)
+
+    async def _checkout(self, subject_ids: set[str], from_store: bool) -> dict[str, SubjectRecord]:
         """Working copies: cached records cloned, the others read from the store, unknown subjects new."""
         records: dict[str, SubjectRecord] = {}
         missing = []
@@ -156,7 +225,7 @@ class SubjectEngine:
                 records[sid] = cached.clone()
         if missing:
             started = time.perf_counter()
-            loaded = self.store.load_subjects(missing)
+            loaded = await self.io(self.store.load_subjects, missing)
             self._metrics.observe_stage("store", time.perf_counter() - started)
             for sid in missing:
                 blob = loaded.get(sid)
@@ -172,37 +241,47 @@ class SubjectEngine:
         except ValueError as exc:
             raise Internal(f"stored state of subject {subject_id!r} is unreadable: {exc}") from exc
 
-    def read(self, subject_id: str) -> SubjectRecord:
+    async def read(self, subject_id: str) -> SubjectRecord:
         """The subject as stored now (not the cache: another replica may have updated it)."""
-        blob = self.store.load_subjects([subject_id]).get(subject_id)
+        blob = (await self.io(self.store.load_subjects, [subject_id])).get(subject_id)
         if blob is None:
             raise NotFound(f"unknown subject {subject_id!r}")
         return self._decode(subject_id, blob.data, blob.version)
 
-    def reset(self, subject_id: str) -> SubjectRecord:
+    async def reset(self, subject_id: str, deadline: float | None = None) -> SubjectRecord:
+        """A fresh aggregate that keeps the last sequence; version-checked like any update."""
         for _ in range(MAX_CONFLICT_RETRIES):
-            record = reset_record(self.read(subject_id), self.params)
-            committed = self.store.commit_subjects([SubjectWrite(subject_id, record.version, encode_record(record))])
+            record = reset_record(await self.read(subject_id), self.params)
+            write = SubjectWrite(subject_id, record.version, encode_record(record))
+            committed = await self.io(before_deadline(deadline, self.store.commit_subjects), [write])
             if not committed.conflicts:
                 record.version = committed.versions[subject_id]
                 self.cache.put(subject_id, record)
                 return record.clone()
         raise Aborted(f"subject {subject_id!r} kept changing during the reset; retry")
 
-    def delete(self, subject_id: str) -> None:
-        self.cache.discard([subject_id])
-        if not self.store.delete_subject(subject_id):
+    async def delete(self, subject_id: str, deadline: float | None = None) -> None:
+        self.cache.discard([subject_id])  # a stale copy elsewhere fails its version check against the deletion
+        if not await self.io(before_deadline(deadline, self.store.delete_subject), subject_id):
             raise NotFound(f"unknown subject {subject_id!r}")
 
 
+def _positions(batches: Sequence[PendingBatch], live: list[int]) -> dict[str, list[tuple[int, int]]]:
+    """Subject -> its (batch, frame) positions among the live batches, in submission order."""
+    order: dict[str, list[tuple[int, int]]] = {}
+    for b in live:
+        for f, frame in enumerate(batches[b].frames):
+            order.setdefault(frame.subject_id, []).append((b, f))
+    return order
+
+
 class GroupCommitter:
-    """Queues frame batches from all streams and commits them in groups on the engine's thread."""
+    """Queues frame batches from all streams and commits them in groups, one group at a time."""
 
     def __init__(self, engine: SubjectEngine, max_group_frames: int, metrics: EngineMetrics | None = None) -> None:
         self.engine = engine
         self.max_group_frames = max_group_frames
         self._metrics = metrics or _NoMetrics()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eqface-store")
         self._queue: asyncio.Queue[PendingBatch | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
@@ -211,7 +290,7 @@ class GroupCommitter:
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="eqface-group-commit")
 
     async def stop(self) -> None:
-        """Commits everything queued so far, then stops the worker and the store thread."""
+        """Commits everything queued so far, then stops."""
         self._closing = True
         if self._worker is not None:
             await self._queue.put(None)
@@ -221,7 +300,6 @@ class GroupCommitter:
             item = self._queue.get_nowait()
             if item is not None and not item.future.done():
                 item.future.set_exception(Unavailable("the server is shutting down"))
-        self._executor.shutdown(wait=True)
 
     def submit(
         self,
@@ -238,16 +316,7 @@ class GroupCommitter:
             self._queue.put_nowait(PendingBatch(frames, deadline, token, future, want_templates))
         return future
 
-    async def call(self, fn: Callable[..., T], *args: object) -> T:
-        """Runs a blocking store or engine call on the store thread (serialised with the commits)."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, fn, *args)
-        except StoreUnavailable as exc:
-            raise Unavailable(str(exc)) from exc
-
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
             first = await self._queue.get()
@@ -263,11 +332,10 @@ class GroupCommitter:
                 frames += len(item.frames)
             self._metrics.observe_group(frames)
             try:
-                results = await loop.run_in_executor(self._executor, self.engine.apply, group)
-            except StoreUnavailable as exc:
-                log.warning("store unavailable: %s", exc)
-                results = [Unavailable(f"store unavailable: {exc}")] * len(group)
+                results = await self.engine.apply(group)
             except ServiceError as exc:
+                if isinstance(exc, Unavailable):
+                    log.warning("%s", exc)
                 results = [exc] * len(group)
             except Exception as exc:  # a bug must fail the frames, not the committer that every stream needs
                 log.exception("group commit failed")

@@ -1,7 +1,8 @@
 """The aggregation service's domain API: frames → durable progressive templates, subjects, gallery, identification.
 
 Everything here takes and returns plain Python/numpy types; ``servicer.py`` translates them to and from protobuf.
-Blocking store work runs on the group committer's single store thread; image decoding on a small thread pool.
+Blocking store calls run on one store thread (``StoreThread``); image decoding on a small thread pool; everything else,
+the QWFA arithmetic included, on the event loop's thread.
 """
 
 from __future__ import annotations
@@ -20,10 +21,16 @@ from eqface.aggregation import qwfaf
 from eqface.contract import InferenceSpec
 from eqface.service.aggregator import FrameInput, FrameOutcome, FrameStatus
 from eqface.service.config import ServiceConfig
-from eqface.service.engine import CommittedBatch, GroupCommitter, StreamToken, SubjectEngine
+from eqface.service.engine import (
+    CommittedBatch,
+    GroupCommitter,
+    StoreThread,
+    StreamToken,
+    SubjectEngine,
+    before_deadline,
+)
 from eqface.service.errors import (
     AlreadyExists,
-    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -45,7 +52,7 @@ from eqface.service.inputs import (
 )
 from eqface.service.metrics import ServiceMetrics
 from eqface.service.state import AggregationParams, SubjectRecord
-from eqface.service.store import IdentityRecord, StoreUnavailable, SubjectStore
+from eqface.service.store import IdentityRecord, SubjectStore
 from eqface.service.triton import TritonEmbedder
 
 log = logging.getLogger(__name__)
@@ -92,7 +99,8 @@ class AggregatorService:
         self.spec = InferenceSpec(image_size=config.image_size, embedding_size=config.embedding_dim)
         self.params = AggregationParams(config.f_th, config.s_th, config.reseed_low_quality)
         self.metrics = metrics or ServiceMetrics(config.active_window_s, max(config.cache_subjects, 100_000))
-        self.engine = SubjectEngine(store, self.params, config.cache_subjects, self.metrics)
+        self.io = StoreThread()
+        self.engine = SubjectEngine(store, self.params, config.cache_subjects, self.io, self.metrics)
         self.committer = GroupCommitter(self.engine, config.max_commit_frames, self.metrics)
         self.gallery = GalleryIndex(config.embedding_dim)
         self.image_limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
@@ -124,6 +132,7 @@ class AggregatorService:
         if self.embedder is not None:
             await self.embedder.stop()
         await self.committer.stop()
+        self.io.shutdown()
         self._decode_pool.shutdown(wait=True)
         self.store.close()
 
@@ -142,7 +151,7 @@ class AggregatorService:
 
     async def _check_store(self) -> None:
         try:
-            await self.committer.call(self.store.ping)
+            await self.io(self.store.ping)
             self._set_readiness("store", True)
         except Unavailable as exc:
             log.warning("store check failed: %s", exc)
@@ -156,7 +165,7 @@ class AggregatorService:
             try:
                 await self.refresh_gallery()
                 if time.monotonic() - last_count >= SUBJECT_COUNT_INTERVAL_S:
-                    self.metrics.stored_subjects.set(await self.committer.call(self.store.count_subjects))
+                    self.metrics.stored_subjects.set(await self.io(self.store.count_subjects))
                     last_count = time.monotonic()
             except ServiceError as exc:
                 log.warning("background refresh failed: %s", exc)
@@ -238,25 +247,25 @@ class AggregatorService:
 
     # ------------------------------------------------------------------------------------------------- subjects
     async def get_subject(self, subject_id: str) -> SubjectRecord:
-        return await self.committer.call(self.engine.read, check_id(subject_id))
+        return await self.engine.read(check_id(subject_id))
 
     async def reset_subject(self, subject_id: str, deadline: float | None) -> SubjectRecord:
-        return await self.committer.call(_before(deadline, self.engine.reset), check_id(subject_id))
+        return await self.engine.reset(check_id(subject_id), deadline)
 
     async def delete_subject(self, subject_id: str, deadline: float | None) -> None:
-        await self.committer.call(_before(deadline, self.engine.delete), check_id(subject_id))
+        await self.engine.delete(check_id(subject_id), deadline)
         self.metrics.active.forget(subject_id)
 
     async def list_subjects(self, requested_size: int, token: str) -> tuple[list[str], str]:
         size, after = page_size(requested_size), decode_page_token(token)
-        ids = await self.committer.call(self.store.list_subjects, after, size + 1)
+        ids = await self.io(self.store.list_subjects, after, size + 1)
         return ids[:size], encode_page_token(ids[size - 1]) if len(ids) > size else ""
 
     # -------------------------------------------------------------------------------------------------- gallery
     async def refresh_gallery(self) -> None:
-        version = await self.committer.call(self.store.gallery_version)
+        version = await self.io(self.store.gallery_version)
         if version != self.gallery.version:
-            version, records = await self.committer.call(self.store.load_gallery)
+            version, records = await self.io(self.store.load_gallery)
             self.gallery.replace(version, records)
             self.metrics.gallery_size.set(len(self.gallery))
 
@@ -300,7 +309,7 @@ class AggregatorService:
             raise InvalidArgument("display_name is longer than 1024 bytes")
         template, qualities = await self.template_from(source)
         record = IdentityRecord(identity_id, display_name, template)
-        if not await self.committer.call(_before(deadline, self.store.put_identity), record, overwrite):
+        if not await self.io(before_deadline(deadline, self.store.put_identity), record, overwrite):
             raise AlreadyExists(f"identity {identity_id!r} is already enrolled (set overwrite to replace it)")
         await self.refresh_gallery()
         return len(self.gallery), qualities
@@ -313,30 +322,16 @@ class AggregatorService:
 
     async def remove_identity(self, identity_id: str, deadline: float | None) -> int:
         check_id(identity_id, "identity_id")
-        if not await self.committer.call(_before(deadline, self.store.remove_identity), identity_id):
+        if not await self.io(before_deadline(deadline, self.store.remove_identity), identity_id):
             raise NotFound(f"unknown identity {identity_id!r}")
         await self.refresh_gallery()
         return len(self.gallery)
 
     async def list_identities(self, requested_size: int, token: str) -> tuple[list[IdentityRecord], str]:
         size, after = page_size(requested_size), decode_page_token(token)
-        records = await self.committer.call(self.store.list_identities, after, size + 1)
+        records = await self.io(self.store.list_identities, after, size + 1)
         next_token = encode_page_token(records[size - 1].identity_id) if len(records) > size else ""
         return records[:size], next_token
-
-
-def _before(deadline: float | None, fn: Callable[..., T]) -> Callable[..., T]:
-    """Wraps a blocking write so that it is skipped, not applied, once the call's deadline has passed."""
-
-    def guarded(*args: Any) -> T:
-        if deadline is not None and time.monotonic() > deadline:
-            raise DeadlineExceeded("the call's deadline passed before the change was applied")
-        try:
-            return fn(*args)
-        except StoreUnavailable as exc:
-            raise Unavailable(str(exc)) from exc
-
-    return guarded
 
 
 def _decode_all(images: list[bytes], limits: ImageLimits, kind: str, size: tuple[int, int]) -> list[Any]:
