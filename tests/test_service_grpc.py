@@ -357,3 +357,37 @@ def _samples(text: str) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
     return out
+
+
+def test_store_outage_is_unavailable_not_serving_then_recovers(tmp_path):
+    pytest.importorskip("redis")
+    from tests.support.service import RedisServer
+
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        with serve_in_thread(_config(redis.url("outage:"))) as server, aggregator_stub(server.target) as stub:
+            f, q = face_stream(9, 6, low=0.5)
+            stub.StreamFrames(iter([_request("s", f[:2], q[:2])])).next()
+            redis.stop()
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.StreamFrames(iter([_request("s", f[2:4], q[2:4], first_seq=3)]), timeout=10))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "store unavailable" in err.value.details()
+            _wait_status(server.target, STORE_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+            assert health_status(server.target) == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                _state(stub, "s")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            redis.start(redis.port)  # same port, same append-only file
+            _wait_status(server.target, "", health_pb2.HealthCheckResponse.SERVING)
+            (response,) = stub.StreamFrames(iter([_request("s", f[2:4], q[2:4], first_seq=3)]), timeout=10)
+            assert [r.sequence for r in response.results] == [3, 4]
+            assert _state(stub, "s").frame_count == 4  # the frames sent during the outage were not applied
+    finally:
+        redis.stop()
+
+
+def _wait_status(target: str, service: str, status: int, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while health_status(target, service) != status:
+        assert time.monotonic() < deadline, f"{service!r} did not become {status}"
+        time.sleep(0.05)

@@ -152,3 +152,22 @@ def test_unreachable_redis_is_store_unavailable():
 
     with pytest.raises(StoreUnavailable, match="Redis"):
         open_store(f"redis://127.0.0.1:{free_port()}/0")
+
+
+def test_subject_count_follows_creates_and_deletes_across_reopen(store_url: str):  # noqa: F811
+    store = open_store(store_url)
+    try:
+        store.commit_subjects([SubjectWrite(i, 0, b"x") for i in "abc"])
+        versions = store.load_subjects(["a"])
+        store.commit_subjects([SubjectWrite("a", versions["a"].version, b"y")])  # an update is not a new subject
+        store.commit_subjects([SubjectWrite("b", 0, b"conflict")])  # nor is a lost create
+        store.delete_subject("c")
+        store.delete_subject("c")
+        assert store.count_subjects() == 2
+    finally:
+        store.close()
+    again = open_store(store_url)
+    try:
+        assert again.count_subjects() == 2
+    finally:
+        again.close()

@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="messages of one stream read ahead of their answer (%(default)s)",
     )
     limits.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=defaults.max_concurrent_rpcs,
+        help="calls served at once, streams included; more get RESOURCE_EXHAUSTED (%(default)s)",
+    )
+    limits.add_argument(
         "--shutdown-grace", type=float, default=defaults.shutdown_grace_s, help="seconds SIGTERM waits for streams"
     )
     limits.add_argument(
@@ -155,6 +161,7 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         cache_subjects=args.cache_subjects,
         max_commit_frames=args.max_commit_frames,
         max_inflight_messages=args.max_inflight_messages,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
         active_window_s=args.active_window,
         shutdown_grace_s=args.shutdown_grace,
     )
@@ -183,9 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    from eqface.service.store import StoreUnavailable
+
     try:
         asyncio.run(serve(config))
-    except (OSError, RuntimeError) as exc:  # e.g. the port is taken, the store cannot be opened
+    except (OSError, RuntimeError, ValueError, StoreUnavailable) as exc:  # port taken, store unreachable, bad URL
         print(f"eqface aggregator: {exc}", file=sys.stderr)
         return 1
     return 0

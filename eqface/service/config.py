@@ -68,6 +68,8 @@ class ServiceConfig:
         max_commit_frames: most frames applied in one group-commit transaction (a group's QWFA arithmetic runs on
             the event loop, ~25 µs a frame, so this also bounds how long the loop is busy at once).
         max_inflight_messages: messages of one stream read ahead of their acknowledgement (flow control).
+        max_concurrent_rpcs: calls served at once (streams included); more are refused with RESOURCE_EXHAUSTED,
+            which with ``max_inflight_messages`` bounds the memory held by queued frames.
         active_window_s: a subject counts as active while it received a frame in this window.
         shutdown_grace_s: how long SIGTERM waits for in-flight frames to be committed and answered.
     """
@@ -91,6 +93,7 @@ class ServiceConfig:
     cache_subjects: int = 10_000
     max_commit_frames: int = 2048
     max_inflight_messages: int = 32
+    max_concurrent_rpcs: int = 1000
     active_window_s: float = 60.0
     shutdown_grace_s: float = 10.0
 
@@ -115,6 +118,7 @@ class ServiceConfig:
             cache_subjects=self.cache_subjects,
             max_commit_frames=self.max_commit_frames,
             max_inflight_messages=self.max_inflight_messages,
+            max_concurrent_rpcs=self.max_concurrent_rpcs,
             active_window_s=self.active_window_s,
         )
         if self.max_top_k < self.top_k:

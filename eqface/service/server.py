@@ -45,11 +45,12 @@ class AggregatorServer:
         store = self._store or await asyncio.to_thread(open_store, config.store_url)
         service = self.service = AggregatorService(config, store)
         server = self._server = grpc.aio.server(
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),  # a port already in use must fail, not be shared silently
-            ]
+            ],
         )
         pb_grpc.add_AggregatorServicer_to_server(AggregatorServicer(service), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS identities (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('gallery_version', 0);
+INSERT OR IGNORE INTO meta (key, value) SELECT 'subject_count', count(*) FROM subjects;
 """
 
 
@@ -123,6 +124,7 @@ class SqliteStore(SubjectStore):
         def body(conn: sqlite3.Connection) -> CommitResult:
             versions: dict[str, int] = {}
             conflicts: set[str] = set()
+            created = 0
             for w in writes:
                 version = new_version()
                 if w.expected_version == 0:
@@ -137,21 +139,32 @@ class SqliteStore(SubjectStore):
                     )
                 if cur.rowcount == 1:
                     versions[w.subject_id] = version
+                    created += w.expected_version == 0
                 else:
                     conflicts.add(w.subject_id)
+            if created:
+                conn.execute("UPDATE meta SET value = value + ? WHERE key = 'subject_count'", (created,))
             return CommitResult(versions, frozenset(conflicts))
 
         return self._run(body, write=True)
 
     def delete_subject(self, subject_id: str) -> bool:
-        return self._run(lambda c: c.execute("DELETE FROM subjects WHERE id = ?", (subject_id,)).rowcount == 1, True)
+        def body(conn: sqlite3.Connection) -> bool:
+            if conn.execute("DELETE FROM subjects WHERE id = ?", (subject_id,)).rowcount != 1:
+                return False
+            conn.execute("UPDATE meta SET value = value - 1 WHERE key = 'subject_count'")
+            return True
+
+        return self._run(body, write=True)
 
     def list_subjects(self, after: str, limit: int) -> list[str]:
         rows = self._run(lambda c: c.execute("SELECT id FROM subjects WHERE id > ? ORDER BY id LIMIT ?", (after, limit)))
         return [r[0] for r in rows]
 
     def count_subjects(self) -> int:
-        return self._run(lambda c: c.execute("SELECT count(*) FROM subjects").fetchone()[0])
+        # Kept in the meta table by every insert and delete: count(*) scans the table (seconds at millions of rows,
+        # all of it blocking the store thread).
+        return self._run(lambda c: c.execute("SELECT value FROM meta WHERE key = 'subject_count'").fetchone()[0])
 
     def put_identity(self, identity: IdentityRecord, overwrite: bool) -> bool:
         def body(conn: sqlite3.Connection) -> bool:

@@ -1,0 +1,55 @@
+"""Command line of the aggregation server: arguments become one validated ServiceConfig."""
+
+from __future__ import annotations
+
+import pytest
+
+from eqface.service.cli import build_parser, config_from_args, main
+from eqface.service.config import MiB, ServiceConfig
+
+
+def _config(*argv: str) -> ServiceConfig:
+    return config_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_defaults_are_the_config_defaults():
+    assert _config() == ServiceConfig()
+
+
+def test_every_option_reaches_the_config():
+    config = _config(
+        "--host", "127.0.0.1", "--port", "6000", "--metrics-port", "0", "--store", "redis://h:6379/2?prefix=x:",
+        "--f-th", "0.6", "--s-th", "0.2", "--strict-first-frame", "--embedding-dim", "128", "--top-k", "3",
+        "--max-top-k", "20", "--max-message-mib", "2", "--max-frames-per-message", "64", "--max-image-bytes", "1000",
+        "--max-image-pixels", "5000", "--cache-subjects", "7", "--max-commit-frames", "99",
+        "--max-inflight-messages", "3", "--max-concurrent-rpcs", "50", "--active-window", "5",
+        "--shutdown-grace", "1.5", "--triton-url", "triton:8001", "--triton-input", "tensor",
+        "--triton-max-batch", "16", "--triton-max-wait-ms", "5", "--triton-timeout", "3",
+        "--triton-probe-interval", "0.5",
+    )
+    assert (config.host, config.port, config.metrics_port) == ("127.0.0.1", 6000, 0)
+    assert config.store_url == "redis://h:6379/2?prefix=x:"
+    assert (config.f_th, config.s_th, config.reseed_low_quality) == (0.6, 0.2, False)
+    assert (config.embedding_dim, config.top_k, config.max_top_k) == (128, 3, 20)
+    assert config.max_message_bytes == 2 * MiB and config.max_frames_per_message == 64
+    assert (config.max_image_bytes, config.max_image_pixels, config.cache_subjects) == (1000, 5000, 7)
+    assert (config.max_commit_frames, config.max_inflight_messages, config.max_concurrent_rpcs) == (99, 3, 50)
+    assert (config.active_window_s, config.shutdown_grace_s) == (5, 1.5)
+    triton = config.triton
+    assert triton is not None and (triton.url, triton.input_kind, triton.max_batch) == ("triton:8001", "tensor", 16)
+    assert (triton.max_wait_s, triton.timeout_s, triton.probe_interval_s) == (0.005, 3, 0.5)
+
+
+@pytest.mark.parametrize("argv", [["--s-th", "2"], ["--store", "ftp://x"], ["--triton-url", "http://x/"]])
+def test_invalid_options_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_unreachable_store_is_a_clean_failure(capsys):
+    from tests.support.service import free_port
+
+    code = main(["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--store",
+                 f"redis://127.0.0.1:{free_port()}/0"])
+    assert code == 1 and "cannot reach Redis" in capsys.readouterr().err
