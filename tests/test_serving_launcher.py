@@ -121,6 +121,15 @@ def test_serve_stops_cleanly_on_ctrl_c(serve, local_repository):
     _assert_gone(pid)
 
 
+def test_serve_fails_loudly_when_the_server_dies(serve, local_repository):
+    server = serve("--model-repository", str(local_repository), *_free_ports())
+    pid = int(server.wait_for(r"tritonserver ready \(pid (\d+)\)").group(1))
+    server.wait_for("Ctrl-C or SIGTERM stops the server")
+    os.kill(pid, signal.SIGKILL)
+    assert server.process.wait(timeout=30) == 2
+    server.wait_for(r"tritonserver exited on its own with status -9")
+
+
 def test_a_broken_repository_fails_to_start_with_the_servers_reason(tmp_path, triton_installed):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\nmax_batch_size: oops\n')

@@ -117,8 +117,9 @@ def run_triton(args: argparse.Namespace) -> int:
         _print_endpoints(server)
         while server.is_running():
             time.sleep(0.5)
+        log_tail = server.logs()[-4000:]
         code = server.stop()
-        raise RuntimeError(f"tritonserver exited on its own with status {code}")
+        raise RuntimeError(f"tritonserver exited on its own with status {code}; its log ends:\n{log_tail}")
     except KeyboardInterrupt:
         print("stopping tritonserver …", flush=True)
         code = server.stop()
