@@ -104,7 +104,9 @@ def test_replicas_with_stale_caches_lose_no_update(store_url):  # noqa: F811
 def test_cache_stays_bounded_and_results_stay_exact(store_url):  # noqa: F811
     engine = _engine(store_url, cache=4)
     streams = {f"s{i}": face_stream(10 + i, 12) for i in range(12)}
-    batches = [_frames(sid, f[j : j + 3], q[j : j + 3], j + 1) for j in range(0, 12, 3) for sid, (f, q) in streams.items()]
+    batches = [
+        _frames(sid, f[j : j + 3], q[j : j + 3], j + 1) for j in range(0, 12, 3) for sid, (f, q) in streams.items()
+    ]
     asyncio.run(_commit_all(engine, batches))
     assert len(engine.cache) <= 4
     for sid, (f, q) in streams.items():

@@ -29,7 +29,6 @@ from tests.support.service import (  # noqa: F401  (fixtures)
     redis_server,
     serve_in_thread,
     store_url,
-    unit,
 )
 
 pytestmark = pytest.mark.integration
@@ -180,6 +179,8 @@ def test_unary_errors_have_the_right_codes(stub):
     f, q = face_stream(5, 2, low=0.5)
     stub.StreamFrames(iter([_request("s", f, q)])).next()
     embedding = embedding_bytes(f[0])
+    infinite = embedding_bytes(np.full(512, np.inf))
+    images = pb.ImageSet(images=[b"jpeg"])
     cases = [
         (stub.GetTemplate, pb.GetTemplateRequest(subject_id="nobody"), grpc.StatusCode.NOT_FOUND),
         (stub.GetTemplate, pb.GetTemplateRequest(subject_id=""), grpc.StatusCode.INVALID_ARGUMENT),
@@ -188,11 +189,11 @@ def test_unary_errors_have_the_right_codes(stub):
         (stub.ListSubjects, pb.ListSubjectsRequest(page_token="%%"), grpc.StatusCode.INVALID_ARGUMENT),
         (stub.ListSubjects, pb.ListSubjectsRequest(page_size=5000), grpc.StatusCode.INVALID_ARGUMENT),
         (stub.Identify, pb.IdentifyRequest(embedding=embedding[:-4]), grpc.StatusCode.INVALID_ARGUMENT),
-        (stub.Identify, pb.IdentifyRequest(embedding=embedding_bytes(np.full(512, np.inf))), grpc.StatusCode.INVALID_ARGUMENT),
+        (stub.Identify, pb.IdentifyRequest(embedding=infinite), grpc.StatusCode.INVALID_ARGUMENT),
         (stub.Identify, pb.IdentifyRequest(subject_id="nobody"), grpc.StatusCode.NOT_FOUND),
         (stub.Identify, pb.IdentifyRequest(embedding=embedding, top_k=1000), grpc.StatusCode.INVALID_ARGUMENT),
         (stub.Identify, pb.IdentifyRequest(), grpc.StatusCode.INVALID_ARGUMENT),
-        (stub.Enroll, pb.EnrollRequest(identity_id="x", images=pb.ImageSet(images=[b"jpeg"])), grpc.StatusCode.FAILED_PRECONDITION),
+        (stub.Enroll, pb.EnrollRequest(identity_id="x", images=images), grpc.StatusCode.FAILED_PRECONDITION),
         (stub.Enroll, pb.EnrollRequest(identity_id="x\n", embedding=embedding), grpc.StatusCode.INVALID_ARGUMENT),
         (stub.Enroll, pb.EnrollRequest(identity_id="x", subject_id="nobody"), grpc.StatusCode.NOT_FOUND),
         (stub.RemoveIdentity, pb.RemoveIdentityRequest(identity_id="nobody"), grpc.StatusCode.NOT_FOUND),
@@ -217,7 +218,8 @@ def test_gallery_enroll_identify_and_matches_in_the_stream(stub):
     people = {name: face_stream(20 + i, 12, low=0.5) for i, name in enumerate(["ann", "bob", "cyd"])}
     for name, (f, q) in people.items():
         stub.StreamFrames(iter([_request(f"track-{name}", f[:6], q[:6])])).next()
-        response = stub.Enroll(pb.EnrollRequest(identity_id=name, display_name=name.title(), subject_id=f"track-{name}"))
+        request = pb.EnrollRequest(identity_id=name, display_name=name.title(), subject_id=f"track-{name}")
+        response = stub.Enroll(request)
     assert response.gallery_size == 3
     f, q = people["bob"]
     (reply,) = stub.StreamFrames(iter([_request("track-bob", f[6:], q[6:], first_seq=7, top_k=2)]))
@@ -287,7 +289,8 @@ def test_concurrent_streams(stub):
     def run(sid: str) -> None:
         try:
             f, q = streams[sid]
-            list(stub.StreamFrames((_request(sid, f[i : i + 5], q[i : i + 5], i + 1) for i in range(0, 40, 5)), timeout=30))
+            requests = (_request(sid, f[i : i + 5], q[i : i + 5], i + 1) for i in range(0, 40, 5))
+            list(stub.StreamFrames(requests, timeout=30))
         except BaseException as exc:  # collected and re-raised in the test thread
             errors.append(exc)
 

@@ -83,25 +83,29 @@ class ActiveSubjects:
         self.window_s = window_s
         self.max_tracked = max_tracked
         self._last_seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()  # count() runs on the metrics HTTP thread
 
     def touch(self, subject_ids: Iterable[str], now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        seen = self._last_seen
-        for sid in subject_ids:
-            seen[sid] = now
-            seen.move_to_end(sid)
-        while len(seen) > self.max_tracked:
-            seen.popitem(last=False)
+        with self._lock:
+            seen = self._last_seen
+            for sid in subject_ids:
+                seen[sid] = now
+                seen.move_to_end(sid)
+            while len(seen) > self.max_tracked:
+                seen.popitem(last=False)
 
     def forget(self, subject_id: str) -> None:
-        self._last_seen.pop(subject_id, None)
+        with self._lock:
+            self._last_seen.pop(subject_id, None)
 
     def count(self, now: float | None = None) -> int:
         cutoff = (time.monotonic() if now is None else now) - self.window_s
-        seen = self._last_seen
-        while seen and next(iter(seen.values())) < cutoff:
-            seen.popitem(last=False)
-        return len(seen)
+        with self._lock:
+            seen = self._last_seen
+            while seen and next(iter(seen.values())) < cutoff:
+                seen.popitem(last=False)
+            return len(seen)
 
 
 class ServiceMetrics:

@@ -111,6 +111,8 @@ class AggregatorService:
         if config.triton is not None:
             self.readiness["triton"] = False
             self.embedder = TritonEmbedder(config.triton, self.spec, self.metrics, self._triton_ready)
+        for name in self.readiness:
+            self.metrics.dependency_up.labels(name).set(0)
         self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="eqface-decode")
         self._background: asyncio.Task[None] | None = None
         self.metrics.cached_subjects.set_function(lambda: len(self.engine.cache))

@@ -114,6 +114,9 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                     committed = await item.committed
                 except errors.ServiceError as exc:
                     await context.abort(status_code(exc), str(exc))
+                except Exception:
+                    log.exception("StreamFrames: processing a message failed")
+                    await context.abort(grpc.StatusCode.INTERNAL, "processing the message failed; see the server log")
                 yield _response(pipeline.finish(item.message, committed, item.top_k))
         finally:
             pipeline.close()
@@ -145,18 +148,21 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 except StopAsyncIteration:
                     await pending.put(_End())
                     return
+                except Exception as exc:  # the transport failed or the client went away
+                    log.debug("stream read ended: %r", exc)
+                    await pending.put(_End(errors.Unavailable(f"reading the stream failed: {exc}")))
+                    return
                 try:
                     top_k = self.service.resolve_top_k(request.top_k)
                     message, committed = pipeline.push([_raw_frame(f) for f in request.frames])
                 except errors.ServiceError as exc:
                     await pending.put(_End(exc))
                     return
+                except Exception as exc:
+                    log.exception("StreamFrames: preparing a message failed")
+                    await pending.put(_End(errors.Internal(f"preparing the message failed: {exc}")))
+                    return
                 await pending.put(_Pending(message, committed, top_k))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the client went away or sent garbage: end the stream
-            log.debug("stream read ended: %r", exc)
-            await pending.put(_End(errors.Unavailable(f"reading the stream failed: {exc}")))
         finally:
             draining.cancel()
             if next_request is not None:

@@ -22,6 +22,7 @@ from eqface import contract
 from eqface.service.batching import MicroBatcher
 from eqface.service.config import TritonConfig
 from eqface.service.errors import Internal, ServiceError, Unavailable
+from eqface.service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 _MAX_MESSAGE = 2**31 - 1
@@ -48,7 +49,7 @@ class TritonEmbedder:
         self,
         config: TritonConfig,
         spec: contract.InferenceSpec,
-        metrics: Any = None,
+        metrics: ServiceMetrics | None = None,
         on_ready_change: Callable[[bool], None] | None = None,
     ) -> None:
         self.config = config
@@ -101,8 +102,6 @@ class TritonEmbedder:
         if ready != self.ready:
             self.ready = ready
             log.warning("Triton %s is %s", self.config.url, "ready" if ready else "NOT ready")
-            if self._metrics is not None:
-                self._metrics.dependency_up.labels("triton").set(1 if ready else 0)
             self._on_ready_change(ready)
 
     async def _probe_loop(self) -> None:

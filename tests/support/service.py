@@ -145,7 +145,8 @@ def wait_serving(target: str, timeout_s: float, service: str = "", alive: object
 
 def health_status(target: str, service: str = "") -> int:
     with grpc.insecure_channel(target) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+        request = health_pb2.HealthCheckRequest(service=service)
+        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=2).status
 
 
 class ServerThread:
@@ -228,7 +229,8 @@ class ServerProcess:
                 # test process that holds channels (seen here: the parent hung in futex_wait before the fork).
             )
         try:
-            wait_serving(self.target, ready_timeout_s, alive=lambda: self.process.poll() is None)  # type: ignore[union-attr]
+            process = self.process
+            wait_serving(self.target, ready_timeout_s, alive=lambda: process.poll() is None)
         except BaseException:
             self.kill()
             raise RuntimeError(f"server did not start; log tail:\n{self.log_tail()}") from None

@@ -158,7 +158,8 @@ class SqliteStore(SubjectStore):
         return self._run(body, write=True)
 
     def list_subjects(self, after: str, limit: int) -> list[str]:
-        rows = self._run(lambda c: c.execute("SELECT id FROM subjects WHERE id > ? ORDER BY id LIMIT ?", (after, limit)))
+        query = "SELECT id FROM subjects WHERE id > ? ORDER BY id LIMIT ?"
+        rows = self._run(lambda c: c.execute(query, (after, limit)).fetchall())
         return [r[0] for r in rows]
 
     def count_subjects(self) -> int:
@@ -212,8 +213,9 @@ class SqliteStore(SubjectStore):
 
     def stored_bytes(self) -> int:
         def body(conn: sqlite3.Connection) -> int:
-            pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
-            return pages * conn.execute("PRAGMA page_size").fetchone()[0]
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            return (pages - free) * conn.execute("PRAGMA page_size").fetchone()[0]
 
         return self._run(body)
 
