@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ import numpy as np
 from eqface.aggregation import mean_template, qwfa, qwfaf
 from eqface.eval.roc import auc, format_tar_header, format_tar_row, roc_curve, tar_at_far
 from experiments.common import (
-    DEFAULT_DATA_DIR, DEFAULT_RUN, RESULTS_DIR, ModelRef, Report, all_within_pairs, binomial_se, command_line,
-    embed_images, fmt_far, held_out_source, load_model_ref, new_figure, source_images,
+    DEFAULT_DATA_DIR, DEFAULT_RUN, RESULTS_DIR, Embeddings, ModelRef, Report, all_within_pairs, binomial_se,
+    command_line, embed_images, fmt_far, held_out_source, load_model_ref, new_figure, source_images,
 )
 from experiments.degraded_frames import CLEAN, KINDS, draw_degradations, embed_frames, quality_by_condition
 
@@ -57,6 +58,35 @@ def draw_templates(labels: np.ndarray, frames: int, rng: np.random.Generator) ->
     return np.concatenate(members), np.asarray(owners)
 
 
+@dataclass(frozen=True)
+class TemplateDraw:
+    """One repeat: templates (frame indices [M, T]) with their owners, frame embeddings, qualities and conditions."""
+
+    owners: np.ndarray  # [M]
+    feats: np.ndarray  # [M, T, D]
+    quals: np.ndarray  # [M, T]
+    kinds: np.ndarray  # [M, T], CLEAN or an index into KINDS
+
+
+def draw_repeat(
+    ref: ModelRef, images: Sequence[np.ndarray], labels: np.ndarray, clean: Embeddings, repeat: int, seed: int,
+    frames: int, degrade_p: float, strength: tuple[float, float],
+) -> TemplateDraw:
+    rng = np.random.default_rng([seed, repeat])
+    members, owners = draw_templates(labels, frames, rng)
+    spec = draw_degradations(members.ravel(), degrade_p, strength, rng)
+    e = embed_frames(ref, images, clean, spec, (seed, repeat))
+    return TemplateDraw(owners, e.emb.reshape(*members.shape, -1).astype(np.float64),
+                        e.quality.reshape(members.shape), spec.kind.reshape(members.shape))
+
+
+def aggregate_templates(draw: TemplateDraw) -> dict[str, np.ndarray]:
+    """Every method's template features [M, D] for one draw (plus the oracle)."""
+    out = {m: np.stack([fn(f, q) for f, q in zip(draw.feats, draw.quals)]) for m, fn in methods().items()}
+    out[ORACLE] = np.stack([_oracle(f, k) for f, k in zip(draw.feats, draw.kinds)])
+    return out
+
+
 def run_e3(
     ref: ModelRef, images: Sequence[np.ndarray], labels: np.ndarray, out_dir: Path, *, frames: int = 5,
     degrade_p: float = 0.5, strength: tuple[float, float] = (0.4, 1.0), repeats: int = 5, seed: int = 0,
@@ -65,55 +95,49 @@ def run_e3(
     report = Report(out_dir, "E3 — template aggregation: mean vs QWFA vs QWFAF")
     labels = np.asarray(labels)
     clean = embed_images(ref.net, images, ref.image_size)
-    aggregate = methods()
-    scores: dict[str, list[np.ndarray]] = {m: [] for m in [*aggregate, ORACLE]}
-    issame_all, per_repeat, all_q, all_kind = [], [], [], []
-    fallbacks = {s_th: 0 for s_th in S_THS}
-    kept = {s_th: [] for s_th in S_THS}
-    n_templates = 0
-    for r in range(repeats):
-        rng = np.random.default_rng([seed, r])
-        members, owners = draw_templates(labels, frames, rng)
-        spec = draw_degradations(members.ravel(), degrade_p, strength, rng)
-        e = embed_frames(ref, images, clean, spec, (seed, r))
-        feats = e.emb.reshape(*members.shape, -1).astype(np.float64)
-        quals = e.quality.reshape(members.shape)
-        kinds = spec.kind.reshape(members.shape)
-        all_q.append(e.quality)
-        all_kind.append(spec.kind)
-        n_templates += len(members)
-        for s_th in S_THS:
-            fallbacks[s_th] += int((quals.mean(axis=1) < s_th).sum())
-            kept[s_th] += [float(np.mean(q >= s_th)) for q in quals if q.mean() >= s_th]
-        templates = {m: np.stack([fn(f, q) for f, q in zip(feats, quals)]) for m, fn in aggregate.items()}
-        templates[ORACLE] = np.stack([_oracle(f, k) for f, k in zip(feats, kinds)])
-        a, b, same = all_within_pairs(owners)
+    draws = [draw_repeat(ref, images, labels, clean, r, seed, frames, degrade_p, strength) for r in range(repeats)]
+    scores: dict[str, list[np.ndarray]] = {}
+    issame_all, per_repeat = [], []
+    for draw in draws:
+        a, b, same = all_within_pairs(draw.owners)
         issame_all.append(same)
         rep = {}
-        for m, t in templates.items():
-            s = np.einsum("nd,nd->n", t[a], t[b])
-            scores[m].append(s)
-            rep[m] = tar_at_far(s, same, fars)
+        for m, t in aggregate_templates(draw).items():
+            scores.setdefault(m, []).append(np.einsum("nd,nd->n", t[a], t[b]))
+            rep[m] = tar_at_far(scores[m][-1], same, fars)
         per_repeat.append(rep)
     issame = np.concatenate(issame_all)
     pooled = {m: np.concatenate(v) for m, v in scores.items()}
-    results = {m: {"tar_at_far": tar_at_far(s, issame, fars), "auc": auc(s, issame)} for m, s in pooled.items()}
     n_gen = int(issame.sum())
-    for r in results.values():
-        r["tar_binomial_se"] = {far: binomial_se(t, n_gen) for far, t in r["tar_at_far"].items()}
+    results = {}
+    for m, s in pooled.items():
+        tars = tar_at_far(s, issame, fars)
+        results[m] = {"tar_at_far": tars, "auc": auc(s, issame),
+                      "tar_binomial_se": {far: binomial_se(t, n_gen) for far, t in tars.items()}}
     report.figures.update({
         "model": ref.describe(), "frames_per_template": frames, "degrade_p": degrade_p, "strength": strength,
-        "kinds": KINDS, "repeats": repeats, "seed": seed, "templates": n_templates, "genuine_pairs": n_gen,
-        "impostor_pairs": int((~issame).sum()), "results": results,
-        "per_repeat": per_repeat, "quality_by_condition": quality_by_condition(np.concatenate(all_q),
-                                                                             np.concatenate(all_kind)),
-        "qwfaf_fallback_templates": fallbacks,
-        "qwfaf_mean_fraction_kept": {s: (float(np.mean(v)) if v else None) for s, v in kept.items()},
+        "kinds": KINDS, "repeats": repeats, "seed": seed, "templates": sum(len(d.owners) for d in draws),
+        "genuine_pairs": n_gen, "impostor_pairs": int((~issame).sum()), "results": results, "per_repeat": per_repeat,
+        **_quality_diagnostics(draws),
     })
     report.add_models([ref])
     _write(report, ref, labels, pooled, issame, fars, data_note)
     report.write(command)
     return report.figures
+
+
+def _quality_diagnostics(draws: Sequence[TemplateDraw]) -> dict[str, Any]:
+    """Quality per frame condition, and how often QWFAF falls back to the mean or drops frames."""
+    quals = np.concatenate([d.quals for d in draws])
+    kinds = np.concatenate([d.kinds for d in draws])
+    means = quals.mean(axis=1)
+    return {
+        "quality_by_condition": quality_by_condition(quals.ravel(), kinds.ravel()),
+        "qwfaf_fallback_templates": {s_th: int((means < s_th).sum()) for s_th in S_THS},
+        "qwfaf_mean_fraction_kept": {
+            s_th: (float(np.mean(quals[means >= s_th] >= s_th)) if (means >= s_th).any() else None) for s_th in S_THS
+        },
+    }
 
 
 def _oracle(feats: np.ndarray, kinds: np.ndarray) -> np.ndarray:

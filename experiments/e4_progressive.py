@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from eqface.aggregation import PAPER_F_TH, PAPER_S_TH, ProgressiveQWFA
 from eqface.eval.pairs import all_pairs
 from eqface.eval.roc import auc, format_tar_header, format_tar_row, roc_curve, tar_at_far
 from experiments.common import (
-    DEFAULT_DATA_DIR, DEFAULT_RUN, RESULTS_DIR, ModelRef, Report, command_line, embed_images, fmt_far,
+    DEFAULT_DATA_DIR, DEFAULT_RUN, RESULTS_DIR, Embeddings, ModelRef, Report, command_line, embed_images, fmt_far,
     held_out_source, load_model_ref, new_figure, source_images,
 )
 from experiments.degraded_frames import KINDS, draw_degradations, embed_frames, quality_by_condition
@@ -97,6 +98,37 @@ def variants() -> dict[str, tuple[float, float, bool, bool]]:
     return out
 
 
+@dataclass(frozen=True)
+class QueryDraw:
+    """One repeat: reference images, query frames in video order (with their embeddings) and the conditions."""
+
+    ref_idx: np.ndarray  # [R] image indices
+    query_idx: np.ndarray  # [Q] image indices, grouped by identity
+    enrolled: np.ndarray  # identities with references
+    kind: np.ndarray  # [Q] CLEAN or an index into KINDS
+    query: Embeddings  # [Q] frames as the camera gave them (degraded or not)
+
+
+def draw_repeat(
+    ref: ModelRef, images: Sequence[np.ndarray], labels: np.ndarray, clean: Embeddings, repeat: int, seed: int,
+    refs: int, queries: int, degrade_p: float, strength: tuple[float, float],
+) -> QueryDraw:
+    rng = np.random.default_rng([seed, repeat])
+    ref_idx, query_idx, enrolled = split_reference_query(labels, refs, queries, rng)
+    spec = draw_degradations(query_idx, degrade_p, strength, rng)
+    return QueryDraw(ref_idx, query_idx, enrolled, spec.kind, embed_frames(ref, images, clean, spec, (seed, repeat)))
+
+
+def query_representations(draw: QueryDraw, video: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Each row's query features [Q, D] and, for the progressive ones, the fraction of later frames merged."""
+    emb = draw.query.emb.astype(np.float64)
+    feats, merged = {BASELINE: emb}, {}
+    for n, (f_th, s_th, use_q, strict) in variants().items():
+        s = draw.query.quality if use_q else np.ones_like(draw.query.quality)
+        feats[n], merged[n] = query_templates(emb, s, video, f_th, s_th, strict)
+    return feats, merged
+
+
 def run_e4(
     ref: ModelRef, images: Sequence[np.ndarray], labels: np.ndarray, out_dir: Path, *, refs: int = 10,
     queries: int = 10, degrade_p: float = 0.5, strength: tuple[float, float] = (0.4, 1.0), repeats: int = 5,
@@ -106,54 +138,47 @@ def run_e4(
     report = Report(out_dir, "E4 — progressive QWFA (Eq. 8–9): reference/query ROC, f_th × s_th sweep")
     labels = np.asarray(labels)
     clean = embed_images(ref.net, images, ref.image_size)
-    names = [BASELINE, *variants()]
-    scores: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    issame_all, q_all, kind_all, per_repeat = [], [], [], []
-    merged = {n: [] for n in variants()}
-    counts = {"reference": 0, "query": 0, "enrolled_ids": 0, "distractor_ids": 0}
-    for r in range(repeats):
-        rng = np.random.default_rng([seed, r])
-        ref_idx, query_idx, enrolled = split_reference_query(labels, refs, queries, rng)
-        spec = draw_degradations(query_idx, degrade_p, strength, rng)
-        q = embed_frames(ref, images, clean, spec, (seed, r))
-        video = labels[query_idx]
-        _, _, same = all_pairs(labels[ref_idx], video)
+    draws = [draw_repeat(ref, images, labels, clean, r, seed, refs, queries, degrade_p, strength)
+             for r in range(repeats)]
+    scores: dict[str, list[np.ndarray]] = {}
+    merged: dict[str, list[float]] = {}
+    issame_all, per_repeat = [], []
+    for draw in draws:
+        video = labels[draw.query_idx]
+        _, _, same = all_pairs(labels[draw.ref_idx], video)
         issame_all.append(same)
-        q_all.append(q.quality)
-        kind_all.append(spec.kind)
-        counts["reference"] += len(ref_idx)
-        counts["query"] += len(query_idx)
-        counts["enrolled_ids"] += len(enrolled)
-        counts["distractor_ids"] += len(np.unique(video)) - len(np.intersect1d(np.unique(video), enrolled))
-        ref_emb = clean.emb[ref_idx].astype(np.float64)
-        feats = {BASELINE: q.emb.astype(np.float64)}
-        for n, (f_th, s_th, use_q, strict) in variants().items():
-            s = q.quality if use_q else np.ones_like(q.quality)
-            feats[n], fraction = query_templates(q.emb.astype(np.float64), s, video, f_th, s_th, strict)
-            merged[n].append(fraction)
-        rep = {}
+        feats, fractions = query_representations(draw, video)
+        for n, fraction in fractions.items():
+            merged.setdefault(n, []).append(fraction)
+        ref_emb = clean.emb[draw.ref_idx].astype(np.float64)
         for n, t in feats.items():
-            sc = (ref_emb @ t.T).ravel()
-            scores[n].append(sc)
-            rep[n] = tar_at_far(sc, same, [select_far])[select_far]
-        per_repeat.append(rep)
+            scores.setdefault(n, []).append((ref_emb @ t.T).ravel())
+        per_repeat.append({n: tar_at_far(v[-1], same, [select_far])[select_far] for n, v in scores.items()})
     issame = np.concatenate(issame_all)
     pooled = {n: np.concatenate(v) for n, v in scores.items()}
     results = {n: {"tar_at_far": tar_at_far(s, issame, fars), "auc": auc(s, issame)} for n, s in pooled.items()}
     best_tar, best_auc = _best(results, select_far)
     report.figures.update({
         "model": ref.describe(), "refs_per_id": refs, "queries_per_id": queries, "degrade_p": degrade_p,
-        "strength": strength, "kinds": KINDS, "repeats": repeats, "seed": seed, "counts": counts,
+        "strength": strength, "kinds": KINDS, "repeats": repeats, "seed": seed, "counts": _counts(draws, labels),
         "genuine_pairs": int(issame.sum()), "impostor_pairs": int((~issame).sum()), "results": results,
         "per_repeat_tar_at_select_far": per_repeat, "select_far": select_far,
         "best_by_tar": best_tar, "best_by_auc": best_auc,
         "merged_fraction": {n: float(np.mean(v)) for n, v in merged.items()},
-        "quality_by_condition": quality_by_condition(np.concatenate(q_all), np.concatenate(kind_all)),
+        "quality_by_condition": quality_by_condition(np.concatenate([d.query.quality for d in draws]),
+                                                     np.concatenate([d.kind for d in draws])),
     })
     report.add_models([ref])
     _write(report, ref, labels, pooled, issame, fars, data_note)
     report.write(command)
     return report.figures
+
+
+def _counts(draws: Sequence[QueryDraw], labels: np.ndarray) -> dict[str, int]:
+    """Totals over repeats: reference images, query frames, enrolled and distractor identities."""
+    distractors = sum(len(np.setdiff1d(np.unique(labels[d.query_idx]), d.enrolled)) for d in draws)
+    return {"reference": sum(len(d.ref_idx) for d in draws), "query": sum(len(d.query_idx) for d in draws),
+            "enrolled_ids": sum(len(d.enrolled) for d in draws), "distractor_ids": int(distractors)}
 
 
 def _best(results: dict[str, Any], far: float) -> tuple[str, str]:
