@@ -9,7 +9,8 @@ Phases:
                Reported: frames/s over the whole run and the per-message round trip p50/p99 under that load (read,
                validate, QWFA update, durable group commit, answer).
   latency      one stream, one frame per message, lock-step: the round trip of a single durable update p50/p99/p999;
-               and at a steady --paced-rate (16 streams sending 8-frame messages on a fixed schedule, open loop).
+               and at a steady --paced-rate (16 streams sending --paced-frames-per-message frames on a fixed schedule,
+               open loop).
   bytes        --subjects realistic subject records written through the store API: the record size and what the
                backend uses per subject (SQLite file pages in use; Redis used_memory growth).
   image        (when nvidia-pytriton, ../shared/data and its weights are present) Triton on the local repository
@@ -261,13 +262,14 @@ def throughput(args: argparse.Namespace, store: str, workdir: Path) -> dict:
 
 
 def _paced(args: argparse.Namespace, target: str) -> dict:
-    """Round trips at a steady --paced-rate frames/s: 16 camera streams, 8 frames (one subject) per message."""
-    streams, per_message = 16, 8
+    """Round trips at a steady --paced-rate frames/s: 16 camera streams, --paced-frames-per-message (one subject)."""
+    streams, per_message = 16, args.paced_frames_per_message
     rate_per_stream = args.paced_rate / streams / per_message
     messages = int(rate_per_stream * args.paced_seconds)
     payloads = [feature_payloads(200 + s, messages, per_message, 1, args.dim) for s in range(streams)]
     latencies = asyncio.run(run_paced(target, payloads, rate_per_stream))
-    return {"frames_per_s": args.paced_rate, **_percentiles(latencies[len(latencies) // 10 :], 50, 99, 99.9)}
+    summary = _percentiles(latencies[len(latencies) // 10 :], 50, 99, 99.9)
+    return {"frames_per_s": args.paced_rate, "frames_per_message": per_message, **summary}
 
 
 def lockstep_latency(target: str, n: int, dim: int) -> dict:
@@ -449,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-frames", type=int, default=2000)
     p.add_argument("--paced-rate", type=float, default=10_000, help="frames/s of the steady-load latency phase")
     p.add_argument("--paced-seconds", type=float, default=5.0)
+    p.add_argument("--paced-frames-per-message", type=int, default=8)
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--client-core", type=int, default=1)
     p.add_argument("--stores", nargs="+", default=["sqlite", "redis"], choices=["sqlite", "sqlite-normal", "redis"])
@@ -531,7 +534,8 @@ def _print(report: dict, args: argparse.Namespace) -> None:
         print(f"  {'':<14} single-frame durable update round trip p50 {one['p50_ms']:.2f} ms  "
               f"p99 {one['p99_ms']:.2f} ms  p99.9 {one['p99.9_ms']:.2f} ms (one frame per message, lock-step)")
         paced = t["paced"]
-        print(f"  {'':<14} at a steady {paced['frames_per_s']:,.0f} frames/s (16 streams, 8 frames/message): "
+        print(f"  {'':<14} at a steady {paced['frames_per_s']:,.0f} frames/s (16 streams, "
+              f"{paced['frames_per_message']} frames/message): "
               f"round trip p50 {paced['p50_ms']:.2f} ms  p99 {paced['p99_ms']:.2f} ms  "
               f"p99.9 {paced['p99.9_ms']:.2f} ms")
         print(f"  {'':<14} sampled statuses {t['statuses']}")
