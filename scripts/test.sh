@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+./scripts/gen_protos.sh --check  # committed gRPC stubs must match proto/
 export EQFACE_REQUIRE_SERVICES=1
-exec .venv/bin/python -m pytest "$@"
+basetemp="$(mktemp -d -t eqface-pytest.XXXXXX)"  # private: parallel pytest sessions prune each other's defaults
+exec .venv/bin/python -m pytest --basetemp="$basetemp" "$@"
