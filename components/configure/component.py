@@ -1,0 +1,56 @@
+"""Resolve the pipeline's form into one EQFaceConfig (JSON), validated before any GPU is requested."""
+
+from typing import List
+
+from kfp import dsl
+
+from components.images import TRAINING_IMAGE
+
+
+@dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
+def configure(
+    preset: str,
+    overrides: List[str],
+    iterations: int,
+    data_source: str,
+    data_location: str,
+    eval_identities: int,
+    backbone: str,
+    embedding_size: int,
+    step1_epochs: int,
+    step1_lr: float,
+    step1_milestones: List[int],
+    step2_epochs: int,
+    step2_lr: float,
+    step2_milestones: List[int],
+    step3_epochs: int,
+    step3_lr: float,
+    step3_milestones: List[int],
+    margin_m1: float,
+    margin_m2: float,
+    margin_m3: float,
+    margin_scale: float,
+    qwdf_threshold: float,
+    batch_size: int,
+) -> str:
+    """Returns the resolved configuration as JSON: preset, then the form's values, then ``overrides``.
+
+    Args:
+        preset: eqface preset filling everything the form does not show (``eqface config --preset NAME``).
+        overrides: ``section.field=value`` strings applied last (e.g. ``augment.blur_p=0.3``).
+        iterations: rounds of Step 3 → Step 2 after Step 1 → Step 2 (fixed when the pipeline is compiled).
+    """
+    from eqface.pipeline.configure import build_config, config_json
+
+    form = {
+        "data_source": data_source, "data_location": data_location, "eval_identities": eval_identities,
+        "backbone": backbone, "embedding_size": embedding_size,
+        "step1_epochs": step1_epochs, "step1_lr": step1_lr, "step1_milestones": step1_milestones,
+        "step2_epochs": step2_epochs, "step2_lr": step2_lr, "step2_milestones": step2_milestones,
+        "step3_epochs": step3_epochs, "step3_lr": step3_lr, "step3_milestones": step3_milestones,
+        "margin_m1": margin_m1, "margin_m2": margin_m2, "margin_m3": margin_m3, "margin_scale": margin_scale,
+        "qwdf_threshold": qwdf_threshold, "batch_size": batch_size,
+    }
+    text = config_json(build_config(preset, form, overrides, iterations))
+    print(text)
+    return text

@@ -1,0 +1,224 @@
+"""The EQFace training pipeline: configure → prepare data → Step 1 → Step 2 → (Step 3 → Step 2) × N → evaluate →
+export ONNX → deploy (only when the evaluation passes its gate).
+
+KFP has no while-loops and ``dsl.ParallelFor`` runs its iterations side by side, so the sequential 3 → 2 rounds are
+unrolled when the pipeline is compiled: ``build_pipeline(iterations=N)`` (``eqface pipeline compile --iterations N``)
+writes a flat chain whose tasks are named after ``eqface.train.pipeline.step_plan`` (step1, step2-1, step3-1,
+step2-2, ...). A sub-pipeline per round would not change that (KFP v2 has no recursion, so it must be unrolled too),
+would nest every round one level deeper in the UI, and kfp 2.17's local runner cannot pass artifacts into one.
+
+Kubernetes concerns are attached here, never in the components: GPUs, CPU/memory, /dev/shm, tolerations, retries,
+caching, PVCs and the object-store secret. The local runner ignores them; tests read them from the compiled YAML.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, NamedTuple
+
+from kfp import compiler, dsl, kubernetes
+
+from components.configure import configure
+from components.deploy_triton import deploy_triton
+from components.evaluate import evaluate
+from components.export_onnx import export_onnx
+from components.images import TRAINING_IMAGE
+from components.prepare_data import prepare_data
+from components.train_backbone import train_backbone
+from components.train_quality import train_quality
+from components.train_weighted import train_weighted
+
+PIPELINE_NAME = "eqface-training"
+GPU_RESOURCE = "nvidia.com/gpu"
+# Object-store credentials, each optional: S3/MinIO through boto3's variables, GCS through a key file in the volume.
+OBJECT_STORE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+SECRET_MOUNT = "/var/run/secrets/eqface-object-store"
+GCS_KEY_FILE = "gcs-credentials.json"
+# The evaluate step needs held-out identities; a preset that holds out none (paper: all of MS1MV2 trains) gets these.
+DEFAULT_EVAL_IDENTITIES = 200
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where the pipeline runs: image, volumes, secret, resources. Fixed at compile time (``eqface pipeline compile``
+    flags); an empty PVC or secret name leaves that mount out."""
+
+    image: str = TRAINING_IMAGE
+    data_pvc: str = "eqface-data"  # datasets (read by prepare-data, and by training when data is referenced)
+    data_mount: str = "/mnt/data"
+    work_pvc: str = "eqface-work"  # training checkpoints, so a retried pod resumes mid-epoch
+    work_mount: str = "/mnt/work"
+    models_pvc: str = "eqface-models"  # the Triton model repository, when it is a volume
+    models_mount: str = "/mnt/models"
+    object_store_secret: str = "eqface-object-store"
+    train_cpu: str = "8"
+    train_memory: str = "64Gi"
+    shm_size: str = "16Gi"  # DataLoader workers and NCCL use /dev/shm; Kubernetes gives 64 MiB by default
+    train_retries: int = 2  # with the work volume, a retry resumes from the last checkpoint (preempted GPU nodes)
+    cache_data: bool = False  # the data at a location may change behind the same name: re-read it every run
+
+    @property
+    def default_repository(self) -> str:
+        return f"{self.models_mount}/eqface" if self.models_pvc else ""
+
+    @property
+    def checkpoint_root(self) -> str:
+        return f"{self.work_mount}/checkpoints" if self.work_pvc else ""
+
+
+class Outputs(NamedTuple):
+    metrics: dsl.Metrics
+    report: dsl.HTML
+    onnx_model: dsl.Model
+
+
+def build_pipeline(iterations: int = 1, preset: str = "paper", cluster: ClusterSettings = ClusterSettings()) -> Callable:
+    """The pipeline function for ``iterations`` rounds of Step 3 → Step 2; the form's defaults come from ``preset``.
+
+    Raises:
+        ValueError: ``iterations`` < 1 or an unknown preset.
+    """
+    from eqface.pipeline.configure import preset_form
+
+    if iterations < 1:
+        raise ValueError(f"iterations must be at least 1 (the model ends on a Step 2 after a Step 3), got {iterations}")
+    form = preset_form(preset)
+    form["eval_identities"] = form["eval_identities"] or DEFAULT_EVAL_IDENTITIES
+    preset_name = preset
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description=f"EQFace: Step 1 → 2 → (3 → 2) × {iterations} → evaluate → export ONNX → deploy to Triton "
+        f"when the evaluation passes. Form defaults: preset {preset_name}.",
+    )
+    def eqface_training(
+        data_source: str = form["data_source"],
+        data_location: str = form["data_location"],
+        eval_identities: int = form["eval_identities"],
+        backbone: str = form["backbone"],
+        embedding_size: int = form["embedding_size"],
+        step1_epochs: int = form["step1_epochs"],
+        step1_lr: float = form["step1_lr"],
+        step1_milestones: List[int] = form["step1_milestones"],
+        step2_epochs: int = form["step2_epochs"],
+        step2_lr: float = form["step2_lr"],
+        step2_milestones: List[int] = form["step2_milestones"],
+        step3_epochs: int = form["step3_epochs"],
+        step3_lr: float = form["step3_lr"],
+        step3_milestones: List[int] = form["step3_milestones"],
+        margin_m1: float = form["margin_m1"],
+        margin_m2: float = form["margin_m2"],
+        margin_m3: float = form["margin_m3"],
+        margin_scale: float = form["margin_scale"],
+        qwdf_threshold: float = form["qwdf_threshold"],
+        batch_size: int = form["batch_size"],
+        gpus_per_step: int = 1,
+        model_repository: str = cluster.default_repository,
+        serving_variant: str = "production",
+        triton_url: str = "",
+        accuracy_threshold: float = 0.9,
+        min_quality_std: float = 0.05,
+        data_materialize: str = "auto",
+        preset: str = preset_name,
+        overrides: List[str] = [],
+    ) -> Outputs:
+        config = configure(
+            preset=preset, overrides=overrides, iterations=iterations, data_source=data_source,
+            data_location=data_location, eval_identities=eval_identities, backbone=backbone,
+            embedding_size=embedding_size, step1_epochs=step1_epochs, step1_lr=step1_lr,
+            step1_milestones=step1_milestones, step2_epochs=step2_epochs, step2_lr=step2_lr,
+            step2_milestones=step2_milestones, step3_epochs=step3_epochs, step3_lr=step3_lr,
+            step3_milestones=step3_milestones, margin_m1=margin_m1, margin_m2=margin_m2, margin_m3=margin_m3,
+            margin_scale=margin_scale, qwdf_threshold=qwdf_threshold, batch_size=batch_size,
+        ).set_display_name("configure")
+        _light(config, cluster, cpu="500m", memory="1Gi")
+        cfg = config.output
+
+        data = prepare_data(config_json=cfg, materialize=data_materialize).set_display_name("prepare data")
+        _light(data, cluster, cpu="4", memory="16Gi", cache=cluster.cache_data)
+        _mount(data, cluster.data_pvc, cluster.data_mount)
+        _object_store_secret(data, cluster)
+        dataset = data.outputs["dataset"]
+
+        def trained(component, stage: str, title: str, init=None):
+            extra = {} if init is None else {"init_model": init.outputs["model"]}
+            task = component(dataset=dataset, config_json=cfg, gpus=gpus_per_step, stage=stage,
+                             checkpoint_root=cluster.checkpoint_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **extra)
+            _gpu_training(task.set_display_name(f"{stage}: {title}"), cluster, gpus_per_step)
+            return task
+
+        model = trained(train_quality, "step2-1", "train quality branch",
+                        trained(train_backbone, "step1", "train backbone"))
+        for i in range(1, iterations + 1):
+            weighted = trained(train_weighted, f"step3-{i}", "quality-weighted retraining", model)
+            model = trained(train_quality, f"step2-{i + 1}", "train quality branch", weighted)
+        final = model.outputs["model"]
+
+        scores = evaluate(dataset=dataset, model=final, config_json=cfg, accuracy_threshold=accuracy_threshold,
+                          min_quality_std=min_quality_std).set_display_name("evaluate")
+        _light(scores, cluster, cpu="8", memory="32Gi")
+        _mount(scores, cluster.data_pvc, cluster.data_mount)
+        scores.set_env_variable("TQDM_MININTERVAL", "60")
+
+        onnx = export_onnx(model=final, dataset=dataset, config_json=cfg).set_display_name("export ONNX")
+        _light(onnx, cluster, cpu="2", memory="8Gi")
+        _mount(onnx, cluster.data_pvc, cluster.data_mount)
+
+        with dsl.If(scores.outputs["Output"] == True, name="evaluation-passed"):  # noqa: E712 (a KFP condition)
+            release = deploy_triton(onnx_model=onnx.outputs["onnx_model"], repository=model_repository,
+                                    variant=serving_variant, triton_url=triton_url).set_display_name("deploy to Triton")
+            # Writing a version into a repository is a side effect: never cached, never retried half-way.
+            _light(release, cluster, cpu="1", memory="4Gi", cache=False)
+            _mount(release, cluster.models_pvc, cluster.models_mount)
+            _object_store_secret(release, cluster)
+
+        return Outputs(metrics=scores.outputs["metrics"], report=scores.outputs["report"],
+                       onnx_model=onnx.outputs["onnx_model"])
+
+    return eqface_training
+
+
+def compile_pipeline(
+    path: str | Path, iterations: int = 1, preset: str = "paper", cluster: ClusterSettings = ClusterSettings()
+) -> Path:
+    """Writes the pipeline YAML to upload in the Kubeflow UI; returns its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(iterations, preset, cluster), str(path))
+    return path
+
+
+# ------------------------------------------------------------------------------------------- Kubernetes settings
+def _light(task: dsl.PipelineTask, cluster: ClusterSettings, cpu: str, memory: str, cache: bool = True) -> None:
+    task.set_container_image(cluster.image)
+    task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
+    task.set_caching_options(cache)
+    task.set_env_variable("PYTHONUNBUFFERED", "1")
+
+
+def _gpu_training(task: dsl.PipelineTask, cluster: ClusterSettings, gpus) -> None:
+    _light(task, cluster, cpu=cluster.train_cpu, memory=cluster.train_memory)
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+    task.set_retry(num_retries=cluster.train_retries, backoff_duration="60s", backoff_factor=2.0,
+                   backoff_max_duration="900s")
+    task.set_env_variable("TQDM_MININTERVAL", "60")  # progress lines once a minute in the pod log, not per batch
+    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                               size_limit=cluster.shm_size)
+    _mount(task, cluster.data_pvc, cluster.data_mount)
+    _mount(task, cluster.work_pvc, cluster.work_mount)
+
+
+def _mount(task: dsl.PipelineTask, pvc: str, mount_path: str) -> None:
+    if pvc:
+        kubernetes.mount_pvc(task, pvc_name=pvc, mount_path=mount_path)
+
+
+def _object_store_secret(task: dsl.PipelineTask, cluster: ClusterSettings) -> None:
+    if not cluster.object_store_secret:
+        return
+    kubernetes.use_secret_as_env(task, secret_name=cluster.object_store_secret,
+                                 secret_key_to_env={k: k for k in OBJECT_STORE_ENV}, optional=True)
+    kubernetes.use_secret_as_volume(task, secret_name=cluster.object_store_secret, mount_path=SECRET_MOUNT,
+                                    optional=True)
+    task.set_env_variable("EQFACE_GCS_CREDENTIALS", f"{SECRET_MOUNT}/{GCS_KEY_FILE}")

@@ -1,0 +1,33 @@
+"""Step 1: train the backbone and classifier with s_i = 1 (no init model)."""
+
+from kfp import dsl
+
+from components.images import TRAINING_IMAGE
+
+
+@dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
+def train_backbone(
+    dataset: dsl.Input[dsl.Dataset],
+    config_json: str,
+    model: dsl.Output[dsl.Model],
+    gpus: int = 1,
+    stage: str = "step1",
+    checkpoint_root: str = "",
+    run_id: str = "",
+):
+    """Step 1: train the backbone and classifier with s_i = 1 (no init model).
+
+    Args:
+        gpus: training processes; above 1 the step runs under torchrun --nproc_per_node=gpus (DDP).
+        stage: the step's name in the training history (step1, step2-1, step3-1, ...).
+        checkpoint_root: a persistent volume path; the step trains in <root>/<run_id>/<stage> so that a retried pod
+            resumes from its last checkpoint ("" trains in the output artifact).
+    """
+    from eqface.pipeline.configure import config_from_json
+    from eqface.pipeline.training import train_step, work_folder
+
+    metadata = train_step(
+        "step1", config_from_json(config_json), dataset.path, model.path, gpus=gpus, stage=stage,
+        work_dir=work_folder(checkpoint_root, run_id, stage),
+    )
+    model.metadata.update({**metadata, "framework": "pytorch", "file": "final.pt"})

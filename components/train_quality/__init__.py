@@ -1,0 +1,3 @@
+from components.train_quality.component import train_quality
+
+__all__ = ["train_quality"]

@@ -1,0 +1,198 @@
+"""The evaluate step: verification and quality on the held-out identities, the numbers the UI shows, and the gate.
+
+The headline numbers are those of ``eqface train``'s summary (same pairs, same 10-fold protocol, same degradations at
+the same strength); the arrays behind them are kept for the report's plots. EDC starts at the lowest of FMR 1e-3,
+1e-2, 1e-1 that the impostor pairs can reach (a small held-out set cannot reach 1e-3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eqface.config import EQFaceConfig
+from eqface.eval.edc import EdcCurve, edc_curve, edc_pauc, pair_quality, random_quality
+from eqface.eval.pairs import cosine_scores, make_pairs
+from eqface.eval.roc import RocCurve, max_false_accepts, roc_curve, tar_at_far
+from eqface.eval.verification import kfold_accuracy
+
+FARS = (1e-4, 1e-3, 1e-2, 1e-1)
+EDC_START_FMRS = (1e-3, 1e-2, 1e-1)
+EDC_DISCARD_LIMIT = 0.2
+
+
+@dataclass
+class Evaluation:
+    """Everything the evaluate step measured on the held-out identities."""
+
+    identities: int
+    images: int
+    accuracy: float
+    accuracy_std: float
+    roc: RocCurve
+    tar: dict[float, float | None]
+    scores: np.ndarray
+    issame: np.ndarray
+    quality: dict[str, np.ndarray]  # "clean" and each degradation → per-image quality
+    edc: EdcCurve | None
+    edc_random: EdcCurve | None
+    degradation: np.ndarray | None = None  # synthetic ground truth: degradation strength per image (0 = clean)
+
+    @property
+    def auc(self) -> float:
+        from sklearn import metrics
+
+        return float(metrics.auc(self.roc.far, self.roc.tar))
+
+    @property
+    def spearman(self) -> float | None:
+        if self.degradation is None:
+            return None
+        from scipy.stats import spearmanr
+
+        return float(spearmanr(self.quality["clean"], self.degradation).statistic)
+
+
+def held_out_pairs(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The genuine/impostor pairs ``eqface.train.summary.verification`` scores (same counts, same generator)."""
+    from eqface.train.summary import MAX_PAIRS
+
+    counts = np.bincount(labels)
+    n_genuine = int(min(MAX_PAIRS, (counts * (counts - 1) // 2).sum()))
+    n_total = len(labels) * (len(labels) - 1) // 2
+    n_impostor = int(min(max(n_genuine, 10), n_total - n_genuine, MAX_PAIRS))
+    return make_pairs(labels, n_genuine, n_impostor, np.random.default_rng(seed))
+
+
+def evaluate_model(model_file: str | Path, cfg: EQFaceConfig) -> Evaluation:
+    """Embeds the held-out identities of ``cfg.data`` (clean and degraded) with the model in ``model_file``.
+
+    Raises:
+        ValueError: the data has no held-out identities (``data.eval_identities`` is 0).
+    """
+    from eqface.data.augment import DEGRADATIONS
+    from eqface.train.checkpoint import load_model
+    from eqface.train.distributed import resolve_device
+    from eqface.train.pipeline import load_training_data
+    from eqface.train.summary import degraded_copy
+    from eqface.train.trainer import embed_source
+
+    net, model_cfg = load_model(model_file)
+    _, held_out = load_training_data(cfg)
+    if held_out is None:
+        raise ValueError("no held-out identities to evaluate on (data.eval_identities is 0)")
+    device = resolve_device(cfg.train.device)
+    size = tuple(model_cfg.image_size)
+    seed = cfg.train.seed
+    emb, q = embed_source(net, held_out, size, device, desc="held-out faces")
+    quality = {"clean": q}
+    for kind in DEGRADATIONS:
+        quality[kind] = embed_source(net, degraded_copy(held_out, size, kind, seed), size, device, desc=kind)[1]
+    a, b, same = held_out_pairs(held_out.labels, seed)
+    scores = cosine_scores(emb[a], emb[b])
+    verification = kfold_accuracy(scores, same)
+    edc, edc_random = _edc_curves(scores, same, pair_quality(q, a, b), pair_quality(random_quality(len(q), seed), a, b))
+    return Evaluation(
+        identities=held_out.num_classes, images=len(held_out), accuracy=verification.mean,
+        accuracy_std=verification.std, roc=roc_curve(scores, same), tar=tar_at_far(scores, same, FARS),
+        scores=scores, issame=same, quality=quality, edc=edc, edc_random=edc_random,
+        degradation=held_out.extras.get("degradation"),
+    )
+
+
+def _edc_curves(scores, same, pair_q, random_q) -> tuple[EdcCurve | None, EdcCurve | None]:
+    n_impostor = int((~same).sum())
+    for fmr in EDC_START_FMRS:
+        if max_false_accepts(fmr, n_impostor) is not None:
+            return edc_curve(scores, same, pair_q, fmr), edc_curve(scores, same, random_q, fmr)
+    return None, None
+
+
+def metric_values(ev: Evaluation) -> dict[str, float]:
+    """Scalar metrics for the Kubeflow UI (names are stable: dashboards and run comparisons key on them)."""
+    q = ev.quality["clean"]
+    values: dict[str, float] = {
+        "verification_accuracy": ev.accuracy,
+        "verification_accuracy_std": ev.accuracy_std,
+        "verification_auc": ev.auc,
+        "quality_mean": float(q.mean()),
+        "quality_std": float(q.std()),
+        "heldout_identities": float(ev.identities),
+        "heldout_images": float(ev.images),
+    }
+    for far, tar in ev.tar.items():
+        if tar is not None:
+            values[f"tar_at_far_{far:.0e}".replace("e-0", "e-")] = tar
+    for kind, qs in ev.quality.items():
+        values[f"quality_mean_{kind}"] = float(qs.mean())
+    degraded = [float(qs.mean()) for kind, qs in ev.quality.items() if kind != "clean"]
+    values["quality_drop_degraded"] = float(q.mean()) - float(np.mean(degraded))
+    if ev.edc is not None:
+        values["edc_pauc"] = edc_pauc(ev.edc, EDC_DISCARD_LIMIT, normalise=True)
+        values["edc_pauc_random"] = edc_pauc(ev.edc_random, EDC_DISCARD_LIMIT, normalise=True)
+        values["edc_start_fmr"] = ev.edc.start_fmr
+    if ev.spearman is not None:
+        values["spearman_quality_vs_degradation"] = ev.spearman
+    return values
+
+
+def gate(values: dict[str, float], accuracy_threshold: float, min_quality_std: float = 0.0) -> tuple[bool, list[str]]:
+    """Whether the model may be deployed, and one line per check (what was required, what was measured)."""
+    checks = [
+        ("verification accuracy", values["verification_accuracy"], accuracy_threshold),
+        ("quality std (the branch must discriminate)", values["quality_std"], min_quality_std),
+    ]
+    lines, passed = [], True
+    for name, measured, required in checks:
+        ok = measured >= required
+        passed &= ok
+        lines.append(f"{'pass' if ok else 'FAIL'}: {name} {measured:.4f} (required >= {required:.4f})")
+    return passed, lines
+
+
+@dataclass(frozen=True)
+class EvaluationOutputs:
+    """What the evaluate component hands to KFP: scalar metrics, a downsampled ROC, and the gate's verdict."""
+
+    metrics: dict[str, float]
+    roc_fpr: list[float]
+    roc_tpr: list[float]
+    roc_thresholds: list[float]
+    passed: bool
+    gate_lines: list[str]
+
+
+def run_evaluation(
+    model_dir: str | Path, cfg: EQFaceConfig, report_html: str | Path, report_markdown: str | Path,
+    accuracy_threshold: float, min_quality_std: float = 0.0, roc_points: int = 200,
+) -> EvaluationOutputs:
+    """Evaluates the final model, writes the HTML and Markdown reports and decides whether it may be deployed.
+
+    ``cfg`` must read the prepared dataset (see :func:`eqface.pipeline.dataset.with_dataset`).
+    """
+    from eqface.pipeline import report
+    from eqface.pipeline.training import read_history
+    from eqface.train.trainer import FINAL
+
+    ev = evaluate_model(Path(model_dir) / FINAL, cfg)
+    values = metric_values(ev)
+    passed, lines = gate(values, accuracy_threshold, min_quality_std)
+    run = {
+        "backbone": cfg.model.backbone, "embedding size": cfg.model.embedding_size,
+        "image size": "×".join(map(str, cfg.model.image_size)), "iterations (3 → 2)": cfg.train.iterations,
+        "epochs step 1 / 2 / 3": f"{cfg.train.step1.epochs} / {cfg.train.step2.epochs} / {cfg.train.step3.epochs}",
+        "margins m1, m2, m3, S": f"{cfg.margin.m1}, {cfg.margin.m2}, {cfg.margin.m3}, {cfg.margin.scale}",
+        "QWDF s_th": cfg.train.qwdf_threshold, "data": f"{cfg.data.source} {cfg.data.path}".strip(),
+    }
+    tables = report.tables(ev, values, lines, run)
+    title = f"EQFace evaluation: {100 * ev.accuracy:.2f}% verification accuracy, {'PASSED' if passed else 'FAILED'} gate"
+    Path(report_html).write_text(report.render_html(title, tables, report.figures(ev, read_history(model_dir))))
+    Path(report_markdown).write_text(report.render_markdown(title, tables))
+    keep = np.unique(np.linspace(1, len(ev.roc.far) - 1, num=min(roc_points, len(ev.roc.far) - 1)).astype(int))
+    return EvaluationOutputs(
+        metrics=values, roc_fpr=ev.roc.far[keep].tolist(), roc_tpr=ev.roc.tar[keep].tolist(),
+        roc_thresholds=np.clip(ev.roc.thresholds[keep], -1.0, 1.0).tolist(), passed=passed, gate_lines=lines,
+    )

@@ -1,0 +1,54 @@
+"""The export step: the final model → one ONNX file (contract names, dynamic batch), checked against torch on real
+held-out faces of the prepared dataset before anything is deployed."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eqface import contract
+from eqface.config import EQFaceConfig
+
+ONNX_FILE = "model.onnx"
+PARITY_IMAGES = 64
+
+
+def export_step(model_dir: str | Path, out_dir: str | Path, cfg: EQFaceConfig, opset: int = 18) -> dict[str, Any]:
+    """Writes ``out_dir/model.onnx`` and returns the artifact's metadata (shapes, size, sha256, parity).
+
+    ``cfg`` must read the prepared dataset (see :func:`eqface.pipeline.dataset.with_dataset`): parity is measured on
+    up to 64 of its held-out faces at batch sizes 1, 7 and all of them.
+
+    Raises:
+        RuntimeError: onnxruntime and torch differ by more than ``eqface.export.parity.PARITY_TOLERANCE``.
+    """
+    from eqface.data.image_ops import fit_to_size
+    from eqface.export.onnx import export_model_file, onnx_session
+    from eqface.export.parity import PARITY_TOLERANCE, parity_by_batch_size
+    from eqface.train.checkpoint import load_model
+    from eqface.train.pipeline import load_training_data
+    from eqface.train.trainer import FINAL
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = export_model_file(Path(model_dir) / FINAL, out / ONNX_FILE, opset=opset)
+    net, model_cfg = load_model(Path(model_dir) / FINAL)
+    train, held_out = load_training_data(cfg)
+    faces = held_out if held_out is not None else train
+    count = min(PARITY_IMAGES, len(faces))
+    size = tuple(model_cfg.image_size)
+    x = contract.normalize_pixels(np.stack([fit_to_size(faces.image(i), size) for i in range(count)]))
+    diffs = parity_by_batch_size(net, onnx_session(result.path), x, tuple(sorted({1, min(7, count), count})))
+    worst = max(diffs.values())
+    if worst > PARITY_TOLERANCE:
+        raise RuntimeError(f"onnxruntime differs from torch by {worst:.2e} > {PARITY_TOLERANCE:.0e} on held-out faces")
+    print(f"exported {result.path} ({result.size_bytes / 1e6:.2f} MB); parity on {count} faces: {worst:.1e}", flush=True)
+    return {
+        "file": ONNX_FILE, "format": "onnx", "opset": result.opset, "image_height": result.spec.image_size[0],
+        "image_width": result.spec.image_size[1], "embedding_size": result.spec.embedding_size,
+        "size_bytes": result.size_bytes, "sha256": hashlib.sha256(result.path.read_bytes()).hexdigest(),
+        "parity_max_abs_diff": worst, "parity_images": count,
+    }

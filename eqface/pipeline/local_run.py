@@ -1,0 +1,83 @@
+"""``eqface pipeline run-local``: the whole Kubeflow pipeline on this machine with kfp's SubprocessRunner.
+
+Every component runs as a subprocess of this interpreter (``use_venv=False``: the current environment, where eqface
+is installed); resources, volumes and secrets are ignored locally. The pipeline definition lives in ``components/``
+of the source checkout, next to the ``eqface`` package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def pipeline_module() -> ModuleType:
+    """``components.pipeline`` from the checkout this package was installed from (an editable install)."""
+    if not (REPO_ROOT / "components" / "pipeline.py").is_file():
+        raise FileNotFoundError(
+            f"components/pipeline.py not found beside the eqface package ({REPO_ROOT}): the pipeline commands need "
+            "the source checkout (pip install -e '.[pipeline]')"
+        )
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    return importlib.import_module("components.pipeline")
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    seconds: float
+    metrics: dict[str, float]
+    report: Path
+    summary: Path
+    onnx: Path
+    repository: Path
+    deployed_version: int | None  # None when the evaluation gate held the deploy back
+
+
+def run_local(
+    root: str | Path, repository: str | Path, *, iterations: int = 1, preset: str = "test",
+    overrides: Sequence[str] = (), triton_url: str = "", accuracy_threshold: float = 0.0,
+    min_quality_std: float = 0.0, gpus: int = 1,
+) -> LocalRun:
+    """Runs the pipeline (form defaults from ``preset``) and returns where its results are."""
+    from kfp import local
+
+    from eqface.pipeline.deploy import existing_versions
+
+    root, repository = Path(root).resolve(), Path(repository).resolve()
+    module = pipeline_module()
+    pipeline = module.build_pipeline(iterations=iterations, preset=preset)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    before = set(existing_versions(str(repository)))
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        # The components' image is the cluster's; locally they run in this interpreter, which kfp warns about.
+        warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*", category=RuntimeWarning)
+        task = pipeline(**_arguments(repository, overrides, triton_url, accuracy_threshold, min_quality_std, gpus))
+    seconds = time.monotonic() - started
+    new = sorted(set(existing_versions(str(repository))) - before)
+    outputs = task.outputs
+    metrics = outputs["metrics"]
+    report = Path(outputs["report"].path)
+    return LocalRun(
+        seconds=seconds, metrics={k: float(v) for k, v in metrics.metadata.items()}, report=report,
+        summary=report.parent / "summary", onnx=Path(outputs["onnx_model"].path) / "model.onnx",
+        repository=repository, deployed_version=new[-1] if new else None,
+    )
+
+
+def _arguments(repository: Path, overrides, triton_url, accuracy_threshold, min_quality_std, gpus) -> dict[str, Any]:
+    return {
+        "model_repository": str(repository), "serving_variant": "local", "triton_url": triton_url,
+        "accuracy_threshold": accuracy_threshold, "min_quality_std": min_quality_std, "gpus_per_step": gpus,
+        "overrides": list(overrides),
+    }
