@@ -159,7 +159,7 @@ def _history(history: list[dict[str, Any]]) -> Figure:
         loss.plot(x, [r["loss"] for r in records], marker="o", ms=3, label=stage)
         acc.plot(x, [r["accuracy"] for r in records], marker="o", ms=3, label=f"{stage} accuracy")
         if "quality_mean" in records[0]:
-            acc.plot(x, [r["quality_mean"] for r in records], ls="--", label=f"{stage} mean quality")
+            acc.plot(x, [r["quality_mean"] for r in records], ls="--", marker="x", ms=4, label=f"{stage} mean quality")
         x0 += len(records)
     loss.set(xlabel="epoch (all steps in order)", ylabel="training loss", title="loss")
     acc.set(xlabel="epoch (all steps in order)", ylim=(0, 1.01), title="training accuracy and quality")
