@@ -1,0 +1,146 @@
+"""The compiled pipeline YAML (what a user uploads in the Kubeflow UI): wiring, parameters, GPUs, volumes, the gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.images import TRAINING_IMAGE
+from components.pipeline import ClusterSettings, compile_pipeline
+from eqface.cli import main
+from eqface.pipeline.configure import FORM_FIELDS
+from eqface.train.pipeline import step_plan
+
+TRAINING_EXECUTORS = {"step1": "train-backbone", "step2": "train-quality", "step3": "train-weighted"}
+
+
+def load(path: Path) -> tuple[dict, dict]:
+    """(pipeline spec, Kubernetes platform spec) of a compiled file."""
+    pipeline, platform = list(yaml.safe_load_all(path.read_text()))
+    return pipeline, platform["platforms"]["kubernetes"]
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-iteration", "2-iterations"])
+def compiled(request, tmp_path_factory) -> tuple[int, dict, dict]:
+    path = compile_pipeline(tmp_path_factory.mktemp("yaml") / "pipeline.yaml", iterations=request.param)
+    return (request.param, *load(path))
+
+
+def tasks(spec: dict) -> dict:
+    return spec["root"]["dag"]["tasks"]
+
+
+def executor_of(spec: dict, task: dict) -> str:
+    return spec["components"][task["componentRef"]["name"]]["executorLabel"]
+
+
+def training_tasks(spec: dict) -> dict[str, dict]:
+    return {name: t for name, t in tasks(spec).items() if name.startswith("train-")}
+
+
+def test_the_chain_is_1_2_then_3_2_per_iteration_then_evaluate_export(compiled):
+    iterations, spec, _ = compiled
+    by_display = {t["taskInfo"]["name"].split(":")[0]: (name, t) for name, t in training_tasks(spec).items()}
+    plan = [folder for _, folder in step_plan(iterations)]
+    assert sorted(by_display) == sorted(plan)
+    for previous, current in zip(plan, plan[1:]):
+        name, task = by_display[current]
+        assert task["dependentTasks"] == sorted([by_display[previous][0], "configure", "prepare-data"]), current
+        assert task["inputs"]["artifacts"]["init_model"]["taskOutputArtifact"]["producerTask"] == by_display[previous][0]
+        assert name.startswith(TRAINING_EXECUTORS[current.split("-")[0]])
+    final = by_display[plan[-1]][0]
+    for consumer in ("evaluate", "export-onnx"):
+        assert tasks(spec)[consumer]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == final
+
+
+def test_every_training_step_asks_for_gpus_cpu_memory_and_retries(compiled):
+    _, spec, platform = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    for name, task in training_tasks(spec).items():
+        container = executors[executor_of(spec, task)]["container"]
+        accelerator = container["resources"]["accelerator"]
+        assert accelerator["resourceType"] == "nvidia.com/gpu"
+        assert accelerator["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus_per_step']}}"
+        assert container["resources"]["cpuRequest"] == 8 and container["resources"]["memoryLimit"] == 64 * 2**30 / 1e9
+        assert task["retryPolicy"]["maxRetryCount"] == 2
+        assert task["inputs"]["parameters"]["gpus"]["componentInputParameter"] == "gpus_per_step"
+        k8s = platform["deploymentSpec"]["executors"][executor_of(spec, task)]
+        assert {m["mountPath"] for m in k8s["pvcMount"]} == {"/mnt/data", "/mnt/work"}
+        assert k8s["emptyDirMounts"][0]["mountPath"] == "/dev/shm" and k8s["emptyDirMounts"][0]["medium"] == "Memory"
+        assert k8s["tolerations"][0]["key"] == "nvidia.com/gpu"
+    training = {executor_of(spec, t) for t in training_tasks(spec).values()}
+    for label, executor in executors.items():
+        if label not in training:
+            assert "accelerator" not in executor["container"].get("resources", {}), label
+
+
+def test_the_ui_form_exposes_every_training_and_deployment_parameter(compiled):
+    _, spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    expected = set(FORM_FIELDS) | {"gpus_per_step", "model_repository", "serving_variant", "triton_url",
+                                   "accuracy_threshold", "min_quality_std", "data_materialize", "preset", "overrides"}
+    assert set(params) == expected
+    assert params["step1_milestones"]["defaultValue"] == [30, 60, 90]  # paper preset: ÷10 at 30/60/90
+    assert params["margin_m2"]["defaultValue"] == 0.3 and params["margin_scale"]["defaultValue"] == 64.0
+    assert params["backbone"]["defaultValue"] == "iresnet100"
+    assert params["eval_identities"]["defaultValue"] >= 2  # the evaluate step needs held-out identities
+    assert params["model_repository"]["defaultValue"] == "/mnt/models/eqface"
+
+
+def test_deploy_runs_only_when_evaluate_passes(compiled):
+    _, spec, platform = compiled
+    condition = tasks(spec)["condition-1"]
+    assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
+    assert condition["dependentTasks"] == ["evaluate", "export-onnx"]
+    inner = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(inner) == ["deploy-triton"]
+    deploy = inner["deploy-triton"]
+    assert deploy["cachingOptions"] == {} and "retryPolicy" not in deploy  # side effect: never cached or retried
+    assert "deploy-triton" not in tasks(spec)
+    k8s = platform["deploymentSpec"]["executors"]["exec-deploy-triton"]
+    assert k8s["pvcMount"][0]["mountPath"] == "/mnt/models"
+    assert k8s["secretAsEnv"][0]["secretName"] == "eqface-object-store" and k8s["secretAsEnv"][0]["optional"]
+
+
+def test_caching_choices(compiled):
+    _, spec, _ = compiled
+    caching = {name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks(spec).items()
+               if "cachingOptions" in t}
+    assert caching.pop("prepare-data") is False
+    assert all(caching.values()), caching
+
+
+def test_every_step_runs_in_the_project_image_without_installing_kfp(compiled):
+    _, spec, _ = compiled
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        assert executor["container"]["image"] == TRAINING_IMAGE, name
+        assert "pip install" not in " ".join(executor["container"]["command"]), name
+
+
+def test_cluster_settings_change_the_image_and_leave_out_volumes(tmp_path):
+    cluster = ClusterSettings(image="registry.example.com/eqface-train:dev", data_pvc="", work_pvc="",
+                              object_store_secret="", cache_data=True)
+    spec, platform = load(compile_pipeline(tmp_path / "p.yaml", cluster=cluster))
+    assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {cluster.image}
+    executors = platform["deploymentSpec"]["executors"]
+    assert not any("pvcMount" in e for name, e in executors.items() if name != "exec-deploy-triton")
+    assert tasks(spec)["prepare-data"]["cachingOptions"]["enableCache"] is True
+    assert tasks(spec)["train-backbone"]["inputs"]["parameters"]["checkpoint_root"]["runtimeValue"]["constant"] == ""
+
+
+def test_iterations_below_one_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="iterations"):
+        compile_pipeline(tmp_path / "p.yaml", iterations=0)
+
+
+def test_cli_compile_writes_the_yaml(tmp_path, capsys):
+    out = tmp_path / "eqface.yaml"
+    assert main(["pipeline", "compile", "--out", str(out), "--iterations", "3", "--preset", "demo",
+                 "--models-pvc", "serving-models"]) == 0
+    spec, platform = load(out)
+    assert len(training_tasks(spec)) == 2 + 2 * 3
+    assert spec["root"]["inputDefinitions"]["parameters"]["backbone"]["defaultValue"] == "tiny"
+    assert platform["deploymentSpec"]["executors"]["exec-deploy-triton"]["pvcMount"][0]["constant"] == "serving-models"
+    assert str(out) in capsys.readouterr().out

@@ -1,0 +1,53 @@
+"""The pipeline form → EQFaceConfig: precedence (preset < form < overrides), round trip, early validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from eqface.config import preset, to_dict
+from eqface.pipeline.configure import FORM_FIELDS, build_config, config_from_json, config_json, preset_form
+
+
+def test_the_form_of_a_preset_resolves_to_that_preset():
+    cfg = build_config("demo", preset_form("demo"), iterations=1)
+    assert to_dict(cfg) == to_dict(preset("demo"))
+
+
+def test_form_values_override_the_preset_and_overrides_override_both():
+    form = {**preset_form("test"), "backbone": "iresnet18", "margin_m2": 0.5, "step1_milestones": [1], "qwdf_threshold": 0.3}
+    cfg = build_config("test", form, ["margin.m2=0.4", "augment.blur_p=0.25"], iterations=3)
+    assert cfg.model.backbone == "iresnet18"
+    assert cfg.model.image_size == (32, 32)  # not in the form: from the preset
+    assert cfg.margin.m2 == 0.4 and cfg.augment.blur_p == 0.25
+    assert cfg.train.step1.milestones == (1,) and cfg.train.qwdf_threshold == 0.3
+    assert cfg.train.iterations == 3
+
+
+def test_every_form_field_names_a_config_key():
+    values = preset_form("paper")
+    assert set(values) == set(FORM_FIELDS)
+    assert values["step2_milestones"] == [5, 10] and values["margin_scale"] == 64.0
+
+
+def test_json_round_trip():
+    cfg = build_config("test", preset_form("test"), iterations=2)
+    assert config_from_json(config_json(cfg)) == cfg
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"eval_identities": 0}, "held-out"),
+    ({"step1_milestones": [6, 3]}, "milestones"),
+    ({"step2_epochs": 0}, "epochs"),
+    ({"qwdf_threshold": 1.5}, "qwdf_threshold"),
+    ({"data_source": "rec"}, "dataset location"),
+    ({"backbone_size": 3}, "unknown form fields"),
+    ({"embedding_size": "big"}, "embedding_size"),
+])
+def test_bad_values_fail_before_training(change, message):
+    with pytest.raises(ValueError, match=message):
+        build_config("test", {**preset_form("test"), **change})
+
+
+def test_a_bad_override_names_itself():
+    with pytest.raises(ValueError, match="no field 'nope'"):
+        build_config("test", preset_form("test"), ["train.nope=1"])

@@ -1,0 +1,159 @@
+"""Object-store locations for data and model repositories: real S3 and GCS HTTP APIs served on loopback.
+
+S3 is moto's server (the S3 REST API that boto3 talks to, including ``AWS_ENDPOINT_URL`` as used for MinIO); GCS is
+gcp-storage-emulator (the JSON API google-cloud-storage talks to through ``STORAGE_EMULATOR_HOST``). The code under test
+is the production code path: boto3 and google-cloud-storage clients, no patching.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eqface.pipeline import storage
+from eqface.pipeline.configure import build_config, preset_form
+from eqface.pipeline.dataset import data_config, prepare_dataset
+from eqface.serving.launcher import free_port
+
+_buckets = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gcs_endpoint():
+    from gcp_storage_emulator.server import create_server
+
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture()
+def s3_bucket(moto_endpoint, monkeypatch) -> str:
+    import boto3
+
+    for key, value in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    name = f"bucket-{next(_buckets)}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture()
+def gs_bucket(gcs_endpoint, monkeypatch) -> str:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_endpoint)
+    name = f"bucket-{next(_buckets)}"
+    gcs.Client(project="test", credentials=AnonymousCredentials()).create_bucket(name)
+    return f"gs://{name}"
+
+
+@pytest.fixture(params=["s3", "gs"])
+def bucket(request) -> str:
+    return request.getfixturevalue(f"{request.param}_bucket")
+
+
+def make_tree(root: Path) -> Path:
+    (root / "a" / "1").mkdir(parents=True)
+    (root / "a" / "1" / "model.onnx").write_bytes(b"\x00onnx")
+    (root / "a" / "config.pbtxt").write_text('name: "a"')
+    (root / "b" / "1").mkdir(parents=True)  # empty, as an ensemble's version folder
+    return root
+
+
+def test_upload_list_and_download_a_tree(bucket, tmp_path):
+    tree = make_tree(tmp_path / "repo")
+    written = storage.upload_tree(tree, f"{bucket}/models/", last=("a/config.pbtxt",))
+    assert written[-1] == "models/a/config.pbtxt"  # configs last
+    assert "models/b/1/" in written  # the empty folder survives as a marker
+    assert storage.list_children(f"{bucket}/models") == ["a", "b"]
+    assert storage.list_children(f"{bucket}/models/b") == ["1"]
+    assert storage.list_children(f"{bucket}/nothing") == []
+    copy = storage.download(f"{bucket}/models/a", tmp_path / "copy")
+    assert (copy / "1" / "model.onnx").read_bytes() == b"\x00onnx"
+    one = storage.download(f"{bucket}/models/a/config.pbtxt", tmp_path / "one")
+    assert one.read_text() == 'name: "a"'
+
+
+def test_missing_objects_are_reported(bucket, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing found"):
+        storage.download(f"{bucket}/no/such/thing.npz", tmp_path)
+
+
+@pytest.mark.parametrize("uri", ["s3:/bucket", "gs://", "http://x/y", "/local/path"])
+def test_bad_uris(uri):
+    with pytest.raises(ValueError):
+        storage.ObjectUri.parse(uri)
+
+
+def test_a_pack_in_an_object_store_is_downloaded_and_packed(bucket, tmp_path):
+    labels = np.repeat(np.arange(6), 4)
+    images = np.random.default_rng(0).integers(0, 255, (24, 32, 32, 3), dtype=np.uint8)
+    pack = tmp_path / "faces.npz"
+    np.savez(pack, images=images, identity=labels)
+    storage.upload_tree(tmp_path, f"{bucket}/data")
+    form = {**preset_form("test"), "data_source": "npz", "data_location": f"{bucket}/data/faces.npz",
+            "eval_identities": 2}
+    prepared = prepare_dataset(build_config("test", form), tmp_path / "artifact")
+    assert prepared.packed and prepared.images == 24 and prepared.identities == 6
+    assert prepared.location == f"{bucket}/data/faces.npz"
+    from eqface.data import build_source
+
+    source = build_source(data_config(tmp_path / "artifact"))
+    np.testing.assert_array_equal(source.image(5), images[5])
+
+
+def test_object_store_data_cannot_be_referenced(s3_bucket, tmp_path):
+    form = {**preset_form("test"), "data_source": "npz", "data_location": f"{s3_bucket}/faces.npz"}
+    with pytest.raises(ValueError, match="object store"):
+        prepare_dataset(build_config("test", form), tmp_path, materialize="reference")
+
+
+def test_deploy_writes_a_new_version_to_an_object_store(bucket, tiny_onnx, tmp_path):
+    from eqface.pipeline.deploy import deploy, existing_versions
+
+    repository = f"{bucket}/triton/models"
+    first = deploy(tiny_onnx, repository, variant="production")
+    second = deploy(tiny_onnx, repository, variant="production")
+    assert (first.version, second.version) == (1, 2)
+    assert existing_versions(repository) == [1, 2]
+    copy = storage.download(repository, tmp_path)
+    assert (copy / "eqface_onnx" / "2" / "model.onnx").read_bytes() == Path(tiny_onnx).read_bytes()
+    assert 'platform: "onnxruntime_onnx"' in (copy / "eqface_onnx" / "config.pbtxt").read_text()
+    assert storage.list_children(f"{repository}/eqface") == ["1", "2"]  # the ensemble's empty version folders
+    with pytest.raises(FileExistsError):
+        deploy(tiny_onnx, repository, version=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    import torch
+
+    from eqface.config import preset as make_preset
+    from eqface.contract import InferenceSpec
+    from eqface.export.onnx import export_onnx
+    from eqface.models import build_model
+
+    cfg = make_preset("test").model
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(build_model(cfg), InferenceSpec(tuple(cfg.image_size), cfg.embedding_size), path)
+    return path
