@@ -89,8 +89,9 @@ def run_local(args: argparse.Namespace) -> int:
     print(f"  verification accuracy {100 * m['verification_accuracy']:.2f}% ± {100 * m['verification_accuracy_std']:.2f}"
           f"  AUC {m['verification_auc']:.4f}  ({int(m['heldout_identities'])} held-out identities, "
           f"{int(m['heldout_images'])} images)")
-    conditions = "  ".join(f"{k.removeprefix('quality_mean_')} {v:.3f}" for k, v in m.items()
-                           if k.startswith("quality_mean_"))
+    from eqface.data.augment import DEGRADATIONS
+
+    conditions = "  ".join(f"{kind} {m[f'quality_mean_{kind}']:.3f}" for kind in ("clean", *DEGRADATIONS))
     print(f"  quality mean {m['quality_mean']:.3f} std {m['quality_std']:.3f}; by condition: {conditions}")
     print(f"  report  {result.report} (HTML)  {result.summary} (Markdown)")
     print(f"  ONNX    {result.onnx}")

@@ -189,6 +189,8 @@ def run_evaluation(
     }
     tables = report.tables(ev, values, lines, run)
     title = f"EQFace evaluation: {100 * ev.accuracy:.2f}% verification accuracy, {'PASSED' if passed else 'FAILED'} gate"
+    for path in (report_html, report_markdown):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(report_html).write_text(report.render_html(title, tables, report.figures(ev, read_history(model_dir))))
     Path(report_markdown).write_text(report.render_markdown(title, tables))
     keep = np.unique(np.linspace(1, len(ev.roc.far) - 1, num=min(roc_points, len(ev.roc.far) - 1)).astype(int))

@@ -1,0 +1,75 @@
+"""The evaluate step's numbers equal ``eqface train``'s summary; its gate and report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from eqface.models import build_model
+from eqface.pipeline import report
+from eqface.pipeline.configure import build_config, preset_form
+from eqface.pipeline.dataset import prepare_dataset, with_dataset
+from eqface.pipeline.evaluation import evaluate_model, gate, metric_values, run_evaluation
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluation")
+    cfg = build_config("test", {**preset_form("test"), "eval_identities": 4})
+    prepare_dataset(cfg, root / "dataset")
+    cfg = with_dataset(cfg, root / "dataset")
+    torch.manual_seed(0)
+    net = build_model(cfg.model)
+    (root / "model").mkdir()
+    torch.save({"net": net.state_dict(), "model_config": json.dumps(asdict(cfg.model))}, root / "model" / "final.pt")
+    return root, cfg, net
+
+
+def test_numbers_equal_the_training_summary(setup):
+    from eqface.train.pipeline import load_training_data
+    from eqface.train.summary import summarize
+
+    root, cfg, net = setup
+    ev = evaluate_model(root / "model" / "final.pt", cfg)
+    _, held_out = load_training_data(cfg)
+    expected = summarize(net.eval(), held_out, tuple(cfg.model.image_size), torch.device("cpu"), cfg.train.seed)
+    values = metric_values(ev)
+    assert values["verification_accuracy"] == pytest.approx(expected["verification"]["accuracy"], abs=1e-12)
+    assert values["verification_auc"] == pytest.approx(expected["verification"]["auc"], abs=1e-12)
+    assert values["quality_std"] == pytest.approx(expected["quality"]["std"], abs=1e-6)
+    for kind, mean in expected["quality_by_condition"].items():
+        assert values[f"quality_mean_{kind}"] == pytest.approx(mean, abs=1e-6)
+    assert values["spearman_quality_vs_degradation"] == pytest.approx(expected["spearman_quality_vs_degradation"])
+    assert values["heldout_identities"] == 4 and int(ev.issame.sum()) == expected["verification"]["genuine_pairs"]
+
+
+def test_gate():
+    values = {"verification_accuracy": 0.91, "quality_std": 0.02}
+    assert gate(values, 0.9)[0] is True
+    passed, lines = gate(values, 0.95, 0.05)
+    assert passed is False and lines[0].startswith("FAIL: verification accuracy 0.9100")
+    assert gate(values, 0.9, 0.05)[0] is False  # a branch that barely discriminates holds the deploy back
+
+
+def test_reports_hold_the_tables_and_every_plot(setup, tmp_path):
+    root, cfg, _ = setup
+    out = run_evaluation(root / "model", cfg, tmp_path / "r.html", tmp_path / "r.md", accuracy_threshold=0.0)
+    html = (tmp_path / "r.html").read_text()
+    for title in ("ROC on held-out pairs", "Quality by condition", "Error versus discard (EDC)",
+                  "Quality vs synthetic degradation strength"):
+        assert title in html
+    assert html.count("<img") == 4  # no training history beside this hand-made model
+    assert "| ROC AUC |" in (tmp_path / "r.md").read_text()
+    assert out.passed and len(out.roc_fpr) == len(out.roc_tpr) == len(out.roc_thresholds) <= 200
+    assert np.all(np.diff(out.roc_fpr) >= 0) and max(out.roc_thresholds) <= 1.0  # no inf: the UI reads JSON
+
+
+def test_history_plot_spans_all_stages():
+    history = [{"stage": "step1", "epoch": 1, "loss": 3.0, "accuracy": 0.2},
+               {"stage": "step2-1", "epoch": 1, "loss": 2.0, "accuracy": 0.3, "quality_mean": 0.5, "quality_std": 0.1}]
+    fig = report._history(history)
+    assert [line.get_label() for line in fig.axes[0].lines] == ["step1", "step2-1"]
