@@ -1,0 +1,211 @@
+"""The demo "video": several subjects in front of cameras, some frames degraded, streamed to the aggregator of a running
+stack; prints each subject's evolving quality, QWFA decision and identification, then a summary.
+
+Faces are real when the CelebA pack is present (identities from the end of the pack, which every preset holds out of
+training), synthetic otherwise. Known subjects are enrolled first from a few clean images; one visitor is not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from eqface.data.augment import degrade
+from eqface.data.image_ops import decode_image, encode_image
+
+CELEBA_PACK = "celeba_wild_subset_rgb112.npz"
+DEGRADATIONS = ("blur", "resolution", "noise", "occlusion")
+ENROLL_IMAGES = 3
+
+
+@dataclass
+class Frame:
+    image: bytes
+    condition: str  # "clean" or "<degradation> <strength>"
+
+
+@dataclass
+class Subject:
+    """One tracked face stream and the truth about it."""
+
+    subject_id: str
+    identity_id: str | None  # None: not enrolled (a visitor)
+    display_name: str
+    enroll_images: list[bytes]
+    frames: list[Frame]
+    results: list[tuple[str, float, bool]] = field(default_factory=list)  # (status, quality, degraded)
+    top_match: tuple[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    known: int = 4
+    visitors: int = 1
+    frames: int = 16
+    degraded_fraction: float = 0.4
+    fps: float = 4.0  # ticks per second; each tick carries one frame of every subject
+    match_threshold: float = 0.5  # below it the best gallery match is reported as "unknown"
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------------------ faces
+def build_subjects(options: DemoOptions, data_dir: Path | None, prefix: str = "") -> tuple[list[Subject], str]:
+    """The demo's subjects and a one-line description of where their faces come from; ``prefix`` starts every
+    subject id (a stack that keeps its store answers a replayed id's frames DUPLICATE)."""
+    rng = np.random.default_rng(options.seed)
+    pack = data_dir / CELEBA_PACK if data_dir else None
+    if pack is not None and pack.is_file():
+        people = _celeba_people(pack, options, rng)
+        source = f"real faces: CelebA held-out identities ({pack})"
+    else:
+        people = _synthetic_people(options, rng)
+        source = "synthetic faces (../shared/data/celeba_wild_subset_rgb112.npz not found)"
+    subjects = []
+    for i, (name, images) in enumerate(people):
+        known = i < options.known
+        frames = [_frame(img, options.degraded_fraction, rng) for img in images[ENROLL_IMAGES:]]
+        subjects.append(Subject(
+            subject_id=f"{prefix}cam{1 + i % 2}/track-{i + 1:02d}",
+            identity_id=name if known else None,
+            display_name=name if known else f"visitor ({name})",
+            enroll_images=images[:ENROLL_IMAGES] if known else [],
+            frames=frames,
+        ))
+    return subjects, source
+
+
+def _celeba_people(pack: Path, options: DemoOptions, rng: np.random.Generator) -> list[tuple[str, list[bytes]]]:
+    with np.load(pack) as npz:
+        data, offsets = npz["jpeg_bytes"], npz["jpeg_offsets"]
+        identity, celeba_id, faces = npz["identity"], npz["celeba_identity"], npz["n_faces_detected"]
+    need = ENROLL_IMAGES + options.frames
+    # the last identities are every preset's held-out ones (eqface.data.split_identities); one face per photo only
+    usable = [int(i) for i in np.unique(identity)[::-1] if np.sum((identity == i) & (faces == 1)) >= need]
+    chosen = usable[: options.known + options.visitors]
+    if len(chosen) < options.known + options.visitors:
+        raise ValueError(f"{pack} has only {len(chosen)} identities with {need} single-face images")
+    people = []
+    for ident in chosen:
+        idx = np.flatnonzero((identity == ident) & (faces == 1))[:need]
+        images = [data[offsets[i]:offsets[i + 1]].tobytes() for i in idx]
+        people.append((f"celeb-{int(celeba_id[idx[0]])}", images))
+    return people
+
+
+def _synthetic_people(options: DemoOptions, rng: np.random.Generator) -> list[tuple[str, list[bytes]]]:
+    from eqface.data.synthetic import identity_prototype, render_sample
+
+    people = []
+    for i in range(options.known + options.visitors):
+        proto = identity_prototype(np.random.default_rng([options.seed, 7000 + i]), (112, 112))  # unseen in training
+        images = [encode_image(render_sample(proto, rng), quality=92) for _ in range(ENROLL_IMAGES + options.frames)]
+        people.append((f"synthetic-{i + 1:02d}", images))
+    return people
+
+
+def _frame(image: bytes, degraded_fraction: float, rng: np.random.Generator) -> Frame:
+    if rng.random() >= degraded_fraction:
+        return Frame(image, "clean")
+    kind = DEGRADATIONS[rng.integers(len(DEGRADATIONS))]
+    strength = float(rng.uniform(0.6, 1.0))
+    degraded = degrade(decode_image(image), kind, strength, rng)
+    return Frame(encode_image(degraded, quality=90), f"{kind} {strength:.1f}")
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+def enroll(stub, subjects: list[Subject], out=print) -> None:
+    from eqface.service.v1 import aggregator_pb2 as pb
+
+    for s in (s for s in subjects if s.identity_id):
+        response = stub.Enroll(pb.EnrollRequest(identity_id=s.identity_id, display_name=s.display_name,
+                                                images=pb.ImageSet(images=s.enroll_images), overwrite=True),
+                               timeout=30)
+        qualities = ", ".join(f"{q:.2f}" for q in response.image_qualities)
+        out(f"  enrolled {s.identity_id:<14} from {len(s.enroll_images)} images (quality {qualities}); "
+            f"gallery size {response.gallery_size}")
+
+
+def _requests(subjects: list[Subject], fps: float) -> Iterator:
+    from eqface.service.v1 import aggregator_pb2 as pb
+
+    ticks = max(len(s.frames) for s in subjects)
+    for t in range(ticks):
+        frames = [pb.Frame(subject_id=s.subject_id, sequence=t + 1, image=s.frames[t].image)
+                  for s in subjects if t < len(s.frames)]
+        yield pb.StreamFramesRequest(frames=frames, top_k=1)
+        time.sleep(1.0 / fps)
+
+
+HEADER = (f"{'tick':>4}  {'subject':<13} {'truth':<22} {'frame':<15} {'quality':>7}  {'result':<20} "
+          f"{'merged':>6}  {'s_sum':>6}  identified as (cosine)")
+
+
+def stream(stub, subjects: list[Subject], options: DemoOptions, out=print) -> None:
+    """Streams every subject's frames, one tick at a time, printing one line per frame as the answers come."""
+    from eqface.service.v1 import aggregator_pb2 as pb
+
+    by_id = {s.subject_id: s for s in subjects}
+    out(HEADER)
+    call = stub.StreamFrames(_requests(subjects, options.fps), timeout=600)
+    try:
+        for tick, response in enumerate(call, start=1):
+            matches = {m.subject_id: m.matches[0] for m in response.matches if m.matches}
+            for r in response.results:
+                s = by_id[r.subject_id]
+                status = pb.FrameStatus.Name(r.status).removeprefix("FRAME_STATUS_")
+                condition = s.frames[tick - 1].condition
+                s.results.append((status, r.quality, condition != "clean"))
+                match = matches.get(r.subject_id)
+                if match is not None:
+                    s.top_match = (match.identity_id, match.score)
+                out(f"{tick:>4}  {s.subject_id:<13} {s.display_name[:22]:<22} {condition:<15} {r.quality:>7.2f}  "
+                    f"{status:<20} {r.accepted_count:>3}/{r.frame_count:<3} {r.s_sum:>6.2f}  "
+                    f"{_identified(s, options.match_threshold)}")
+    finally:
+        call.cancel()  # Ctrl-C mid-stream: end the call before the stack stops
+
+
+def _identified(s: Subject, threshold: float) -> str:
+    if s.top_match is None:
+        return "-"
+    name, score = s.top_match
+    if score < threshold:
+        verdict = "✓" if s.identity_id is None else "✗"
+        return f"unknown (best {name} {score:.2f}) {verdict}"
+    return f"{name} ({score:.2f}) {'✓' if name == s.identity_id else '✗'}"
+
+
+def summary(subjects: list[Subject], options: DemoOptions, out=print) -> dict[str, float]:
+    """Prints the per-subject table and the totals; returns the totals (for tests)."""
+    out(f"{'subject':<13} {'truth':<22} {'frames':>6} {'merged':>6} {'rej. quality':>12} {'rej. similarity':>15} "
+        f"{'q clean':>7} {'q degraded':>10}  final identification")
+    correct = 0
+    clean_q, degraded_q = [], []
+    for s in subjects:
+        statuses = [st for st, _, _ in s.results]
+        merged = sum(st in ("SEEDED", "ACCEPTED", "RESEEDED") for st in statuses)
+        qc = [q for _, q, d in s.results if not d]
+        qd = [q for _, q, d in s.results if d]
+        clean_q += qc
+        degraded_q += qd
+        verdict = _identified(s, options.match_threshold)
+        correct += verdict.endswith("✓")
+        out(f"{s.subject_id:<13} {s.display_name[:22]:<22} {len(statuses):>6} {merged:>6} "
+            f"{statuses.count('REJECTED_QUALITY'):>12} {statuses.count('REJECTED_SIMILARITY'):>15} "
+            f"{_mean(qc):>7.2f} {_mean(qd):>10.2f}  {verdict}")
+    totals = {
+        "identified_correctly": correct, "subjects": len(subjects),
+        "mean_quality_clean": _mean(clean_q), "mean_quality_degraded": _mean(degraded_q),
+    }
+    out(f"identification: {correct}/{len(subjects)} subjects right (enrolled: top-1 identity with cosine ≥ "
+        f"{options.match_threshold}; visitors: no match ≥ {options.match_threshold}); mean quality: clean frames "
+        f"{totals['mean_quality_clean']:.2f}, degraded frames {totals['mean_quality_degraded']:.2f}")
+    return totals
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")

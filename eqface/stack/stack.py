@@ -1,0 +1,223 @@
+"""The local stack: a real Triton serving the model, the aggregation service in image mode, and (when installed)
+Prometheus scraping both with the cluster's rules, on free ports of one machine.
+
+Everything is started before this process opens any gRPC channel: the Triton launcher forks, and a fork while gRPC
+channels exist can hang in gRPC's fork handlers (eqface/service README's note).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eqface.stack import monitoring, prometheus
+from eqface.stack.model import ServedModel
+from eqface.stack.processes import Child, process_start_ticks, spawn, wait_for_http
+
+STATE_FILE = "state.json"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """How to run the stack; ports left at 0 are picked free."""
+
+    state_dir: Path
+    model: ServedModel
+    host: str = "127.0.0.1"
+    aggregator_port: int = 0
+    aggregator_metrics_port: int = 0
+    prometheus_port: int = 0
+    prometheus: bool = True  # False, or not installed: the stack runs without it
+    scrape_interval_s: float = 5.0
+    fresh_store: bool = False  # start from an empty SQLite store (the demo); `up` keeps subjects and gallery
+    active_window_s: float = 60.0
+    startup_timeout_s: float = 120.0
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["state_dir"] = str(self.state_dir)
+        d["model"]["repository"] = str(self.model.repository)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StackConfig:
+        model = dict(d["model"], repository=Path(d["model"]["repository"]), image_size=tuple(d["model"]["image_size"]))
+        return cls(**dict(d, state_dir=Path(d["state_dir"]), model=ServedModel(**model)))
+
+
+@dataclass
+class Endpoints:
+    """Where each part of a running stack answers, and its process (pid + start time name it uniquely)."""
+
+    triton_grpc: str = ""
+    triton_http: str = ""
+    triton_metrics: str = ""
+    aggregator_grpc: str = ""
+    aggregator_metrics: str = ""
+    prometheus: str = ""  # http://host:port, empty without Prometheus
+    processes: dict[str, dict[str, int | None]] = field(default_factory=dict)  # name -> {pid, start_ticks}
+
+
+class LocalStack:
+    """Starts and stops the three parts; a context manager. ``start()`` returns once everything is ready."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.endpoints = Endpoints()
+        self._triton = None
+        self._children: list[Child] = []
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.config.state_dir / "logs"
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------------------------------------- start
+    def start(self) -> LocalStack:
+        try:
+            self._start_triton()
+            aggregator = self._spawn_aggregator()
+            prom = self._spawn_prometheus()
+            # Only now (every fork done) may this process open gRPC channels.
+            self._wait_aggregator(aggregator)
+            if prom is not None:
+                wait_for_http(f"{self.endpoints.prometheus}/-/ready", prom, self.config.startup_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_triton(self) -> None:
+        from eqface.serving.launcher import TritonServer
+
+        c = self.config
+        self._triton = TritonServer(c.model.repository, host=c.host, model_control_mode="explicit", load_models=["*"],
+                                    startup_timeout_s=c.startup_timeout_s)
+        self._triton.start()
+        e = self.endpoints
+        e.triton_grpc, e.triton_http = self._triton.grpc_url, self._triton.http_url
+        e.triton_metrics = f"{c.host}:{self._triton.metrics_port}"
+        e.processes["triton"] = _identity(self._triton.pid)
+
+    def _spawn_aggregator(self) -> Child:
+        from eqface.serving.launcher import free_port
+
+        c, e = self.config, self.endpoints
+        store = c.state_dir / "aggregator.db"
+        if c.fresh_store:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{store}{suffix}").unlink(missing_ok=True)
+        port = c.aggregator_port or free_port(c.host)
+        metrics_port = c.aggregator_metrics_port or free_port(c.host)
+        argv = [
+            sys.executable, "-m", "eqface.service", f"--host={c.host}", f"--port={port}",
+            f"--metrics-port={metrics_port}", f"--store=sqlite:///{store.resolve()}",
+            f"--triton-url={e.triton_grpc}", f"--embedding-dim={c.model.embedding_size}",
+            f"--active-window={c.active_window_s:g}",
+        ]
+        child = spawn("aggregator", argv, self.logs_dir / "aggregator.log", env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        self._children.append(child)
+        e.aggregator_grpc, e.aggregator_metrics = f"{c.host}:{port}", f"{c.host}:{metrics_port}"
+        e.processes["aggregator"] = _identity(child.pid)
+        return child
+
+    def _spawn_prometheus(self) -> Child | None:
+        from eqface.serving.launcher import free_port
+
+        c, e = self.config, self.endpoints
+        binary = prometheus.find_prometheus()
+        if not c.prometheus or binary is None:
+            return None
+        prom_dir = c.state_dir / "prometheus"
+        rules = monitoring.write_rules_file(prom_dir / "eqface-rules.yaml")
+        config = prometheus.render_config(e.triton_metrics, e.aggregator_metrics, rules, c.scrape_interval_s)
+        config_path = prometheus.write_config(prom_dir / "prometheus.yml", config)
+        data_dir = prom_dir / "data"
+        if c.fresh_store:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        port = c.prometheus_port or free_port(c.host)
+        child = spawn("prometheus", prometheus.command(binary, config_path, data_dir, c.host, port),
+                      self.logs_dir / "prometheus.log")
+        self._children.append(child)
+        e.prometheus = f"http://{c.host}:{port}"
+        e.processes["prometheus"] = _identity(child.pid)
+        return child
+
+    def _wait_aggregator(self, child: Child) -> None:
+        """Until grpc.health.v1 says SERVING (store and Triton reachable)."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        with grpc.insecure_channel(self.endpoints.aggregator_grpc) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if not child.running():
+                    raise RuntimeError(f"the aggregator exited with status {child.process.returncode} while "
+                                       f"starting; its log ({child.log_path}) ends:\n{child.log_tail()}")
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        raise RuntimeError(f"the aggregator was not SERVING after {self.config.startup_timeout_s:.0f}s; its log "
+                           f"({child.log_path}) ends:\n{child.log_tail()}")
+
+    # ---------------------------------------------------------------------------------------------- running
+    def failed_part(self) -> str | None:
+        """The name of a part that exited on its own, or None while all run."""
+        if self._triton is not None and not self._triton.is_running():
+            return "triton"
+        return next((c.name for c in self._children if not c.running()), None)
+
+    def log_tail(self, name: str) -> str:
+        if name == "triton" and self._triton is not None:
+            return self._triton.logs()[-3000:]
+        return next((c.log_tail() for c in self._children if c.name == name), "")
+
+    # ---------------------------------------------------------------------------------------------- stop
+    def stop(self) -> dict[str, int | None]:
+        """Aggregator first (it drains its streams), then Prometheus, then Triton; every part is stopped even if an
+        earlier one fails. Returns each part's exit status."""
+        codes: dict[str, int | None] = {}
+        for child in list(self._children):
+            codes[child.name] = child.stop()
+        self._children.clear()
+        if self._triton is not None:
+            codes["triton"] = self._triton.stop()
+            self._triton = None
+        return codes
+
+
+def _identity(pid: int | None) -> dict[str, int | None]:
+    return {"pid": pid, "start_ticks": process_start_ticks(pid) if pid else None}
+
+
+# ---------------------------------------------------------------------------------------------- state file
+def write_state(state_dir: Path, state: dict[str, Any]) -> Path:
+    """Writes ``state.json`` atomically (readers never see half a file)."""
+    path = state_dir / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def read_state(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((state_dir / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return None
