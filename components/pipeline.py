@@ -72,7 +72,9 @@ class Outputs(NamedTuple):
     onnx_model: dsl.Model
 
 
-def build_pipeline(iterations: int = 1, preset: str = "paper", cluster: ClusterSettings = ClusterSettings()) -> Callable:
+def build_pipeline(
+    iterations: int = 1, preset: str = "paper", cluster: ClusterSettings = ClusterSettings()
+) -> Callable:
     """The pipeline function for ``iterations`` rounds of Step 3 → Step 2; the form's defaults come from ``preset``.
 
     Raises:

@@ -84,7 +84,8 @@ def test_configure_resolves_the_form(config_json):
 
 def test_configure_rejects_a_form_that_would_fail_later():
     with pytest.raises(ValueError, match="held-out"):
-        configure.python_func(preset="test", overrides=[], iterations=1, **{**preset_form("test"), "eval_identities": 0})
+        form = {**preset_form("test"), "eval_identities": 0}
+        configure.python_func(preset="test", overrides=[], iterations=1, **form)
 
 
 def test_prepare_data_writes_the_dataset_and_its_metadata(dataset):

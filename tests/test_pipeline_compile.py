@@ -48,7 +48,8 @@ def test_the_chain_is_1_2_then_3_2_per_iteration_then_evaluate_export(compiled):
     for previous, current in zip(plan, plan[1:]):
         name, task = by_display[current]
         assert task["dependentTasks"] == sorted([by_display[previous][0], "configure", "prepare-data"]), current
-        assert task["inputs"]["artifacts"]["init_model"]["taskOutputArtifact"]["producerTask"] == by_display[previous][0]
+        init = task["inputs"]["artifacts"]["init_model"]["taskOutputArtifact"]
+        assert init["producerTask"] == by_display[previous][0]
         assert name.startswith(TRAINING_EXECUTORS[current.split("-")[0]])
     final = by_display[plan[-1]][0]
     for consumer in ("evaluate", "export-onnx"):
@@ -92,7 +93,8 @@ def test_the_ui_form_exposes_every_training_and_deployment_parameter(compiled):
 def test_deploy_runs_only_when_evaluate_passes(compiled):
     _, spec, platform = compiled
     condition = tasks(spec)["condition-1"]
-    assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
+    gate = "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
+    assert condition["triggerPolicy"]["condition"] == gate
     assert condition["dependentTasks"] == ["evaluate", "export-onnx"]
     inner = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
     assert list(inner) == ["deploy-triton"]

@@ -14,7 +14,8 @@ def test_the_form_of_a_preset_resolves_to_that_preset():
 
 
 def test_form_values_override_the_preset_and_overrides_override_both():
-    form = {**preset_form("test"), "backbone": "iresnet18", "margin_m2": 0.5, "step1_milestones": [1], "qwdf_threshold": 0.3}
+    form = {**preset_form("test"), "backbone": "iresnet18", "margin_m2": 0.5, "step1_milestones": [1],
+            "qwdf_threshold": 0.3}
     cfg = build_config("test", form, ["margin.m2=0.4", "augment.blur_p=0.25"], iterations=3)
     assert cfg.model.backbone == "iresnet18"
     assert cfg.model.image_size == (32, 32)  # not in the form: from the preset

@@ -69,7 +69,8 @@ def test_two_images_from_one_multi_stage_file(stages):
 def test_the_training_image_pins_torch_to_a_cuda_wheel_index(stages):
     train = stages["train"]
     pins = args(train)
-    constraint = next(line for line in (ROOT / "constraints.txt").read_text().splitlines() if line.startswith("torch=="))
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    constraint = next(line for line in lines if line.startswith("torch=="))
     assert pins["TORCH_VERSION"] == constraint.removeprefix("torch==")
     assert re.fullmatch(r"cu\d{3}", pins["TORCH_CUDA"])
     assert pins["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/${TORCH_CUDA}"

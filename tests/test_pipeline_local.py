@@ -105,7 +105,8 @@ def test_a_new_version_replaces_the_served_one(run, triton, workdir):
     x = contract.normalize_pixels(held_out_faces(4))
     with grpcclient.InferenceServerClient(triton.grpc_url) as client:
         embedding, _ = infer_tensor(client, x)
-        index = {(m["name"], m.get("version")): m.get("state") for m in client.get_model_repository_index(as_json=True)["models"]}
+        models = client.get_model_repository_index(as_json=True)["models"]
+    index = {(m["name"], m.get("version")): m.get("state") for m in models}
     np.testing.assert_allclose(embedding, run_onnx(onnx_session(other), x)[0], atol=1e-5)
     assert index[(contract.ONNX_MODEL_NAME, "2")] == "READY"
 

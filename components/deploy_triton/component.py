@@ -33,4 +33,5 @@ def deploy_triton(
 
     result = deploy(os.path.join(onnx_model.path, ONNX_FILE), repository, variant=variant, version=version,
                     triton_url=triton_url, timeout_s=timeout_s)
-    return namedtuple("Deployment", ["version", "repository", "loaded"])(result.version, result.repository, result.loaded)
+    outputs = namedtuple("Deployment", ["version", "repository", "loaded"])
+    return outputs(result.version, result.repository, result.loaded)

@@ -69,8 +69,9 @@ def run_compile(args: argparse.Namespace) -> int:
     from eqface.pipeline.local_run import pipeline_module
 
     module = pipeline_module()
-    changes = {k: getattr(args, k) for k in ("image", "data_pvc", "work_pvc", "models_pvc", "object_store_secret",
-                                              "train_memory", "train_cpu", "train_retries") if getattr(args, k) is not None}
+    names = ("image", "data_pvc", "work_pvc", "models_pvc", "object_store_secret", "train_memory", "train_cpu",
+             "train_retries")
+    changes = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     cluster = replace(module.ClusterSettings(), cache_data=args.cache_data, **changes)
     path = module.compile_pipeline(args.out, iterations=args.iterations, preset=args.preset, cluster=cluster)
     print(f"wrote {path} ({args.iterations} iteration{'s' if args.iterations != 1 else ''} of Step 3 → Step 2, "
@@ -86,8 +87,8 @@ def run_local(args: argparse.Namespace) -> int:
                  min_quality_std=args.min_quality_std, gpus=args.gpus)
     m = result.metrics
     print(f"\npipeline finished in {result.seconds:.0f}s")
-    print(f"  verification accuracy {100 * m['verification_accuracy']:.2f}% ± {100 * m['verification_accuracy_std']:.2f}"
-          f"  AUC {m['verification_auc']:.4f}  ({int(m['heldout_identities'])} held-out identities, "
+    print(f"  verification accuracy {100 * m['verification_accuracy']:.2f}% "
+          f"± {100 * m['verification_accuracy_std']:.2f}  AUC {m['verification_auc']:.4f}  ({int(m['heldout_identities'])} held-out identities, "
           f"{int(m['heldout_images'])} images)")
     from eqface.data.augment import DEGRADATIONS
 

@@ -1,1 +1,1 @@
-"""The package side of the Kubeflow pipeline (components/): what each component body calls, kept testable without KFP."""
+"""The package side of the Kubeflow pipeline (components/): what each component body calls, testable without KFP."""

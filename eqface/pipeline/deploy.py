@@ -140,5 +140,6 @@ def _smoke_request(client, api, url: str, spec: InferenceSpec) -> None:
     embedding, quality = result.as_numpy(contract.EMBEDDING_NAME), result.as_numpy(contract.QUALITY_NAME)
     if embedding.shape != (2, spec.embedding_size) or quality.shape != (2, 1):
         raise RuntimeError(f"{url}: the new version answered shapes {embedding.shape} and {quality.shape}")
-    if not np.allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-3) or not (0 <= quality.min() <= quality.max() <= 1):
+    unit_norm = np.allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-3)
+    if not unit_norm or not 0 <= quality.min() <= quality.max() <= 1:
         raise RuntimeError(f"{url}: the new version's outputs break the contract (norms or quality range)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -188,7 +187,8 @@ def run_evaluation(
         "QWDF s_th": cfg.train.qwdf_threshold, "data": f"{cfg.data.source} {cfg.data.path}".strip(),
     }
     tables = report.tables(ev, values, lines, run)
-    title = f"EQFace evaluation: {100 * ev.accuracy:.2f}% verification accuracy, {'PASSED' if passed else 'FAILED'} gate"
+    verdict = "PASSED" if passed else "FAILED"
+    title = f"EQFace evaluation: {100 * ev.accuracy:.2f}% verification accuracy, {verdict} gate"
     for path in (report_html, report_markdown):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(report_html).write_text(report.render_html(title, tables, report.figures(ev, read_history(model_dir))))

@@ -45,7 +45,7 @@ def tables(ev: Evaluation, values: dict[str, float], gate_lines: Sequence[str], 
     ]
     verification += [(f"TAR @ FAR {far:g}", "n/r (too few impostor pairs)" if tar is None else f"{100 * tar:.2f}%")
                      for far, tar in ev.tar.items()]
-    quality = [(kind, f"{qs.mean():.3f}", f"{qs.std():.3f}", f"{np.percentile(qs, 5):.3f}", f"{np.percentile(qs, 95):.3f}")
+    quality = [(kind, *(f"{v:.3f}" for v in (qs.mean(), qs.std(), np.percentile(qs, 5), np.percentile(qs, 95))))
                for kind, qs in ev.quality.items()]
     edc_rows = [("start FMR", "n/a (too few impostor pairs)")]
     if ev.edc is not None:
@@ -58,7 +58,8 @@ def tables(ev: Evaluation, values: dict[str, float], gate_lines: Sequence[str], 
         Table("Run", ("setting", "value"), [(k, str(v)) for k, v in run.items()]),
         Table("Deployment gate", ("check",), [(line,) for line in gate_lines]),
         Table("Verification (held-out identities)", ("measure", "value"), verification),
-        Table("Quality by condition (degradations at strength 0.7)", ("condition", "mean", "std", "p5", "p95"), quality),
+        Table("Quality by condition (degradations at strength 0.7)", ("condition", "mean", "std", "p5", "p95"),
+              quality),
         Table("Quality as a predictor of errors (EDC)", ("measure", "value"), edc_rows),
     ]
 
@@ -85,8 +86,8 @@ def render_html(title: str, table_list: list[Table], figs: dict[str, Figure]) ->
     for name, fig in figs.items():
         parts.append(f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' "
                      f"src='data:image/png;base64,{png_base64(fig)}'/>")
-    style = ("body{font-family:sans-serif;margin:1.5em;max-width:1000px}table{border-collapse:collapse;margin-bottom:1em}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}img{max-width:100%}")
+    style = ("body{font-family:sans-serif;margin:1.5em;max-width:1000px}"
+             "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}img{max-width:100%}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
 

@@ -10,7 +10,6 @@ which Triton's S3 and GCS repository readers list as a folder (an ensemble's ver
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -34,7 +33,8 @@ class ObjectUri:
     def parse(cls, uri: str) -> ObjectUri:
         parsed = urlparse(uri)
         if parsed.scheme not in REMOTE_SCHEMES:
-            raise ValueError(f"{uri!r} is not an object-store URI (expected {' or '.join(s + '://' for s in REMOTE_SCHEMES)})")
+            expected = " or ".join(f"{s}://" for s in REMOTE_SCHEMES)
+            raise ValueError(f"{uri!r} is not an object-store URI (expected {expected})")
         if not parsed.netloc:
             raise ValueError(f"{uri!r} names no bucket (expected {parsed.scheme}://BUCKET/PATH)")
         return cls(parsed.scheme, parsed.netloc, parsed.path.strip("/"))
@@ -189,8 +189,3 @@ def list_children(location: str) -> list[str]:
         return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
     uri = ObjectUri.parse(location)
     return open_store(uri).list_children(_folder_prefix(uri.key))
-
-
-def copy_local_tree(source: Path, destination: Path) -> None:
-    """``shutil.copytree`` that merges into an existing folder."""
-    shutil.copytree(source, destination, dirs_exist_ok=True)
