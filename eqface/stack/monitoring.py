@@ -89,7 +89,7 @@ def grafana_substitute(expr: str, variables: dict[str, str], rate_interval: str,
 
 
 _BINARY_OPERATORS = re.compile(r"==|!=|>=|<=|>|<|\+|-|\*|/|%|\^|\b(?:and|or|unless)\b")
-_MODIFIER = re.compile(r"^\s*(?:bool\b|(?:on|ignoring|group_left|group_right)\s*\([^)]*\))\s*")
+_MODIFIER = re.compile(r"^\s*(?:bool\b|(?:on|ignoring)\s*\([^)]*\)|(?:group_left|group_right)(?:\s*\([^)]*\))?)\s*")
 _NUMBER = re.compile(r"^\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?\s*$", re.IGNORECASE)
 
 
@@ -116,8 +116,9 @@ def split_operands(expr: str) -> list[str]:
             if match and expr[start:i].strip():
                 operands.append(expr[start:i].strip())
                 i = match.end()
-                modifier = _MODIFIER.match(expr[i:])
-                if modifier:
+                while modifier := _MODIFIER.match(expr[i:]):  # bool, on(..), group_left, ...
+                    if not modifier.end():
+                        break
                     i += modifier.end()
                 start = i
                 continue
