@@ -146,3 +146,10 @@ def test_cli_compile_writes_the_yaml(tmp_path, capsys):
     assert spec["root"]["inputDefinitions"]["parameters"]["backbone"]["defaultValue"] == "tiny"
     assert platform["deploymentSpec"]["executors"]["exec-deploy-triton"]["pvcMount"][0]["constant"] == "serving-models"
     assert str(out) in capsys.readouterr().out
+
+
+def test_a_local_run_uses_no_cluster_paths():
+    from eqface.pipeline.local_run import local_cluster, pipeline_module
+
+    cluster = local_cluster(pipeline_module())
+    assert cluster.checkpoint_root == "" and cluster.default_repository == ""

@@ -32,6 +32,11 @@ def pipeline_module() -> ModuleType:
     return importlib.import_module("components.pipeline")
 
 
+def local_cluster(module: ModuleType):
+    """Cluster settings without volumes or secret: paths such as /mnt/work mean nothing on this machine."""
+    return module.ClusterSettings(data_pvc="", work_pvc="", models_pvc="", object_store_secret="")
+
+
 @dataclass(frozen=True)
 class LocalRun:
     seconds: float
@@ -55,7 +60,7 @@ def run_local(
 
     root, repository = Path(root).resolve(), Path(repository).resolve()
     module = pipeline_module()
-    pipeline = module.build_pipeline(iterations=iterations, preset=preset)
+    pipeline = module.build_pipeline(iterations=iterations, preset=preset, cluster=local_cluster(module))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     before = set(existing_versions(str(repository)))
     started = time.monotonic()
