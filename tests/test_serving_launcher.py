@@ -159,13 +159,18 @@ def test_the_server_dies_with_a_killed_parent(local_repository, triton_installed
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         pid = int(parent.stdout.readline())
+        workdir = Path(f"/proc/{pid}/cwd").resolve()  # the launcher's temporary folder, which SIGKILL leaves behind
     finally:
         parent.kill()
         parent.wait()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    assert not _alive(pid)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        assert not _alive(pid)
+    finally:
+        if workdir.name.startswith("eqface-triton-"):
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
