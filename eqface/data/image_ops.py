@@ -24,7 +24,11 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{name}: cannot decode image (not a recognised image format)") from None
+    except Image.DecompressionBombError:
+        raise ImageDecodeError(f"{name}: cannot decode image (larger than {MAX_IMAGE_PIXELS} pixels)") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data inside a known format
         raise ImageDecodeError(f"{name}: cannot decode image ({exc})") from None
 
 
