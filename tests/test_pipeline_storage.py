@@ -98,10 +98,35 @@ def test_missing_objects_are_reported(bucket, tmp_path):
         storage.download(f"{bucket}/no/such/thing.npz", tmp_path)
 
 
-@pytest.mark.parametrize("uri", ["s3:/bucket", "gs://", "http://x/y", "/local/path"])
+@pytest.mark.parametrize("uri", ["s3:/bucket", "gs://", "http://x/y", "/local/path", "s3://minio:9000/"])
 def test_bad_uris(uri):
     with pytest.raises(ValueError):
         storage.ObjectUri.parse(uri)
+
+
+@pytest.mark.parametrize(("uri", "endpoint", "bucket", "key"), [
+    ("s3://models/eqface", "", "models", "eqface"),
+    ("s3://minio.example:9000/models/eqface/", "http://minio.example:9000", "models", "eqface"),
+    ("s3://https://minio.example:9000/models/eqface", "https://minio.example:9000", "models", "eqface"),
+    ("gs://models", "", "models", ""),
+])
+def test_uris_in_tritons_forms(uri, endpoint, bucket, key):
+    parsed = storage.ObjectUri.parse(uri)
+    assert (parsed.endpoint, parsed.bucket, parsed.key) == (endpoint, bucket, key)
+
+
+def test_an_s3_endpoint_in_the_uri_needs_no_environment(moto_endpoint, monkeypatch, tmp_path):
+    """Triton's s3://host:port/bucket/path reaches the same store as AWS_ENDPOINT_URL would."""
+    import boto3
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket="triton-form")
+    host = moto_endpoint.removeprefix("http://")
+    storage.upload_tree(make_tree(tmp_path / "repo"), f"s3://{host}/triton-form/models")
+    assert storage.list_children(f"s3://{moto_endpoint}/triton-form/models") == ["a", "b"]
 
 
 def test_a_pack_in_an_object_store_is_downloaded_and_packed(bucket, tmp_path):

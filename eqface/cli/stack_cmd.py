@@ -210,16 +210,26 @@ def _flush_print(line: str) -> None:
 
 
 def _report_prometheus(url: str, scrape_interval_s: float) -> None:
+    from eqface.stack.monitoring import AGGREGATOR_JOB
     from eqface.stack.prometheus import PrometheusClient
 
     client = PrometheusClient(url)
-    time.sleep(2 * scrape_interval_s + 1)  # the last frames' counters reach Prometheus and the rules run
+    # Wait for a scrape of the aggregator that began after the last frame (Prometheus applies new targets after up
+    # to 5 s, then scrapes every interval), and one rule evaluation after it.
+    stream_end, deadline = time.time(), time.monotonic() + 30 + 3 * scrape_interval_s
+    while time.monotonic() < deadline:
+        if client.scalar(f'max(timestamp(up{{job="{AGGREGATOR_JOB}"}}))', default=0.0) > stream_end:
+            break
+        time.sleep(0.5)
+    time.sleep(scrape_interval_s)
     print(f"\nPrometheus ({url}) saw:", flush=True)
-    frames = client.query("sum by (result) (eqface_aggregator_frames_total)")
+    frames = sorted(client.query("sum by (result) (eqface_aggregator_frames_total)"),
+                    key=lambda r: r["metric"]["result"])
     print("  frames by result   " + ", ".join(f"{r['metric']['result']} {float(r['value'][1]):.0f}" for r in frames))
     median = client.scalar("histogram_quantile(0.5, sum by (le) (eqface_aggregator_frame_quality_bucket))")
     print(f"  median quality     {median:.2f} (from the frame-quality histogram)")
-    batch = client.query('sum by (model) (nv_inference_count) / sum by (model) (nv_inference_exec_count)')
+    batch = sorted(client.query("sum by (model) (nv_inference_count) / sum by (model) (nv_inference_exec_count)"),
+                   key=lambda r: r["metric"]["model"])
     print("  Triton avg batch   " + ", ".join(f"{r['metric']['model']} {float(r['value'][1]):.1f}" for r in batch))
     p99 = client.query("histogram_quantile(0.99, sum by (stage, le) (eqface_aggregator_stage_duration_seconds_bucket))")
     print("  stage p99          " + ", ".join(f"{r['metric']['stage']} {1000 * float(r['value'][1]):.1f} ms"

@@ -5,6 +5,10 @@ for MinIO or any S3-compatible store); GCS through google-cloud-storage (the pod
 named by ``EQFACE_GCS_CREDENTIALS`` when that file exists; ``STORAGE_EMULATOR_HOST`` for an emulator). Object stores
 have no folders: a folder is every key under a prefix, and an empty folder is kept as a zero-byte ``<prefix>/`` key,
 which Triton's S3 and GCS repository readers list as a folder (an ensemble's version folder is empty).
+
+S3 locations also take Triton's form for a non-AWS endpoint, so that one string names the repository for both the
+pipeline and ``tritonserver --model-repository``: ``s3://host:port/bucket/path`` (http) or
+``s3://https://host:port/bucket/path``.
 """
 
 from __future__ import annotations
@@ -28,23 +32,42 @@ class ObjectUri:
     scheme: str
     bucket: str
     key: str  # without leading or trailing slash; "" for the bucket root
+    endpoint: str = ""  # S3 only: http(s)://host:port of a non-AWS store named in the URI (Triton's form)
 
     @classmethod
     def parse(cls, uri: str) -> ObjectUri:
         parsed = urlparse(uri)
-        if parsed.scheme not in REMOTE_SCHEMES:
+        if parsed.scheme not in REMOTE_SCHEMES or not uri.startswith(f"{parsed.scheme}://"):
             expected = " or ".join(f"{s}://" for s in REMOTE_SCHEMES)
             raise ValueError(f"{uri!r} is not an object-store URI (expected {expected})")
-        if not parsed.netloc:
+        rest, endpoint = uri[len(parsed.scheme) + 3:], ""
+        if parsed.scheme == "s3":
+            endpoint, rest = _split_endpoint(rest)
+        bucket, _, key = rest.partition("/")
+        if not bucket:
             raise ValueError(f"{uri!r} names no bucket (expected {parsed.scheme}://BUCKET/PATH)")
-        return cls(parsed.scheme, parsed.netloc, parsed.path.strip("/"))
+        return cls(parsed.scheme, bucket, key.strip("/"), endpoint)
 
     def child(self, relative: str) -> ObjectUri:
         relative = relative.strip("/")
-        return ObjectUri(self.scheme, self.bucket, f"{self.key}/{relative}".strip("/") if relative else self.key)
+        key = f"{self.key}/{relative}".strip("/") if relative else self.key
+        return ObjectUri(self.scheme, self.bucket, key, self.endpoint)
 
     def __str__(self) -> str:
-        return f"{self.scheme}://{self.bucket}/{self.key}"
+        endpoint = f"{self.endpoint}/" if self.endpoint else ""
+        return f"{self.scheme}://{endpoint}{self.bucket}/{self.key}"
+
+
+def _split_endpoint(rest: str) -> tuple[str, str]:
+    """Triton's ``s3://[http(s)://]host:port/bucket/path``: (endpoint URL or "", "bucket/path")."""
+    for prefix in ("http://", "https://"):
+        if rest.startswith(prefix):
+            host, _, remainder = rest[len(prefix):].partition("/")
+            return f"{prefix}{host}", remainder
+    first, _, remainder = rest.partition("/")
+    if ":" in first:
+        return f"http://{first}", remainder
+    return "", rest
 
 
 class ObjectStore(Protocol):
@@ -56,11 +79,11 @@ class ObjectStore(Protocol):
 
 
 class S3Store:
-    def __init__(self, bucket: str) -> None:
+    def __init__(self, bucket: str, endpoint: str = "") -> None:
         import boto3  # heavy, and only needed for s3:// locations
 
         self.bucket = bucket
-        self.client = boto3.client("s3")
+        self.client = boto3.client("s3", endpoint_url=endpoint or None)
 
     def upload(self, local: Path, key: str) -> None:
         self.client.upload_file(str(local), self.bucket, key)
@@ -121,7 +144,7 @@ class GcsStore:
 
 
 def open_store(uri: ObjectUri) -> ObjectStore:
-    return S3Store(uri.bucket) if uri.scheme == "s3" else GcsStore(uri.bucket)
+    return S3Store(uri.bucket, uri.endpoint) if uri.scheme == "s3" else GcsStore(uri.bucket)
 
 
 def _folder_prefix(key: str) -> str:

@@ -72,7 +72,8 @@ def spawn(name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | 
     return Child(name, process, log_path)
 
 
-def wait_for_http(url: str, child: Child | None, timeout_s: float, ok: Callable[[bytes], bool] = lambda b: True) -> None:
+def wait_for_http(url: str, child: Child | None, timeout_s: float,
+                  ok: Callable[[bytes], bool] = lambda body: True) -> None:
     """Polls ``url`` until it answers 200 and ``ok(body)``; RuntimeError with the child's log if it exits first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

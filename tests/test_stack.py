@@ -1,0 +1,216 @@
+"""The local stack (``eqface stack``): model discovery, the demo video, and the real thing — Triton, the aggregator
+and Prometheus started, streamed to, interrupted and stopped, with every child process gone afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eqface import contract
+from eqface.stack import model as stack_model
+from eqface.stack.demo import ENROLL_IMAGES, DemoOptions, build_subjects
+from eqface.stack.processes import same_process
+from eqface.stack.stack import StackConfig, read_state
+from tests.conftest import REPO_ROOT, require_executable
+
+TINY_ONNX: dict[str, Path] = {}  # one export per session, shared with test_monitoring_live.py
+
+
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny EQFace network (32×32 in, 32-d embedding) exported to ONNX: what the stack serves in tests."""
+    if "path" not in TINY_ONNX:
+        import torch
+
+        from eqface.config import ModelConfig
+        from eqface.contract import InferenceSpec
+        from eqface.export.onnx import export_onnx
+        from eqface.models import build_model
+
+        torch.manual_seed(0)
+        cfg = ModelConfig(backbone="tiny", image_size=(32, 32), embedding_size=32, quality_hidden=16)
+        path = tmp_path_factory.mktemp("tiny-model") / "model.onnx"
+        export_onnx(build_model(cfg).eval(), InferenceSpec((32, 32), 32), path)
+        TINY_ONNX["path"] = path
+    return TINY_ONNX["path"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return tiny_onnx(tmp_path_factory)
+
+
+def eqface_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "eqface.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO_ROOT, **kwargs)
+
+
+def recorded_processes(state_dir: Path) -> dict[str, dict]:
+    state = read_state(state_dir) or {}
+    processes = dict(state.get("endpoints", {}).get("processes", {}))
+    if "supervisor" in state:
+        processes["supervisor"] = state["supervisor"]
+    return processes
+
+
+def assert_all_gone(state_dir: Path) -> None:
+    processes = recorded_processes(state_dir)
+    assert {"triton", "aggregator"} <= set(processes), processes
+    alive = [n for n, p in processes.items() if same_process(p["pid"], p["start_ticks"])]
+    assert not alive, f"still running: {alive}"
+
+
+# ------------------------------------------------------------------------------------------------ units
+def test_find_existing_takes_the_newest_model(tmp_path):
+    assert stack_model.find_existing(tmp_path) is None
+    old = tmp_path / "demo" / "model.pt"
+    old.parent.mkdir()
+    old.write_bytes(b"x")
+    os.utime(old, (1, 1))
+    repo = tmp_path / "kfp-local" / "model_repository" / contract.ONNX_MODEL_NAME / "3"
+    repo.mkdir(parents=True)
+    assert stack_model.find_existing(tmp_path) == tmp_path / "kfp-local" / "model_repository"
+    new = tmp_path / "later" / "model.pt"
+    new.parent.mkdir()
+    new.write_bytes(b"y")
+    os.utime(repo, (1, 1))
+    assert stack_model.find_existing(tmp_path) == new
+
+
+def test_prepare_serves_onnx_and_repositories(tiny_model, tmp_path):
+    served = stack_model.prepare(tiny_model, tmp_path)
+    assert (served.embedding_size, served.image_size) == (32, (32, 32))
+    assert (served.repository / contract.ONNX_MODEL_NAME / "1" / "model.onnx").is_file()
+    again = stack_model.prepare(served.repository, tmp_path / "other")
+    assert (again.repository, again.embedding_size, again.image_size) == (served.repository, 32, (32, 32))
+    production = tmp_path / "production"
+    from eqface.serving.repository import write_model_repository
+
+    write_model_repository(tiny_model, production, variant="production")
+    with pytest.raises(ValueError, match="production variant"):
+        stack_model.prepare(production, tmp_path)
+    with pytest.raises(ValueError, match="model.pt, an .onnx"):
+        stack_model.prepare(tmp_path / "weights.bin", tmp_path)
+
+
+def test_stack_config_round_trips(tiny_model, tmp_path):
+    config = StackConfig(state_dir=tmp_path, model=stack_model.prepare(tiny_model, tmp_path), scrape_interval_s=1)
+    assert StackConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+
+
+def test_synthetic_video(tmp_path):
+    options = DemoOptions(known=2, visitors=1, frames=10, degraded_fraction=0.5)
+    subjects, source = build_subjects(options, None, prefix="run7/")
+    assert "synthetic" in source and len(subjects) == 3
+    assert [bool(s.identity_id) for s in subjects] == [True, True, False]
+    assert all(s.subject_id.startswith("run7/") and len(s.frames) == 10 for s in subjects)
+    assert [len(s.enroll_images) for s in subjects] == [ENROLL_IMAGES, ENROLL_IMAGES, 0]
+    conditions = [f.condition for s in subjects for f in s.frames]
+    assert 5 <= sum(c != "clean" for c in conditions) <= 25
+    assert all(f.image[:2] == b"\xff\xd8" for s in subjects for f in s.frames)  # JPEG
+
+
+def test_celeba_video_uses_held_out_identities(shared_data):
+    options = DemoOptions(known=3, visitors=1, frames=12)
+    subjects, source = build_subjects(options, shared_data)
+    assert "CelebA" in source
+    with np.load(shared_data / "celeba_wild_subset_rgb112.npz") as pack:
+        celeba_ids, identity = pack["celeba_identity"], pack["identity"]
+    last_labels = set(np.unique(identity)[-40:])  # the mobilefacenet-celeba preset holds out 40 identities
+    for s in subjects:
+        cid = int(s.display_name.split("celeb-")[1].rstrip(")"))
+        assert set(identity[celeba_ids == cid]) <= last_labels
+
+
+# ------------------------------------------------------------------------------------------------ integration
+@pytest.mark.slow
+@pytest.mark.integration
+def test_demo_runs_end_to_end_and_leaves_nothing(tiny_model, tmp_path):
+    require_executable("prometheus")
+    state_dir = tmp_path / "demo"
+    result = eqface_cli("stack", "demo", "--model", str(tiny_model), "--state-dir", str(state_dir),
+                        "--subjects", "2", "--visitors", "1", "--frames", "5", "--fps", "20",
+                        "--scrape-interval", "1", "--faces", "synthetic")
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert out.count("enrolled synthetic-") == 2
+    ticks = [line for line in out.splitlines() if line.lstrip().startswith(("1 ", "5 ")) and "cam" in line]
+    assert len(ticks) == 6, out
+    assert "summary:" in out and "identification:" in out
+    assert "frames by result   accepted" in out and "alerts firing      none" in out
+    assert "no child process left" in out
+    assert_all_gone(state_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_demo_ctrl_c_stops_every_child(tiny_model, tmp_path):
+    state_dir = tmp_path / "demo"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "eqface.cli", "stack", "demo", "--model", str(tiny_model), "--state-dir",
+         str(state_dir), "--frames", "200", "--fps", "2", "--faces", "synthetic"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
+    lines = []
+    try:
+        for line in process.stdout:  # until the video is playing
+            lines.append(line)
+            if line.lstrip().startswith("2 ") and "cam" in line:
+                break
+        process.send_signal(signal.SIGINT)  # what Ctrl-C does (the children are in their own sessions)
+        rest, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    out = "".join(lines) + rest
+    assert process.returncode == 130, out
+    assert "interrupted: stopping the stack" in out and "no child process left" in out
+    assert_all_gone(state_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_up_status_stream_down(tiny_model, tmp_path):
+    state_dir = tmp_path / "stack"
+    up = eqface_cli("stack", "up", "--model", str(tiny_model), "--state-dir", str(state_dir),
+                    "--scrape-interval", "1")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "stack up" in up.stdout and "aggregator  gRPC 127.0.0.1:" in up.stdout
+        again = eqface_cli("stack", "up", "--model", str(tiny_model), "--state-dir", str(state_dir))
+        assert again.returncode == 2 and "already running" in again.stderr
+        stream = eqface_cli("stack", "stream", "--state-dir", str(state_dir), "--frames", "4", "--fps", "20",
+                            "--subjects", "2", "--faces", "synthetic", "--quiet", "--rounds", "2")
+        assert stream.returncode == 0, stream.stdout + stream.stderr
+        assert "identification:" in stream.stdout
+        status = eqface_cli("stack", "status", "--state-dir", str(state_dir))
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert status.stdout.count(" running") == 3 and "GONE" not in status.stdout
+    finally:
+        down = eqface_cli("stack", "down", "--state-dir", str(state_dir))
+    assert down.returncode == 0 and "no process left" in down.stdout, down.stdout + down.stderr
+    assert_all_gone(state_dir)
+    assert eqface_cli("stack", "status", "--state-dir", str(state_dir)).returncode == 3
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_killed_supervisor_takes_the_stack_with_it(tiny_model, tmp_path):
+    state_dir = tmp_path / "stack"
+    up = eqface_cli("stack", "up", "--model", str(tiny_model), "--state-dir", str(state_dir), "--no-prometheus")
+    assert up.returncode == 0, up.stdout + up.stderr
+    supervisor = read_state(state_dir)["supervisor"]
+    os.kill(supervisor["pid"], signal.SIGKILL)  # no orderly stop: the children's parent-death signal must act
+    deadline = time.monotonic() + 60
+    processes = recorded_processes(state_dir)
+    while time.monotonic() < deadline and any(same_process(p["pid"], p["start_ticks"]) for p in processes.values()):
+        time.sleep(0.2)
+    down = eqface_cli("stack", "down", "--state-dir", str(state_dir))
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert_all_gone(state_dir)
