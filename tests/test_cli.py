@@ -9,26 +9,40 @@ import pytest
 from eqface.cli import build_parser, main
 
 
-def _subparsers():
-    parser = build_parser()
-    action = next(a for a in parser._actions if a.dest == "command")
-    return action.choices
+def _all_parsers(parser=None, prefix="eqface"):
+    """Every (command path, parser) pair, nested sub-commands included."""
+    parser = parser or build_parser()
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action.choices, dict):
+            for name, sub in action.choices.items():
+                yield from _all_parsers(sub, f"{prefix} {name}")
 
 
 def test_every_option_of_every_command_has_help() -> None:
-    for name, sub in _subparsers().items():
-        for action in sub._actions:
+    commands = dict(_all_parsers())
+    assert {"eqface train", "eqface serve triton", "eqface serve aggregator", "eqface export"} <= set(commands)
+    for name, parser in commands.items():
+        for action in parser._actions:
             if action.dest == "help" or isinstance(action.choices, dict):
                 continue
-            assert action.help, f"eqface {name} {action.option_strings or action.dest} has no help text"
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["config", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["config", "--help"], ["serve", "triton", "--help"]])
 def test_help_exits_cleanly(argv, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 0
     assert "usage: eqface" in capsys.readouterr().out
+
+
+def test_serve_aggregator_passes_its_options_to_the_service(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "aggregator", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--store" in out and "--triton-url" in out and "s_th" in out
 
 
 def test_user_errors_are_one_line_messages(capsys, tmp_path) -> None:

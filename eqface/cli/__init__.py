@@ -28,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "service_args"):  # only `serve aggregator` hands its options on
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.service_args = [*args.service_args, *extra]
     try:
         return int(args.func(args) or 0)
     except (UserError, ValueError, FileNotFoundError, RuntimeError) as exc:

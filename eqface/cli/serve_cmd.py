@@ -13,11 +13,29 @@ _DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's own d
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="Triton serving: write a model repository, run the server",
-                       description="Serving the exported model on Triton Inference Server.")
+    p = sub.add_parser("serve", help="serving: Triton model repository and server, the aggregation service",
+                       description="Serving the exported model on Triton Inference Server, and the streaming "
+                       "aggregation service in front of it.")
     serve = p.add_subparsers(dest="serve_command", required=True, metavar="SUBCOMMAND")
     _add_repository_parser(serve)
     _add_triton_parser(serve)
+    _add_aggregator_parser(serve)
+
+
+def _add_aggregator_parser(serve: argparse._SubParsersAction) -> None:
+    p = serve.add_parser(
+        "aggregator", add_help=False,
+        help="run the gRPC aggregation service (progressive QWFA per subject; see `eqface serve aggregator --help`)",
+        description="The streaming aggregation service; every option is the service's own (python -m eqface.service).",
+    )
+    # Every option is handed on unparsed (eqface.cli.main collects them), e.g. --store sqlite:///state.db.
+    p.set_defaults(func=run_aggregator, service_args=[])
+
+
+def run_aggregator(args: argparse.Namespace) -> int:
+    from eqface.service.cli import main as service_main
+
+    return service_main(args.service_args)
 
 
 def _add_repository_parser(serve: argparse._SubParsersAction) -> None:
@@ -34,8 +52,9 @@ def _add_repository_parser(serve: argparse._SubParsersAction) -> None:
                    help="local: python backend on CPU (the bundled server); production: onnxruntime on GPU")
     p.add_argument("--version", type=int, default=1, help="version folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
-    p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--preferred-batch-sizes", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--max-batch-size", type=int, default=64, help="largest batch Triton accepts per request/execution")
+    p.add_argument("--preferred-batch-sizes", type=int, nargs="+", default=[16, 32, 64],
+                   help="batch sizes the dynamic batcher tries to form")
     p.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching queue delay")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request on its own")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
@@ -55,7 +74,7 @@ def _add_triton_parser(serve: argparse._SubParsersAction) -> None:
         "endpoints and serves until Ctrl-C or SIGTERM, then shuts down cleanly (in-flight requests finish).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model-repository", type=Path, required=True)
+    p.add_argument("--model-repository", type=Path, required=True, help="folder written by `eqface serve repository`")
     for name, port in _DEFAULT_PORTS.items():
         p.add_argument(f"--{name}-port", type=int, default=port, help=f"{name} port (0: any free port)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
