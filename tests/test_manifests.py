@@ -212,7 +212,8 @@ def test_production_uses_redis_autoscaling_and_object_store(rendered):
     triton_args = find(objects, "Deployment", "eqface-triton")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert triton_args[0].startswith("--model-repository=s3://")
     local = {(o["kind"], o["metadata"]["name"]) for o in rendered["local"]}
-    assert ("StatefulSet", "eqface-redis") not in local and ("HorizontalPodAutoscaler", "eqface-aggregator") not in local
+    assert ("StatefulSet", "eqface-redis") not in local
+    assert ("HorizontalPodAutoscaler", "eqface-aggregator") not in local
 
 
 def test_images_are_the_pipelines(rendered):
