@@ -61,7 +61,8 @@ def _add_video_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=4.0, help="video ticks per second (one frame per subject each)")
     p.add_argument("--match-threshold", type=float, default=0.5, help="cosine below which a match is unknown")
     p.add_argument("--faces", choices=("auto", "celeba", "synthetic"), default="auto",
-                   help="auto: real CelebA faces when ../shared/data has them, synthetic otherwise")
+                   help="auto: real CelebA faces when ../shared/data has them and the model was not trained on "
+                   "synthetic faces only; synthetic otherwise")
 
 
 def _video_options(args: argparse.Namespace):
@@ -76,6 +77,9 @@ def _add_stack_options(p: argparse.ArgumentParser, default_state: Path) -> None:
                    "newest runs/*/model.pt or runs/kfp-local/model_repository, else train --preset demo)")
     p.add_argument("--runs", type=Path, default=DEFAULT_RUNS, help="where to look for (and train) a model")
     p.add_argument("--train-preset", default="demo", help="preset to train when no model exists")
+    p.add_argument("--train-with", choices=("train", "pipeline"), default="train",
+                   help="when no model exists: `eqface train` (fast) or the whole Kubeflow pipeline run locally "
+                   "(`eqface pipeline run-local`: train, evaluate, export, deploy into runs/kfp-local)")
     p.add_argument("--state-dir", type=Path, default=default_state, help="model repository, store, logs, state")
     p.add_argument("--aggregator-port", type=int, default=0, help="aggregator gRPC port (0: a free one)")
     p.add_argument("--prometheus-port", type=int, default=0, help="Prometheus port (0: a free one)")
@@ -84,13 +88,15 @@ def _add_stack_options(p: argparse.ArgumentParser, default_state: Path) -> None:
 
 
 def _resolve_model(args: argparse.Namespace):
-    from eqface.stack.model import find_existing, prepare, train_demo_model
+    from eqface.stack.model import find_existing, prepare, run_local_pipeline, train_demo_model
 
     model = args.model
     if model is None:
         model = find_existing(args.runs)
-        if model is None:
-            model = train_demo_model(args.runs / args.train_preset, args.train_preset)
+    if model is None and args.train_with == "pipeline":
+        model = run_local_pipeline(args.runs, args.train_preset)
+    elif model is None:
+        model = train_demo_model(args.runs / args.train_preset, args.train_preset)
     if not model.exists():
         raise FileNotFoundError(f"model not found: {model}")
     args.state_dir.mkdir(parents=True, exist_ok=True)
@@ -126,7 +132,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     options = _video_options(args)
     config = _stack_config(args, fresh=True)
-    subjects, source = build_subjects(options, None if args.faces == "synthetic" else _data_dir(args.faces))
+    subjects, source = build_subjects(options, _faces_dir(args.faces, config.model.trained_on))
     print(f"video: {len(subjects)} subjects × {options.frames} frames, {source}", flush=True)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops as cleanly as Ctrl-C
     stack = LocalStack(config)
@@ -147,6 +153,18 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _faces_dir(faces: str, trained_on: str) -> Path | None:
+    """Where the video's real faces come from, None for synthetic ones. ``auto`` streams real faces unless the model
+    was trained on synthetic faces only (real faces are outside its domain: its quality scores them near 0)."""
+    if faces == "synthetic":
+        return None
+    if faces == "auto" and trained_on == "synthetic":
+        print("the model was trained on synthetic faces (its run's config.json): streaming synthetic faces; "
+              "--faces celeba streams real ones", flush=True)
+        return None
+    return _data_dir(faces)
+
+
 def _data_dir(faces: str) -> Path | None:
     from eqface.stack.demo import CELEBA_PACK
 
@@ -157,6 +175,7 @@ def _data_dir(faces: str) -> Path | None:
             return Path(c)
     if faces == "celeba":
         raise FileNotFoundError(f"--faces celeba: {CELEBA_PACK} not found (set EQFACE_SHARED_DATA)")
+    print(f"{CELEBA_PACK} not found (../shared/data or $EQFACE_SHARED_DATA): streaming synthetic faces", flush=True)
     return None
 
 
@@ -193,7 +212,7 @@ def run_stream(args: argparse.Namespace) -> int:
         raise RuntimeError(f"no running stack in {args.state_dir} (eqface stack up --state-dir {args.state_dir})")
     endpoints = Endpoints(**state["endpoints"])
     options = _video_options(args)
-    data_dir = None if args.faces == "synthetic" else _data_dir(args.faces)
+    data_dir = _faces_dir(args.faces, state.get("trained_on", ""))
     run_tag = time.strftime("%H%M%S")
     rounds = []
     for r in range(args.rounds):
@@ -271,6 +290,10 @@ def run_up(args: argparse.Namespace) -> int:
 
     print(f"stack up (supervisor pid {process.pid}, state {args.state_dir / 'state.json'}):")
     _print_endpoints(Endpoints(**state["endpoints"]))
+    print(f"stream the demo video into it: eqface stack stream --state-dir {args.state_dir}")
+    if config.model.origin.startswith("model repository"):
+        print(f"deploy a new model version into it: eqface pipeline run-local --repository "
+              f"{config.model.repository} --triton-url {state['endpoints']['triton_grpc']}")
     print(f"stop it with: eqface stack down --state-dir {args.state_dir}")
     return 0
 

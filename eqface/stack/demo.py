@@ -63,7 +63,7 @@ def build_subjects(options: DemoOptions, data_dir: Path | None, prefix: str = ""
         source = f"real faces: CelebA held-out identities ({pack})"
     else:
         people = _synthetic_people(options, rng)
-        source = "synthetic faces (../shared/data/celeba_wild_subset_rgb112.npz not found)"
+        source = "synthetic faces of identities no preset trains on"
     subjects = []
     for i, (name, images) in enumerate(people):
         known = i < options.known

@@ -3,6 +3,7 @@ one trained on the demo preset; always ends as a local-variant Triton model repo
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -23,6 +24,7 @@ class ServedModel:
     embedding_size: int
     image_size: tuple[int, int]
     origin: str  # one line for people: where the model came from
+    trained_on: str = ""  # the training run's data.source ("synthetic", "npz", ...); "" when unknown
 
 
 def find_existing(runs_dir: Path) -> Path | None:
@@ -55,6 +57,18 @@ def train_demo_model(out_dir: Path, preset: str = "demo") -> Path:
     return out_dir / MODEL_FILE
 
 
+def run_local_pipeline(runs_dir: Path, preset: str = "demo") -> Path:
+    """Runs the Kubeflow pipeline locally (``eqface pipeline run-local``: train, evaluate, export, deploy the local
+    variant) in a child process; returns the model repository it deployed to."""
+    repository = runs_dir / PIPELINE_REPOSITORY
+    print(f"no trained model found: running the pipeline locally on the {preset} preset into {repository} …",
+          flush=True)
+    subprocess.run([sys.executable, "-m", "eqface.cli", "pipeline", "run-local", "--preset", preset,
+                    "--root", str(runs_dir / PIPELINE_REPOSITORY.parent), "--repository", str(repository)],
+                   check=True)
+    return repository
+
+
 def prepare(model: Path, work_dir: Path) -> ServedModel:
     """A local-variant model repository for ``model`` (a model.pt, an .onnx file or a model repository)."""
     if model.is_dir():
@@ -76,7 +90,16 @@ def prepare(model: Path, work_dir: Path) -> ServedModel:
     from eqface.serving.repository import write_model_repository
 
     repo = write_model_repository(onnx, work_dir / "model_repository", variant="local", overwrite=True)
-    return ServedModel(repo.root.resolve(), repo.spec.embedding_size, tuple(repo.spec.image_size), origin)
+    return ServedModel(repo.root.resolve(), repo.spec.embedding_size, tuple(repo.spec.image_size), origin,
+                       training_data_source(model))
+
+
+def training_data_source(model: Path) -> str:
+    """``data.source`` of the run that wrote ``model`` (its folder's config.json, as ``eqface train`` writes it)."""
+    try:
+        return str(json.loads((model.parent / "config.json").read_text())["data"]["source"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return ""
 
 
 def _export(model_pt: Path, onnx: Path) -> None:
