@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
@@ -325,3 +327,14 @@ def test_only_what_must_talk_talks(rendered, overlay):
         assert _can_talk(policies, src, dst, port), (src.labels, dst.labels, port)
     for src, dst, port in must_not:
         assert not _can_talk(policies, src, dst, port), (src.labels, dst.labels, port)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kubernetes_validate_command_line(rendered, overlay, tmp_path):
+    """The same check through the tool's own command line, as an operator would run it on the build output."""
+    executable = shutil.which("kubernetes-validate") or str(Path(sys.executable).parent / "kubernetes-validate")
+    path = tmp_path / f"{overlay}.yaml"
+    path.write_text(yaml.safe_dump_all([o for o in rendered[overlay] if o["kind"] not in CRD_KINDS]))
+    result = subprocess.run([executable, "--strict", "-k", K8S_VERSION, str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("INFO") == len([o for o in rendered[overlay] if o["kind"] not in CRD_KINDS])

@@ -214,3 +214,9 @@ def test_killed_supervisor_takes_the_stack_with_it(tiny_model, tmp_path):
     down = eqface_cli("stack", "down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stdout + down.stderr
     assert_all_gone(state_dir)
+
+
+def test_training_domain_is_read_from_the_run(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"data": {"source": "synthetic"}}))
+    assert stack_model.training_data_source(tmp_path / "model.pt") == "synthetic"
+    assert stack_model.training_data_source(tmp_path / "elsewhere" / "model.pt") == ""
