@@ -140,8 +140,13 @@ def _requests(subjects: list[Subject], fps: float) -> Iterator:
         time.sleep(1.0 / fps)
 
 
-HEADER = (f"{'tick':>4}  {'subject':<13} {'truth':<22} {'frame':<15} {'quality':>7}  {'result':<20} "
-          f"{'merged':>6}  {'s_sum':>6}  identified as (cosine)")
+def _header(width: int) -> str:
+    return (f"{'tick':>4}  {'subject':<{width}} {'truth':<22} {'frame':<15} {'quality':>7}  {'result':<20} "
+            f"{'merged':>6}  {'s_sum':>6}  identified as (cosine)")
+
+
+def _width(subjects: list[Subject]) -> int:
+    return max(13, *(len(s.subject_id) for s in subjects))
 
 
 def stream(stub, subjects: list[Subject], options: DemoOptions, out=print) -> None:
@@ -149,7 +154,8 @@ def stream(stub, subjects: list[Subject], options: DemoOptions, out=print) -> No
     from eqface.service.v1 import aggregator_pb2 as pb
 
     by_id = {s.subject_id: s for s in subjects}
-    out(HEADER)
+    width = _width(subjects)
+    out(_header(width))
     call = stub.StreamFrames(_requests(subjects, options.fps), timeout=600)
     try:
         for tick, response in enumerate(call, start=1):
@@ -162,7 +168,7 @@ def stream(stub, subjects: list[Subject], options: DemoOptions, out=print) -> No
                 match = matches.get(r.subject_id)
                 if match is not None:
                     s.top_match = (match.identity_id, match.score)
-                out(f"{tick:>4}  {s.subject_id:<13} {s.display_name[:22]:<22} {condition:<15} {r.quality:>7.2f}  "
+                out(f"{tick:>4}  {s.subject_id:<{width}} {s.display_name[:22]:<22} {condition:<15} {r.quality:>7.2f}  "
                     f"{status:<20} {r.accepted_count:>3}/{r.frame_count:<3} {r.s_sum:>6.2f}  "
                     f"{_identified(s, options.match_threshold)}")
     finally:
@@ -181,7 +187,8 @@ def _identified(s: Subject, threshold: float) -> str:
 
 def summary(subjects: list[Subject], options: DemoOptions, out=print) -> dict[str, float]:
     """Prints the per-subject table and the totals; returns the totals (for tests)."""
-    out(f"{'subject':<13} {'truth':<22} {'frames':>6} {'merged':>6} {'rej. quality':>12} {'rej. similarity':>15} "
+    width = _width(subjects)
+    out(f"{'subject':<{width}} {'truth':<22} {'frames':>6} {'merged':>6} {'rej. quality':>12} {'rej. similarity':>15} "
         f"{'q clean':>7} {'q degraded':>10}  final identification")
     correct = 0
     clean_q, degraded_q = [], []
@@ -194,7 +201,7 @@ def summary(subjects: list[Subject], options: DemoOptions, out=print) -> dict[st
         degraded_q += qd
         verdict = _identified(s, options.match_threshold)
         correct += verdict.endswith("✓")
-        out(f"{s.subject_id:<13} {s.display_name[:22]:<22} {len(statuses):>6} {merged:>6} "
+        out(f"{s.subject_id:<{width}} {s.display_name[:22]:<22} {len(statuses):>6} {merged:>6} "
             f"{statuses.count('REJECTED_QUALITY'):>12} {statuses.count('REJECTED_SIMILARITY'):>15} "
             f"{_mean(qc):>7.2f} {_mean(qd):>10.2f}  {verdict}")
     totals = {
