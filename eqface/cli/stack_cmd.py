@@ -285,7 +285,13 @@ def run_up(args: argparse.Namespace) -> int:
         process = subprocess.Popen([sys.executable, "-m", "eqface.stack.supervisor", str(config.state_dir)],
                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    state = _wait_started(args.state_dir, process, log, config.startup_timeout_s + 30)
+    try:
+        state = _wait_started(args.state_dir, process, log, config.startup_timeout_s + 30)
+    except BaseException:  # Ctrl-C or a failed start: leave nothing running behind the user's back
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(120)
+        raise
     from eqface.stack.stack import Endpoints
 
     print(f"stack up (supervisor pid {process.pid}, state {args.state_dir / 'state.json'}):")
@@ -311,7 +317,6 @@ def _wait_started(state_dir: Path, process: subprocess.Popen, log: Path, timeout
             raise RuntimeError(f"the stack did not start: {state.get('error', 'supervisor exited')}; "
                                f"{log} ends:\n{log.read_text(errors='replace')[-3000:]}")
         time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
     raise RuntimeError(f"the stack was not ready after {timeout_s:.0f}s; see {log}")
 
 
