@@ -172,6 +172,48 @@ def binomial_se(p: float | None, n: int) -> float | None:
     return math.sqrt(max(p * (1 - p), 0.0) / n)
 
 
+BOOTSTRAP_REPS = 200
+
+
+def paired_bootstrap_tar(
+    score_a: np.ndarray, score_b: np.ndarray, issame: np.ndarray, fars: Sequence[float],
+    reps: int | None = None, seed: int = 0,
+) -> dict[float, tuple[float, float] | None]:
+    """95% percentile interval of TAR_b − TAR_a at each FAR, both arms scored on the same resampled pairs.
+
+    Genuine and impostor pairs are resampled with replacement separately (so each replicate keeps the counts, and the
+    threshold moves with the impostors it rests on). Pairs that share images are not independent, so the interval is
+    on the narrow side; a difference whose interval holds 0 is not evidence. None where a FAR is not reachable.
+    ``reps`` defaults to the module's BOOTSTRAP_REPS (read at call time, so a test can lower it).
+    """
+    from eqface.eval.roc import tar_at_far
+
+    reps = reps or BOOTSTRAP_REPS
+    issame = np.asarray(issame, dtype=bool)
+    rng = np.random.default_rng(seed)
+    gen, imp = np.flatnonzero(issame), np.flatnonzero(~issame)
+    diffs: dict[float, list[float]] = {far: [] for far in fars}
+    for _ in range(reps):
+        idx = np.concatenate([rng.choice(gen, len(gen)), rng.choice(imp, len(imp))])
+        ta = tar_at_far(score_a[idx], issame[idx], fars)
+        tb = tar_at_far(score_b[idx], issame[idx], fars)
+        for far in fars:
+            if ta[far] is not None and tb[far] is not None:
+                diffs[far].append(tb[far] - ta[far])
+    return {far: (float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))) if d else None
+            for far, d in diffs.items()}
+
+
+def diff_verdict(diff: float, interval: tuple[float, float] | None) -> str:
+    """'+1.23 pts [−0.40, +2.80]: within noise' from a TAR difference and its bootstrap interval (rates in [0, 1])."""
+    if interval is None:
+        return f"{100 * diff:+.2f} pts"
+    lo, hi = interval
+    tag = "equal" if diff == 0 and lo == hi == 0 else "within noise" if lo <= 0 <= hi else (
+        "better" if lo > 0 else "worse")
+    return f"{100 * diff:+.2f} pts [95% CI {100 * lo:+.2f}, {100 * hi:+.2f}]: {tag}"
+
+
 def fmt_far(far: float) -> str:
     return f"{far:.0e}".replace("e-0", "e-")
 

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from eqface.eval.pairs import make_pairs
-from eqface.eval.roc import auc, roc_curve, tar_at_far
+from eqface.eval.roc import auc, max_false_accepts, roc_curve, tar_at_far
 from eqface.eval.verification import kfold_accuracy
 from experiments.common import (
-    DEFAULT_DATA_DIR, DEFAULT_RUN, RESULTS_DIR, ModelRef, Report, all_within_pairs, binomial_se, command_line,
-    embed_images, flat_config_diff, fmt_far, held_out_source, load_model_ref, new_figure, source_images,
+    BOOTSTRAP_REPS, DEFAULT_DATA_DIR, DEFAULT_RUN, RESULTS_DIR, ModelRef, Report, all_within_pairs, command_line,
+    diff_verdict, embed_images, flat_config_diff, fmt_far, fmt_pct, held_out_source, load_model_ref, new_figure,
+    paired_bootstrap_tar, source_images,
 )
 
 NAME = "e2_qw_training"
@@ -44,21 +45,41 @@ def balanced_pairs(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarra
     return make_pairs(labels, n, n, np.random.default_rng(seed))
 
 
-def evaluate_set(emb: np.ndarray, labels: np.ndarray, seed: int, fars: Sequence[float] = FARS) -> dict[str, Any]:
+def evaluate_set(
+    emb: np.ndarray, labels: np.ndarray, seed: int, fars: Sequence[float] = FARS
+) -> tuple[dict[str, Any], np.ndarray]:
+    """One arm on one set: its figures, and its scores on every within-set pair (for paired comparisons)."""
     a, b, same = balanced_pairs(labels, seed)
     acc = kfold_accuracy(np.einsum("nd,nd->n", emb[a], emb[b]).astype(np.float64), same, 10)
     ia, ib, isame = all_within_pairs(labels)
     scores = np.einsum("nd,nd->n", emb[ia].astype(np.float64), emb[ib].astype(np.float64))
-    tars = tar_at_far(scores, isame, fars)
     curve = roc_curve(scores, isame)
     keep = np.unique(np.concatenate([np.searchsorted(curve.far, np.logspace(-6, 0, 300)), [len(curve.far) - 1]]))
     keep = keep[keep < len(curve.far)]
-    n_gen = int(isame.sum())
+    n_imp = int((~isame).sum())
     return {
-        "accuracy": acc.mean, "accuracy_std": acc.std, "balanced_pairs_per_kind": int(same.sum()),
-        "auc": auc(scores, isame), "tar_at_far": tars, "genuine_pairs": n_gen, "impostor_pairs": int((~isame).sum()),
-        "tar_binomial_se": {far: binomial_se(t, n_gen) for far, t in tars.items()},
+        "accuracy": acc.mean, "accuracy_std": acc.std, "fold_accuracies": acc.fold_accuracies,
+        "balanced_pairs_per_kind": int(same.sum()), "auc": auc(scores, isame),
+        "tar_at_far": tar_at_far(scores, isame, fars), "genuine_pairs": int(isame.sum()), "impostor_pairs": n_imp,
+        "false_accepts_allowed": {far: max_false_accepts(far, n_imp) for far in fars},
         "roc": {"far": curve.far[keep].round(8).tolist(), "tar": curve.tar[keep].round(6).tolist()},
+    }, scores
+
+
+def compare_arms(
+    ra: dict[str, Any], rb: dict[str, Any], score_a: np.ndarray, score_b: np.ndarray, issame: np.ndarray,
+    fars: Sequence[float], seed: int,
+) -> dict[str, Any]:
+    """Arm b minus arm a: accuracy (paired over the same folds) and TAR (paired bootstrap over the same pairs)."""
+    d_folds = np.subtract(rb["fold_accuracies"], ra["fold_accuracies"])
+    se = float(d_folds.std(ddof=1) / np.sqrt(len(d_folds)))
+    intervals = paired_bootstrap_tar(score_a, score_b, issame, fars, seed=seed)
+    return {
+        "accuracy_diff": float(d_folds.mean()), "accuracy_interval": (float(d_folds.mean() - 2 * se),
+                                                                      float(d_folds.mean() + 2 * se)),
+        "tar_diff": {far: (None if ra["tar_at_far"][far] is None else rb["tar_at_far"][far] - ra["tar_at_far"][far])
+                     for far in fars},
+        "tar_interval": intervals, "auc_diff": rb["auc"] - ra["auc"],
     }
 
 
@@ -69,18 +90,26 @@ def run_e2(
 ) -> dict[str, Any]:
     """Embeds every set once per model; ``checks`` are protocol facts verified by the caller (printed as is)."""
     report = Report(out_dir, "E2 — quality-weighted training (Step 3 QW) against its controls")
-    report.figures.update({"seed": seed, "fars": list(fars), "models": {m.name: m.describe() for m in models},
-                           "results": {}})
+    report.figures.update({"seed": seed, "fars": list(fars), "bootstrap_reps": BOOTSTRAP_REPS})
     report.add_models(models)
     _protocol(report, models, sets, seed, run_logs or {}, checks)
-    results: dict[str, dict[str, Any]] = {s.name: {} for s in sets}
-    for ref in models:
-        for s in sets:
-            emb = embed_images(ref.net, s.images, ref.image_size).emb
-            results[s.name][ref.name] = evaluate_set(emb, s.labels, seed, fars)
-    report.figures["results"] = results
+    results: dict[str, dict[str, Any]] = {}
+    comparisons: dict[str, dict[str, Any]] = {}
     for s in sets:
-        _set_section(report, s, models, results[s.name], fars)
+        scores = {}
+        results[s.name] = {}
+        for ref in models:
+            emb = embed_images(ref.net, s.images, ref.image_size).emb
+            results[s.name][ref.name], scores[ref.name] = evaluate_set(emb, s.labels, seed, fars)
+        issame = all_within_pairs(s.labels)[2]
+        comparisons[s.name] = {
+            f"{b.name} vs {a.name}": compare_arms(results[s.name][a.name], results[s.name][b.name], scores[a.name],
+                                                  scores[b.name], issame, fars, seed)
+            for i, a in enumerate(models) for b in models[i + 1 :]
+        }
+    report.figures["results"], report.figures["comparisons"] = results, comparisons
+    for s in sets:
+        _set_section(report, s, models, results[s.name], comparisons[s.name], fars)
     report.write(command)
     return report.figures
 
@@ -112,62 +141,38 @@ def _protocol(report: Report, models: Sequence[ModelRef], sets: Sequence[EvalSet
         f"Accuracy: 10-fold LFW protocol (threshold fitted on 9 folds, scored on the 10th) on balanced pairs "
         f"(min(genuine available, {MAX_BALANCED_PAIRS}) genuine + as many impostor pairs, `make_pairs`, seed {seed}; "
         "the same pairs for every arm). TAR@FAR and AUC: every unordered within-set pair. 'n/r' = FAR not "
-        "reachable (fewer than 1/FAR impostor pairs). ± on TAR is the binomial standard error over genuine pairs, "
-        "a rough noise scale (paired differences are less noisy, but differences below it are not evidence).",
+        "reachable (fewer than 1/FAR impostor pairs). At a low FAR the threshold rests on the few highest impostor "
+        "scores (the number allowed is printed under each table), so TAR there is noisy.",
+        "Differences between arms: accuracy — mean over the same 10 folds with ± 2 standard errors of the paired "
+        f"fold differences; TAR — a paired bootstrap ({BOOTSTRAP_REPS} replicates, genuine and impostor pairs "
+        "resampled separately, both arms scored on the same draws), 95% percentile interval. Pairs sharing images "
+        "are not independent, so the intervals are if anything too narrow: an interval holding 0 is 'within noise'.",
     )
 
 
 def _set_section(report: Report, s: EvalSet, models: Sequence[ModelRef], res: dict[str, Any],
-                 fars: Sequence[float]) -> None:
+                 comparisons: dict[str, Any], fars: Sequence[float]) -> None:
     report.section(f"Results — {s.name}")
     first = next(iter(res.values()))
     report.text(f"{first['genuine_pairs']} genuine / {first['impostor_pairs']} impostor pairs for TAR@FAR; "
                 f"{first['balanced_pairs_per_kind']} + {first['balanced_pairs_per_kind']} pairs for accuracy.")
-    rows = []
-    for m in models:
-        r = res[m.name]
-        rows.append([m.name, f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}", f"{r['auc']:.4f}",
-                     *(_tar_cell(r, far) for far in fars)])
-    report.table(["arm", "accuracy % (10-fold)", "AUC", *(f"TAR@{fmt_far(f)} %" for f in fars)], rows)
-    report.text(*_verdicts(models, res, fars))
+    rows = [[m.name, f"{100 * res[m.name]['accuracy']:.2f} ± {100 * res[m.name]['accuracy_std']:.2f}",
+             f"{res[m.name]['auc']:.4f}", *(fmt_pct(res[m.name]["tar_at_far"][far]) for far in fars)] for m in models]
+    report.table(["arm", "accuracy % (10-fold, ± fold std)", "AUC", *(f"TAR@{fmt_far(f)} %" for f in fars)], rows)
+    report.text("False accepts the threshold allows at each FAR: " + ", ".join(
+        f"{fmt_far(far)}: {first['false_accepts_allowed'][far] or 'n/r'}" for far in fars) + ".")
+    report.text(*(_verdict(name, c, fars) for name, c in comparisons.items()))
     report.image(_roc_figure(s.name, models, res), f"roc_{s.name.split()[0].lower()}.png",
                  f"ROC on every within-set pair, {s.name}")
 
 
-def _tar_cell(r: dict[str, Any], far: float) -> str:
-    t = r["tar_at_far"][far]
-    if t is None:
-        return "n/r"
-    return f"{100 * t:.2f} ± {100 * r['tar_binomial_se'][far]:.2f}"
-
-
-def _verdicts(models: Sequence[ModelRef], res: dict[str, Any], fars: Sequence[float]) -> list[str]:
-    """Plain-language comparison of each arm with the first (the baseline); 'within noise' below 2 standard errors."""
-    lines = []
-    names = [m.name for m in models]
-    pairs = [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
-    for a, b in pairs:
-        ra, rb = res[a], res[b]
-        d_acc = rb["accuracy"] - ra["accuracy"]
-        se_acc = np.hypot(ra["accuracy_std"], rb["accuracy_std"]) / np.sqrt(10)
-        parts = [f"accuracy {100 * d_acc:+.2f} pts ({_noise(d_acc, se_acc)})"]
-        for far in fars:
-            ta, tb = ra["tar_at_far"][far], rb["tar_at_far"][far]
-            if ta is None or tb is None:
-                continue
-            se = np.hypot(ra["tar_binomial_se"][far], rb["tar_binomial_se"][far])
-            parts.append(f"TAR@{fmt_far(far)} {100 * (tb - ta):+.2f} pts ({_noise(tb - ta, se)})")
-        parts.append(f"AUC {rb['auc'] - ra['auc']:+.4f}")
-        lines.append(f"- **{b}** vs **{a}**: " + ", ".join(parts) + ".")
-    return lines
-
-
-def _noise(diff: float, se: float) -> str:
-    if diff == 0:
-        return "equal"
-    if abs(diff) <= 2 * se:
-        return "within noise"
-    return "better" if diff > 0 else "worse"
+def _verdict(name: str, c: dict[str, Any], fars: Sequence[float]) -> str:
+    lo, hi = c["accuracy_interval"]
+    acc_tag = "within noise" if lo <= 0 <= hi else "better" if lo > 0 else "worse"
+    parts = [f"accuracy {100 * c['accuracy_diff']:+.2f} pts [{100 * lo:+.2f}, {100 * hi:+.2f}]: {acc_tag}"]
+    parts += [f"TAR@{fmt_far(far)} {diff_verdict(c['tar_diff'][far], c['tar_interval'][far])}"
+              for far in fars if c["tar_diff"][far] is not None]
+    return f"- **{name}**: " + "; ".join(parts) + f"; AUC {c['auc_diff']:+.4f}."
 
 
 def _roc_figure(title: str, models: Sequence[ModelRef], res: dict[str, Any]):

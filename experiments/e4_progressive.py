@@ -21,8 +21,9 @@ from eqface.aggregation import PAPER_F_TH, PAPER_S_TH, ProgressiveQWFA
 from eqface.eval.pairs import all_pairs
 from eqface.eval.roc import auc, format_tar_header, format_tar_row, roc_curve, tar_at_far
 from experiments.common import (
-    DEFAULT_DATA_DIR, DEFAULT_RUN, RESULTS_DIR, Embeddings, ModelRef, Report, command_line, embed_images, fmt_far,
-    held_out_source, load_model_ref, new_figure, source_images,
+    BOOTSTRAP_REPS, DEFAULT_DATA_DIR, DEFAULT_RUN, RESULTS_DIR, Embeddings, ModelRef, Report, command_line,
+    diff_verdict, embed_images, fmt_far, held_out_source, load_model_ref, new_figure, paired_bootstrap_tar,
+    source_images,
 )
 from experiments.degraded_frames import KINDS, draw_degradations, embed_frames, quality_by_condition
 
@@ -158,12 +159,19 @@ def run_e4(
     pooled = {n: np.concatenate(v) for n, v in scores.items()}
     results = {n: {"tar_at_far": tar_at_far(s, issame, fars), "auc": auc(s, issame)} for n, s in pooled.items()}
     best_tar, best_auc = _best(results, select_far)
+    comparisons = {}
+    for a, b in _comparison_pairs(best_tar):
+        comparisons[f"{b} vs {a}"] = {
+            "tar_diff": {far: _diff(results[b]["tar_at_far"][far], results[a]["tar_at_far"][far]) for far in fars},
+            "interval": paired_bootstrap_tar(pooled[a], pooled[b], issame, fars, seed=seed),
+            "auc_diff": results[b]["auc"] - results[a]["auc"],
+        }
     report.figures.update({
         "model": ref.describe(), "refs_per_id": refs, "queries_per_id": queries, "degrade_p": degrade_p,
         "strength": strength, "kinds": KINDS, "repeats": repeats, "seed": seed, "counts": _counts(draws, labels),
         "genuine_pairs": int(issame.sum()), "impostor_pairs": int((~issame).sum()), "results": results,
         "per_repeat_tar_at_select_far": per_repeat, "select_far": select_far,
-        "best_by_tar": best_tar, "best_by_auc": best_auc,
+        "best_by_tar": best_tar, "best_by_auc": best_auc, "comparisons": comparisons, "bootstrap_reps": BOOTSTRAP_REPS,
         "merged_fraction": {n: float(np.mean(v)) for n, v in merged.items()},
         "quality_by_condition": quality_by_condition(np.concatenate([d.query.quality for d in draws]),
                                                      np.concatenate([d.kind for d in draws])),
@@ -179,6 +187,18 @@ def _counts(draws: Sequence[QueryDraw], labels: np.ndarray) -> dict[str, int]:
     distractors = sum(len(np.setdiff1d(np.unique(labels[d.query_idx]), d.enrolled)) for d in draws)
     return {"reference": sum(len(d.ref_idx) for d in draws), "query": sum(len(d.query_idx) for d in draws),
             "enrolled_ids": sum(len(d.enrolled) for d in draws), "distractor_ids": int(distractors)}
+
+
+def _comparison_pairs(best: str) -> list[tuple[str, str]]:
+    """(a, b) pairs reported as b − a: the best pair against no fusion and against ungated Eq. 7, the paper's pair
+    against the best, quality weighting within ungated fusion, and the strict seed against the re-seeding one."""
+    paper = sweep_name(PAPER_F_TH, PAPER_S_TH)
+    pairs = [(BASELINE, best), (NO_GATES, best), (best, paper), (RUNNING_MEAN, NO_GATES), (paper, STRICT)]
+    return [(a, b) for a, b in pairs if a != b]
+
+
+def _diff(b: float | None, a: float | None) -> float | None:
+    return None if a is None or b is None else b - a
 
 
 def _best(results: dict[str, Any], far: float) -> tuple[str, str]:
@@ -249,14 +269,13 @@ def _verdicts(f: dict[str, Any], far: float) -> list[str]:
     lines = []
     for label, name in (("by TAR@" + fmt_far(far), f["best_by_tar"]), ("by AUC", f["best_by_auc"])):
         r = res[name]
-        lines.append(f"- Best {label}: **{name}** — TAR@{fmt_far(far)} {_pct(r['tar_at_far'][far])}% "
+        lines.append(f"- Best swept pair {label}: **{name}** — TAR@{fmt_far(far)} {_pct(r['tar_at_far'][far])}% "
                      f"(baseline {_pct(base['tar_at_far'][far])}%), AUC {r['auc']:.5f} (baseline {base['auc']:.5f}).")
-    paper = res[sweep_name(PAPER_F_TH, PAPER_S_TH)]
-    lines.append(f"- The paper's choice f_th={PAPER_F_TH}, s_th={PAPER_S_TH}: TAR@{fmt_far(far)} "
-                 f"{_pct(paper['tar_at_far'][far])}%, AUC {paper['auc']:.5f}.")
-    for n in (NO_GATES, RUNNING_MEAN):
-        lines.append(f"- {n}: TAR@{fmt_far(far)} {_pct(res[n]['tar_at_far'][far])}%, AUC {res[n]['auc']:.5f} — "
-                     "separates the gain of fusing frames at all from the gain of the quality gates.")
+    lines.append("Paired differences (b − a; 95% bootstrap interval over pairs, both scored on the same draws):")
+    for name, c in f["comparisons"].items():
+        parts = [f"@{fmt_far(x)} {diff_verdict(d, c['interval'][x])}" for x, d in c["tar_diff"].items()
+                 if d is not None]
+        lines.append(f"- **{name}**: " + "; ".join(parts) + f"; AUC {c['auc_diff']:+.5f}.")
     return lines
 
 

@@ -21,6 +21,11 @@ from eqface.train.pipeline import train_pipeline
 from experiments.common import ModelRef, load_model_ref
 
 
+@pytest.fixture(autouse=True)
+def few_bootstrap_replicates(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("experiments.common.BOOTSTRAP_REPS", 20)  # the experiments use 200; the smoke test checks plumbing
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_run")
@@ -86,6 +91,7 @@ def test_e2_qw_training(tiny_run: Path, tiny_model: ModelRef, faces, tmp_path: P
     stored = _check_outputs(tmp_path, figures, pngs=1)
     r = stored["results"]["synthetic set"]["step3 QW"]
     assert 0 <= r["accuracy"] <= 1 and r["tar_at_far"]["1e-05"] is None  # too few impostors: not reachable
+    assert set(stored["comparisons"]["synthetic set"]) == {"step3 QW vs step1"}
     assert "`train.step3_quality`" in (tmp_path / "report.md").read_text()
 
 
