@@ -1,10 +1,13 @@
 # syntax=docker/dockerfile:1
-# Two images from one file (how to build and push: components/README.md):
+# Three images from one file (how to build and push: components/README.md):
 #   train    CUDA build of torch + eqface[export,pipeline]: the image every Kubeflow component runs in
 #            (components/images.py TRAINING_IMAGE). GPUs come from the NVIDIA container runtime; the CUDA libraries
 #            come with the torch wheel, so the base is plain Python.
 #   service  slim: the aggregation service (python -m eqface.service) with only its own dependencies (no torch).
+#   triton   NVIDIA's Triton server (onnxruntime backend for eqface_onnx) + what the python-backend `preprocess`
+#            model imports from eqface (decoding and normalisation: numpy and Pillow, no torch).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:25.11-py3
 
 FROM ${PYTHON_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -61,3 +64,16 @@ RUN pip install --no-deps /wheels/eqface-*.whl \
 USER 10001
 EXPOSE 50051 9464
 ENTRYPOINT ["python", "-m", "eqface.service"]
+
+# --------------------------------------------------------------------------------------------- Triton server
+FROM ${TRITON_IMAGE} AS triton
+COPY --from=wheel /wheels /wheels
+# The image's system Python runs the python backend; eqface goes in without its training dependencies. That Python
+# may be newer than the 3.11 pyproject.toml declares for training; the preprocessing code needs only numpy + Pillow.
+RUN python3 -m pip install --no-cache-dir --break-system-packages "numpy>=1.26,<2" "pillow>=10,<14" \
+ && python3 -m pip install --no-cache-dir --break-system-packages --no-deps --ignore-requires-python /wheels/eqface-*.whl \
+ && python3 -c "import sys, eqface.contract, eqface.data.image_ops; assert 'torch' not in sys.modules"
+# uid 1000 is the image's own triton-server user (manifests/ run it as 1000, read-only root filesystem).
+USER 1000
+EXPOSE 8000 8001 8002
+ENTRYPOINT ["tritonserver"]

@@ -8,3 +8,4 @@ REGISTRY = "ghcr.io/eqface-mlops"
 VERSION = "0.1.0"
 TRAINING_IMAGE = f"{REGISTRY}/eqface-train:{VERSION}"  # CUDA torch + eqface[export,pipeline]: every component
 SERVICE_IMAGE = f"{REGISTRY}/eqface-service:{VERSION}"  # slim: python -m eqface.service (not used by the pipeline)
+TRITON_IMAGE = f"{REGISTRY}/eqface-triton:{VERSION}"  # Triton + eqface preprocessing (manifests/, not the pipeline)

@@ -173,11 +173,16 @@ def build_pipeline(
             _light(release, cluster, cpu="1", memory="4Gi", cache=False)
             _mount(release, cluster.models_pvc, cluster.models_mount)
             _object_store_secret(release, cluster)
+            # manifests/: Triton's NetworkPolicy admits model-control calls only from pods with this label.
+            kubernetes.add_pod_label(release, TRITON_CLIENT_LABEL, "true")
 
         return Outputs(metrics=scores.outputs["metrics"], report=scores.outputs["report"],
                        onnx_model=onnx.outputs["onnx_model"])
 
     return eqface_training
+
+
+TRITON_CLIENT_LABEL = "eqface.io/triton-client"
 
 
 def compile_pipeline(

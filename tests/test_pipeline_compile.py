@@ -104,6 +104,7 @@ def test_deploy_runs_only_when_evaluate_passes(compiled):
     k8s = platform["deploymentSpec"]["executors"]["exec-deploy-triton"]
     assert k8s["pvcMount"][0]["mountPath"] == "/mnt/models"
     assert k8s["secretAsEnv"][0]["secretName"] == "eqface-object-store" and k8s["secretAsEnv"][0]["optional"]
+    assert k8s["podMetadata"]["labels"] == {"eqface.io/triton-client": "true"}  # let through Triton's NetworkPolicy
 
 
 def test_caching_choices(compiled):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from dockerfile_parse import DockerfileParser
 
-from components.images import SERVICE_IMAGE, TRAINING_IMAGE
+from components.images import SERVICE_IMAGE, TRAINING_IMAGE, TRITON_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -60,10 +60,19 @@ def extra_names(*extras: str) -> set[str]:
     return names
 
 
-def test_two_images_from_one_multi_stage_file(stages):
-    assert set(stages) == {"base", "wheel", "train", "service"}
+def test_three_images_from_one_multi_stage_file(stages):
+    assert set(stages) == {"base", "wheel", "train", "service", "triton"}
     assert values(stages["service"], "ENTRYPOINT") == ['["python", "-m", "eqface.service"]']
     assert values(stages["service"], "USER") == ["10001"]
+    assert values(stages["triton"], "ENTRYPOINT") == ['["tritonserver"]']
+    assert values(stages["triton"], "USER") == ["1000"]  # the uid manifests/ runs Triton as
+
+
+def test_the_triton_image_has_the_preprocessing_without_torch(stages):
+    run = " ".join(values(stages["triton"], "RUN"))
+    assert "--no-deps" in run and "'torch' not in sys.modules" in run and "import sys, eqface.contract" in run
+    manifest = (ROOT / "manifests" / "base" / "triton" / "deployment.yaml").read_text()
+    assert f"image: {TRITON_IMAGE}" in manifest
 
 
 def test_the_training_image_pins_torch_to_a_cuda_wheel_index(stages):
@@ -107,6 +116,7 @@ def test_the_service_image_gets_only_the_service_dependencies(stages, tmp_path):
 def test_image_names_follow_the_package_version():
     assert TRAINING_IMAGE.endswith(f"/eqface-train:{PYPROJECT['version']}")
     assert SERVICE_IMAGE.endswith(f"/eqface-service:{PYPROJECT['version']}")
+    assert TRITON_IMAGE.endswith(f"/eqface-triton:{PYPROJECT['version']}")
 
 
 def test_the_build_context_holds_what_the_dockerfile_copies(stages):
