@@ -293,9 +293,9 @@ class Report:
         self.lines += [table, ""]
         return table
 
-    def image(self, fig: Figure, filename: str, caption: str) -> Path:
+    def image(self, fig: Figure, filename: str, caption: str, dpi: int = 110) -> Path:
         path = self.out_dir / filename
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
         self.pngs.append(filename)
         self.lines += [f"![{caption}]({filename})", "", f"*{caption}*", ""]
         return path

@@ -161,7 +161,11 @@ def _set_section(report: Report, s: EvalSet, models: Sequence[ModelRef], res: di
     report.table(["arm", "accuracy % (10-fold, ± fold std)", "AUC", *(f"TAR@{fmt_far(f)} %" for f in fars)], rows)
     report.text("False accepts the threshold allows at each FAR: " + ", ".join(
         f"{fmt_far(far)}: {first['false_accepts_allowed'][far] or 'n/r'}" for far in fars) + ".")
+    thin = [fmt_far(far) for far in fars if (first["false_accepts_allowed"][far] or 0) in range(1, 10)]
     report.text(*(_verdict(name, c, fars) for name, c in comparisons.items()))
+    if thin:
+        report.text(f"Caution: at FAR {', '.join(thin)} the threshold rests on fewer than 10 impostor pairs; a jump "
+                    "there can come from one or two look-alike pairs, so read those columns as anecdotes.")
     report.image(_roc_figure(s.name, models, res), f"roc_{s.name.split()[0].lower()}.png",
                  f"ROC on every within-set pair, {s.name}")
 

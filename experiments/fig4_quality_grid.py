@@ -57,7 +57,7 @@ def run_fig4(
                  + [[len(order) - 4 + k, names[i], f"{q[i]:.3f}"] for k, i in enumerate(order[-5:])])
     report.section("Grid")
     report.image(_grid(images, q, picked, columns), "quality_grid.png",
-                 "Faces sorted by predicted quality (value under each face)")
+                 "Faces sorted by predicted quality (value under each face)", dpi=80)
     report.write(command)
     return report.figures
 
