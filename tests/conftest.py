@@ -14,6 +14,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Fixtures shared by several modules: trained/exported tiny models, a real Triton server per module.
+pytest_plugins = ["tests.support.models", "tests.support.triton"]
+
 
 def shared_data_dir() -> Path | None:
     """The read-only real-data folder (../shared/data beside the checkout, or $EQFACE_SHARED_DATA)."""

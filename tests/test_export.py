@@ -14,7 +14,6 @@ from eqface.export.onnx import OnnxContractError, onnx_session, run_onnx, verify
 from eqface.export.parity import PARITY_TOLERANCE, parity_by_batch_size
 from tests.support.images import FACE_PACK, preprocess_like_training
 
-pytest_plugins = ["tests.support.models"]
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,6 @@ from tests.support.service import (
     wait_serving,
 )
 
-pytest_plugins = ["tests.support.models", "tests.support.triton"]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 

@@ -20,7 +20,6 @@ from eqface import contract
 from eqface.serving.client import infer_images
 from eqface.serving.launcher import TritonServer, TritonStartError
 
-pytest_plugins = ["tests.support.models", "tests.support.triton"]
 pytestmark = pytest.mark.integration
 
 

@@ -16,7 +16,6 @@ from eqface.serving.client import image_input, infer_images, infer_tensor, tenso
 from eqface.serving.metrics import scrape_inference_counts
 from tests.support.images import preprocess_like_training
 
-pytest_plugins = ["tests.support.models", "tests.support.triton"]
 pytestmark = pytest.mark.integration
 ATOL = 1e-5  # same ONNX file, same onnxruntime; only the batch it ran in may differ
 

@@ -2,7 +2,7 @@
 
 The network is MobileFaceNet (112×96, 128-d) with its real pretrained backbone weights from ../shared/data/weights;
 its quality branch is freshly initialised from a fixed seed (parity and serving do not depend on what the branch
-learned). Faces are the CelebA pack's JPEG files, byte for byte. Use with ``pytest_plugins = ["tests.support.models"]``.
+learned). Faces are the CelebA pack's JPEG files, byte for byte. Registered in tests/conftest.py (``pytest_plugins``).
 """
 
 from __future__ import annotations

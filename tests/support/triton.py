@@ -1,6 +1,6 @@
 """Fixtures that own a real Triton server (the one in the nvidia-pytriton wheel) for the serving tests.
 
-Use with ``pytest_plugins = ["tests.support.models", "tests.support.triton"]``: each test module gets one server on
+Registered in tests/conftest.py (``pytest_plugins``): each test module gets one server on
 free ports, started after a readiness wait and stopped even when tests fail. The server's log is printed when it
 does not start, and on teardown when a test of the module failed.
 """
