@@ -1,8 +1,9 @@
 """Training-step cost of Eq. 6 + the quality branch versus a plain combined-margin step on the same backbone.
 
-Steps are timed in interleaved rounds (A, B, C, … then again) in one process so machine noise hits all variants alike;
-the report gives the median step time of each variant and its ratio to the plain step (target for "eq6+quality":
-≤ 1.05×). Variants:
+Steps are timed in interleaved rounds (every variant once per round, in a fresh random order) in one process so machine
+noise hits all variants alike; the report gives the median step time of each variant and its ratio to the plain step
+(target for "eq6+quality": ≤ 1.05×). "plain (A/A)" is a second, identical plain step: its ratio is the noise floor.
+Variants:
   plain            backbone fwd/bwd + classifier + combined-margin loss (Eq. 3; Step 1)
   eq6+quality      the same, plus the quality branch fwd/bwd and s_i·S scaling (Eq. 6, everything trainable)
   step2            frozen backbone (no grad), quality branch trained (Step 2)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -65,15 +67,15 @@ def build_variants(args: argparse.Namespace, device: torch.device) -> dict[str, 
     cfg = ModelConfig(backbone=args.backbone, embedding_size=args.embedding, image_size=tuple(args.image_size))
     loss_fn = CombinedMarginLoss(MarginConfig())
     variants = {}
-    for name in ("plain", "eq6+quality", "step2", "step3-precomp", "step3-online"):
+    for name in ("plain", "plain (A/A)", "eq6+quality", "step2", "step3-precomp", "step3-online"):
         torch.manual_seed(0)
         net, classifier = build_model(cfg).to(device), NormalizedClassifier(args.embedding, args.classes).to(device)
-        if name in ("plain", "eq6+quality"):
+        if name in ("plain", "plain (A/A)", "eq6+quality"):
             params = list(net.backbone.parameters()) + list(classifier.parameters())
             params += list(net.quality.parameters()) if name == "eq6+quality" else []
             net.train()
             opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
-            variants[name] = (plain_step if name == "plain" else eq6_step)(net, classifier, loss_fn, opt)
+            variants[name] = (eq6_step if name == "eq6+quality" else plain_step)(net, classifier, loss_fn, opt)
             continue
         step = Step.TWO if name == "step2" else Step.THREE
         teacher = copy.deepcopy(net) if name == "step3-online" else None
@@ -100,25 +102,31 @@ def main() -> None:
     x = torch.randn(args.batch, 3, *args.image_size, device=device)
     y = torch.randint(0, args.classes, (args.batch,), device=device)
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}  # process CPU seconds: less sensitive to other load
     for run in variants.values():  # warm-up
         run(x, y)
+    order = random.Random(0)
     for _ in range(args.rounds):
-        for name, run in variants.items():
+        names = list(variants)
+        order.shuffle(names)
+        for name in names:
+            run = variants[name]
             for _ in range(args.steps):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 run(x, y)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - t)
-    base = statistics.median(times["plain"])
+                cpu[name].append(time.process_time() - c)
+    base, cpu_base = statistics.median(times["plain"]), statistics.median(cpu["plain"])
     print(f"{args.backbone} {args.image_size[0]}x{args.image_size[1]} batch {args.batch} on {device}, "
           f"{args.rounds}×{args.steps} interleaved steps per variant, torch threads {torch.get_num_threads()}")
-    print(f"{'variant':<15} {'median ms':>10} {'vs plain':>9}")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"{name:<15} {1000 * med:>10.1f} {med / base:>8.3f}x")
+    print(f"{'variant':<15} {'wall ms':>9} {'vs plain':>9} {'CPU ms':>9} {'vs plain':>9}")
+    for name in variants:
+        wall, proc = statistics.median(times[name]), statistics.median(cpu[name])
+        print(f"{name:<15} {1000 * wall:>9.1f} {wall / base:>8.3f}x {1000 * proc:>9.1f} {proc / cpu_base:>8.3f}x")
 
 
 if __name__ == "__main__":
