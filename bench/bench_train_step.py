@@ -53,7 +53,9 @@ def eq6_step(net, classifier, loss_fn, opt) -> Callable[[torch.Tensor, torch.Ten
     return run
 
 
-def step_model_step(model: StepModel, opt, quality: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def step_model_step(
+    model: StepModel, opt, quality: torch.Tensor | None
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
     def run(x: torch.Tensor, y: torch.Tensor) -> None:
         out = model(x, y, quality)
         opt.zero_grad(set_to_none=True)
@@ -121,8 +123,10 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t)
                 cpu[name].append(time.process_time() - c)
     base, cpu_base = statistics.median(times["plain"]), statistics.median(cpu["plain"])
-    print(f"{args.backbone} {args.image_size[0]}x{args.image_size[1]} batch {args.batch} on {device}, "
-          f"{args.rounds}×{args.steps} interleaved steps per variant, torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.backbone} {args.image_size[0]}x{args.image_size[1]} batch {args.batch} on {device}, "
+        f"{args.rounds}×{args.steps} interleaved steps per variant, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'variant':<15} {'wall ms':>9} {'vs plain':>9} {'CPU ms':>9} {'vs plain':>9}")
     for name in variants:
         wall, proc = statistics.median(times[name]), statistics.median(cpu[name])

@@ -69,6 +69,21 @@ def test_main_job_prints_accuracy_and_quality(tmp_path, capsys) -> None:
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert 0 <= summary["verification"]["accuracy"] <= 1 and summary["quality"]["n"] == 24
     # a single step from a checkpoint, into another folder
-    assert main(["train", "--preset", "test", "--step", "2", "--init", str(tmp_path / "run" / "step1" / "final.pt"),
-                 "--out", str(tmp_path / "step2"), "--no-summary"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "test",
+                "--step",
+                "2",
+                "--init",
+                str(tmp_path / "run" / "step1" / "final.pt"),
+                "--out",
+                str(tmp_path / "step2"),
+                "--no-summary",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "step2" / "final.pt").is_file()

@@ -29,8 +29,15 @@ def test_paper_preset_is_the_paper_schedule() -> None:
 def test_overrides_coerce_types() -> None:
     cfg = apply_overrides(
         preset("demo"),
-        ["train.step1.lr=0.05", "train.step1.milestones=[3, 5]", "model.image_size=[112,96]",
-         "train.step3_from_scratch=true", "data.on_error=skip", "train.qwdf_threshold=0.2", "model.backbone=iresnet50"],
+        [
+            "train.step1.lr=0.05",
+            "train.step1.milestones=[3, 5]",
+            "model.image_size=[112,96]",
+            "train.step3_from_scratch=true",
+            "data.on_error=skip",
+            "train.qwdf_threshold=0.2",
+            "model.backbone=iresnet50",
+        ],
     )
     assert cfg.train.step1.lr == 0.05 and cfg.train.step1.milestones == (3, 5)
     assert cfg.model.image_size == (112, 96) and cfg.train.step3_from_scratch is True

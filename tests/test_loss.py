@@ -57,7 +57,9 @@ def test_safe_beyond_pi() -> None:
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(cos.grad).all() and torch.isfinite(s.grad).all()
     # θ + m2 > π: the linear continuation m1·(cos θ − (1 − cos m2)) − m3; at cos θ = −0.99: −1.034534
-    assert loss_fn.target_logit(torch.tensor(-0.99)).item() == pytest.approx(-0.99 - (1 - math.cos(0.3)) - 0.2, abs=1e-6)
+    assert loss_fn.target_logit(torch.tensor(-0.99)).item() == pytest.approx(
+        -0.99 - (1 - math.cos(0.3)) - 0.2, abs=1e-6
+    )
 
 
 def test_target_logit_is_continuous_and_decreasing_in_theta() -> None:

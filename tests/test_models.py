@@ -41,7 +41,10 @@ def test_unknown_backbone_lists_the_valid_names() -> None:
 
 def test_iresnet_parameter_counts_match_arcface() -> None:
     # insightface's published sizes (backbone only): r18 24.0M, r50 43.6M, r100 65.2M.
-    counts = {n: sum(p.numel() for p in BACKBONES.create(n).parameters()) / 1e6 for n in ("iresnet18", "iresnet50", "iresnet100")}
+    counts = {
+        n: sum(p.numel() for p in BACKBONES.create(n).parameters()) / 1e6
+        for n in ("iresnet18", "iresnet50", "iresnet100")
+    }
     assert counts["iresnet18"] == pytest.approx(24.03, abs=0.05)
     assert counts["iresnet50"] == pytest.approx(43.59, abs=0.05)
     assert counts["iresnet100"] == pytest.approx(65.16, abs=0.05)

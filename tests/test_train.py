@@ -79,8 +79,22 @@ def test_resuming_with_another_config_is_refused(finished_run: Path) -> None:
 
 
 def _train_cmd(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "eqface.cli", "train", "--preset", "test", "--out", str(out), "--no-summary",
-            "--set", "train.checkpoint_every=1", "--set", "train.step1.epochs=6", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "eqface.cli",
+        "train",
+        "--preset",
+        "test",
+        "--out",
+        str(out),
+        "--no-summary",
+        "--set",
+        "train.checkpoint_every=1",
+        "--set",
+        "train.step1.epochs=6",
+        *extra,
+    ]
 
 
 def _kill_when_checkpointed(proc: subprocess.Popen, ckpt: Path, min_iteration: int, timeout: float = 120) -> int:
@@ -126,9 +140,26 @@ def test_ddp_with_gloo_world_size_2(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "eqface.cli",
-           "train", "--preset", "test", "--out", str(out), "--no-summary", "--set", "train.batch_size=8"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={port}",
+        "-m",
+        "eqface.cli",
+        "train",
+        "--preset",
+        "test",
+        "--out",
+        str(out),
+        "--no-summary",
+        "--set",
+        "train.batch_size=8",
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "model.pt").is_file()
     # each rank took half of the data: 64 training images / (8 per rank × 2 ranks) = 4 steps per epoch

@@ -9,8 +9,11 @@ from eqface.config import to_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="print the resolved configuration as JSON",
-                       description="Prints the configuration a preset plus --set overrides resolves to.")
+    p = sub.add_parser(
+        "config",
+        help="print the resolved configuration as JSON",
+        description="Prints the configuration a preset plus --set overrides resolves to.",
+    )
     add_config_options(p)
     p.set_defaults(func=run)
 

@@ -12,17 +12,25 @@ from eqface.config import PRESETS, EQFaceConfig, apply_overrides, config_from_di
 def add_config_options(parser: argparse.ArgumentParser, default_preset: str = "demo") -> None:
     group = parser.add_argument_group("configuration")
     group.add_argument(
-        "--preset", default=default_preset, choices=sorted(PRESETS),
-        help=f"starting configuration (default: %(default)s). demo: tiny backbone on built-in synthetic faces, a few "
-        f"minutes on a CPU; test: seconds; mobilefacenet-celeba: pretrained MobileFaceNet + CelebA pack from "
-        f"../shared/data; paper: IResNet-100 with the paper's schedules",
+        "--preset",
+        default=default_preset,
+        choices=sorted(PRESETS),
+        help="starting configuration (default: %(default)s). demo: tiny backbone on built-in synthetic faces, a few "
+        "minutes on a CPU; test: seconds; mobilefacenet-celeba: pretrained MobileFaceNet + CelebA pack from "
+        "../shared/data; paper: IResNet-100 with the paper's schedules",
     )
     group.add_argument(
-        "--config", type=Path, metavar="FILE",
+        "--config",
+        type=Path,
+        metavar="FILE",
         help="a config.json written by an earlier run (replaces --preset)",
     )
     group.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one field, e.g. --set train.step1.lr=0.05 --set model.backbone=iresnet50 "
         "(repeatable; values are JSON, e.g. train.step1.milestones=[6,9]; see `eqface config` for every key)",
     )

@@ -13,7 +13,8 @@ STEPS = {"all": None, "1": "step1", "2": "step2", "3": "step3"}
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train EQFace (Step 1 → 2 → 3 → 2) and report accuracy and quality",
+        "train",
+        help="train EQFace (Step 1 → 2 → 3 → 2) and report accuracy and quality",
         description="Trains the EQFace pipeline into --out. Re-running the same command resumes an interrupted run "
         "(mid-epoch, from the last checkpoint). Under torchrun it trains with DistributedDataParallel "
         "(NCCL on GPUs, gloo on CPU).",
@@ -21,10 +22,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_config_options(p)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (checkpoints, logs, model.pt)")
-    p.add_argument("--step", choices=sorted(STEPS), default="all",
-                   help="all: the whole pipeline; 1/2/3: only that step, into --out (Steps 2 and 3 need --init)")
-    p.add_argument("--init", type=Path, metavar="FINAL_PT",
-                   help="for --step 2/3: the previous step's final.pt (Step 2 after 1 or 3, Step 3 after 2)")
+    p.add_argument(
+        "--step",
+        choices=sorted(STEPS),
+        default="all",
+        help="all: the whole pipeline; 1/2/3: only that step, into --out (Steps 2 and 3 need --init)",
+    )
+    p.add_argument(
+        "--init",
+        type=Path,
+        metavar="FINAL_PT",
+        help="for --step 2/3: the previous step's final.pt (Step 2 after 1 or 3, Step 3 after 2)",
+    )
     p.add_argument("--no-summary", action="store_true", help="skip the held-out evaluation at the end")
     p.set_defaults(func=run)
 

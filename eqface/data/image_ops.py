@@ -110,7 +110,10 @@ def warp_similarity(img: np.ndarray, matrix: np.ndarray, size: tuple[int, int], 
     inverse = np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))[:2]
     fill_value = int(img.mean()) if fill is None else fill
     out = Image.fromarray(img).transform(
-        (size[1], size[0]), Image.AFFINE, tuple(inverse.ravel()), resample=Image.BILINEAR,
+        (size[1], size[0]),
+        Image.AFFINE,
+        tuple(inverse.ravel()),
+        resample=Image.BILINEAR,
         fillcolor=(fill_value,) * 3,
     )
     return np.asarray(out)

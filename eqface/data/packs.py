@@ -34,7 +34,11 @@ def load_pack(path: str | Path, include_bad: bool = False, align: bool = True) -
         raise ValueError(f"{path.name}: no label array (expected one of {', '.join(_LABEL_KEYS)})")
     labels = data[label_key].astype(np.int64)
     n = len(labels)
-    names = [f"{path.name}:{f}" for f in data["filename"]] if "filename" in data else [f"{path.name}:#{i}" for i in range(n)]
+    names = (
+        [f"{path.name}:{f}" for f in data["filename"]]
+        if "filename" in data
+        else [f"{path.name}:#{i}" for i in range(n)]
+    )
     extras = {k: v for k, v in data.items() if v.shape[:1] == (n,) and k not in ("images", label_key, "filename")}
     if "jpeg_bytes" in data:
         blob, offsets = data["jpeg_bytes"], data["jpeg_offsets"]

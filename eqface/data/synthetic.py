@@ -46,7 +46,9 @@ def identity_prototype(rng: np.random.Generator, size: tuple[int, int]) -> np.nd
         draw.ellipse([ex - eye_r * 1.6, eye_y - eye_r, ex + eye_r * 1.6, eye_y + eye_r], fill=(245, 245, 245))
         draw.ellipse([ex - eye_r, eye_y - eye_r, ex + eye_r, eye_y + eye_r], fill=iris)
         brow_y = eye_y - rng.uniform(1.8, 3.0) * eye_r
-        draw.line([ex - 2 * eye_r, brow_y + sx * rng.uniform(-2, 2), ex + 2 * eye_r, brow_y], fill=(40, 30, 20), width=3)
+        draw.line(
+            [ex - 2 * eye_r, brow_y + sx * rng.uniform(-2, 2), ex + 2 * eye_r, brow_y], fill=(40, 30, 20), width=3
+        )
     nose_len = rng.uniform(0.08, 0.16) * h
     draw.line([cx, eye_y + eye_r, cx + rng.uniform(-3, 3), eye_y + eye_r + nose_len], fill=(90, 60, 50), width=2)
     mouth_y, mouth_w = eye_y + eye_r + nose_len + rng.uniform(0.06, 0.12) * h, rng.uniform(0.12, 0.24) * w
@@ -71,7 +73,9 @@ def render_sample(proto: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     angle = rng.uniform(-8, 8)
     scale = rng.uniform(0.94, 1.06)
     shift = rng.uniform(-0.03, 0.03, size=2) * (w, h)
-    img = Image.fromarray(composed).rotate(angle, resample=Image.BILINEAR, translate=tuple(shift), fillcolor=(60, 60, 60))
+    img = Image.fromarray(composed).rotate(
+        angle, resample=Image.BILINEAR, translate=tuple(shift), fillcolor=(60, 60, 60)
+    )
     if scale != 1.0:
         sw, sh = int(round(w * scale)), int(round(h * scale))
         img = img.resize((sw, sh), Image.BILINEAR)

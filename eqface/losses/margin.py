@@ -5,7 +5,8 @@ target logit = s_i·S·(m1·cos(θ_y + m2) − m3), other logits = s_i·S·cos �
 
 Beyond θ_y + m2 > π, cos(θ_y + m2) would start *rising* again and reward a worse angle. There the target term
 continues linearly in cos θ instead: m1·(cos θ − (1 − cos m2)) − m3, which meets the margin curve at θ = π − m2
-(both equal −m1 − m3) and keeps decreasing in θ. sin θ is computed as sqrt(max(1 − cos² θ, ε)) so that no gradient is infinite at cos θ = ±1.
+(both equal −m1 − m3) and keeps decreasing in θ. sin θ is computed as sqrt(max(1 − cos² θ, ε)) so that no gradient
+is infinite at cos θ = ±1.
 """
 
 from __future__ import annotations

@@ -68,7 +68,12 @@ class IResNet(Backbone):
         return self.features(self.fc(self.dropout(torch.flatten(fmap, 1))))
 
 
-_DEPTHS = {"iresnet18": (2, 2, 2, 2), "iresnet34": (3, 4, 6, 3), "iresnet50": (3, 4, 14, 3), "iresnet100": (3, 13, 30, 3)}
+_DEPTHS = {
+    "iresnet18": (2, 2, 2, 2),
+    "iresnet34": (3, 4, 6, 3),
+    "iresnet50": (3, 4, 14, 3),
+    "iresnet100": (3, 13, 30, 3),
+}
 
 
 def _register(name: str, layers: tuple[int, int, int, int]) -> None:

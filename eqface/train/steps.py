@@ -5,8 +5,8 @@ Step 2: backbone and classifier frozen (eval mode, no gradients, not in the opti
         through s_i in Eq. 6.
 Step 3: the quality branch is frozen; s_i comes from the frozen Step-2 network — precomputed once per sample on the
         un-augmented image (the paper's "a face quality is generated for every sample"), or online for each augmented
-        view by a frozen copy (``teacher``), or 1 for an unweighted control run — and the backbone + classifier learn. QWDF: s_i < threshold → 0, which
-        in Eq. 6 zeroes the sample's gradient (it is dropped).
+        view by a frozen copy (``teacher``), or 1 for an unweighted control run — and the backbone + classifier
+        learn. QWDF: s_i < threshold → 0, which in Eq. 6 zeroes the sample's gradient (it is dropped).
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ MAX_PAIRS = 3000
 def quality_stats(q: np.ndarray) -> dict[str, Any]:
     hist, edges = np.histogram(q, bins=10, range=(0.0, 1.0))
     return {
-        "n": int(q.size), "mean": float(q.mean()), "std": float(q.std()),
+        "n": int(q.size),
+        "mean": float(q.mean()),
+        "std": float(q.std()),
         "percentiles": {str(p): float(np.percentile(q, p)) for p in (5, 25, 50, 75, 95)},
         "histogram": {"edges": edges.round(2).tolist(), "counts": hist.tolist()},
     }
@@ -42,23 +44,36 @@ def verification(emb: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, fl
     a, b, same = make_pairs(labels, n_genuine, n_impostor, np.random.default_rng(seed))
     scores = cosine_scores(emb[a], emb[b])
     result = kfold_accuracy(scores, same)
-    return {"accuracy": result.mean, "accuracy_std": result.std, "auc": auc(scores, same),
-            "genuine_pairs": n_genuine, "impostor_pairs": n_impostor}
+    return {
+        "accuracy": result.mean,
+        "accuracy_std": result.std,
+        "auc": auc(scores, same),
+        "genuine_pairs": n_genuine,
+        "impostor_pairs": n_impostor,
+    }
 
 
 def degraded_copy(source: FaceSource, image_size: tuple[int, int], kind: str, seed: int) -> ArraySource:
-    images = np.stack([
-        degrade(fit_to_size(source.image(i), image_size), kind, DEGRADATION_STRENGTH, np.random.default_rng([seed, i]))
-        for i in range(len(source))
-    ])
+    images = np.stack(
+        [
+            degrade(
+                fit_to_size(source.image(i), image_size), kind, DEGRADATION_STRENGTH, np.random.default_rng([seed, i])
+            )
+            for i in range(len(source))
+        ]
+    )
     return ArraySource(images, source.labels)
 
 
-def summarize(net: EQFaceNet, held_out: FaceSource, image_size: tuple[int, int], device: torch.device, seed: int = 0) -> dict[str, Any]:
+def summarize(
+    net: EQFaceNet, held_out: FaceSource, image_size: tuple[int, int], device: torch.device, seed: int = 0
+) -> dict[str, Any]:
     emb, q = embed_source(net, held_out, image_size, device, desc="held-out faces")
     summary: dict[str, Any] = {
-        "identities": held_out.num_classes, "images": len(held_out),
-        "verification": verification(emb, held_out.labels, seed), "quality": quality_stats(q),
+        "identities": held_out.num_classes,
+        "images": len(held_out),
+        "verification": verification(emb, held_out.labels, seed),
+        "quality": quality_stats(q),
         "quality_by_condition": {"clean": float(q.mean())},
     }
     for kind in DEGRADATIONS:

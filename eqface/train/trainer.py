@@ -40,7 +40,9 @@ class Position:
     epoch: int = 0
     batch: int = 0
     iteration: int = 0
-    sums: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "correct": 0.0, "n": 0.0, "q": 0.0, "q2": 0.0, "skipped": 0.0})
+    sums: dict[str, float] = field(
+        default_factory=lambda: {"loss": 0.0, "correct": 0.0, "n": 0.0, "q": 0.0, "q2": 0.0, "skipped": 0.0}
+    )
 
 
 def schedule_of(cfg: EQFaceConfig, step: Step) -> ScheduleConfig:
@@ -61,13 +63,28 @@ def run_step(
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(to_json(cfg))
     net, classifier, teacher = _prepare_networks(step, cfg, source, init, env)
-    qualities = _precompute_qualities(teacher, source, cfg, env) if step is Step.THREE and cfg.train.step3_quality == "precomputed" else None
-    model = StepModel(step, net, classifier, CombinedMarginLoss(cfg.margin), _trains_backbone(step, cfg),
-                      teacher if cfg.train.step3_quality == "online" else None, cfg.train.qwdf_threshold)
+    qualities = (
+        _precompute_qualities(teacher, source, cfg, env)
+        if step is Step.THREE and cfg.train.step3_quality == "precomputed"
+        else None
+    )
+    model = StepModel(
+        step,
+        net,
+        classifier,
+        CombinedMarginLoss(cfg.margin),
+        train_backbone=_trains_backbone(step, cfg),
+        teacher=teacher if cfg.train.step3_quality == "online" else None,
+        qwdf_threshold=cfg.train.qwdf_threshold,
+    )
     model.to(env.device)
     optimizer = build_optimizer(model.parameters(), schedule_of(cfg, step))
     pos = _restore(out_dir / RESUME, model, optimizer, step)
-    wrapped = DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None) if env.distributed else model
+    wrapped = (
+        DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
+        if env.distributed
+        else model
+    )
     _train_loop(step, cfg, source, out_dir, env, model, wrapped, optimizer, pos, qualities)
     check_replicas_in_sync(env, model)
     final = _final_state(step, cfg, model, source)
@@ -95,7 +112,9 @@ def _prepare_networks(
         net.load_state_dict(init["net"])
         classifier.load_state_dict(init["classifier"])
         if classifier.weight.shape[0] != source.num_classes:
-            raise ValueError(f"the initial classifier has {classifier.weight.shape[0]} classes, the data {source.num_classes}")
+            raise ValueError(
+                f"the initial classifier has {classifier.weight.shape[0]} classes, the data {source.num_classes}"
+            )
     elif step is not Step.ONE:
         raise ValueError(f"{step.value} starts from the previous step's final.pt (give an init checkpoint)")
     elif cfg.model.pretrained:
@@ -114,24 +133,30 @@ def _prepare_networks(
 
 @torch.no_grad()
 def embed_source(
-    net: EQFaceNet, source: FaceSource, image_size: tuple[int, int], device: torch.device, batch_size: int = 128,
+    net: EQFaceNet,
+    source: FaceSource,
+    image_size: tuple[int, int],
+    device: torch.device,
+    batch_size: int = 128,
     desc: str = "embedding",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalised embeddings [N, D] and qualities [N] of every sample, un-augmented, in eval mode."""
     was_training = net.training
-    net.eval()
+    net.eval().to(device)
     embs, quals = [], []
     for start in tqdm(range(0, len(source), batch_size), desc=desc, leave=False, unit="batch"):
         idx = range(start, min(start + batch_size, len(source)))
         x = to_input_tensor([fit_to_size(source.image(i), image_size) for i in idx]).to(device)
-        e, q = net.to(device)(x)
+        e, q = net(x)
         embs.append(e.cpu().numpy())
         quals.append(q.squeeze(1).cpu().numpy())
     net.train(was_training)
     return np.concatenate(embs), np.concatenate(quals)
 
 
-def class_centers(net: EQFaceNet, source: FaceSource, image_size: tuple[int, int], device: torch.device) -> torch.Tensor:
+def class_centers(
+    net: EQFaceNet, source: FaceSource, image_size: tuple[int, int], device: torch.device
+) -> torch.Tensor:
     """Per-class mean of the backbone's normalised embeddings: a classifier for a pretrained backbone."""
     emb, _ = embed_source(net, source, image_size, device, desc="class centres")
     centers = np.zeros((source.num_classes, emb.shape[1]), dtype=np.float64)
@@ -140,7 +165,9 @@ def class_centers(net: EQFaceNet, source: FaceSource, image_size: tuple[int, int
     return torch.from_numpy(centers.astype(np.float32))
 
 
-def _precompute_qualities(teacher: EQFaceNet | None, source: FaceSource, cfg: EQFaceConfig, env: DistEnv) -> torch.Tensor:
+def _precompute_qualities(
+    teacher: EQFaceNet | None, source: FaceSource, cfg: EQFaceConfig, env: DistEnv
+) -> torch.Tensor:
     assert teacher is not None  # Step 3 always has the Step-2 network (checked in _prepare_networks)
     _, q = embed_source(teacher, source, cfg.model.image_size, env.device, desc="step-2 qualities")
     return torch.from_numpy(q)
@@ -163,9 +190,15 @@ def _restore(path: Path, model: StepModel, optimizer: torch.optim.Optimizer, ste
 
 def _save_resume(path: Path, step: Step, model: StepModel, optimizer: torch.optim.Optimizer, pos: Position) -> None:
     state = {
-        "step": step.value, "epoch": pos.epoch, "batch": pos.batch, "iteration": pos.iteration,
-        "sums": json.dumps(pos.sums), "net": model.net.state_dict(), "classifier": model.classifier.state_dict(),
-        "optimizer": optimizer.state_dict(), "rng_torch": torch.get_rng_state(),
+        "step": step.value,
+        "epoch": pos.epoch,
+        "batch": pos.batch,
+        "iteration": pos.iteration,
+        "sums": json.dumps(pos.sums),
+        "net": model.net.state_dict(),
+        "classifier": model.classifier.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng_torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
         state["rng_cuda"] = torch.cuda.get_rng_state_all()
@@ -174,29 +207,53 @@ def _save_resume(path: Path, step: Step, model: StepModel, optimizer: torch.opti
 
 def _final_state(step: Step, cfg: EQFaceConfig, model: StepModel, source: FaceSource) -> dict[str, Any]:
     return {
-        "step": step.value, "net": model.net.state_dict(), "classifier": model.classifier.state_dict(),
-        "model_config": json.dumps(json.loads(to_json(cfg.model))), "config": to_json(cfg),
+        "step": step.value,
+        "net": model.net.state_dict(),
+        "classifier": model.classifier.state_dict(),
+        "model_config": json.dumps(json.loads(to_json(cfg.model))),
+        "config": to_json(cfg),
         "num_classes": source.num_classes,
     }
 
 
 def _train_loop(
-    step: Step, cfg: EQFaceConfig, source: FaceSource, out_dir: Path, env: DistEnv, model: StepModel,
-    wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, pos: Position, qualities: torch.Tensor | None,
+    step: Step,
+    cfg: EQFaceConfig,
+    source: FaceSource,
+    out_dir: Path,
+    env: DistEnv,
+    model: StepModel,
+    wrapped: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    pos: Position,
+    qualities: torch.Tensor | None,
 ) -> None:
     sched = schedule_of(cfg, step)
     augment = cfg.quality_augment if step is Step.TWO else cfg.augment
-    dataset = AugmentedFaces(source, cfg.model.image_size, Augmenter(augment), cfg.train.seed, cfg.data.on_error == "skip")
+    dataset = AugmentedFaces(
+        source, cfg.model.image_size, Augmenter(augment), cfg.train.seed, cfg.data.on_error == "skip"
+    )
     sampler = EpochBatchSampler(len(source), cfg.train.batch_size, cfg.train.seed, env.rank, env.world_size)
     per_epoch = sampler.batches_per_epoch
     model.train()
     while pos.epoch < sched.epochs:
         sampler.set_position(pos.epoch, pos.batch)
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.train.num_workers,
-                            pin_memory=env.device.type == "cuda")
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=cfg.train.num_workers,
+            pin_memory=env.device.type == "cuda",
+        )
         started = time.monotonic()
-        bar = tqdm(loader, total=len(sampler), desc=f"{step.value} epoch {pos.epoch + 1}/{sched.epochs}",
-                   unit="batch", leave=False, disable=not env.is_main)
+        bar = tqdm(
+            loader,
+            total=len(sampler),
+            desc=f"{step.value} epoch {pos.epoch + 1}/{sched.epochs}",
+            unit="batch",
+            leave=False,
+            disable=not env.is_main,
+        )
         for batch in bar:
             lr = lr_at(sched, pos.iteration, per_epoch)
             set_lr(optimizer, lr)
@@ -206,15 +263,21 @@ def _train_loop(
             bar.set_postfix(loss=f"{pos.sums['loss'] / max(pos.sums['n'], 1):.3f}", lr=f"{lr:.2g}")
             if cfg.train.checkpoint_every and pos.iteration % cfg.train.checkpoint_every == 0 and env.is_main:
                 _save_resume(out_dir / RESUME, step, model, optimizer, pos)
-        _end_epoch(step, sched, out_dir, env, pos, time.monotonic() - started, lr_at(sched, pos.iteration - 1, per_epoch))
+        _end_epoch(
+            step, sched, out_dir, env, pos, time.monotonic() - started, lr_at(sched, pos.iteration - 1, per_epoch)
+        )
         if env.is_main:
             _save_resume(out_dir / RESUME, step, model, optimizer, pos)
         barrier(env)
 
 
 def _train_batch(
-    wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Any, pos: Position,
-    qualities: torch.Tensor | None, env: DistEnv,
+    wrapped: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Any,
+    pos: Position,
+    qualities: torch.Tensor | None,
+    env: DistEnv,
 ) -> None:
     pos.sums["skipped"] += batch.skipped
     if batch.labels.numel() == 0:
@@ -241,8 +304,15 @@ def _end_epoch(
     keys = ["loss", "correct", "n", "q", "q2", "skipped"]
     loss, correct, n, q, q2, skipped = sum_across(env, [pos.sums[k] for k in keys])
     n = max(n, 1.0)
-    record = {"step": step.value, "epoch": pos.epoch + 1, "loss": loss / n, "accuracy": correct / n, "lr": lr,
-              "seconds": round(seconds, 2), "skipped": int(skipped)}
+    record = {
+        "step": step.value,
+        "epoch": pos.epoch + 1,
+        "loss": loss / n,
+        "accuracy": correct / n,
+        "lr": lr,
+        "seconds": round(seconds, 2),
+        "skipped": int(skipped),
+    }
     quality_text = "s = 1"
     if step is not Step.ONE:
         mean = q / n
