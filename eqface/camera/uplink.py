@@ -1,0 +1,280 @@
+"""The client's side of ``Aggregator.StreamFrames``: a bounded window of unanswered frames, a drop policy for when
+the aggregator cannot keep up, and reconnects that lose nothing.
+
+- **Window.** At most ``window`` frames are sent and unanswered; the rest wait in a queue of ``capacity`` frames.
+  Frames go out in messages of up to ``batch`` frames (per-message cost dominates on the service).
+- **Full queue.** ``block=True`` (a file: nothing needs dropping) makes ``submit`` wait; ``block=False`` (a live
+  camera: waiting would only make every later frame stale) drops the queued frame with the lowest client-side
+  quality proxy (``eqface.camera.proxy``), the new frame included. A frame that was sent once is never dropped.
+- **Reconnects.** When the call breaks (the aggregator restarts, the network drops), every unanswered frame goes back
+  to the front of the queue, in order, and is sent again on a new call with the same (subject, sequence): the service
+  answers frames it had already applied DUPLICATE, so each frame counts exactly once. Retries back off from 0.2 s to
+  2 s and give up after ``reconnect_timeout_s`` without an answer.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+_RETRYABLE = ("UNAVAILABLE", "UNKNOWN", "INTERNAL", "ABORTED", "DEADLINE_EXCEEDED")
+_CHANNEL_OPTIONS = [
+    # find a restarted aggregator within a second (gRPC's default reconnect backoff grows to two minutes)
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+@dataclass
+class OutgoingFrame:
+    subject_id: str
+    sequence: int
+    image: bytes
+    proxy: float
+    tag: Any = None  # the caller's own reference (track, frame index)
+    sent: bool = False
+
+
+@dataclass(frozen=True)
+class Answer:
+    frame: OutgoingFrame
+    result: Any  # eqface.service.v1 FrameResult
+    matches: list  # the subject's gallery matches after this message (best first), possibly empty
+
+
+@dataclass
+class UplinkStats:
+    submitted: int = 0
+    sent: int = 0
+    answered: int = 0
+    dropped: int = 0
+    resent: int = 0
+    reconnects: int = 0
+    duplicates: int = 0
+    events: list[str] = field(default_factory=list)
+
+
+class UplinkError(RuntimeError):
+    """The aggregator could not be reached (or refused the stream) for longer than the reconnect timeout."""
+
+
+class Uplink:
+    def __init__(self, target: str, *, window: int = 64, capacity: int = 256, batch: int = 16, block: bool = True,
+                 top_k: int = 3, reconnect_timeout_s: float = 60.0) -> None:
+        if window < 1 or capacity < 1 or batch < 1:
+            raise ValueError("window, capacity and batch must be at least 1")
+        self.target = target
+        self.window, self.capacity, self.batch, self.block, self.top_k = window, capacity, batch, block, top_k
+        self.reconnect_timeout_s = reconnect_timeout_s
+        self.answers: queue.Queue[Answer | str] = queue.Queue()  # answers, and one line per connection event
+        self.stats = UplinkStats()
+        self._cond = threading.Condition()
+        self._pending: deque[OutgoingFrame] = deque()
+        self._in_flight: deque[list[OutgoingFrame]] = deque()
+        self._generation = 0
+        self._closing = False
+        self._error: UplinkError | None = None
+        self._channel = None
+        self._stub = None
+        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
+
+    # ------------------------------------------------------------------------------------------ caller side
+    def start(self) -> Uplink:
+        self._channel, self._stub = connect(self.target)
+        self._thread.start()
+        return self
+
+    def submit(self, frame: OutgoingFrame) -> list[OutgoingFrame]:
+        """Queues ``frame``; returns the frames dropped to make room (possibly ``frame`` itself)."""
+        with self._cond:
+            self._raise_if_failed()
+            self.stats.submitted += 1
+            if self.block:
+                self._cond.wait_for(lambda: len(self._pending) < self.capacity or self._error is not None)
+                self._raise_if_failed()
+            self._pending.append(frame)
+            dropped = self._shed() if len(self._pending) > self.capacity else []
+            self._cond.notify_all()
+        return dropped
+
+    def _shed(self) -> list[OutgoingFrame]:
+        candidates = [f for f in self._pending if not f.sent]
+        if not candidates:
+            return []
+        lowest = min(candidates, key=lambda f: f.proxy)
+        self._pending.remove(lowest)
+        self.stats.dropped += 1
+        return [lowest]
+
+    def outstanding(self) -> int:
+        """Frames queued or sent and not answered yet."""
+        with self._cond:
+            return len(self._pending) + sum(len(m) for m in self._in_flight)
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Waits until every submitted frame is answered (or dropped)."""
+        with self._cond:
+            done = self._cond.wait_for(
+                lambda: self._error is not None or (not self._pending and not self._in_flight), timeout_s)
+            self._raise_if_failed()
+            if not done:
+                raise UplinkError(f"frames still unanswered after {timeout_s:.0f}s")
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Ends the stream once every frame is answered, then the channel."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        if self._channel is not None:
+            self._channel.close()
+        with self._cond:
+            self._raise_if_failed()
+
+    def call(self, method: str, request, timeout_s: float = 10.0):
+        """A unary Aggregator call, retried like the stream while the aggregator is unreachable."""
+        return retrying_call(self._stub, method, request, timeout_s, self.reconnect_timeout_s)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # ------------------------------------------------------------------------------------------ the stream
+    def _requests(self, generation: int):
+        from eqface.service.v1 import aggregator_pb2 as pb
+
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: generation != self._generation or (self._closing and not self._pending)
+                                    or (self._pending and self._unanswered() < self.window))
+                if generation != self._generation:
+                    return
+                room = self.window - self._unanswered()
+                if not self._pending or room <= 0:
+                    if self._closing and not self._pending:
+                        return  # half-close: the service answers what it has, then ends the call
+                    continue
+                message = [self._pending.popleft() for _ in range(min(self.batch, room, len(self._pending)))]
+                self._in_flight.append(message)
+                self.stats.sent += len(message)
+                for f in message:
+                    self.stats.resent += f.sent
+                    f.sent = True
+            frames = [pb.Frame(subject_id=f.subject_id, sequence=f.sequence, image=f.image) for f in message]
+            yield pb.StreamFramesRequest(frames=frames, top_k=self.top_k)
+
+    def _unanswered(self) -> int:
+        return sum(len(m) for m in self._in_flight)
+
+    def _run(self) -> None:
+        import grpc
+
+        backoff, last_progress = 0.2, time.monotonic()
+        while True:
+            with self._cond:
+                if self._closing and not self._pending and not self._in_flight:
+                    return
+                generation = self._generation
+            call = self._stub.StreamFrames(self._requests(generation))
+            failure = None
+            try:
+                for response in call:
+                    self._on_response(response)
+                    backoff, last_progress = 0.2, time.monotonic()
+            except grpc.RpcError as exc:
+                failure = exc
+            except Exception as exc:  # an answer that does not fit what was sent: nothing can be trusted after it
+                self._fail(UplinkError(f"aggregator {self.target}: {exc}"))
+                return
+            finally:
+                call.cancel()
+                self._requeue()
+            if failure is None:
+                continue
+            code = failure.code().name
+            if code not in _RETRYABLE or time.monotonic() - last_progress > self.reconnect_timeout_s:
+                self._fail(UplinkError(f"aggregator {self.target}: {code}: {failure.details()}"))
+                return
+            self.stats.reconnects += 1
+            self.answers.put(f"aggregator unreachable ({code}); reconnecting and resending "
+                             f"{self.outstanding()} unanswered frames")
+            time.sleep(backoff)
+            backoff = min(2 * backoff, 2.0)
+
+    def _on_response(self, response) -> None:
+        with self._cond:
+            message = self._in_flight.popleft()
+            self._cond.notify_all()
+        if len(response.results) != len(message):
+            raise RuntimeError(f"the aggregator answered {len(response.results)} frames for a message of "
+                               f"{len(message)}")
+        matches = {m.subject_id: list(m.matches) for m in response.matches}
+        for frame, result in zip(message, response.results):
+            if (result.subject_id, result.sequence) != (frame.subject_id, frame.sequence):
+                raise RuntimeError(f"answer for {result.subject_id}#{result.sequence} where "
+                                   f"{frame.subject_id}#{frame.sequence} was sent")
+            self.stats.answered += 1
+            self.stats.duplicates += result.status == 6  # FRAME_STATUS_DUPLICATE: applied before a reconnect
+            self.answers.put(Answer(frame, result, matches.get(frame.subject_id, [])))
+
+    def _requeue(self) -> None:
+        """Unanswered messages back to the front of the queue, in their order; the old request stream ends."""
+        with self._cond:
+            self._generation += 1
+            unanswered = [f for m in self._in_flight for f in m]
+            self._in_flight.clear()
+            self._pending.extendleft(reversed(unanswered))
+            self._cond.notify_all()
+
+    def _fail(self, error: UplinkError) -> None:
+        with self._cond:
+            self._error = error
+            self._cond.notify_all()
+        self.answers.put(str(error))
+
+
+def connect(target: str):
+    """A channel to the aggregator and its stub."""
+    import grpc
+
+    from eqface.service.v1 import aggregator_pb2_grpc
+
+    channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    return channel, aggregator_pb2_grpc.AggregatorStub(channel)
+
+
+def retrying_call(stub, method: str, request, timeout_s: float, reconnect_timeout_s: float):
+    """``stub.<method>(request)``, retried with backoff while the error is transient, for ``reconnect_timeout_s``."""
+    import grpc
+
+    deadline = time.monotonic() + reconnect_timeout_s
+    backoff = 0.2
+    while True:
+        try:
+            return getattr(stub, method)(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code().name not in _RETRYABLE or time.monotonic() + backoff > deadline:
+                raise
+        time.sleep(backoff)
+        backoff = min(2 * backoff, 2.0)
+
+
+def drain(answers: queue.Queue, handle: Callable[[Answer | str], None]) -> int:
+    """Hands every answer queued so far to ``handle``; returns how many."""
+    count = 0
+    while True:
+        try:
+            item = answers.get_nowait()
+        except queue.Empty:
+            return count
+        handle(item)
+        count += 1
