@@ -1,0 +1,193 @@
+"""The camera client's parts without a server: detection and alignment on real faces, the quality proxy, tracking,
+the uplink's drop policy, video in and out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eqface.camera.alignment import align_face, transform_points
+from eqface.camera.detection import Detection, create_detector, nms
+from eqface.camera.proxy import quality_proxy, sharpness_factor, size_factor
+from eqface.camera.tracking import FaceTracker
+from eqface.camera.uplink import OutgoingFrame, Uplink
+from eqface.camera.video import SourceSpec, VideoWriter, open_video
+from eqface.data.image_ops import ARCFACE_TEMPLATE, decode_image, warp_similarity
+from tests.support.video import CELEBA_PACK, held_out_people
+
+
+@pytest.fixture(scope="module")
+def detector(shared_data):
+    return create_detector("retinaface", weights=shared_data / "weights" / "retinaface_mnet025_photo_analyze.onnx")
+
+
+@pytest.fixture(scope="module")
+def faces(shared_data) -> list[np.ndarray]:
+    """Aligned 112×112 crops of three held-out people (real faces, the template's geometry)."""
+    people = held_out_people(shared_data / CELEBA_PACK, 3, photos=2, enroll=0)
+    return [decode_image(photos[0]) for _, photos, _ in people]
+
+
+def _similarity(angle_deg: float, scale: float, tx: float, ty: float) -> np.ndarray:
+    a = np.radians(angle_deg)
+    return np.array([[scale * np.cos(a), -scale * np.sin(a), tx], [scale * np.sin(a), scale * np.cos(a), ty]])
+
+
+# ------------------------------------------------------------------------------------------------ alignment
+@pytest.mark.parametrize("angle, scale", [(0.0, 1.0), (15.0, 1.5), (-20.0, 0.8)])
+def test_aligned_face_lands_on_the_template(detector, faces, angle, scale):
+    """A face put into a scene by a known similarity is found there, and its aligned crop has its landmarks (found
+    again by the detector) within a few pixels of the ArcFace template."""
+    for face in faces:
+        # the crop's points are the template (the pack was aligned so); move them with the crop into the scene
+        matrix = _similarity(angle, scale, 220, 90)
+        scene = warp_similarity(face, matrix, (360, 560), fill=110)
+        found = detector.detect(scene)
+        assert len(found) == 1, [d.score for d in found]
+        expected = transform_points(matrix, ARCFACE_TEMPLATE)
+        assert np.abs(found[0].landmarks - expected).max() < 6 * scale
+
+        aligned = align_face(scene, found[0].landmarks)
+        assert aligned.image.shape == (112, 112, 3)
+        assert abs(aligned.scale - 1 / scale) < 0.1 / scale
+        # five points of a real face never fit a similarity exactly (a long nose stays long): a few pixels remain
+        fit = np.linalg.norm(transform_points(aligned.matrix, found[0].landmarks) - ARCFACE_TEMPLATE, axis=1)
+        assert fit.mean() < 3.5 and fit.max() < 6.5, fit
+
+        # the detector again, on the crop (twice the size, in a frame of context): the points are where they belong
+        canvas = np.full((448, 448, 3), 110, dtype=np.uint8)
+        canvas[112:336, 112:336] = np.asarray(Image.fromarray(aligned.image).resize((224, 224), Image.BICUBIC))
+        again = detector.detect(canvas)
+        assert len(again) == 1
+        residual = np.linalg.norm((again[0].landmarks - 112) / 2 - ARCFACE_TEMPLATE, axis=1)
+        assert residual[:2].max() < 5.0 and residual.mean() < 4.0 and residual.max() < 9.0, residual
+
+
+def test_alignment_rejects_wrong_landmarks():
+    with pytest.raises(ValueError, match="five"):
+        align_face(np.zeros((50, 50, 3), np.uint8), np.zeros((4, 2)))
+
+
+def test_detector_finds_nothing_in_a_blank_frame(detector):
+    assert detector.detect(np.full((240, 320, 3), 128, dtype=np.uint8)) == []
+
+
+def test_unknown_detector_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="retinaface"):
+        create_detector("yolo")
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], dtype=np.float64)
+    assert nms(boxes, np.array([0.8, 0.9, 0.7]), 0.4).tolist() == [1, 2]
+
+
+# ------------------------------------------------------------------------------------------------ proxy
+def test_proxy_prefers_sharp_large_confident_faces(faces):
+    face = faces[0]
+    blurred = np.asarray(Image.fromarray(face).filter(__import__("PIL.ImageFilter").ImageFilter.GaussianBlur(2)))
+    assert sharpness_factor(face) > 0.6 > 0.2 > sharpness_factor(blurred)
+    assert size_factor(0.5) == 1.0 and size_factor(2.0) == 0.5
+    assert quality_proxy(0.99, 1.0, face) > quality_proxy(0.99, 1.0, blurred)
+    assert quality_proxy(0.99, 1.0, face) > quality_proxy(0.99, 3.0, face) > 0
+    assert quality_proxy(0.5, 1.0, face) < quality_proxy(0.99, 1.0, face)
+
+
+# ------------------------------------------------------------------------------------------------ tracking
+def _face(x: float, y: float, size: float = 100.0) -> Detection:
+    points = ARCFACE_TEMPLATE * size / 112 + [x, y]
+    return Detection(np.array([x, y, x + size, y + size]), 0.99, points)
+
+
+def test_tracker_follows_moving_faces_and_ends_them():
+    tracker = FaceTracker(max_missed_frames=3, confirm_frames=2)
+    seen: dict[int, list[int]] = {}
+    ended: list[tuple[int, int]] = []
+    for t in range(30):
+        faces = [_face(10 + 4 * t, 20)]  # walks right
+        if t < 15:
+            faces.append(_face(400 - 3 * t, 200, 80))  # walks left, leaves at frame 15
+        if t == 7:
+            faces.append(_face(250, 10, 60))  # a single false detection: never confirmed
+        update = tracker.update(t, faces, [f"{t}"] * len(faces))
+        for obs in update.observations:
+            seen.setdefault(obs.track_id, []).append(obs.frame_index)
+            assert obs.payload == f"{obs.frame_index}"
+        ended += [(track, t) for track in update.ended]
+    ended += [(track, 30) for track in tracker.finish()]
+    assert len(seen) == 2
+    first, second = sorted(seen, key=lambda track: -len(seen[track]))  # ids are norfair's, in no promised order
+    assert seen[first] == list(range(30))  # the frame before confirmation is handed out too
+    assert seen[second] == list(range(15))
+    assert [track for track, _ in ended] == [second, first]
+    assert 15 <= dict(ended)[second] <= 15 + 4
+
+
+# ------------------------------------------------------------------------------------------------ uplink
+def test_full_queue_drops_the_lowest_proxy_but_never_a_sent_frame():
+    uplink = Uplink("127.0.0.1:1", capacity=3, block=False)  # never started: only the queue is exercised
+    frames = [OutgoingFrame("s", k + 1, b"", proxy) for k, proxy in enumerate([0.5, 0.1, 0.9])]
+    for f in frames:
+        assert uplink.submit(f) == []
+    frames[1].sent = True  # sent once, to be resent after a reconnect: the service may have applied it
+    dropped = uplink.submit(OutgoingFrame("s", 4, b"", 0.3))
+    assert [f.sequence for f in dropped] == [4]
+    dropped = uplink.submit(OutgoingFrame("s", 5, b"", 0.8))
+    assert [f.sequence for f in dropped] == [1]
+    assert uplink.stats.dropped == 2 and uplink.outstanding() == 3
+
+
+# ------------------------------------------------------------------------------------------------ video
+def test_video_round_trip(tmp_path):
+    writer = VideoWriter(tmp_path / "clip.mp4", 10.0, (61, 81))  # odd sizes are rounded down to even
+    for k in range(12):
+        writer.write(np.full((61, 81, 3), 20 * k, dtype=np.uint8))
+    writer.close()
+    reader, frames, live = open_video(str(tmp_path / "clip.mp4"))
+    try:
+        got = list(frames)
+    finally:
+        reader.close()
+    assert not live and reader.size == (60, 80) and abs(reader.fps - 10.0) < 1e-6
+    assert [f.index for f in got] == list(range(12))
+    assert abs(float(got[5].image.mean()) - 100) < 4 and got[5].time_s == pytest.approx(0.5)
+
+
+def test_a_file_paced_like_a_camera_keeps_the_newest_frame(tmp_path):
+    writer = VideoWriter(tmp_path / "clip.mp4", 50.0, (32, 32))
+    for k in range(25):
+        writer.write(np.full((32, 32, 3), k * 10, dtype=np.uint8))
+    writer.close()
+    reader, frames, live = open_video(str(tmp_path / "clip.mp4"), live=True)
+    import time
+
+    try:
+        got = []
+        for f in frames:
+            got.append(f.index)
+            time.sleep(0.05)  # a consumer slower than the 50 fps source
+    finally:
+        reader.close()
+    assert live and got[-1] == 24 and len(got) < 20 and frames.skipped == 25 - len(got)
+
+
+def test_source_kinds(tmp_path):
+    assert SourceSpec.parse("0") == SourceSpec("/dev/video0", "v4l2", {}, True)
+    assert SourceSpec.parse("/dev/video2").url == "/dev/video2"
+    rtsp = SourceSpec.parse("rtsp://cam.local/stream")
+    assert rtsp.live and rtsp.options["rtsp_transport"] == "tcp"
+    with pytest.raises(FileNotFoundError):
+        SourceSpec.parse(str(tmp_path / "missing.mp4"))
+    clip = tmp_path / "a.avi"
+    clip.write_bytes(b"")
+    assert not SourceSpec.parse(str(clip)).live
+
+
+def test_opening_a_corrupt_file_says_which(tmp_path: Path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(RuntimeError, match="cannot open video"):
+        open_video(str(bad))
