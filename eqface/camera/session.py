@@ -142,19 +142,9 @@ class StreamSession:
         start = last_progress = time.monotonic()
         try:
             for vf in frames:
-                self.frames_read += 1
-                detections = self.detector.detect(vf.image)
-                self.faces += len(detections)
-                payloads = [align_face(vf.image, d.landmarks) for d in detections]
-                update = tracker.update(vf.index, detections, payloads)
-                boxes = [self._submit(uplink, obs.track_id, obs.frame_index, obs.detection, obs.payload)
-                         for obs in update.observations]
-                self._end_tracks(update.ended, vf.index)
-                drain(uplink.answers, self._on_answer)
-                self._finalize_ready(uplink)
+                boxes = self._step(vf, tracker, uplink)
                 if writer is not None:
-                    writer.write(report.annotate(vf.image, [b for b in boxes if b is not None],
-                                                 f"frame {vf.index}  t={vf.time_s:.2f}s"))
+                    writer.write(report.annotate(vf.image, boxes, f"frame {vf.index}  t={vf.time_s:.2f}s"))
                 if time.monotonic() - last_progress >= o.progress_every_s:
                     self._progress(vf.index, expected, time.monotonic() - start, uplink)
                     last_progress = time.monotonic()
@@ -165,15 +155,31 @@ class StreamSession:
             drain(uplink.answers, self._on_answer)
             self._finalize_ready(uplink)
             wall = time.monotonic() - start
+        except BaseException:
+            uplink.abort()  # Ctrl-C or a failure: do not wait for the queue to drain
+            raise
         finally:
             if hasattr(frames, "stop"):
                 frames.stop()
             reader.close()
             if writer is not None:
                 writer.close()
-            uplink.close()
+        uplink.close()
         skipped = getattr(frames, "skipped", 0)
         return self._finish(wall, uplink, skipped)
+
+    def _step(self, vf, tracker: FaceTracker, uplink: Uplink) -> list[report.Box]:
+        """One frame: detect, align, track, queue each tracked face, take in the answers so far; the frame's boxes."""
+        self.frames_read += 1
+        detections = self.detector.detect(vf.image)
+        self.faces += len(detections)
+        update = tracker.update(vf.index, detections, [align_face(vf.image, d.landmarks) for d in detections])
+        boxes = [(obs.frame_index, self._submit(uplink, obs.track_id, obs.frame_index, obs.detection, obs.payload))
+                 for obs in update.observations]  # a track confirmed now brings its earlier frames along
+        self._end_tracks(update.ended, vf.index)
+        drain(uplink.answers, self._on_answer)
+        self._finalize_ready(uplink)
+        return [box for index, box in boxes if index == vf.index]
 
     def _submit(self, uplink: Uplink, track_id: int, frame_index: int, detection: Detection, aligned) -> report.Box:
         o = self.options

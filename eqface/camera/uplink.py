@@ -84,6 +84,7 @@ class Uplink:
         self._error: UplinkError | None = None
         self._channel = None
         self._stub = None
+        self._call = None
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
 
     # ------------------------------------------------------------------------------------------ caller side
@@ -140,6 +141,19 @@ class Uplink:
         with self._cond:
             self._raise_if_failed()
 
+    def abort(self) -> None:
+        """Stops now (Ctrl-C, a failure elsewhere): the call is cancelled, unanswered frames are given up."""
+        with self._cond:
+            if self._error is None:
+                self._error = UplinkError("the stream was aborted")
+            self._closing = True
+            self._pending.clear()
+            self._generation += 1
+            call = self._call
+            self._cond.notify_all()
+        if call is not None:
+            call.cancel()
+
     def call(self, method: str, request, timeout_s: float = 10.0):
         """A unary Aggregator call, retried like the stream while the aggregator is unreachable."""
         return retrying_call(self._stub, method, request, timeout_s, self.reconnect_timeout_s)
@@ -181,18 +195,22 @@ class Uplink:
         backoff, last_progress = 0.2, time.monotonic()
         while True:
             with self._cond:
-                if self._closing and not self._pending and not self._in_flight:
+                if self._error is not None or (self._closing and not self._pending and not self._in_flight):
                     return
                 generation = self._generation
             call = self._stub.StreamFrames(self._requests(generation))
+            with self._cond:
+                self._call = call
             failure = None
             try:
                 for response in call:
                     self._on_response(response)
                     backoff, last_progress = 0.2, time.monotonic()
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.CANCELLED and self._error is not None:
+                    return  # aborted
                 failure = exc
-            except Exception as exc:  # an answer that does not fit what was sent: nothing can be trusted after it
+            except RuntimeError as exc:  # an answer that does not fit what was sent: nothing can be trusted after it
                 self._fail(UplinkError(f"aggregator {self.target}: {exc}"))
                 return
             finally:

@@ -102,7 +102,7 @@ class LatestFrame:
                     self.skipped += self._frame is not None
                     self._frame = frame
                     self._cond.notify()
-        except Exception as exc:  # handed to the consumer
+        except Exception as exc:  # noqa: BLE001 - whatever the decoder raised is re-raised in the consumer's thread
             self._error = exc
         finally:
             with self._cond:
