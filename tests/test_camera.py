@@ -25,7 +25,7 @@ def detector(shared_data):
 
 
 @pytest.fixture(scope="module")
-def faces(shared_data) -> list[np.ndarray]:
+def held_out_faces(shared_data) -> list[np.ndarray]:
     """Aligned 112×112 crops of three held-out people (real faces, the template's geometry)."""
     people = held_out_people(shared_data / CELEBA_PACK, 3, photos=2, enroll=0)
     return [decode_image(photos[0]) for _, photos, _ in people]
@@ -38,10 +38,10 @@ def _similarity(angle_deg: float, scale: float, tx: float, ty: float) -> np.ndar
 
 # ------------------------------------------------------------------------------------------------ alignment
 @pytest.mark.parametrize("angle, scale", [(0.0, 1.0), (15.0, 1.5), (-20.0, 0.8)])
-def test_aligned_face_lands_on_the_template(detector, faces, angle, scale):
+def test_aligned_face_lands_on_the_template(detector, held_out_faces, angle, scale):
     """A face put into a scene by a known similarity is found there, and its aligned crop has its landmarks (found
     again by the detector) within a few pixels of the ArcFace template."""
-    for face in faces:
+    for face in held_out_faces:
         # the crop's points are the template (the pack was aligned so); move them with the crop into the scene
         matrix = _similarity(angle, scale, 220, 90)
         scene = warp_similarity(face, matrix, (360, 560), fill=110)
@@ -86,8 +86,8 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
 
 
 # ------------------------------------------------------------------------------------------------ proxy
-def test_proxy_prefers_sharp_large_confident_faces(faces):
-    face = faces[0]
+def test_proxy_prefers_sharp_large_confident_faces(held_out_faces):
+    face = held_out_faces[0]
     blurred = np.asarray(Image.fromarray(face).filter(ImageFilter.GaussianBlur(2)))
     assert sharpness_factor(face) > 0.6 and sharpness_factor(blurred) < 0.2
     assert size_factor(0.5) == 1.0 and size_factor(2.0) == 0.5
