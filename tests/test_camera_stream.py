@@ -6,7 +6,7 @@ frames rejected; and an aggregator killed mid-stream and restarted without a fra
 Everything that speaks gRPC runs in helper processes (``eqface stack up``, ``eqface stream``, the aggregator): this
 pytest process opens no channel, so tests that start Triton in-process are safe from gRPC's fork handlers.
 
-The model: $EQFACE_CAMERA_TEST_MODEL, else runs/mfn-celeba/model.pt (the README's real-face run) when present, else
+The model: $EQFACE_CAMERA_TEST_MODEL (a path, or ``train`` to take CI's path), else runs/mfn-celeba/model.pt (the README's real-face run) when present, else
 (CI) one trained here: the pretrained MobileFaceNet backbone with its classifier fitted (Step 1) and three epochs
 of Step 2 on 60 CelebA identities — about 80 s on two cores; none of the video's identities is among them. (One
 epoch is not enough: clean faces then score below s_th = 0.3 and almost nothing is merged.)
@@ -37,11 +37,11 @@ REJECTED = {"REJECTED_QUALITY", "REJECTED_SIMILARITY"}
 
 @pytest.fixture(scope="module")
 def camera_model(shared_data, tmp_path_factory) -> Path:
-    chosen = os.environ.get("EQFACE_CAMERA_TEST_MODEL")
-    if chosen:
+    chosen = os.environ.get("EQFACE_CAMERA_TEST_MODEL", "")
+    if chosen and chosen != "train":
         return Path(chosen)
     trained = REPO_ROOT / "runs" / "mfn-celeba" / "model.pt"
-    if trained.is_file():
+    if trained.is_file() and chosen != "train":
         return trained
     out = tmp_path_factory.mktemp("camera-model")
     result = eqface_cli(
