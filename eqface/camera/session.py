@@ -14,7 +14,7 @@ import numpy as np
 
 from eqface.camera import report
 from eqface.camera.alignment import align_face
-from eqface.camera.detection import Detection, create_detector
+from eqface.camera.detection import DEFAULT_DETECTOR, Detection, create_detector
 from eqface.camera.proxy import quality_proxy
 from eqface.camera.tracking import FaceTracker
 from eqface.camera.uplink import Answer, OutgoingFrame, Uplink, drain
@@ -31,7 +31,7 @@ class StreamOptions:
     out_dir: Path
     subject_prefix: str
     live: bool | None = None  # None: live for cameras/URLs, frame by frame for files
-    detector: str = "retinaface"
+    detector: str = DEFAULT_DETECTOR
     detector_weights: Path | None = None
     min_face: float = 24.0
     confirm_frames: int = 2

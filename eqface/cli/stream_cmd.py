@@ -6,13 +6,15 @@ import argparse
 import time
 from pathlib import Path
 
+from eqface.camera.detection import DEFAULT_DETECTOR
+
 DEFAULT_STACK_STATE = Path("runs") / "stack"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "stream", help="detect, align and track faces in a video/camera/RTSP stream and stream them to the aggregator",
-        description="Detects faces (RetinaFace, 5 landmarks), aligns them to the ArcFace 112×112 template, tracks "
+        description="Detects faces (MTCNN, 5 landmarks), aligns them to the ArcFace 112×112 template, tracks "
         "them across frames and streams each track's crops as one subject to the aggregation service (image mode). "
         "Prints each track's quality, QWFA decisions and identification as the answers come; identifies (or "
         "enrolls) each track when it ends; writes an annotated video, a contact sheet (tracks.png) and summary.json. "
@@ -30,9 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--enroll", action="store_true", help="enroll each track when it ends, as its subject id")
     p.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
                    help="pace a file like a camera and drop frames when behind (default: cameras and URLs only)")
-    p.add_argument("--detector", default="retinaface", help="face detector")
-    p.add_argument("--detector-weights", type=Path, help="detector weights file (default: "
-                   "$EQFACE_DETECTOR_WEIGHTS or ../shared/data/weights)")
+    p.add_argument("--detector", default=DEFAULT_DETECTOR, help="face detector: mtcnn (weights from the "
+                   "facenet-pytorch wheel, installed by `python -m eqface.camera.weights`, which scripts/setup.sh "
+                   "runs) or retinaface (internal weights of unknown terms, ../shared/data/weights)")
+    p.add_argument("--detector-weights", type=Path, help="mtcnn: the folder of pnet.pt, rnet.pt, onet.pt (default: "
+                   "$EQFACE_DETECTOR_WEIGHTS/mtcnn, else <venv>/share/eqface/mtcnn); retinaface: the .onnx file "
+                   "(default: in $EQFACE_DETECTOR_WEIGHTS, else ../shared/data/weights)")
     p.add_argument("--min-face", type=float, default=24.0, help="smallest face (pixels) to track")
     p.add_argument("--window", type=int, default=64, help="frames sent and not answered, at most")
     p.add_argument("--queue", type=int, default=256, help="frames waiting to be sent, at most")
