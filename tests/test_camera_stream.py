@@ -28,9 +28,11 @@ from eqface.serving.launcher import free_port
 from eqface.stack.stack import read_state
 from tests.conftest import REPO_ROOT
 from tests.support.video import VideoTruth, build_video, write_gallery
+from tests.test_camera import mtcnn_weights  # noqa: F401 (a fixture: the default detector's weights, installed)
 from tests.test_stack import eqface_cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+# streamed with the default detector (MTCNN): its weights must be installed
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.usefixtures("mtcnn_weights")]
 MERGED = {"SEEDED", "ACCEPTED", "RESEEDED"}
 REJECTED = {"REJECTED_QUALITY", "REJECTED_SIMILARITY"}
 
