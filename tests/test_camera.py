@@ -179,6 +179,18 @@ def test_mtcnn_nets_load_the_wheels_weights_strictly(mtcnn_weights):
         assert bool(((prob >= 0) & (prob <= 1)).all())
 
 
+def test_mtcnn_leaves_the_process_thread_count_alone(mtcnn_weights):
+    import torch
+
+    from eqface.camera.mtcnn import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    create_detector("mtcnn", weights=mtcnn_weights, threads=1).detect(np.zeros((64, 64, 3), np.uint8))
+    assert torch.get_num_threads() == before
+
+
 def test_pyramid_reaches_from_the_smallest_face_to_the_frame():
     # 12 / 24 = 0.5 first; the last level still gives PNet a 12-pixel short side (100 · 0.5 · 0.709⁴ ≈ 12.6)
     assert pyramid_scales(100, 200, 24) == pytest.approx([0.5 * 0.709**k for k in range(5)])
