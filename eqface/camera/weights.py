@@ -110,9 +110,10 @@ def extract_mtcnn_weights(wheel: Path, dest: Path) -> None:
         if digest != MTCNN_SHA256[name]:
             raise WeightsError(f"{name} in {wheel} has sha256 {digest}, expected {MTCNN_SHA256[name]}")
     for name, blob in blobs.items():
-        partial = dest / f".{name}.partial"
-        partial.write_bytes(blob)
-        os.replace(partial, dest / name)  # atomic: a reader never sees half a file
+        with tempfile.NamedTemporaryFile(dir=dest, prefix=f".{name}.", delete=False) as partial:
+            partial.write(blob)
+        os.chmod(partial.name, 0o644)  # a temporary file is private; the weights are for every user of the venv
+        os.replace(partial.name, dest / name)  # atomic: a reader (or a second installer) never sees half a file
 
 
 def _offline_hint() -> str:
