@@ -6,6 +6,7 @@ forward pass) and kept in memory; the experiments only slice these arrays.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
@@ -66,6 +67,16 @@ class ModelRef:
         return (f"trained on {Path(str(data.get('path', ''))).name or data.get('source')} minus its last "
                 f"{data.get('eval_identities')} identities, seed {train.get('seed')}, epochs step1/2/3 {epochs}, "
                 f"step3_quality {train.get('step3_quality')}, iterations {train.get('iterations')}")
+
+
+def experiment_parser(description: str | None, name: str, model_help: str | None = None) -> argparse.ArgumentParser:
+    """The options every experiment shares: --data-dir, --out and (when ``model_help``) --model."""
+    p = argparse.ArgumentParser(description=description)
+    if model_help is not None:
+        p.add_argument("--model", type=Path, default=DEFAULT_RUN / "model.pt", help=model_help)
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder of the shared face packs")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / name, help="output folder")
+    return p
 
 
 def _relative(path: Path) -> str:

@@ -7,7 +7,6 @@ error-versus-discard curve (EDC) of the EQFace quality against random, embedding
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from eqface.eval.roc import auc, tar_at_far
 from eqface.eval.sharpness import sharpness_quality
 from eqface.data.image_ops import fit_to_size
 from experiments.common import (
-    DEFAULT_DATA_DIR, DEFAULT_RUN, RESULTS_DIR, Embeddings, ModelRef, Report, all_within_pairs, command_line,
+    DEFAULT_RUN, experiment_parser, Embeddings, ModelRef, Report, all_within_pairs, command_line,
     embed_images, fmt_far, fmt_pct, load_model_ref, new_figure,
 )
 
@@ -253,10 +252,8 @@ def _scatter_figure(name: str, q: np.ndarray, angles: np.ndarray):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = experiment_parser(__doc__, NAME)
     p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="training run folder (model.pt, step2-1/final.pt)")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder of the shared face packs")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / NAME, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-quality baseline")
     p.add_argument("--start-fmr", type=float, default=1e-3, help="FMR that fixes the EDC threshold")
     args = p.parse_args(argv)

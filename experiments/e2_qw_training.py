@@ -7,7 +7,6 @@ every within-set pair.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from eqface.eval.pairs import make_pairs
 from eqface.eval.roc import auc, max_false_accepts, roc_curve, tar_at_far
 from eqface.eval.verification import kfold_accuracy
 from experiments.common import (
-    BOOTSTRAP_REPS, DEFAULT_DATA_DIR, DEFAULT_RUN, RESULTS_DIR, ModelRef, Report, all_within_pairs, command_line,
+    BOOTSTRAP_REPS, DEFAULT_RUN, experiment_parser, ModelRef, Report, all_within_pairs, command_line,
     diff_verdict, embed_images, flat_config_diff, fmt_far, fmt_pct, held_out_source, load_model_ref, new_figure,
     paired_bootstrap_tar, source_images,
 )
@@ -227,12 +226,10 @@ def _rel(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = experiment_parser(__doc__, NAME)
     p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="QW training run (step1/, step3-1/)")
     p.add_argument("--noqw", type=Path, default=DEFAULT_RUN.parent / "mfn-celeba-noqw",
                    help="folder of the Step-3 control run (train.step3_quality=none), holding final.pt")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder of the shared face packs")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / NAME, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the balanced pair sampling")
     args = p.parse_args(argv)
     from eqface.data.packs import load_pack

@@ -7,7 +7,6 @@ each FAR as columns, "n/r" where the FAR is not reachable with the impostor pair
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from eqface.eval.roc import (
     auc, format_tar_header, format_tar_row, max_false_accepts, roc_curve, tar_at_far,
 )
 from experiments.common import (
-    BOOTSTRAP_REPS, DEFAULT_DATA_DIR, DEFAULT_RUN, RESULTS_DIR, Embeddings, ModelRef, Report, all_within_pairs,
+    BOOTSTRAP_REPS, experiment_parser, Embeddings, ModelRef, Report, all_within_pairs,
     command_line, diff_verdict, embed_images, fmt_far, held_out_source, load_model_ref, new_figure,
     paired_bootstrap_tar, source_images,
 )
@@ -234,10 +233,7 @@ def _roc_figure(pooled: dict[str, np.ndarray], issame: np.ndarray):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", type=Path, default=DEFAULT_RUN / "model.pt", help="final model (model.pt)")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder of the shared face packs")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / NAME, help="output folder")
+    p = experiment_parser(__doc__, NAME, model_help="final model (model.pt)")
     p.add_argument("--frames", type=int, default=5, help="frames per template")
     p.add_argument("--degrade-p", type=float, default=0.5, help="probability that a frame is degraded")
     p.add_argument("--repeats", type=int, default=5, help="independent template/degradation draws, pooled")

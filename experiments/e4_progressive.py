@@ -8,7 +8,6 @@ the progressive QWFA template of its video up to and including that frame, for f
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from eqface.aggregation import PAPER_F_TH, PAPER_S_TH, ProgressiveQWFA
 from eqface.eval.pairs import all_pairs
 from eqface.eval.roc import auc, format_tar_header, format_tar_row, roc_curve, tar_at_far
 from experiments.common import (
-    BOOTSTRAP_REPS, DEFAULT_DATA_DIR, DEFAULT_RUN, RESULTS_DIR, Embeddings, ModelRef, Report, command_line,
+    BOOTSTRAP_REPS, experiment_parser, Embeddings, ModelRef, Report, command_line,
     diff_verdict, embed_images, fmt_far, held_out_source, load_model_ref, new_figure, paired_bootstrap_tar,
     source_images,
 )
@@ -302,10 +301,7 @@ def _roc_figure(pooled: dict[str, np.ndarray], issame: np.ndarray):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", type=Path, default=DEFAULT_RUN / "model.pt", help="final model (model.pt)")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder of the shared face packs")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / NAME, help="output folder")
+    p = experiment_parser(__doc__, NAME, model_help="final model (model.pt)")
     p.add_argument("--refs", type=int, default=10, help="reference images per enrolled identity")
     p.add_argument("--queries", type=int, default=10, help="query frames per identity")
     p.add_argument("--degrade-p", type=float, default=0.5, help="probability that a query frame is degraded")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from experiments.common import (
-    DEFAULT_DATA_DIR, DEFAULT_RUN, RESULTS_DIR, ModelRef, Report, command_line, embed_images, load_model_ref,
+    experiment_parser, ModelRef, Report, command_line, embed_images, load_model_ref,
     new_figure,
 )
 
@@ -77,10 +76,7 @@ def _grid(images: Sequence[np.ndarray], q: np.ndarray, picked: np.ndarray, colum
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", type=Path, default=DEFAULT_RUN / "model.pt", help="model to score the faces with")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder of the shared face packs")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / NAME, help="output folder")
+    p = experiment_parser(__doc__, NAME, model_help="model to score the faces with")
     p.add_argument("--shown", type=int, default=48, help="faces in the grid (evenly spaced quality ranks)")
     args = p.parse_args(argv)
     from eqface.data.packs import load_pack
