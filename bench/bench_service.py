@@ -232,8 +232,10 @@ def throughput(args: argparse.Namespace, store: str, workdir: Path) -> dict:
     ]
     server = PinnedServer(args.server_core, store, workdir, ["--embedding-dim", str(args.dim)])
     try:
-        warm = [feature_payloads(100 + s, 20, args.frames_per_message, args.subjects_per_message, args.dim)
-                for s in range(args.streams)]
+        warm = [
+            feature_payloads(100 + s, 20, args.frames_per_message, args.subjects_per_message, args.dim)
+            for s in range(args.streams)
+        ]
         per_message = args.frames_per_message // args.subjects_per_message * args.subjects_per_message
         asyncio.run(run_streams(server.target, warm, args.window, per_message))
         cpu_before = server.cpu_seconds()
@@ -391,8 +393,10 @@ class ImagePhase:
             for s in range(args.image_streams):
                 messages = []
                 for start in range(0, n, args.image_frames_per_message):
-                    frames = [image_frame(f"img{s}", start + j + 1, self.faces[(s * 97 + start + j) % len(self.faces)])
-                              for j in range(args.image_frames_per_message)]
+                    frames = [
+                        image_frame(f"img{s}", start + j + 1, self.faces[(s * 97 + start + j) % len(self.faces)])
+                        for j in range(args.image_frames_per_message)
+                    ]
                     messages.append(pb.StreamFramesRequest(frames=frames).SerializeToString())
                 payloads.append(messages)
             per_message = args.image_frames_per_message
@@ -507,8 +511,21 @@ def _start_redis(workdir: Path) -> tuple[subprocess.Popen, int]:
     import redis as redis_py
 
     port = _free_port()
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
-            "--appendonly", "yes", "--appendfsync", "always"]
+    args = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(workdir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
         try:
@@ -520,24 +537,36 @@ def _start_redis(workdir: Path) -> tuple[subprocess.Popen, int]:
 
 
 def _print(report: dict, args: argparse.Namespace) -> None:
-    print(f"\nEQFace aggregation service benchmark ({report['cores']} cores, load average at start "
-          f"{report['load_average_at_start'][0]:.1f}); server pinned to core {args.server_core}, client to core "
-          f"{args.client_core}")
-    print(f"feature mode: {args.streams} streams x {args.frames_per_message} frames/message "
-          f"({args.subjects_per_message} subjects/message), {args.window} messages in flight per stream, D={args.dim}")
+    print(
+        f"\nEQFace aggregation service benchmark ({report['cores']} cores, load average at start "
+        f"{report['load_average_at_start'][0]:.1f}); server pinned to core {args.server_core}, client to core "
+        f"{args.client_core}"
+    )
+    print(
+        f"feature mode: {args.streams} streams x {args.frames_per_message} frames/message "
+        f"({args.subjects_per_message} subjects/message), {args.window} messages in flight per stream, D={args.dim}"
+    )
     for t in report["throughput"]:
         rt, one = t["message_round_trip"], t["single_frame_round_trip"]
-        print(f"  {t['store']:<14} {t['frames_per_s']:>9,.0f} frames/s  ({t['frames']} frames in {t['seconds']:.1f} s; "
-              f"message round trip p50 {rt['p50_ms']:.1f} ms p99 {rt['p99_ms']:.1f} ms)")
-        print(f"  {'':<14} {t['frames_per_cpu_s']:>9,.0f} frames per server CPU-second (the server got "
-              f"{100 * t['server_cpu_share']:.0f}% of its core)")
-        print(f"  {'':<14} single-frame durable update round trip p50 {one['p50_ms']:.2f} ms  "
-              f"p99 {one['p99_ms']:.2f} ms  p99.9 {one['p99.9_ms']:.2f} ms (one frame per message, lock-step)")
+        print(
+            f"  {t['store']:<14} {t['frames_per_s']:>9,.0f} frames/s  ({t['frames']} frames in {t['seconds']:.1f} s; "
+            f"message round trip p50 {rt['p50_ms']:.1f} ms p99 {rt['p99_ms']:.1f} ms)"
+        )
+        print(
+            f"  {'':<14} {t['frames_per_cpu_s']:>9,.0f} frames per server CPU-second (the server got "
+            f"{100 * t['server_cpu_share']:.0f}% of its core)"
+        )
+        print(
+            f"  {'':<14} single-frame durable update round trip p50 {one['p50_ms']:.2f} ms  "
+            f"p99 {one['p99_ms']:.2f} ms  p99.9 {one['p99.9_ms']:.2f} ms (one frame per message, lock-step)"
+        )
         paced = t["paced"]
-        print(f"  {'':<14} at a steady {paced['frames_per_s']:,.0f} frames/s (16 streams, "
-              f"{paced['frames_per_message']} frames/message): "
-              f"round trip p50 {paced['p50_ms']:.2f} ms  p99 {paced['p99_ms']:.2f} ms  "
-              f"p99.9 {paced['p99.9_ms']:.2f} ms")
+        print(
+            f"  {'':<14} at a steady {paced['frames_per_s']:,.0f} frames/s (16 streams, "
+            f"{paced['frames_per_message']} frames/message): "
+            f"round trip p50 {paced['p50_ms']:.2f} ms  p99 {paced['p99_ms']:.2f} ms  "
+            f"p99.9 {paced['p99.9_ms']:.2f} ms"
+        )
         print(f"  {'':<14} sampled statuses {t['statuses']}")
     if "redis" in report and isinstance(report["redis"], str):
         print(f"  redis: {report['redis']}")
@@ -548,10 +577,12 @@ def _print(report: dict, args: argparse.Namespace) -> None:
     image = report["image"]
     if isinstance(image, dict):
         rt = image["message_round_trip"]
-        print(f"image mode (JPEG, Triton bytes-in ensemble, MobileFaceNet 112x96): "
-              f"{image['frames_per_s']:,.0f} frames/s end to end (message of {args.image_frames_per_message}: "
-              f"p50 {rt['p50_ms']:.0f} ms, p99 {rt['p99_ms']:.0f} ms); "
-              f"Triton alone {image['triton_alone_images_per_s']:,.0f} images/s")
+        print(
+            f"image mode (JPEG, Triton bytes-in ensemble, MobileFaceNet 112x96): "
+            f"{image['frames_per_s']:,.0f} frames/s end to end (message of {args.image_frames_per_message}: "
+            f"p50 {rt['p50_ms']:.0f} ms, p99 {rt['p99_ms']:.0f} ms); "
+            f"Triton alone {image['triton_alone_images_per_s']:,.0f} images/s"
+        )
     else:
         print(f"image mode: {image}")
 

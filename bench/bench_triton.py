@@ -196,21 +196,33 @@ def report(args, rounds, summary) -> None:
         for name in ("dyn_on", "dyn_off", "ensemble"):
             if name in r:
                 o = r[name]
-                print(f"         triton {name:<8} {o.images_per_s:7.1f} img/s  p50 {o.p50_ms:6.1f} ms  "
-                      f"p99 {o.p99_ms:6.1f} ms  avg batch {o.average_batch:5.1f}  ({o.requests} requests)")
+                print(
+                    f"         triton {name:<8} {o.images_per_s:7.1f} img/s  p50 {o.p50_ms:6.1f} ms  "
+                    f"p99 {o.p99_ms:6.1f} ms  avg batch {o.average_batch:5.1f}  ({o.requests} requests)"
+                )
     s = summary
-    print(f"\nMobileFaceNet 112x96 → 128-d + quality, {args.threads} onnxruntime threads, {args.clients} clients, "
-          f"{os.cpu_count()} cores, median of {len(rounds)} round(s); 1-min load average "
-          f"{s['load_average_before']:.1f} before, {s['load_average_after']:.1f} after")
-    print(f"  raw onnxruntime  best {s['ort_best_images_per_s']:.1f} img/s ({s['ort_best_batch']}); "
-          f"batch 1 {s['ort_batch1_images_per_s']:.1f}")
-    print(f"  triton dyn on    {s['triton_on_images_per_s']:.1f} img/s, p50 {s['p50_ms_on']:.1f} ms, "
-          f"p99 {s['p99_ms_on']:.1f} ms, average batch {s['average_batch_on']:.1f}")
-    print(f"  triton dyn off   {s['triton_off_images_per_s']:.1f} img/s, p50 {s['p50_ms_off']:.1f} ms, "
-          f"p99 {s['p99_ms_off']:.1f} ms, average batch {s['average_batch_off']:.1f}")
+    print(
+        f"\nMobileFaceNet 112x96 → 128-d + quality, {args.threads} onnxruntime threads, {args.clients} clients, "
+        f"{os.cpu_count()} cores, median of {len(rounds)} round(s); 1-min load average "
+        f"{s['load_average_before']:.1f} before, {s['load_average_after']:.1f} after"
+    )
+    print(
+        f"  raw onnxruntime  best {s['ort_best_images_per_s']:.1f} img/s ({s['ort_best_batch']}); "
+        f"batch 1 {s['ort_batch1_images_per_s']:.1f}"
+    )
+    print(
+        f"  triton dyn on    {s['triton_on_images_per_s']:.1f} img/s, p50 {s['p50_ms_on']:.1f} ms, "
+        f"p99 {s['p99_ms_on']:.1f} ms, average batch {s['average_batch_on']:.1f}"
+    )
+    print(
+        f"  triton dyn off   {s['triton_off_images_per_s']:.1f} img/s, p50 {s['p50_ms_off']:.1f} ms, "
+        f"p99 {s['p99_ms_off']:.1f} ms, average batch {s['average_batch_off']:.1f}"
+    )
     if "ensemble_images_per_s" in s:
-        print(f"  ensemble (JPEG)  {s['ensemble_images_per_s']:.1f} img/s, p50 {s['ensemble_p50_ms']:.1f} ms, "
-              f"p99 {s['ensemble_p99_ms']:.1f} ms")
+        print(
+            f"  ensemble (JPEG)  {s['ensemble_images_per_s']:.1f} img/s, p50 {s['ensemble_p50_ms']:.1f} ms, "
+            f"p99 {s['ensemble_p99_ms']:.1f} ms"
+        )
     print(f"  ratio triton(on) / ort(best) = {s['ratio_triton_on_vs_ort_best']:.2f}   (target ≥ 0.9)")
     print(f"  ratio on / off               = {s['ratio_on_vs_off']:.2f}")
     print(f"  average batch (on)           = {s['average_batch_on']:.1f}    (target ≥ 8)")
@@ -236,8 +248,10 @@ def main() -> None:
         tmp = Path(tmp)
         onnx_path = build_onnx(args.shared_data, tmp / "model.onnx")
         jpegs, x = real_faces(args.shared_data, 64)
-        sessions = {"spin": onnx_session(onnx_path, args.threads, True),
-                    "nospin": onnx_session(onnx_path, args.threads, False)}
+        sessions = {
+            "spin": onnx_session(onnx_path, args.threads, True),
+            "nospin": onnx_session(onnx_path, args.threads, False),
+        }
         runtime = OnnxRuntimeSettings(threads=args.threads, spinning=args.spinning)
         servers = {}
         for name, dynamic in (("dyn_on", True), ("dyn_off", False)):
@@ -254,8 +268,11 @@ def main() -> None:
     summary = summarise(rounds) | {"load_average_before": load_before, "load_average_after": load_after}
     report(args, rounds, summary)
     if args.json:
-        data = {"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
-                "rounds": [{k: (asdict(v) if isinstance(v, LoadResult) else v) for k, v in r.items()} for r in rounds]}
+        data = {
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "summary": summary,
+            "rounds": [{k: (asdict(v) if isinstance(v, LoadResult) else v) for k, v in r.items()} for r in rounds],
+        }
         args.json.write_text(json.dumps(data, indent=2))
         print(f"wrote {args.json}")
 

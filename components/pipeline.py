@@ -125,13 +125,29 @@ def build_pipeline(
         overrides: List[str] = [],
     ) -> Outputs:
         config = configure(
-            preset=preset, overrides=overrides, iterations=iterations, data_source=data_source,
-            data_location=data_location, eval_identities=eval_identities, backbone=backbone,
-            embedding_size=embedding_size, step1_epochs=step1_epochs, step1_lr=step1_lr,
-            step1_milestones=step1_milestones, step2_epochs=step2_epochs, step2_lr=step2_lr,
-            step2_milestones=step2_milestones, step3_epochs=step3_epochs, step3_lr=step3_lr,
-            step3_milestones=step3_milestones, margin_m1=margin_m1, margin_m2=margin_m2, margin_m3=margin_m3,
-            margin_scale=margin_scale, qwdf_threshold=qwdf_threshold, batch_size=batch_size,
+            preset=preset,
+            overrides=overrides,
+            iterations=iterations,
+            data_source=data_source,
+            data_location=data_location,
+            eval_identities=eval_identities,
+            backbone=backbone,
+            embedding_size=embedding_size,
+            step1_epochs=step1_epochs,
+            step1_lr=step1_lr,
+            step1_milestones=step1_milestones,
+            step2_epochs=step2_epochs,
+            step2_lr=step2_lr,
+            step2_milestones=step2_milestones,
+            step3_epochs=step3_epochs,
+            step3_lr=step3_lr,
+            step3_milestones=step3_milestones,
+            margin_m1=margin_m1,
+            margin_m2=margin_m2,
+            margin_m3=margin_m3,
+            margin_scale=margin_scale,
+            qwdf_threshold=qwdf_threshold,
+            batch_size=batch_size,
         ).set_display_name("configure")
         _light(config, cluster, cpu="500m", memory="1Gi")
         cfg = config.output
@@ -144,20 +160,33 @@ def build_pipeline(
 
         def trained(component, stage: str, title: str, init=None):
             extra = {} if init is None else {"init_model": init.outputs["model"]}
-            task = component(dataset=dataset, config_json=cfg, gpus=gpus_per_step, stage=stage,
-                             checkpoint_root=cluster.checkpoint_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **extra)
+            task = component(
+                dataset=dataset,
+                config_json=cfg,
+                gpus=gpus_per_step,
+                stage=stage,
+                checkpoint_root=cluster.checkpoint_root,
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                **extra,
+            )
             _gpu_training(task.set_display_name(f"{stage}: {title}"), cluster, gpus_per_step)
             return task
 
-        model = trained(train_quality, "step2-1", "train quality branch",
-                        trained(train_backbone, "step1", "train backbone"))
+        model = trained(
+            train_quality, "step2-1", "train quality branch", trained(train_backbone, "step1", "train backbone")
+        )
         for i in range(1, iterations + 1):
             weighted = trained(train_weighted, f"step3-{i}", "quality-weighted retraining", model)
             model = trained(train_quality, f"step2-{i + 1}", "train quality branch", weighted)
         final = model.outputs["model"]
 
-        scores = evaluate(dataset=dataset, model=final, config_json=cfg, accuracy_threshold=accuracy_threshold,
-                          min_quality_std=min_quality_std).set_display_name("evaluate")
+        scores = evaluate(
+            dataset=dataset,
+            model=final,
+            config_json=cfg,
+            accuracy_threshold=accuracy_threshold,
+            min_quality_std=min_quality_std,
+        ).set_display_name("evaluate")
         _light(scores, cluster, cpu="8", memory="32Gi")
         _mount(scores, cluster.data_pvc, cluster.data_mount)
         scores.set_env_variable("TQDM_MININTERVAL", "60")
@@ -167,8 +196,12 @@ def build_pipeline(
         _mount(onnx, cluster.data_pvc, cluster.data_mount)
 
         with dsl.If(scores.outputs["Output"] == True, name="evaluation-passed"):  # noqa: E712 (a KFP condition)
-            release = deploy_triton(onnx_model=onnx.outputs["onnx_model"], repository=model_repository,
-                                    variant=serving_variant, triton_url=triton_url).set_display_name("deploy to Triton")
+            release = deploy_triton(
+                onnx_model=onnx.outputs["onnx_model"],
+                repository=model_repository,
+                variant=serving_variant,
+                triton_url=triton_url,
+            ).set_display_name("deploy to Triton")
             # Writing a version into a repository is a side effect: never cached, never retried half-way.
             _light(release, cluster, cpu="1", memory="4Gi", cache=False)
             _mount(release, cluster.models_pvc, cluster.models_mount)
@@ -176,8 +209,9 @@ def build_pipeline(
             # manifests/: Triton's NetworkPolicy admits model-control calls only from pods with this label.
             kubernetes.add_pod_label(release, TRITON_CLIENT_LABEL, "true")
 
-        return Outputs(metrics=scores.outputs["metrics"], report=scores.outputs["report"],
-                       onnx_model=onnx.outputs["onnx_model"])
+        return Outputs(
+            metrics=scores.outputs["metrics"], report=scores.outputs["report"], onnx_model=onnx.outputs["onnx_model"]
+        )
 
     return eqface_training
 
@@ -206,12 +240,14 @@ def _light(task: dsl.PipelineTask, cluster: ClusterSettings, cpu: str, memory: s
 def _gpu_training(task: dsl.PipelineTask, cluster: ClusterSettings, gpus) -> None:
     _light(task, cluster, cpu=cluster.train_cpu, memory=cluster.train_memory)
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
-    task.set_retry(num_retries=cluster.train_retries, backoff_duration="60s", backoff_factor=2.0,
-                   backoff_max_duration="900s")
+    task.set_retry(
+        num_retries=cluster.train_retries, backoff_duration="60s", backoff_factor=2.0, backoff_max_duration="900s"
+    )
     task.set_env_variable("TQDM_MININTERVAL", "60")  # progress lines once a minute in the pod log, not per batch
     kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
-    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                               size_limit=cluster.shm_size)
+    kubernetes.empty_dir_mount(
+        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=cluster.shm_size
+    )
     _mount(task, cluster.data_pvc, cluster.data_mount)
     _mount(task, cluster.work_pvc, cluster.work_mount)
 
@@ -224,8 +260,10 @@ def _mount(task: dsl.PipelineTask, pvc: str, mount_path: str) -> None:
 def _object_store_secret(task: dsl.PipelineTask, cluster: ClusterSettings) -> None:
     if not cluster.object_store_secret:
         return
-    kubernetes.use_secret_as_env(task, secret_name=cluster.object_store_secret,
-                                 secret_key_to_env={k: k for k in OBJECT_STORE_ENV}, optional=True)
-    kubernetes.use_secret_as_volume(task, secret_name=cluster.object_store_secret, mount_path=SECRET_MOUNT,
-                                    optional=True)
+    kubernetes.use_secret_as_env(
+        task, secret_name=cluster.object_store_secret, secret_key_to_env={k: k for k in OBJECT_STORE_ENV}, optional=True
+    )
+    kubernetes.use_secret_as_volume(
+        task, secret_name=cluster.object_store_secret, mount_path=SECRET_MOUNT, optional=True
+    )
     task.set_env_variable("EQFACE_GCS_CREDENTIALS", f"{SECRET_MOUNT}/{GCS_KEY_FILE}")

@@ -64,9 +64,11 @@ class ModelRef:
         if not train:
             return "(no training config stored)"
         epochs = "/".join(str(train.get(f"step{k}", {}).get("epochs")) for k in (1, 2, 3))
-        return (f"trained on {Path(str(data.get('path', ''))).name or data.get('source')} minus its last "
-                f"{data.get('eval_identities')} identities, seed {train.get('seed')}, epochs step1/2/3 {epochs}, "
-                f"step3_quality {train.get('step3_quality')}, iterations {train.get('iterations')}")
+        return (
+            f"trained on {Path(str(data.get('path', ''))).name or data.get('source')} minus its last "
+            f"{data.get('eval_identities')} identities, seed {train.get('seed')}, epochs step1/2/3 {epochs}, "
+            f"step3_quality {train.get('step3_quality')}, iterations {train.get('iterations')}"
+        )
 
 
 def experiment_parser(description: str | None, name: str, model_help: str | None = None) -> argparse.ArgumentParser:
@@ -141,7 +143,7 @@ class Embeddings:
     quality: np.ndarray  # [N] in [0, 1]
     raw_norm: np.ndarray  # [N]
 
-    def take(self, idx: np.ndarray) -> "Embeddings":
+    def take(self, idx: np.ndarray) -> Embeddings:
         return Embeddings(self.emb[idx], self.quality[idx], self.raw_norm[idx])
 
 
@@ -161,8 +163,11 @@ def embed_images(
         embs.append((raw / norm.clamp_min(1e-12)[:, None]).numpy())
     if not embs:
         raise ValueError("no images to embed")
-    return Embeddings(np.concatenate(embs).astype(np.float32), np.concatenate(quals).astype(np.float64),
-                      np.concatenate(norms).astype(np.float64))
+    return Embeddings(
+        np.concatenate(embs).astype(np.float32),
+        np.concatenate(quals).astype(np.float64),
+        np.concatenate(norms).astype(np.float64),
+    )
 
 
 def source_images(source: FaceSource) -> list[np.ndarray]:
@@ -187,8 +192,12 @@ BOOTSTRAP_REPS = 200
 
 
 def paired_bootstrap_tar(
-    score_a: np.ndarray, score_b: np.ndarray, issame: np.ndarray, fars: Sequence[float],
-    reps: int | None = None, seed: int = 0,
+    score_a: np.ndarray,
+    score_b: np.ndarray,
+    issame: np.ndarray,
+    fars: Sequence[float],
+    reps: int | None = None,
+    seed: int = 0,
 ) -> dict[float, tuple[float, float] | None]:
     """95% percentile interval of TAR_b − TAR_a at each FAR, both arms scored on the same resampled pairs.
 
@@ -211,8 +220,9 @@ def paired_bootstrap_tar(
         for far in fars:
             if ta[far] is not None and tb[far] is not None:
                 diffs[far].append(tb[far] - ta[far])
-    return {far: (float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))) if d else None
-            for far, d in diffs.items()}
+    return {
+        far: (float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))) if d else None for far, d in diffs.items()
+    }
 
 
 def diff_verdict(diff: float, interval: tuple[float, float] | None) -> str:
@@ -220,8 +230,13 @@ def diff_verdict(diff: float, interval: tuple[float, float] | None) -> str:
     if interval is None:
         return f"{100 * diff:+.2f} pts"
     lo, hi = interval
-    tag = "equal" if diff == 0 and lo == hi == 0 else "within noise" if lo <= 0 <= hi else (
-        "better" if lo > 0 else "worse")
+    tag = (
+        "equal"
+        if diff == 0 and lo == hi == 0
+        else "within noise"
+        if lo <= 0 <= hi
+        else ("better" if lo > 0 else "worse")
+    )
     return f"{100 * diff:+.2f} pts [95% CI {100 * lo:+.2f}, {100 * hi:+.2f}]: {tag}"
 
 
@@ -265,8 +280,14 @@ def command_line(module: str) -> str:
 
 def git_head() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=10, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -319,11 +340,16 @@ class Report:
         self.figures["environment"] = env
         self.figures["pngs"] = self.pngs
         command = command or "(called from Python, not from the command line)"
-        head = [f"# {self.title}", "", f"Command: `{command}`", "",
-                f"Runtime: **{runtime:.0f} s** on {env['cpus']} CPU core(s) shared with other jobs "
-                f"(load average at the end {env['load_average']}); torch {env['torch']} with "
-                f"{env['torch_threads']} thread(s); code at git {env['git_head']} (working tree may hold others' "
-                "uncommitted changes outside experiments/)."]
+        head = [
+            f"# {self.title}",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"Runtime: **{runtime:.0f} s** on {env['cpus']} CPU core(s) shared with other jobs "
+            f"(load average at the end {env['load_average']}); torch {env['torch']} with "
+            f"{env['torch_threads']} thread(s); code at git {env['git_head']} (working tree may hold others' "
+            "uncommitted changes outside experiments/).",
+        ]
         (self.out_dir / "report.md").write_text("\n".join(head + self.lines).rstrip() + "\n")
         (self.out_dir / "results.json").write_text(json.dumps(jsonable(self.figures), indent=1) + "\n")
         return runtime
@@ -331,9 +357,13 @@ class Report:
 
 def environment() -> dict[str, Any]:
     return {
-        "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "load_average": [round(x, 2) for x in os.getloadavg()], "git_head": git_head(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "git_head": git_head(),
     }
 
 

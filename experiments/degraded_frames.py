@@ -51,8 +51,12 @@ def embed_frames(
     if len(hit) == 0:
         return out
     frames = [
-        degrade(fit_to_size(images[spec.image_index[k]], ref.image_size), KINDS[spec.kind[k]], float(spec.strength[k]),
-                np.random.default_rng([*seed, int(k)]))
+        degrade(
+            fit_to_size(images[spec.image_index[k]], ref.image_size),
+            KINDS[spec.kind[k]],
+            float(spec.strength[k]),
+            np.random.default_rng([*seed, int(k)]),
+        )
         for k in hit
     ]
     e = embed_images(ref.net, frames, ref.image_size)

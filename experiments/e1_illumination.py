@@ -14,13 +14,23 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
+from eqface.data.image_ops import fit_to_size
 from eqface.eval.edc import edc_curve, edc_pauc, embedding_norm_quality, pair_quality, random_quality
 from eqface.eval.roc import auc, tar_at_far
 from eqface.eval.sharpness import sharpness_quality
-from eqface.data.image_ops import fit_to_size
 from experiments.common import (
-    DEFAULT_RUN, experiment_parser, Embeddings, ModelRef, Report, all_within_pairs, command_line,
-    embed_images, fmt_far, fmt_pct, load_model_ref, new_figure,
+    DEFAULT_RUN,
+    Embeddings,
+    ModelRef,
+    Report,
+    all_within_pairs,
+    command_line,
+    embed_images,
+    experiment_parser,
+    fmt_far,
+    fmt_pct,
+    load_model_ref,
+    new_figure,
 )
 
 NAME = "e1_illumination"
@@ -44,17 +54,33 @@ def quality_vs_angle(quality: np.ndarray, angles: np.ndarray) -> dict[str, Any]:
     per_band = []
     for b, label in enumerate(BAND_LABELS):
         q = quality[bands == b]
-        per_band.append({"band": label, "n": int(q.size), "mean": float(q.mean()) if q.size else None,
-                         "std": float(q.std()) if q.size else None})
+        per_band.append(
+            {
+                "band": label,
+                "n": int(q.size),
+                "mean": float(q.mean()) if q.size else None,
+                "std": float(q.std()) if q.size else None,
+            }
+        )
     rho = float(spearmanr(quality, angles).statistic)
     std = float(np.std(quality))
-    return {"spearman": rho, "std": std, "mean": float(np.mean(quality)), "bands": per_band,
-            "accept_spearman": rho <= ACCEPT_SPEARMAN, "accept_std": std >= ACCEPT_STD}
+    return {
+        "spearman": rho,
+        "std": std,
+        "mean": float(np.mean(quality)),
+        "bands": per_band,
+        "accept_spearman": rho <= ACCEPT_SPEARMAN,
+        "accept_std": std >= ACCEPT_STD,
+    }
 
 
 def edc_summary(
-    scores: np.ndarray, issame: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray,
-    measures: dict[str, np.ndarray], start_fmr: float,
+    scores: np.ndarray,
+    issame: np.ndarray,
+    idx_a: np.ndarray,
+    idx_b: np.ndarray,
+    measures: dict[str, np.ndarray],
+    start_fmr: float,
 ) -> dict[str, dict[str, Any]]:
     """EDC, FNMR at a few discard fractions and normalised pAUC (mean FNMR over [0, limit]) for each quality measure."""
     out = {}
@@ -62,8 +88,9 @@ def edc_summary(
         curve = edc_curve(scores, issame, pair_quality(per_image, idx_a, idx_b), start_fmr)
         out[name] = {
             "threshold": curve.threshold,
-            "fnmr_at_discard": {f"{d:g}": float(np.interp(d, curve.discard_fractions, curve.fnmr))
-                                for d in DISCARD_POINTS},
+            "fnmr_at_discard": {
+                f"{d:g}": float(np.interp(d, curve.discard_fractions, curve.fnmr)) for d in DISCARD_POINTS
+            },
             "pauc_normalised": {f"{lim:g}": edc_pauc(curve, lim, normalise=True) for lim in PAUC_LIMITS},
             "curve": _thin_curve(curve.discard_fractions, curve.fnmr),
         }
@@ -77,8 +104,16 @@ def _thin_curve(x: np.ndarray, y: np.ndarray, limit: float = 0.5, points: int = 
 
 
 def run_e1(
-    models: Sequence[ModelRef], images: Sequence[np.ndarray], labels: np.ndarray, angles: np.ndarray,
-    out_dir: Path, *, seed: int = 0, start_fmr: float = 1e-3, data_note: str = "", command: str | None = None,
+    models: Sequence[ModelRef],
+    images: Sequence[np.ndarray],
+    labels: np.ndarray,
+    angles: np.ndarray,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    start_fmr: float = 1e-3,
+    data_note: str = "",
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Embeds the images once per model and writes report.md, results.json and the PNGs into ``out_dir``."""
     if len({m.name for m in models}) != len(models):
@@ -87,9 +122,17 @@ def run_e1(
     labels, angles = np.asarray(labels), np.asarray(angles, dtype=np.float64)
     idx_a, idx_b, issame = all_within_pairs(labels)
     n_imp = int((~issame).sum())
-    report.figures.update({"images": len(labels), "identities": int(len(np.unique(labels))),
-                           "genuine_pairs": int(issame.sum()), "impostor_pairs": n_imp, "start_fmr": start_fmr,
-                           "seed": seed, "models": {}})
+    report.figures.update(
+        {
+            "images": len(labels),
+            "identities": int(len(np.unique(labels))),
+            "genuine_pairs": int(issame.sum()),
+            "impostor_pairs": n_imp,
+            "start_fmr": start_fmr,
+            "seed": seed,
+            "models": {},
+        }
+    )
     report.add_models(models)
     _protocol(report, models, labels, issame, start_fmr, seed, data_note)
     sharp_cache: dict[tuple[int, int], np.ndarray] = {}
@@ -99,8 +142,9 @@ def run_e1(
         e = embed_images(ref.net, images, ref.image_size)
         if ref.image_size not in sharp_cache:  # sharpness of the pixels the network sees
             sharp_cache[ref.image_size] = sharpness_quality(np.stack([fit_to_size(i, ref.image_size) for i in images]))
-        results[ref.name] = _evaluate_model(ref, e, sharp_cache[ref.image_size], rand, angles, labels, idx_a, idx_b,
-                                            issame, start_fmr)
+        results[ref.name] = _evaluate_model(
+            ref, e, sharp_cache[ref.image_size], rand, angles, labels, idx_a, idx_b, issame, start_fmr
+        )
         report.figures["models"][ref.name] = results[ref.name]
     _write_results(report, models, results, angles)
     report.write(command)
@@ -108,8 +152,16 @@ def run_e1(
 
 
 def _evaluate_model(
-    ref: ModelRef, e: Embeddings, sharp: np.ndarray, rand: np.ndarray, angles: np.ndarray, labels: np.ndarray,
-    idx_a: np.ndarray, idx_b: np.ndarray, issame: np.ndarray, start_fmr: float,
+    ref: ModelRef,
+    e: Embeddings,
+    sharp: np.ndarray,
+    rand: np.ndarray,
+    angles: np.ndarray,
+    labels: np.ndarray,
+    idx_a: np.ndarray,
+    idx_b: np.ndarray,
+    issame: np.ndarray,
+    start_fmr: float,
 ) -> dict[str, Any]:
     scores = np.einsum("nd,nd->n", e.emb[idx_a].astype(np.float64), e.emb[idx_b].astype(np.float64))
     norm = embedding_norm_quality(e.emb * e.raw_norm[:, None])
@@ -119,14 +171,23 @@ def _evaluate_model(
         "quality": quality_vs_angle(e.quality, angles),
         "spearman_vs_angle": {k: float(spearmanr(v, angles).statistic) for k, v in measures.items()},
         "quality_values": e.quality.round(5).tolist(),
-        "verification": {"auc": auc(scores, issame), "tar_at_far": tar_at_far(scores, issame, VERIFY_FARS),
-                         "genuine_mean": float(scores[issame].mean()), "impostor_mean": float(scores[~issame].mean())},
+        "verification": {
+            "auc": auc(scores, issame),
+            "tar_at_far": tar_at_far(scores, issame, VERIFY_FARS),
+            "genuine_mean": float(scores[issame].mean()),
+            "impostor_mean": float(scores[~issame].mean()),
+        },
         "edc": edc_summary(scores, issame, idx_a, idx_b, measures, start_fmr),
     }
 
 
 def _protocol(
-    report: Report, models: Sequence[ModelRef], labels: np.ndarray, issame: np.ndarray, start_fmr: float, seed: int,
+    report: Report,
+    models: Sequence[ModelRef],
+    labels: np.ndarray,
+    issame: np.ndarray,
+    start_fmr: float,
+    seed: int,
     data_note: str,
 ) -> None:
     n_imp = int((~issame).sum())
@@ -145,12 +206,12 @@ def _protocol(
         "normalised: the mean FNMR over discard fractions [0, limit] (lower is better).",
         f"Baselines: random = uniform [0, 1) from seed {seed}; embedding norm = L2 norm of the model's embedding "
         "before normalisation (MagFace-style; only its order matters); sharpness = variance of the Laplacian of the "
-        "grey network input (" + ", ".join(sorted({f"{m.image_size[0]}×{m.image_size[1]}" for m in models}))
+        "grey network input ("
+        + ", ".join(sorted({f"{m.image_size[0]}×{m.image_size[1]}" for m in models}))
         + ", as fitted for the network).",
         f"Acceptance (issue 2): Spearman(quality, light angle) ≤ {ACCEPT_SPEARMAN} and quality std ≥ {ACCEPT_STD}.",
     )
-    report.table(["model", "file", "training config"],
-                 [[m.name, m.describe(), m.config_note()] for m in models])
+    report.table(["model", "file", "training config"], [[m.name, m.describe(), m.config_note()] for m in models])
 
 
 def _write_results(report: Report, models: Sequence[ModelRef], results: dict[str, Any], angles: np.ndarray) -> None:
@@ -162,36 +223,79 @@ def _write_results(report: Report, models: Sequence[ModelRef], results: dict[str
         rows.append([ref.name, f"{q['spearman']:+.3f}", f"{q['std']:.3f}", f"{q['mean']:.3f}", verdict])
     report.table(["model", "Spearman(q, angle)", "quality std", "quality mean", "≤ −0.5 and ≥ 0.1"], rows)
     report.section("Mean quality per light-angle band")
-    report.table(["model", *(f"{b} (n)" for b in BAND_LABELS)],
-                 [[ref.name, *(f"{b['mean']:.3f} ± {b['std']:.3f} ({b['n']})" if b["n"] else "– (0)"
-                               for b in results[ref.name]["quality"]["bands"])] for ref in models])
+    report.table(
+        ["model", *(f"{b} (n)" for b in BAND_LABELS)],
+        [
+            [
+                ref.name,
+                *(
+                    f"{b['mean']:.3f} ± {b['std']:.3f} ({b['n']})" if b["n"] else "– (0)"
+                    for b in results[ref.name]["quality"]["bands"]
+                ),
+            ]
+            for ref in models
+        ],
+    )
     report.section("Recognition on Yale (all pairs), for context")
-    report.text("How well each network recognises these faces at all: the EDCs start from its FNMR at the fixed "
-                "threshold (= 1 − TAR at the start FMR).")
-    report.table(["model", "AUC", *(f"TAR@{fmt_far(x)} %" for x in VERIFY_FARS), "mean genuine cos",
-                  "mean impostor cos"],
-                 [[ref.name, f"{v['auc']:.4f}", *(fmt_pct(v["tar_at_far"][x]) for x in VERIFY_FARS),
-                   f"{v['genuine_mean']:.3f}", f"{v['impostor_mean']:.3f}"]
-                  for ref in models for v in [results[ref.name]["verification"]]])
+    report.text(
+        "How well each network recognises these faces at all: the EDCs start from its FNMR at the fixed "
+        "threshold (= 1 − TAR at the start FMR)."
+    )
+    report.table(
+        ["model", "AUC", *(f"TAR@{fmt_far(x)} %" for x in VERIFY_FARS), "mean genuine cos", "mean impostor cos"],
+        [
+            [
+                ref.name,
+                f"{v['auc']:.4f}",
+                *(fmt_pct(v["tar_at_far"][x]) for x in VERIFY_FARS),
+                f"{v['genuine_mean']:.3f}",
+                f"{v['impostor_mean']:.3f}",
+            ]
+            for ref in models
+            for v in [results[ref.name]["verification"]]
+        ],
+    )
     report.section("Spearman against light angle, every measure")
     report.text("A useful quality falls as the angle grows (negative rho).")
-    report.table(["model", *MEASURES],
-                 [[ref.name, *(f"{results[ref.name]['spearman_vs_angle'][m]:+.3f}" for m in MEASURES)]
-                  for ref in models])
+    report.table(
+        ["model", *MEASURES],
+        [[ref.name, *(f"{results[ref.name]['spearman_vs_angle'][m]:+.3f}" for m in MEASURES)] for ref in models],
+    )
     for ref in models:
         r = results[ref.name]
         report.section(f"EDC — {ref.name}")
-        rows = [[m, *(f"{r['edc'][m]['fnmr_at_discard'][f'{d:g}']:.4f}" for d in DISCARD_POINTS),
-                 *(f"{r['edc'][m]['pauc_normalised'][f'{lim:g}']:.4f}" for lim in PAUC_LIMITS)] for m in MEASURES]
-        report.table(["quality measure", *(f"FNMR @ {int(100 * d)}% discarded" for d in DISCARD_POINTS),
-                      *(f"pAUC [0, {lim:g}] (norm.)" for lim in PAUC_LIMITS)], rows)
+        rows = [
+            [
+                m,
+                *(f"{r['edc'][m]['fnmr_at_discard'][f'{d:g}']:.4f}" for d in DISCARD_POINTS),
+                *(f"{r['edc'][m]['pauc_normalised'][f'{lim:g}']:.4f}" for lim in PAUC_LIMITS),
+            ]
+            for m in MEASURES
+        ]
+        report.table(
+            [
+                "quality measure",
+                *(f"FNMR @ {int(100 * d)}% discarded" for d in DISCARD_POINTS),
+                *(f"pAUC [0, {lim:g}] (norm.)" for lim in PAUC_LIMITS),
+            ],
+            rows,
+        )
         report.text(_edc_verdict(r))
-        report.image(_edc_figure(ref.name, r), f"edc_{_slug(ref.name)}.png",
-                     f"EDC (FNMR at fixed start-FMR threshold vs fraction discarded), {ref.name}")
-        report.image(_hist_figure(ref.name, r, band_index(angles)), f"quality_hist_{_slug(ref.name)}.png",
-                     f"Quality histogram per light-angle band, {ref.name}")
-        report.image(_scatter_figure(ref.name, np.asarray(r["quality_values"]), angles),
-                     f"quality_vs_angle_{_slug(ref.name)}.png", f"Quality against light angle, {ref.name}")
+        report.image(
+            _edc_figure(ref.name, r),
+            f"edc_{_slug(ref.name)}.png",
+            f"EDC (FNMR at fixed start-FMR threshold vs fraction discarded), {ref.name}",
+        )
+        report.image(
+            _hist_figure(ref.name, r, band_index(angles)),
+            f"quality_hist_{_slug(ref.name)}.png",
+            f"Quality histogram per light-angle band, {ref.name}",
+        )
+        report.image(
+            _scatter_figure(ref.name, np.asarray(r["quality_values"]), angles),
+            f"quality_vs_angle_{_slug(ref.name)}.png",
+            f"Quality against light angle, {ref.name}",
+        )
 
 
 def _edc_verdict(r: dict[str, Any]) -> str:
@@ -201,8 +305,10 @@ def _edc_verdict(r: dict[str, Any]) -> str:
         pauc = {m: r["edc"][m]["pauc_normalised"][f"{lim:g}"] for m in MEASURES}
         best = min(MEASURES, key=pauc.get)
         margins = ", ".join(f"{m} {pauc[m] - pauc[MEASURES[0]]:+.4f}" for m in MEASURES[1:])
-        lines.append(f"pAUC [0, {lim:g}]: lowest is **{best}**; baseline minus EQFace quality: {margins} "
-                     "(positive = the EQFace quality is better).")
+        lines.append(
+            f"pAUC [0, {lim:g}]: lowest is **{best}**; baseline minus EQFace quality: {margins} "
+            "(positive = the EQFace quality is better)."
+        )
     return " ".join(lines)
 
 
@@ -259,18 +365,31 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from eqface.data.packs import light_angle_degrees, load_pack
 
-    models = [load_model_ref(args.run / "model.pt", "final"),
-              load_model_ref(args.run / "step2-1" / "final.pt", "step2-1")]
+    models = [
+        load_model_ref(args.run / "model.pt", "final"),
+        load_model_ref(args.run / "step2-1" / "final.pt", "step2-1"),
+    ]
     yale = load_pack(args.data_dir / "extended_yale_b_cropped.npz")
     images = [yale.image(i) for i in range(len(yale))]
-    note = ("`extended_yale_b_cropped.npz`, every normal image (flash-failed `.bad` and ambient images dropped by "
-            "`load_pack`), aligned onto the ArcFace template by `load_pack` (`align_yale`). No image of Yale was "
-            "used in training. Models: **final** = the run's `model.pt` (Steps 1 → 2 → 3 → 2: backbone retrained "
-            "with quality weights, then a new quality branch); **step2-1** = after Steps 1 → 2 only (the pretrained "
-            "backbone with a classifier and a quality branch: the paper's §5.2 case of quality on a fixed "
-            "recogniser).")
-    figures = run_e1(models, images, yale.labels, light_angle_degrees(yale), args.out, seed=args.seed,
-                     start_fmr=args.start_fmr, data_note=note, command=command_line(f"experiments.{NAME}"))
+    note = (
+        "`extended_yale_b_cropped.npz`, every normal image (flash-failed `.bad` and ambient images dropped by "
+        "`load_pack`), aligned onto the ArcFace template by `load_pack` (`align_yale`). No image of Yale was "
+        "used in training. Models: **final** = the run's `model.pt` (Steps 1 → 2 → 3 → 2: backbone retrained "
+        "with quality weights, then a new quality branch); **step2-1** = after Steps 1 → 2 only (the pretrained "
+        "backbone with a classifier and a quality branch: the paper's §5.2 case of quality on a fixed "
+        "recogniser)."
+    )
+    figures = run_e1(
+        models,
+        images,
+        yale.labels,
+        light_angle_degrees(yale),
+        args.out,
+        seed=args.seed,
+        start_fmr=args.start_fmr,
+        data_note=note,
+        command=command_line(f"experiments.{NAME}"),
+    )
     print((args.out / "report.md").read_text())
     print(f"wrote {args.out} in {figures['runtime_s']} s")
     return 0

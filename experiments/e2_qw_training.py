@@ -19,9 +19,23 @@ from eqface.eval.pairs import make_pairs
 from eqface.eval.roc import auc, max_false_accepts, roc_curve, tar_at_far
 from eqface.eval.verification import kfold_accuracy
 from experiments.common import (
-    BOOTSTRAP_REPS, DEFAULT_RUN, experiment_parser, ModelRef, Report, all_within_pairs, command_line,
-    diff_verdict, embed_images, flat_config_diff, fmt_far, fmt_pct, held_out_source, load_model_ref, new_figure,
-    paired_bootstrap_tar, source_images,
+    BOOTSTRAP_REPS,
+    DEFAULT_RUN,
+    ModelRef,
+    Report,
+    all_within_pairs,
+    command_line,
+    diff_verdict,
+    embed_images,
+    experiment_parser,
+    flat_config_diff,
+    fmt_far,
+    fmt_pct,
+    held_out_source,
+    load_model_ref,
+    new_figure,
+    paired_bootstrap_tar,
+    source_images,
 )
 
 NAME = "e2_qw_training"
@@ -57,34 +71,53 @@ def evaluate_set(
     keep = keep[keep < len(curve.far)]
     n_imp = int((~isame).sum())
     return {
-        "accuracy": acc.mean, "accuracy_std": acc.std, "fold_accuracies": acc.fold_accuracies,
-        "balanced_pairs_per_kind": int(same.sum()), "auc": auc(scores, isame),
-        "tar_at_far": tar_at_far(scores, isame, fars), "genuine_pairs": int(isame.sum()), "impostor_pairs": n_imp,
+        "accuracy": acc.mean,
+        "accuracy_std": acc.std,
+        "fold_accuracies": acc.fold_accuracies,
+        "balanced_pairs_per_kind": int(same.sum()),
+        "auc": auc(scores, isame),
+        "tar_at_far": tar_at_far(scores, isame, fars),
+        "genuine_pairs": int(isame.sum()),
+        "impostor_pairs": n_imp,
         "false_accepts_allowed": {far: max_false_accepts(far, n_imp) for far in fars},
         "roc": {"far": curve.far[keep].round(8).tolist(), "tar": curve.tar[keep].round(6).tolist()},
     }, scores
 
 
 def compare_arms(
-    ra: dict[str, Any], rb: dict[str, Any], score_a: np.ndarray, score_b: np.ndarray, issame: np.ndarray,
-    fars: Sequence[float], seed: int,
+    ra: dict[str, Any],
+    rb: dict[str, Any],
+    score_a: np.ndarray,
+    score_b: np.ndarray,
+    issame: np.ndarray,
+    fars: Sequence[float],
+    seed: int,
 ) -> dict[str, Any]:
     """Arm b minus arm a: accuracy (paired over the same folds) and TAR (paired bootstrap over the same pairs)."""
     d_folds = np.subtract(rb["fold_accuracies"], ra["fold_accuracies"])
     se = float(d_folds.std(ddof=1) / np.sqrt(len(d_folds)))
     intervals = paired_bootstrap_tar(score_a, score_b, issame, fars, seed=seed)
     return {
-        "accuracy_diff": float(d_folds.mean()), "accuracy_interval": (float(d_folds.mean() - 2 * se),
-                                                                      float(d_folds.mean() + 2 * se)),
-        "tar_diff": {far: (None if ra["tar_at_far"][far] is None else rb["tar_at_far"][far] - ra["tar_at_far"][far])
-                     for far in fars},
-        "tar_interval": intervals, "auc_diff": rb["auc"] - ra["auc"],
+        "accuracy_diff": float(d_folds.mean()),
+        "accuracy_interval": (float(d_folds.mean() - 2 * se), float(d_folds.mean() + 2 * se)),
+        "tar_diff": {
+            far: (None if ra["tar_at_far"][far] is None else rb["tar_at_far"][far] - ra["tar_at_far"][far])
+            for far in fars
+        },
+        "tar_interval": intervals,
+        "auc_diff": rb["auc"] - ra["auc"],
     }
 
 
 def run_e2(
-    models: Sequence[ModelRef], sets: Sequence[EvalSet], out_dir: Path, *, seed: int = 0,
-    fars: Sequence[float] = FARS, command: str | None = None, run_logs: dict[str, Any] | None = None,
+    models: Sequence[ModelRef],
+    sets: Sequence[EvalSet],
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    fars: Sequence[float] = FARS,
+    command: str | None = None,
+    run_logs: dict[str, Any] | None = None,
     checks: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Embeds every set once per model; ``checks`` are protocol facts verified by the caller (printed as is)."""
@@ -102,9 +135,11 @@ def run_e2(
             results[s.name][ref.name], scores[ref.name] = evaluate_set(emb, s.labels, seed, fars)
         issame = all_within_pairs(s.labels)[2]
         comparisons[s.name] = {
-            f"{b.name} vs {a.name}": compare_arms(results[s.name][a.name], results[s.name][b.name], scores[a.name],
-                                                  scores[b.name], issame, fars, seed)
-            for i, a in enumerate(models) for b in models[i + 1 :]
+            f"{b.name} vs {a.name}": compare_arms(
+                results[s.name][a.name], results[s.name][b.name], scores[a.name], scores[b.name], issame, fars, seed
+            )
+            for i, a in enumerate(models)
+            for b in models[i + 1 :]
         }
     report.figures["results"], report.figures["comparisons"] = results, comparisons
     for s in sets:
@@ -113,24 +148,37 @@ def run_e2(
     return report.figures
 
 
-def _protocol(report: Report, models: Sequence[ModelRef], sets: Sequence[EvalSet], seed: int,
-              run_logs: dict[str, Any], checks: Sequence[str]) -> None:
+def _protocol(
+    report: Report,
+    models: Sequence[ModelRef],
+    sets: Sequence[EvalSet],
+    seed: int,
+    run_logs: dict[str, Any],
+    checks: Sequence[str],
+) -> None:
     report.section("Protocol")
     report.text(
         "Compared networks (embeddings only; the quality branch plays no part in verification):",
     )
-    report.table(["arm", "file", "training config", "step training time (s, log.jsonl)"],
-                 [[m.name, m.describe(), m.config_note(), run_logs.get(m.name, {}).get("seconds") or "–"]
-                  for m in models])
+    report.table(
+        ["arm", "file", "training config", "step training time (s, log.jsonl)"],
+        [[m.name, m.describe(), m.config_note(), run_logs.get(m.name, {}).get("seconds") or "–"] for m in models],
+    )
     rows = []
     for i, first in enumerate(models):
         for other in models[i + 1 :]:
             diff = flat_config_diff(first.config, other.config)
-            rows.append([f"{first.name} → {other.name}",
-                         "; ".join(f"`{k}`: {a} → {b}" for k, (a, b) in diff.items()) or "(none)"])
+            rows.append(
+                [
+                    f"{first.name} → {other.name}",
+                    "; ".join(f"`{k}`: {a} → {b}" for k, (a, b) in diff.items()) or "(none)",
+                ]
+            )
     if rows:
-        report.text("Stored training configs, what differs (arms of one run share its config; the Step-3 arms must "
-                    "differ only in `train.step3_quality` and start from the same Step-2 `final.pt`):")
+        report.text(
+            "Stored training configs, what differs (arms of one run share its config; the Step-3 arms must "
+            "differ only in `train.step3_quality` and start from the same Step-2 `final.pt`):"
+        )
         report.table(["configs", "differences"], rows)
     for line in checks:
         report.text(line)
@@ -149,32 +197,58 @@ def _protocol(report: Report, models: Sequence[ModelRef], sets: Sequence[EvalSet
     )
 
 
-def _set_section(report: Report, s: EvalSet, models: Sequence[ModelRef], res: dict[str, Any],
-                 comparisons: dict[str, Any], fars: Sequence[float]) -> None:
+def _set_section(
+    report: Report,
+    s: EvalSet,
+    models: Sequence[ModelRef],
+    res: dict[str, Any],
+    comparisons: dict[str, Any],
+    fars: Sequence[float],
+) -> None:
     report.section(f"Results — {s.name}")
     first = next(iter(res.values()))
-    report.text(f"{first['genuine_pairs']} genuine / {first['impostor_pairs']} impostor pairs for TAR@FAR; "
-                f"{first['balanced_pairs_per_kind']} + {first['balanced_pairs_per_kind']} pairs for accuracy.")
-    rows = [[m.name, f"{100 * res[m.name]['accuracy']:.2f} ± {100 * res[m.name]['accuracy_std']:.2f}",
-             f"{res[m.name]['auc']:.4f}", *(fmt_pct(res[m.name]["tar_at_far"][far]) for far in fars)] for m in models]
+    report.text(
+        f"{first['genuine_pairs']} genuine / {first['impostor_pairs']} impostor pairs for TAR@FAR; "
+        f"{first['balanced_pairs_per_kind']} + {first['balanced_pairs_per_kind']} pairs for accuracy."
+    )
+    rows = [
+        [
+            m.name,
+            f"{100 * res[m.name]['accuracy']:.2f} ± {100 * res[m.name]['accuracy_std']:.2f}",
+            f"{res[m.name]['auc']:.4f}",
+            *(fmt_pct(res[m.name]["tar_at_far"][far]) for far in fars),
+        ]
+        for m in models
+    ]
     report.table(["arm", "accuracy % (10-fold, ± fold std)", "AUC", *(f"TAR@{fmt_far(f)} %" for f in fars)], rows)
-    report.text("False accepts the threshold allows at each FAR: " + ", ".join(
-        f"{fmt_far(far)}: {first['false_accepts_allowed'][far] or 'n/r'}" for far in fars) + ".")
+    report.text(
+        "False accepts the threshold allows at each FAR: "
+        + ", ".join(f"{fmt_far(far)}: {first['false_accepts_allowed'][far] or 'n/r'}" for far in fars)
+        + "."
+    )
     thin = [fmt_far(far) for far in fars if (first["false_accepts_allowed"][far] or 0) in range(1, 10)]
     report.text(*(_verdict(name, c, fars) for name, c in comparisons.items()))
     if thin:
-        report.text(f"Caution: at FAR {', '.join(thin)} the threshold rests on fewer than 10 impostor pairs; a jump "
-                    "there can come from one or two look-alike pairs, so read those columns as anecdotes.")
-    report.image(_roc_figure(s.name, models, res), f"roc_{s.name.split()[0].lower()}.png",
-                 f"ROC on every within-set pair, {s.name}")
+        report.text(
+            f"Caution: at FAR {', '.join(thin)} the threshold rests on fewer than 10 impostor pairs; a jump "
+            "there can come from one or two look-alike pairs, so read those columns as anecdotes."
+        )
+    report.image(
+        _roc_figure(s.name, models, res),
+        f"roc_{s.name.split()[0].lower()}.png",
+        f"ROC on every within-set pair, {s.name}",
+    )
 
 
 def _verdict(name: str, c: dict[str, Any], fars: Sequence[float]) -> str:
     lo, hi = c["accuracy_interval"]
     acc_tag = "within noise" if lo <= 0 <= hi else "better" if lo > 0 else "worse"
     parts = [f"accuracy {100 * c['accuracy_diff']:+.2f} pts [{100 * lo:+.2f}, {100 * hi:+.2f}]: {acc_tag}"]
-    parts += [f"TAR@{fmt_far(far)} {diff_verdict(c['tar_diff'][far], c['tar_interval'][far])}"
-              for far in fars if c["tar_diff"][far] is not None]
+    parts += [
+        f"TAR@{fmt_far(far)} {diff_verdict(c['tar_diff'][far], c['tar_interval'][far])}"
+        for far in fars
+        if c["tar_diff"][far] is not None
+    ]
     return f"- **{name}**: " + "; ".join(parts) + f"; AUC {c['auc_diff']:+.4f}."
 
 
@@ -210,9 +284,11 @@ def same_start_checks(step2: Path, arms: dict[str, Path]) -> list[str]:
     for name, path in arms.items():
         net = checkpoint.load(path)["net"]
         same = all(torch.equal(v, net[k]) for k, v in start.items())
-        lines.append(f"- {name}: quality branch {'bit-identical to' if same else 'DIFFERS from'} "
-                     f"`{_rel(step2)}` (frozen in Step 3, so {'it did' if same else 'it did NOT'} start from that "
-                     "Step-2 checkpoint).")
+        lines.append(
+            f"- {name}: quality branch {'bit-identical to' if same else 'DIFFERS from'} "
+            f"`{_rel(step2)}` (frozen in Step 3, so {'it did' if same else 'it did NOT'} start from that "
+            "Step-2 checkpoint)."
+        )
     return lines
 
 
@@ -228,36 +304,59 @@ def _rel(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = experiment_parser(__doc__, NAME)
     p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="QW training run (step1/, step3-1/)")
-    p.add_argument("--noqw", type=Path, default=DEFAULT_RUN.parent / "mfn-celeba-noqw",
-                   help="folder of the Step-3 control run (train.step3_quality=none), holding final.pt")
+    p.add_argument(
+        "--noqw",
+        type=Path,
+        default=DEFAULT_RUN.parent / "mfn-celeba-noqw",
+        help="folder of the Step-3 control run (train.step3_quality=none), holding final.pt",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the balanced pair sampling")
     args = p.parse_args(argv)
     from eqface.data.packs import load_pack
 
-    folders = {"step1 (pretrained + classifier)": args.run / "step1",
-               "step3 QW": args.run / "step3-1", "step3 no-QW (control)": args.noqw}
+    folders = {
+        "step1 (pretrained + classifier)": args.run / "step1",
+        "step3 QW": args.run / "step3-1",
+        "step3 no-QW (control)": args.noqw,
+    }
     models = [load_model_ref(folder / "final.pt", name) for name, folder in folders.items()]
     logs = {name: {"seconds": step_seconds(folder)} for name, folder in folders.items()}
     celeba = held_out_source(models[0], args.data_dir)
     orl = load_pack(args.data_dir / "orl_att_faces.npz")
     sets = [
-        EvalSet("CelebA held-out", source_images(celeba), celeba.labels,
-                "The last 40 identities (by label) of `celeba_wild_subset_rgb112.npz`, held out by the training run's "
-                "own config (`data.eval_identities`), ArcFace-aligned RGB."),
-        EvalSet("ORL", source_images(orl), orl.labels,
-                "`orl_att_faces.npz`, grey 112×92, not aligned to the ArcFace template (centre-cropped to the "
-                "112×96 input), so absolute numbers are lower than on aligned faces."),
+        EvalSet(
+            "CelebA held-out",
+            source_images(celeba),
+            celeba.labels,
+            "The last 40 identities (by label) of `celeba_wild_subset_rgb112.npz`, held out by the training run's "
+            "own config (`data.eval_identities`), ArcFace-aligned RGB.",
+        ),
+        EvalSet(
+            "ORL",
+            source_images(orl),
+            orl.labels,
+            "`orl_att_faces.npz`, grey 112×92, not aligned to the ArcFace template (centre-cropped to the "
+            "112×96 input), so absolute numbers are lower than on aligned faces.",
+        ),
     ]
     step2 = args.run / "step2-1" / "final.pt"
     checks = [
         "The control arm was trained with `eqface train --preset mobilefacenet-celeba --step 3 --init "
         f"{_rel(step2)} --set train.step3_quality=none --out {_rel(args.noqw)} --no-summary`: the same data, "
         "schedule, seed and starting point as the QW arm's Step 3, with s_i = 1.",
-        *same_start_checks(step2, {"step3 QW": folders["step3 QW"] / "final.pt",
-                                   "step3 no-QW (control)": args.noqw / "final.pt"}),
+        *same_start_checks(
+            step2, {"step3 QW": folders["step3 QW"] / "final.pt", "step3 no-QW (control)": args.noqw / "final.pt"}
+        ),
     ]
-    figures = run_e2(models, sets, args.out, seed=args.seed, command=command_line(f"experiments.{NAME}"),
-                     run_logs=logs, checks=checks)
+    figures = run_e2(
+        models,
+        sets,
+        args.out,
+        seed=args.seed,
+        command=command_line(f"experiments.{NAME}"),
+        run_logs=logs,
+        checks=checks,
+    )
     print((args.out / "report.md").read_text())
     print(f"wrote {args.out} in {figures['runtime_s']} s")
     return 0

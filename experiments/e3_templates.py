@@ -16,12 +16,29 @@ import numpy as np
 
 from eqface.aggregation import mean_template, qwfa, qwfaf
 from eqface.eval.roc import (
-    auc, format_tar_header, format_tar_row, max_false_accepts, roc_curve, tar_at_far,
+    auc,
+    format_tar_header,
+    format_tar_row,
+    max_false_accepts,
+    roc_curve,
+    tar_at_far,
 )
 from experiments.common import (
-    BOOTSTRAP_REPS, experiment_parser, Embeddings, ModelRef, Report, all_within_pairs,
-    command_line, diff_verdict, embed_images, fmt_far, held_out_source, load_model_ref, new_figure,
-    paired_bootstrap_tar, source_images,
+    BOOTSTRAP_REPS,
+    Embeddings,
+    ModelRef,
+    Report,
+    all_within_pairs,
+    command_line,
+    diff_verdict,
+    embed_images,
+    experiment_parser,
+    fmt_far,
+    held_out_source,
+    load_model_ref,
+    new_figure,
+    paired_bootstrap_tar,
+    source_images,
 )
 from experiments.degraded_frames import CLEAN, KINDS, draw_degradations, embed_frames, quality_by_condition
 
@@ -72,15 +89,26 @@ class TemplateDraw:
 
 
 def draw_repeat(
-    ref: ModelRef, images: Sequence[np.ndarray], labels: np.ndarray, clean: Embeddings, repeat: int, seed: int,
-    frames: int, degrade_p: float, strength: tuple[float, float],
+    ref: ModelRef,
+    images: Sequence[np.ndarray],
+    labels: np.ndarray,
+    clean: Embeddings,
+    repeat: int,
+    seed: int,
+    frames: int,
+    degrade_p: float,
+    strength: tuple[float, float],
 ) -> TemplateDraw:
     rng = np.random.default_rng([seed, repeat])
     members, owners = draw_templates(labels, frames, rng)
     spec = draw_degradations(members.ravel(), degrade_p, strength, rng)
     e = embed_frames(ref, images, clean, spec, (seed, repeat))
-    return TemplateDraw(owners, e.emb.reshape(*members.shape, -1).astype(np.float64),
-                        e.quality.reshape(members.shape), spec.kind.reshape(members.shape))
+    return TemplateDraw(
+        owners,
+        e.emb.reshape(*members.shape, -1).astype(np.float64),
+        e.quality.reshape(members.shape),
+        spec.kind.reshape(members.shape),
+    )
 
 
 def aggregate_templates(draw: TemplateDraw) -> dict[str, np.ndarray]:
@@ -91,9 +119,19 @@ def aggregate_templates(draw: TemplateDraw) -> dict[str, np.ndarray]:
 
 
 def run_e3(
-    ref: ModelRef, images: Sequence[np.ndarray], labels: np.ndarray, out_dir: Path, *, frames: int = 5,
-    degrade_p: float = 0.5, strength: tuple[float, float] = (0.4, 1.0), repeats: int = 5, seed: int = 0,
-    fars: Sequence[float] = FARS, data_note: str = "", command: str | None = None,
+    ref: ModelRef,
+    images: Sequence[np.ndarray],
+    labels: np.ndarray,
+    out_dir: Path,
+    *,
+    frames: int = 5,
+    degrade_p: float = 0.5,
+    strength: tuple[float, float] = (0.4, 1.0),
+    repeats: int = 5,
+    seed: int = 0,
+    fars: Sequence[float] = FARS,
+    data_note: str = "",
+    command: str | None = None,
 ) -> dict[str, Any]:
     report = Report(out_dir, "E3 — template aggregation: mean vs QWFA vs QWFAF")
     labels = np.asarray(labels)
@@ -116,12 +154,23 @@ def run_e3(
     for m, s in pooled.items():
         if m != BASELINE:
             results[m]["vs_mean_interval"] = paired_bootstrap_tar(pooled[BASELINE], s, issame, fars, seed=seed)
-    report.figures.update({
-        "model": ref.describe(), "frames_per_template": frames, "degrade_p": degrade_p, "strength": strength,
-        "kinds": KINDS, "repeats": repeats, "seed": seed, "templates": sum(len(d.owners) for d in draws),
-        "genuine_pairs": n_gen, "impostor_pairs": int((~issame).sum()), "results": results, "per_repeat": per_repeat,
-        **_quality_diagnostics(draws),
-    })
+    report.figures.update(
+        {
+            "model": ref.describe(),
+            "frames_per_template": frames,
+            "degrade_p": degrade_p,
+            "strength": strength,
+            "kinds": KINDS,
+            "repeats": repeats,
+            "seed": seed,
+            "templates": sum(len(d.owners) for d in draws),
+            "genuine_pairs": n_gen,
+            "impostor_pairs": int((~issame).sum()),
+            "results": results,
+            "per_repeat": per_repeat,
+            **_quality_diagnostics(draws),
+        }
+    )
     report.add_models([ref])
     _write(report, ref, labels, pooled, issame, fars, data_note)
     report.write(command)
@@ -148,8 +197,15 @@ def _oracle(feats: np.ndarray, kinds: np.ndarray) -> np.ndarray:
     return mean_template(feats[clean] if clean.any() else feats)
 
 
-def _write(report: Report, ref: ModelRef, labels: np.ndarray, pooled: dict[str, np.ndarray], issame: np.ndarray,
-           fars: Sequence[float], data_note: str) -> None:
+def _write(
+    report: Report,
+    ref: ModelRef,
+    labels: np.ndarray,
+    pooled: dict[str, np.ndarray],
+    issame: np.ndarray,
+    fars: Sequence[float],
+    data_note: str,
+) -> None:
     f = report.figures
     report.section("Protocol")
     report.text(
@@ -180,20 +236,34 @@ def _write(report: Report, ref: ModelRef, labels: np.ndarray, pooled: dict[str, 
     report.lines += [table, ""]
     report.figures["table_markdown"] = table
     n_imp = f["impostor_pairs"]
-    report.text("False accepts the threshold allows at each FAR: " + ", ".join(
-        f"{fmt_far(x)}: {max_false_accepts(x, n_imp) or 'n/r'}" for x in fars) + ".")
+    report.text(
+        "False accepts the threshold allows at each FAR: "
+        + ", ".join(f"{fmt_far(x)}: {max_false_accepts(x, n_imp) or 'n/r'}" for x in fars)
+        + "."
+    )
     report.table(["method", "AUC"], [[m, f"{r['auc']:.5f}"] for m, r in f["results"].items()])
     report.text(*_verdicts(f["results"], fars))
     report.section("Per-repeat spread")
-    report.table(["method", *(f"TAR@{fmt_far(x)} mean ± std over repeats" for x in fars)],
-                 [[m, *(_spread([rep[m][x] for rep in f["per_repeat"]]) for x in fars)] for m in pooled])
+    report.table(
+        ["method", *(f"TAR@{fmt_far(x)} mean ± std over repeats" for x in fars)],
+        [[m, *(_spread([rep[m][x] for rep in f["per_repeat"]]) for x in fars)] for m in pooled],
+    )
     report.section("Does quality see the degradations?")
-    report.table(["frames", "n", "mean quality", "std"],
-                 [[k, v["n"], f"{v['mean']:.3f}", f"{v['std']:.3f}"] for k, v in f["quality_by_condition"].items()])
-    report.table(["QWFAF", "templates that fell back to the plain mean (mean(s) < s_th)",
-                  "frames kept by the others (mean)"],
-                 [[f"s_th={s}", f"{f['qwfaf_fallback_templates'][s]} of {f['templates']}",
-                   _frac(f["qwfaf_mean_fraction_kept"][s])] for s in S_THS])
+    report.table(
+        ["frames", "n", "mean quality", "std"],
+        [[k, v["n"], f"{v['mean']:.3f}", f"{v['std']:.3f}"] for k, v in f["quality_by_condition"].items()],
+    )
+    report.table(
+        ["QWFAF", "templates that fell back to the plain mean (mean(s) < s_th)", "frames kept by the others (mean)"],
+        [
+            [
+                f"s_th={s}",
+                f"{f['qwfaf_fallback_templates'][s]} of {f['templates']}",
+                _frac(f["qwfaf_mean_fraction_kept"][s]),
+            ]
+            for s in S_THS
+        ],
+    )
     report.image(_roc_figure(pooled, issame), "roc_templates.png", "Template-to-template ROC, pooled over repeats")
 
 
@@ -213,9 +283,12 @@ def _verdicts(results: dict[str, Any], fars: Sequence[float]) -> list[str]:
     for m, r in results.items():
         if m in (BASELINE, ORACLE):
             continue
-        parts = [f"@{fmt_far(far)} "
-                 + diff_verdict(r["tar_at_far"][far] - base["tar_at_far"][far], r["vs_mean_interval"][far])
-                 for far in fars if base["tar_at_far"][far] is not None]
+        parts = [
+            f"@{fmt_far(far)} "
+            + diff_verdict(r["tar_at_far"][far] - base["tar_at_far"][far], r["vs_mean_interval"][far])
+            for far in fars
+            if base["tar_at_far"][far] is not None
+        ]
         lines.append(f"- **{m}** vs mean: " + "; ".join(parts) + f"; AUC {r['auc'] - base['auc']:+.5f}.")
     return lines
 
@@ -241,10 +314,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     ref = load_model_ref(args.model, "final model.pt")
     held = held_out_source(ref, args.data_dir)
-    note = ("The 40 CelebA identities held out by the model's own training config (`data.eval_identities`, the "
-            "last labels of `celeba_wild_subset_rgb112.npz`); never seen in training.")
-    figures = run_e3(ref, source_images(held), held.labels, args.out, frames=args.frames, degrade_p=args.degrade_p,
-                     repeats=args.repeats, seed=args.seed, data_note=note, command=command_line(f"experiments.{NAME}"))
+    note = (
+        "The 40 CelebA identities held out by the model's own training config (`data.eval_identities`, the "
+        "last labels of `celeba_wild_subset_rgb112.npz`); never seen in training."
+    )
+    figures = run_e3(
+        ref,
+        source_images(held),
+        held.labels,
+        args.out,
+        frames=args.frames,
+        degrade_p=args.degrade_p,
+        repeats=args.repeats,
+        seed=args.seed,
+        data_note=note,
+        command=command_line(f"experiments.{NAME}"),
+    )
     print((args.out / "report.md").read_text())
     print(f"wrote {args.out} in {figures['runtime_s']} s")
     return 0

@@ -20,8 +20,19 @@ from eqface.aggregation import PAPER_F_TH, PAPER_S_TH, ProgressiveQWFA
 from eqface.eval.pairs import all_pairs
 from eqface.eval.roc import auc, format_tar_header, format_tar_row, roc_curve, tar_at_far
 from experiments.common import (
-    BOOTSTRAP_REPS, experiment_parser, Embeddings, ModelRef, Report, command_line,
-    diff_verdict, embed_images, fmt_far, held_out_source, load_model_ref, new_figure, paired_bootstrap_tar,
+    BOOTSTRAP_REPS,
+    Embeddings,
+    ModelRef,
+    Report,
+    command_line,
+    diff_verdict,
+    embed_images,
+    experiment_parser,
+    fmt_far,
+    held_out_source,
+    load_model_ref,
+    new_figure,
+    paired_bootstrap_tar,
     source_images,
 )
 from experiments.degraded_frames import KINDS, draw_degradations, embed_frames, quality_by_condition
@@ -110,8 +121,16 @@ class QueryDraw:
 
 
 def draw_repeat(
-    ref: ModelRef, images: Sequence[np.ndarray], labels: np.ndarray, clean: Embeddings, repeat: int, seed: int,
-    refs: int, queries: int, degrade_p: float, strength: tuple[float, float],
+    ref: ModelRef,
+    images: Sequence[np.ndarray],
+    labels: np.ndarray,
+    clean: Embeddings,
+    repeat: int,
+    seed: int,
+    refs: int,
+    queries: int,
+    degrade_p: float,
+    strength: tuple[float, float],
 ) -> QueryDraw:
     rng = np.random.default_rng([seed, repeat])
     ref_idx, query_idx, enrolled = split_reference_query(labels, refs, queries, rng)
@@ -130,16 +149,28 @@ def query_representations(draw: QueryDraw, video: np.ndarray) -> tuple[dict[str,
 
 
 def run_e4(
-    ref: ModelRef, images: Sequence[np.ndarray], labels: np.ndarray, out_dir: Path, *, refs: int = 10,
-    queries: int = 10, degrade_p: float = 0.5, strength: tuple[float, float] = (0.4, 1.0), repeats: int = 5,
-    seed: int = 0, fars: Sequence[float] = FARS, select_far: float = SELECT_FAR, data_note: str = "",
+    ref: ModelRef,
+    images: Sequence[np.ndarray],
+    labels: np.ndarray,
+    out_dir: Path,
+    *,
+    refs: int = 10,
+    queries: int = 10,
+    degrade_p: float = 0.5,
+    strength: tuple[float, float] = (0.4, 1.0),
+    repeats: int = 5,
+    seed: int = 0,
+    fars: Sequence[float] = FARS,
+    select_far: float = SELECT_FAR,
+    data_note: str = "",
     command: str | None = None,
 ) -> dict[str, Any]:
     report = Report(out_dir, "E4 — progressive QWFA (Eq. 8–9): reference/query ROC, f_th × s_th sweep")
     labels = np.asarray(labels)
     clean = embed_images(ref.net, images, ref.image_size)
-    draws = [draw_repeat(ref, images, labels, clean, r, seed, refs, queries, degrade_p, strength)
-             for r in range(repeats)]
+    draws = [
+        draw_repeat(ref, images, labels, clean, r, seed, refs, queries, degrade_p, strength) for r in range(repeats)
+    ]
     scores: dict[str, list[np.ndarray]] = {}
     merged: dict[str, list[float]] = {}
     issame_all, per_repeat = [], []
@@ -165,16 +196,32 @@ def run_e4(
             "interval": paired_bootstrap_tar(pooled[a], pooled[b], issame, fars, seed=seed),
             "auc_diff": results[b]["auc"] - results[a]["auc"],
         }
-    report.figures.update({
-        "model": ref.describe(), "refs_per_id": refs, "queries_per_id": queries, "degrade_p": degrade_p,
-        "strength": strength, "kinds": KINDS, "repeats": repeats, "seed": seed, "counts": _counts(draws, labels),
-        "genuine_pairs": int(issame.sum()), "impostor_pairs": int((~issame).sum()), "results": results,
-        "per_repeat_tar_at_select_far": per_repeat, "select_far": select_far,
-        "best_by_tar": best_tar, "best_by_auc": best_auc, "comparisons": comparisons, "bootstrap_reps": BOOTSTRAP_REPS,
-        "merged_fraction": {n: float(np.mean(v)) for n, v in merged.items()},
-        "quality_by_condition": quality_by_condition(np.concatenate([d.query.quality for d in draws]),
-                                                     np.concatenate([d.kind for d in draws])),
-    })
+    report.figures.update(
+        {
+            "model": ref.describe(),
+            "refs_per_id": refs,
+            "queries_per_id": queries,
+            "degrade_p": degrade_p,
+            "strength": strength,
+            "kinds": KINDS,
+            "repeats": repeats,
+            "seed": seed,
+            "counts": _counts(draws, labels),
+            "genuine_pairs": int(issame.sum()),
+            "impostor_pairs": int((~issame).sum()),
+            "results": results,
+            "per_repeat_tar_at_select_far": per_repeat,
+            "select_far": select_far,
+            "best_by_tar": best_tar,
+            "best_by_auc": best_auc,
+            "comparisons": comparisons,
+            "bootstrap_reps": BOOTSTRAP_REPS,
+            "merged_fraction": {n: float(np.mean(v)) for n, v in merged.items()},
+            "quality_by_condition": quality_by_condition(
+                np.concatenate([d.query.quality for d in draws]), np.concatenate([d.kind for d in draws])
+            ),
+        }
+    )
     report.add_models([ref])
     _write(report, ref, labels, pooled, issame, fars, data_note)
     report.write(command)
@@ -184,8 +231,12 @@ def run_e4(
 def _counts(draws: Sequence[QueryDraw], labels: np.ndarray) -> dict[str, int]:
     """Totals over repeats: reference images, query frames, enrolled and distractor identities."""
     distractors = sum(len(np.setdiff1d(np.unique(labels[d.query_idx]), d.enrolled)) for d in draws)
-    return {"reference": sum(len(d.ref_idx) for d in draws), "query": sum(len(d.query_idx) for d in draws),
-            "enrolled_ids": sum(len(d.enrolled) for d in draws), "distractor_ids": int(distractors)}
+    return {
+        "reference": sum(len(d.ref_idx) for d in draws),
+        "query": sum(len(d.query_idx) for d in draws),
+        "enrolled_ids": sum(len(d.enrolled) for d in draws),
+        "distractor_ids": int(distractors),
+    }
 
 
 def _comparison_pairs(best: str) -> list[tuple[str, str]]:
@@ -208,8 +259,15 @@ def _best(results: dict[str, Any], far: float) -> tuple[str, str]:
     return by_tar, by_auc
 
 
-def _write(report: Report, ref: ModelRef, labels: np.ndarray, pooled: dict[str, np.ndarray], issame: np.ndarray,
-           fars: Sequence[float], data_note: str) -> None:
+def _write(
+    report: Report,
+    ref: ModelRef,
+    labels: np.ndarray,
+    pooled: dict[str, np.ndarray],
+    issame: np.ndarray,
+    fars: Sequence[float],
+    data_note: str,
+) -> None:
     f = report.figures
     c = f["counts"]
     report.section("Protocol (what is compared with what)")
@@ -237,23 +295,44 @@ def _write(report: Report, ref: ModelRef, labels: np.ndarray, pooled: dict[str, 
         f"pair: highest TAR at FAR {fmt_far(f['select_far'])}, ties broken by AUC; also the best by AUC.",
     )
     report.section("ROC operating points (TAR %, pooled)")
-    table = "\n".join([format_tar_header(fars, "query representation"),
-                       *(format_tar_row(n, f["results"][n]["tar_at_far"]) for n in pooled)])
+    table = "\n".join(
+        [
+            format_tar_header(fars, "query representation"),
+            *(format_tar_row(n, f["results"][n]["tar_at_far"]) for n in pooled),
+        ]
+    )
     report.lines += [table, ""]
     report.figures["table_markdown"] = table
-    report.table(["query representation", "AUC", "frames merged (of non-first)",
-                  f"TAR@{fmt_far(f['select_far'])} per repeat, mean ± std"],
-                 [[n, f"{f['results'][n]['auc']:.5f}",
-                   "–" if n == BASELINE else f"{100 * f['merged_fraction'][n]:.0f}%",
-                   _spread([rep[n] for rep in f["per_repeat_tar_at_select_far"]])] for n in pooled])
+    report.table(
+        [
+            "query representation",
+            "AUC",
+            "frames merged (of non-first)",
+            f"TAR@{fmt_far(f['select_far'])} per repeat, mean ± std",
+        ],
+        [
+            [
+                n,
+                f"{f['results'][n]['auc']:.5f}",
+                "–" if n == BASELINE else f"{100 * f['merged_fraction'][n]:.0f}%",
+                _spread([rep[n] for rep in f["per_repeat_tar_at_select_far"]]),
+            ]
+            for n in pooled
+        ],
+    )
     report.section("Best pair")
     report.text(*_verdicts(f, report.figures["select_far"]))
     report.section("Quality of the query frames")
-    report.table(["frames", "n", "mean quality", "std"],
-                 [[k, v["n"], f"{v['mean']:.3f}", f"{v['std']:.3f}"] for k, v in f["quality_by_condition"].items()])
-    report.image(_roc_figure(pooled, issame), "roc_progressive.png",
-                 "ROC of reference × query comparisons (cf. the paper's Fig. 5): baseline without fusion and "
-                 "progressive QWFA for each (f_th, s_th)")
+    report.table(
+        ["frames", "n", "mean quality", "std"],
+        [[k, v["n"], f"{v['mean']:.3f}", f"{v['std']:.3f}"] for k, v in f["quality_by_condition"].items()],
+    )
+    report.image(
+        _roc_figure(pooled, issame),
+        "roc_progressive.png",
+        "ROC of reference × query comparisons (cf. the paper's Fig. 5): baseline without fusion and "
+        "progressive QWFA for each (f_th, s_th)",
+    )
 
 
 def _spread(values: list[float | None]) -> str:
@@ -268,12 +347,15 @@ def _verdicts(f: dict[str, Any], far: float) -> list[str]:
     lines = []
     for label, name in (("by TAR@" + fmt_far(far), f["best_by_tar"]), ("by AUC", f["best_by_auc"])):
         r = res[name]
-        lines.append(f"- Best swept pair {label}: **{name}** — TAR@{fmt_far(far)} {_pct(r['tar_at_far'][far])}% "
-                     f"(baseline {_pct(base['tar_at_far'][far])}%), AUC {r['auc']:.5f} (baseline {base['auc']:.5f}).")
+        lines.append(
+            f"- Best swept pair {label}: **{name}** — TAR@{fmt_far(far)} {_pct(r['tar_at_far'][far])}% "
+            f"(baseline {_pct(base['tar_at_far'][far])}%), AUC {r['auc']:.5f} (baseline {base['auc']:.5f})."
+        )
     lines.append("Paired differences (b − a; 95% bootstrap interval over pairs, both scored on the same draws):")
     for name, c in f["comparisons"].items():
-        parts = [f"@{fmt_far(x)} {diff_verdict(d, c['interval'][x])}" for x, d in c["tar_diff"].items()
-                 if d is not None]
+        parts = [
+            f"@{fmt_far(x)} {diff_verdict(d, c['interval'][x])}" for x, d in c["tar_diff"].items() if d is not None
+        ]
         lines.append(f"- **{name}**: " + "; ".join(parts) + f"; AUC {c['auc_diff']:+.5f}.")
     return lines
 
@@ -310,11 +392,23 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     ref = load_model_ref(args.model, "final model.pt")
     held = held_out_source(ref, args.data_dir)
-    note = ("The 40 CelebA identities held out by the model's own training config (`data.eval_identities`); never "
-            "seen in training. Distractors are held-out identities too, so no query was seen in training.")
-    figures = run_e4(ref, source_images(held), held.labels, args.out, refs=args.refs, queries=args.queries,
-                     degrade_p=args.degrade_p, repeats=args.repeats, seed=args.seed, data_note=note,
-                     command=command_line(f"experiments.{NAME}"))
+    note = (
+        "The 40 CelebA identities held out by the model's own training config (`data.eval_identities`); never "
+        "seen in training. Distractors are held-out identities too, so no query was seen in training."
+    )
+    figures = run_e4(
+        ref,
+        source_images(held),
+        held.labels,
+        args.out,
+        refs=args.refs,
+        queries=args.queries,
+        degrade_p=args.degrade_p,
+        repeats=args.repeats,
+        seed=args.seed,
+        data_note=note,
+        command=command_line(f"experiments.{NAME}"),
+    )
     print((args.out / "report.md").read_text())
     print(f"wrote {args.out} in {figures['runtime_s']} s")
     return 0

@@ -9,7 +9,12 @@ from typing import Any
 import numpy as np
 
 from experiments.common import (
-    experiment_parser, ModelRef, Report, command_line, embed_images, load_model_ref,
+    ModelRef,
+    Report,
+    command_line,
+    embed_images,
+    experiment_parser,
+    load_model_ref,
     new_figure,
 )
 
@@ -24,19 +29,35 @@ def pick_evenly(order: np.ndarray, n: int) -> np.ndarray:
 
 
 def run_fig4(
-    ref: ModelRef, images: Sequence[np.ndarray], names: Sequence[str], out_dir: Path, *, columns: int = 8,
-    shown: int = 48, data_note: str = "", command: str | None = None,
+    ref: ModelRef,
+    images: Sequence[np.ndarray],
+    names: Sequence[str],
+    out_dir: Path,
+    *,
+    columns: int = 8,
+    shown: int = 48,
+    data_note: str = "",
+    command: str | None = None,
 ) -> dict[str, Any]:
     report = Report(out_dir, "Fig. 4 — face images and their predicted quality")
     q = embed_images(ref.net, images, ref.image_size).quality
     order = np.argsort(q, kind="stable")
     picked = pick_evenly(order, shown)
-    report.figures.update({
-        "model": ref.describe(), "images": len(images), "shown": len(picked),
-        "quality": {"mean": float(q.mean()), "std": float(q.std()), "min": float(q.min()), "max": float(q.max()),
-                    "percentiles": {str(p): float(np.percentile(q, p)) for p in (5, 25, 50, 75, 95)}},
-        "all_sorted": [{"name": str(names[i]), "quality": round(float(q[i]), 5)} for i in order],
-    })
+    report.figures.update(
+        {
+            "model": ref.describe(),
+            "images": len(images),
+            "shown": len(picked),
+            "quality": {
+                "mean": float(q.mean()),
+                "std": float(q.std()),
+                "min": float(q.min()),
+                "max": float(q.max()),
+                "percentiles": {str(p): float(np.percentile(q, p)) for p in (5, 25, 50, 75, 95)},
+            },
+            "all_sorted": [{"name": str(names[i]), "quality": round(float(q[i]), 5)} for i in order],
+        }
+    )
     report.add_models([ref])
     report.section("Protocol")
     report.text(
@@ -47,16 +68,31 @@ def run_fig4(
     )
     report.section("Quality distribution")
     qs = report.figures["quality"]
-    report.table(["mean", "std", "min", "p5", "p25", "p50", "p75", "p95", "max"],
-                 [[f"{qs['mean']:.3f}", f"{qs['std']:.3f}", f"{qs['min']:.3f}",
-                   *(f"{v:.3f}" for v in qs["percentiles"].values()), f"{qs['max']:.3f}"]])
+    report.table(
+        ["mean", "std", "min", "p5", "p25", "p50", "p75", "p95", "max"],
+        [
+            [
+                f"{qs['mean']:.3f}",
+                f"{qs['std']:.3f}",
+                f"{qs['min']:.3f}",
+                *(f"{v:.3f}" for v in qs["percentiles"].values()),
+                f"{qs['max']:.3f}",
+            ]
+        ],
+    )
     report.section("Lowest and highest five")
-    report.table(["rank", "face", "quality"],
-                 [[k + 1, names[i], f"{q[i]:.3f}"] for k, i in enumerate(order[:5])]
-                 + [[len(order) - 4 + k, names[i], f"{q[i]:.3f}"] for k, i in enumerate(order[-5:])])
+    report.table(
+        ["rank", "face", "quality"],
+        [[k + 1, names[i], f"{q[i]:.3f}"] for k, i in enumerate(order[:5])]
+        + [[len(order) - 4 + k, names[i], f"{q[i]:.3f}"] for k, i in enumerate(order[-5:])],
+    )
     report.section("Grid")
-    report.image(_grid(images, q, picked, columns), "quality_grid.png",
-                 "Faces sorted by predicted quality (value under each face)", dpi=80)
+    report.image(
+        _grid(images, q, picked, columns),
+        "quality_grid.png",
+        "Faces sorted by predicted quality (value under each face)",
+        dpi=80,
+    )
     report.write(command)
     return report.figures
 
@@ -85,10 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     faces = load_pack(args.data_dir / "eqface_test_faces_lfw320.npz")
     images = [faces.image(i) for i in range(len(faces))]
     names = [n.split(":", 1)[1] for n in faces.names]
-    note = ("`eqface_test_faces_lfw320.npz`: the 320 official EQFace `test_faces` (112×112 RGB JPEG from LFW, many "
-            "blurred, occluded or in profile); never used in training.")
-    figures = run_fig4(ref, images, names, args.out, shown=args.shown, data_note=note,
-                       command=command_line(f"experiments.{NAME}"))
+    note = (
+        "`eqface_test_faces_lfw320.npz`: the 320 official EQFace `test_faces` (112×112 RGB JPEG from LFW, many "
+        "blurred, occluded or in profile); never used in training."
+    )
+    figures = run_fig4(
+        ref, images, names, args.out, shown=args.shown, data_note=note, command=command_line(f"experiments.{NAME}")
+    )
     print((args.out / "report.md").read_text())
     print(f"wrote {args.out} in {figures['runtime_s']} s")
     return 0

@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ./scripts/gen_protos.sh --check  # committed gRPC stubs must match proto/
+.venv/bin/ruff format --check .  # one code style (the version is pinned in the dev extra)
+.venv/bin/ruff check .
 export EQFACE_REQUIRE_SERVICES=1
 basetemp="$(mktemp -d -t eqface-pytest.XXXXXX)"  # private: parallel pytest sessions prune each other's defaults
 exec .venv/bin/python -m pytest --basetemp="$basetemp" "$@"

@@ -115,7 +115,7 @@ def test_mtcnn_agrees_with_the_landmarks_retinaface_stored_in_the_pack(mtcnn_wei
     errors = []
     for i in np.flatnonzero(pack["n_faces_detected"] == 1)[::500][:12]:
         o = pack["jpeg_offsets"]
-        crop = decode_image(pack["jpeg_bytes"][o[i]:o[i + 1]].tobytes())
+        crop = decode_image(pack["jpeg_bytes"][o[i] : o[i + 1]].tobytes())
         stored = pack["landmarks5"][i].astype(np.float64)
         to_crop = estimate_similarity(stored, ARCFACE_TEMPLATE)
         width, height = pack["src_size"][i]
@@ -242,8 +242,11 @@ def test_offline_install_fails_saying_so(tmp_path, monkeypatch, capsys):
     from eqface.camera.weights import main
 
     (tmp_path / "links").mkdir()
-    for name, value in (("PIP_CONFIG_FILE", os.devnull), ("PIP_NO_INDEX", "1"),
-                        ("PIP_FIND_LINKS", str(tmp_path / "links"))):
+    for name, value in (
+        ("PIP_CONFIG_FILE", os.devnull),
+        ("PIP_NO_INDEX", "1"),
+        ("PIP_FIND_LINKS", str(tmp_path / "links")),
+    ):
         monkeypatch.setenv(name, value)  # no index and no local wheel: what a machine offline sees
     assert main(["--dest", str(tmp_path / "mtcnn")]) == 1
     message = capsys.readouterr().err

@@ -6,7 +6,8 @@ frames rejected; and an aggregator killed mid-stream and restarted without a fra
 Everything that speaks gRPC runs in helper processes (``eqface stack up``, ``eqface stream``, the aggregator): this
 pytest process opens no channel, so tests that start Triton in-process are safe from gRPC's fork handlers.
 
-The model: $EQFACE_CAMERA_TEST_MODEL (a path, or ``train`` to take CI's path), else runs/mfn-celeba/model.pt (the README's real-face run) when present, else
+The model: $EQFACE_CAMERA_TEST_MODEL (a path, or ``train`` to take CI's path), else runs/mfn-celeba/model.pt (the
+README's real-face run) when present, else
 (CI) one trained here: the pretrained MobileFaceNet backbone with its classifier fitted (Step 1) and three epochs
 of Step 2 on 60 CelebA identities — about 80 s on two cores; none of the video's identities is among them. (One
 epoch is not enough: clean faces then score below s_th = 0.3 and almost nothing is merged.)
@@ -47,10 +48,24 @@ def camera_model(shared_data, tmp_path_factory) -> Path:
         return trained
     out = tmp_path_factory.mktemp("camera-model")
     result = eqface_cli(
-        "train", "--preset", "mobilefacenet-celeba", "--out", str(out), "--no-summary",
-        "--set", "train.iterations=0", "--set", "data.max_identities=100", "--set", "train.step2.epochs=3",
-        "--set", f"model.pretrained={shared_data / 'weights' / 'mobilefacenet_casia_xiaoccer_068.npz'}",
-        "--set", f"data.path={shared_data / 'celeba_wild_subset_rgb112.npz'}", timeout=900)
+        "train",
+        "--preset",
+        "mobilefacenet-celeba",
+        "--out",
+        str(out),
+        "--no-summary",
+        "--set",
+        "train.iterations=0",
+        "--set",
+        "data.max_identities=100",
+        "--set",
+        "train.step2.epochs=3",
+        "--set",
+        f"model.pretrained={shared_data / 'weights' / 'mobilefacenet_casia_xiaoccer_068.npz'}",
+        "--set",
+        f"data.path={shared_data / 'celeba_wild_subset_rgb112.npz'}",
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out / "model.pt"
 
@@ -78,9 +93,27 @@ def video(shared_data, tmp_path_factory) -> VideoTruth:
 
 def stream(video: VideoTruth, server: str, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "eqface.cli", "stream", str(video.path), "--server", server, "--out", str(out),
-         "--gallery", str(video.path.parent / "gallery"), "--subject-prefix", f"{out.name}/", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
+        [
+            sys.executable,
+            "-m",
+            "eqface.cli",
+            "stream",
+            str(video.path),
+            "--server",
+            server,
+            "--out",
+            str(out),
+            "--gallery",
+            str(video.path.parent / "gallery"),
+            "--subject-prefix",
+            f"{out.name}/",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO_ROOT,
+    )
 
 
 def finish(process: subprocess.Popen, lines: list[str] | None = None, timeout: float = 180) -> str:
@@ -145,9 +178,21 @@ def _aggregator(port: int, store: Path, triton: str, log: Path) -> subprocess.Po
     # no preexec_fn: nothing of this process runs between fork and exec
     with open(log, "ab") as f:
         return subprocess.Popen(
-            [sys.executable, "-m", "eqface.service", "--host=127.0.0.1", f"--port={port}", "--metrics-port=0",
-             f"--store=sqlite:///{store}", f"--triton-url={triton}", "--embedding-dim=128"],
-            stdout=f, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+            [
+                sys.executable,
+                "-m",
+                "eqface.service",
+                "--host=127.0.0.1",
+                f"--port={port}",
+                "--metrics-port=0",
+                f"--store=sqlite:///{store}",
+                f"--triton-url={triton}",
+                "--embedding-dim=128",
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
 
 
 def _server_counts(server: str, subjects: list[str]) -> dict[str, int]:
@@ -157,9 +202,16 @@ def _server_counts(server: str, subjects: list[str]) -> dict[str, int]:
         "from eqface.service.v1 import aggregator_pb2 as pb, aggregator_pb2_grpc as g\n"
         "stub = g.AggregatorStub(grpc.insecure_channel(sys.argv[1]))\n"
         "print(json.dumps({s: stub.GetTemplate(pb.GetTemplateRequest(subject_id=s), timeout=10).subject.frame_count"
-        " for s in sys.argv[2:]}))\n")
-    result = subprocess.run([sys.executable, "-c", code, server, *subjects], capture_output=True, text=True,
-                            timeout=60, cwd=REPO_ROOT, check=False)
+        " for s in sys.argv[2:]}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, server, *subjects],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 

@@ -54,19 +54,27 @@ def chain(dataset, config_json, root) -> dict[str, dsl.Model]:
     previous = models["step1"]
     for stage, component in (("step2-1", train_quality), ("step3-1", train_weighted), ("step2-2", train_quality)):
         models[stage] = artifact(dsl.Model, root, stage)
-        component.python_func(dataset=dataset, init_model=previous, config_json=config_json, model=models[stage],
-                              stage=stage)
+        component.python_func(
+            dataset=dataset, init_model=previous, config_json=config_json, model=models[stage], stage=stage
+        )
         previous = models[stage]
     return models
 
 
 @pytest.fixture(scope="module")
 def evaluated(dataset, chain, config_json, root):
-    outputs = {name: artifact(kind, root, name) for name, kind in
-               (("metrics", dsl.Metrics), ("roc", dsl.ClassificationMetrics), ("report", dsl.HTML),
-                ("summary", dsl.Markdown))}
-    passed = evaluate.python_func(dataset=dataset, model=chain["step2-2"], config_json=config_json,
-                                  accuracy_threshold=0.0, **outputs)
+    outputs = {
+        name: artifact(kind, root, name)
+        for name, kind in (
+            ("metrics", dsl.Metrics),
+            ("roc", dsl.ClassificationMetrics),
+            ("report", dsl.HTML),
+            ("summary", dsl.Markdown),
+        )
+    }
+    passed = evaluate.python_func(
+        dataset=dataset, model=chain["step2-2"], config_json=config_json, accuracy_threshold=0.0, **outputs
+    )
     return passed, outputs
 
 
@@ -131,11 +139,21 @@ def test_evaluate_logs_metrics_a_roc_and_reports_with_plots(evaluated):
 
 
 def test_evaluate_fails_the_gate_below_the_threshold(dataset, chain, config_json, root):
-    outputs = {name: artifact(kind, root / "strict", name) for name, kind in
-               (("metrics", dsl.Metrics), ("roc", dsl.ClassificationMetrics), ("report", dsl.HTML),
-                ("summary", dsl.Markdown))}
-    assert evaluate.python_func(dataset=dataset, model=chain["step2-2"], config_json=config_json,
-                                accuracy_threshold=1.01, **outputs) is False
+    outputs = {
+        name: artifact(kind, root / "strict", name)
+        for name, kind in (
+            ("metrics", dsl.Metrics),
+            ("roc", dsl.ClassificationMetrics),
+            ("report", dsl.HTML),
+            ("summary", dsl.Markdown),
+        )
+    }
+    assert (
+        evaluate.python_func(
+            dataset=dataset, model=chain["step2-2"], config_json=config_json, accuracy_threshold=1.01, **outputs
+        )
+        is False
+    )
     assert "FAIL: verification accuracy" in Path(outputs["report"].path).read_text()
 
 
@@ -168,15 +186,17 @@ def test_a_retried_step_reuses_its_work_folder_on_the_checkpoint_volume(dataset,
 
     checkpoints = root / "work"
     first = artifact(dsl.Model, root, "try1")
-    train_backbone.python_func(dataset=dataset, config_json=config_json, model=first,
-                               checkpoint_root=str(checkpoints), run_id="run-1")
+    train_backbone.python_func(
+        dataset=dataset, config_json=config_json, model=first, checkpoint_root=str(checkpoints), run_id="run-1"
+    )
     work = work_folder(str(checkpoints), "run-1", "step1")
     assert (work / "final.pt").is_file()
     # A second attempt of the same task (same run id and stage) finds the finished step instead of retraining.
     stamp = (work / "final.pt").stat().st_mtime_ns
     retry = artifact(dsl.Model, root, "try2")
-    train_backbone.python_func(dataset=dataset, config_json=config_json, model=retry,
-                               checkpoint_root=str(checkpoints), run_id="run-1")
+    train_backbone.python_func(
+        dataset=dataset, config_json=config_json, model=retry, checkpoint_root=str(checkpoints), run_id="run-1"
+    )
     assert (work / "final.pt").stat().st_mtime_ns == stamp
     assert (Path(retry.path) / "final.pt").read_bytes() == (Path(first.path) / "final.pt").read_bytes()
     assert np.isclose(retry.metadata["final_loss"], first.metadata["final_loss"])

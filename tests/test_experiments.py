@@ -23,7 +23,9 @@ from experiments.common import ModelRef, load_model_ref
 
 @pytest.fixture(autouse=True)
 def few_bootstrap_replicates(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("experiments.common.BOOTSTRAP_REPS", 20)  # the experiments use 200; the smoke test checks plumbing
+    monkeypatch.setattr(
+        "experiments.common.BOOTSTRAP_REPS", 20
+    )  # the experiments use 200; the smoke test checks plumbing
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,9 @@ def tiny_model(tiny_run: Path) -> ModelRef:
 
 @pytest.fixture(scope="module")
 def faces() -> tuple[list[np.ndarray], np.ndarray]:
-    source = generate_synthetic(SyntheticConfig(identities=6, images_per_identity=8, degraded_fraction=0.3),
-                                image_size=(32, 32), seed=5)
+    source = generate_synthetic(
+        SyntheticConfig(identities=6, images_per_identity=8, degraded_fraction=0.3), image_size=(32, 32), seed=5
+    )
     return [source.image(i) for i in range(len(source))], source.labels
 
 
@@ -85,8 +88,10 @@ def test_e2_qw_training(tiny_run: Path, tiny_model: ModelRef, faces, tmp_path: P
     from experiments.e2_qw_training import EvalSet, run_e2
 
     images, labels = faces
-    models = [load_model_ref(tiny_run / "step1" / "final.pt", "step1"),
-              load_model_ref(tiny_run / "step3-1" / "final.pt", "step3 QW")]
+    models = [
+        load_model_ref(tiny_run / "step1" / "final.pt", "step1"),
+        load_model_ref(tiny_run / "step3-1" / "final.pt", "step3 QW"),
+    ]
     figures = run_e2(models, [EvalSet("synthetic set", images, labels, "tiny")], tmp_path)
     stored = _check_outputs(tmp_path, figures, pngs=1)
     r = stored["results"]["synthetic set"]["step3 QW"]
@@ -109,8 +114,9 @@ def test_e4_progressive(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
     from experiments.e4_progressive import F_THS, S_THS, run_e4
 
     images, labels = faces
-    figures = run_e4(tiny_model, images, labels, tmp_path, refs=2, queries=3, repeats=2, fars=(1e-2, 1e-1),
-                     select_far=1e-1)
+    figures = run_e4(
+        tiny_model, images, labels, tmp_path, refs=2, queries=3, repeats=2, fars=(1e-2, 1e-1), select_far=1e-1
+    )
     stored = _check_outputs(tmp_path, figures, pngs=1)
     assert len(stored["results"]) == 1 + len(F_THS) * len(S_THS) + 3
     assert stored["best_by_tar"].startswith("f_th=")

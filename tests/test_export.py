@@ -15,7 +15,6 @@ from eqface.export.parity import PARITY_TOLERANCE, parity_by_batch_size
 from tests.support.images import FACE_PACK, preprocess_like_training
 
 
-
 @pytest.fixture(scope="module")
 def real_faces(faces, mobilefacenet) -> np.ndarray:
     """64 real CelebA faces preprocessed exactly as in training, float32 [64, 3, 112, 96]."""
@@ -77,13 +76,26 @@ def test_verify_rejects_names_outside_the_contract(mobilefacenet, tmp_path):
 def test_cli_exports_a_trained_model(tmp_path, shared_data):
     """`eqface train` → `eqface export` with the parity check on real images, as a user runs it."""
     eqface = [sys.executable, "-m", "eqface.cli"]
-    subprocess.run([*eqface, "train", "--preset", "test", "--out", str(tmp_path / "run"), "--no-summary"],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [*eqface, "train", "--preset", "test", "--out", str(tmp_path / "run"), "--no-summary"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     out = tmp_path / "model.onnx"
     done = subprocess.run(
-        [*eqface, "export", str(tmp_path / "run" / "model.pt"), "--out", str(out),
-         "--parity-data", str(shared_data / FACE_PACK)],
-        capture_output=True, text=True, timeout=300,
+        [
+            *eqface,
+            "export",
+            str(tmp_path / "run" / "model.pt"),
+            "--out",
+            str(out),
+            "--parity-data",
+            str(shared_data / FACE_PACK),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert "batch 64: max |torch − onnxruntime|" in done.stdout
@@ -91,8 +103,12 @@ def test_cli_exports_a_trained_model(tmp_path, shared_data):
 
 
 def test_cli_rejects_a_missing_model(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "eqface.cli", "export", str(tmp_path / "none.pt"), "--out",
-                           str(tmp_path / "x.onnx")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "eqface.cli", "export", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "checkpoint not found" in done.stderr
     assert not (tmp_path / "x.onnx").exists()

@@ -43,8 +43,9 @@ def _matches(selector: dict, labels: dict) -> bool:
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
 @pytest.mark.parametrize("target", ["overlays/local", "overlays/production", "base"])
 def test_renderer_equals_kubectl_kustomize(target):
-    out = subprocess.run(["kubectl", "kustomize", str(MANIFESTS_DIR / target)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(MANIFESTS_DIR / target)], capture_output=True, text=True, check=True
+    ).stdout
     reference = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
     ours = {(d["kind"], d["metadata"]["name"]): d for d in kustomize.render(MANIFESTS_DIR / target)}
     assert ours.keys() == reference.keys()
@@ -53,14 +54,35 @@ def test_renderer_equals_kubectl_kustomize(target):
 
 
 def test_strategic_merge_follows_kustomize():
-    original = {"spec": {"replicas": 1, "containers": [
-        {"name": "c", "env": [{"name": "B", "value": "b"}, {"name": "C", "value": "c"}],
-         "ports": [{"containerPort": 1}], "args": ["--x"], "volumeMounts": [{"mountPath": "/d", "name": "d"}]}],
-        "volumes": [{"name": "d", "emptyDir": {}}, {"name": "e", "emptyDir": {}}]}}
-    patch = {"spec": {"replicas": None, "containers": [
-        {"name": "c", "env": [{"name": "A", "value": "a"}, {"name": "C", "value": "c2"}], "args": ["--y"],
-         "volumeMounts": [{"mountPath": "/d", "$patch": "delete"}]}],
-        "volumes": [{"name": "d", "$patch": "delete"}]}}
+    original = {
+        "spec": {
+            "replicas": 1,
+            "containers": [
+                {
+                    "name": "c",
+                    "env": [{"name": "B", "value": "b"}, {"name": "C", "value": "c"}],
+                    "ports": [{"containerPort": 1}],
+                    "args": ["--x"],
+                    "volumeMounts": [{"mountPath": "/d", "name": "d"}],
+                }
+            ],
+            "volumes": [{"name": "d", "emptyDir": {}}, {"name": "e", "emptyDir": {}}],
+        }
+    }
+    patch = {
+        "spec": {
+            "replicas": None,
+            "containers": [
+                {
+                    "name": "c",
+                    "env": [{"name": "A", "value": "a"}, {"name": "C", "value": "c2"}],
+                    "args": ["--y"],
+                    "volumeMounts": [{"mountPath": "/d", "$patch": "delete"}],
+                }
+            ],
+            "volumes": [{"name": "d", "$patch": "delete"}],
+        }
+    }
     merged = strategic_merge(original, patch)
     container = merged["spec"]["containers"][0]
     assert "replicas" not in merged["spec"]
@@ -84,10 +106,12 @@ def test_renderer_generates_namespaces_and_images(tmp_path):
     (tmp_path / "r.yaml").write_text(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n---\n"
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n"
-        "spec: {template: {spec: {containers: [{name: c, image: 'reg.io/app:1'}, {name: s, image: other}]}}}\n")
+        "spec: {template: {spec: {containers: [{name: c, image: 'reg.io/app:1'}, {name: s, image: other}]}}}\n"
+    )
     (tmp_path / "kustomization.yaml").write_text(
         "namespace: ns\nresources: [r.yaml]\nimages: [{name: reg.io/app, newTag: '2'}]\n"
-        "configMapGenerator:\n  - name: c\n    literals: [k=v]\n    options: {disableNameSuffixHash: true}\n")
+        "configMapGenerator:\n  - name: c\n    literals: [k=v]\n    options: {disableNameSuffixHash: true}\n"
+    )
     objects = kustomize.render(tmp_path)
     assert "namespace" not in find(objects, "Namespace", "n")["metadata"]
     deployment = find(objects, "Deployment", "d")
@@ -115,39 +139,106 @@ def test_strict_validation_catches_an_unknown_field(rendered):
 # The fields of monitoring.coreos.com/v1 these manifests use, with their types, unknown fields refused: the operator's
 # CRDs are not available offline. Together with promtool on the rules (test_monitoring.py) and the cross-references
 # below this covers what the operator would reject or silently ignore.
-_LABEL_SELECTOR = {"type": "object", "additionalProperties": False,
-                   "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}}}
-_METADATA = {"type": "object", "required": ["name"], "properties": {
-    "name": {"type": "string"}, "namespace": {"type": "string"},
-    "labels": {"type": "object", "additionalProperties": {"type": "string"}}}}
+_LABEL_SELECTOR = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
+}
+_METADATA = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string"},
+        "namespace": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
 _DURATION = {"type": "string", "pattern": r"^(\d+(ms|s|m|h|d|w|y))+$"}
 CRD_SCHEMAS = {
-    "ServiceMonitor": {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
-                       "additionalProperties": False, "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "ServiceMonitor"},
-        "metadata": _METADATA,
-        "spec": {"type": "object", "required": ["selector", "endpoints"], "additionalProperties": False,
-                 "properties": {
-            "jobLabel": {"type": "string"}, "selector": _LABEL_SELECTOR,
-            "endpoints": {"type": "array", "minItems": 1, "items": {
-                "type": "object", "required": ["port"], "additionalProperties": False, "properties": {
-                    "port": {"type": "string"}, "path": {"type": "string"}, "interval": _DURATION,
-                    "scrapeTimeout": _DURATION}}}}}}},
-    "PrometheusRule": {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
-                       "additionalProperties": False, "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
-        "metadata": _METADATA,
-        "spec": {"type": "object", "required": ["groups"], "additionalProperties": False, "properties": {
-            "groups": {"type": "array", "minItems": 1, "items": {
-                "type": "object", "required": ["name", "rules"], "additionalProperties": False, "properties": {
-                    "name": {"type": "string"}, "interval": _DURATION, "rules": {"type": "array", "items": {
-                        "type": "object", "required": ["expr"], "additionalProperties": False,
-                        "oneOf": [{"required": ["record"]}, {"required": ["alert"]}], "properties": {
-                            "record": {"type": "string"}, "alert": {"type": "string"}, "expr": {"type": "string"},
-                            "for": _DURATION,
-                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-                        }}}}}}}}}},
+    "ServiceMonitor": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": "ServiceMonitor"},
+            "metadata": _METADATA,
+            "spec": {
+                "type": "object",
+                "required": ["selector", "endpoints"],
+                "additionalProperties": False,
+                "properties": {
+                    "jobLabel": {"type": "string"},
+                    "selector": _LABEL_SELECTOR,
+                    "endpoints": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["port"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "port": {"type": "string"},
+                                "path": {"type": "string"},
+                                "interval": _DURATION,
+                                "scrapeTimeout": _DURATION,
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "PrometheusRule": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": "PrometheusRule"},
+            "metadata": _METADATA,
+            "spec": {
+                "type": "object",
+                "required": ["groups"],
+                "additionalProperties": False,
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "rules"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "name": {"type": "string"},
+                                "interval": _DURATION,
+                                "rules": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["expr"],
+                                        "additionalProperties": False,
+                                        "oneOf": [{"required": ["record"]}, {"required": ["alert"]}],
+                                        "properties": {
+                                            "record": {"type": "string"},
+                                            "alert": {"type": "string"},
+                                            "expr": {"type": "string"},
+                                            "for": _DURATION,
+                                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                            "annotations": {
+                                                "type": "object",
+                                                "additionalProperties": {"type": "string"},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    }
+                },
+            },
+        },
+    },
 }
 
 
@@ -159,8 +250,11 @@ def test_prometheus_operator_objects(rendered, overlay):
     for obj in crds:
         jsonschema.validate(obj, CRD_SCHEMAS[obj["kind"]])
     for monitor in (o for o in crds if o["kind"] == "ServiceMonitor"):
-        services = [s for s in objects if s["kind"] == "Service" and _matches(monitor["spec"]["selector"],
-                                                                              s["metadata"]["labels"])]
+        services = [
+            s
+            for s in objects
+            if s["kind"] == "Service" and _matches(monitor["spec"]["selector"], s["metadata"]["labels"])
+        ]
         assert len(services) == 1, monitor["metadata"]["name"]
         service = services[0]
         # job label = the Service's app.kubernetes.io/name: what the rules and the dashboard select on
@@ -175,8 +269,11 @@ def test_selectors_and_ports_line_up(rendered, overlay):
     objects = rendered[overlay]
     pods = {o["metadata"]["name"]: t for o, t in _pod_specs(objects)}
     for service in (o for o in objects if o["kind"] == "Service"):
-        selected = [n for n, t in pods.items() if _matches({"matchLabels": service["spec"]["selector"]},
-                                                           t["metadata"]["labels"])]
+        selected = [
+            n
+            for n, t in pods.items()
+            if _matches({"matchLabels": service["spec"]["selector"]}, t["metadata"]["labels"])
+        ]
         assert len(selected) == 1, service["metadata"]["name"]
         named_ports = {p["name"] for c in pods[selected[0]]["spec"]["containers"] for p in c.get("ports", [])}
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= named_ports
@@ -209,7 +306,9 @@ def test_production_uses_redis_autoscaling_and_object_store(rendered):
     assert [v["name"] for v in aggregator["volumes"]] == ["tmp"]
     assert find(objects, "HorizontalPodAutoscaler", "eqface-aggregator")["spec"]["minReplicas"] >= 2
     assert find(objects, "PodDisruptionBudget", "eqface-aggregator")["spec"] == {
-        "minAvailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "eqface-aggregator"}}}
+        "minAvailable": 1,
+        "selector": {"matchLabels": {"app.kubernetes.io/name": "eqface-aggregator"}},
+    }
     assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]  # SQLite and model volumes are gone
     triton_args = find(objects, "Deployment", "eqface-triton")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert triton_args[0].startswith("--model-repository=s3://")
@@ -282,15 +381,21 @@ def _peer_matches(peer: dict, pod: Pod, policy_namespace: str) -> bool:
 def _allowed(policies: list[dict], direction: str, subject: Pod, peer: Pod, port: int) -> bool:
     """Kubernetes semantics: a pod selected by a policy of this direction only allows what some rule allows."""
     key, rules_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
-    selecting = [p for p in policies if p["metadata"]["namespace"] == subject.namespace
-                 and direction in p["spec"]["policyTypes"] and _matches(p["spec"]["podSelector"], subject.labels)]
+    selecting = [
+        p
+        for p in policies
+        if p["metadata"]["namespace"] == subject.namespace
+        and direction in p["spec"]["policyTypes"]
+        and _matches(p["spec"]["podSelector"], subject.labels)
+    ]
     if not selecting:
         return True
     for policy in selecting:
         for rule in policy["spec"].get(key, []):
             ports = {p["port"] for p in rule.get("ports", [])}
-            peers_ok = not rule.get(rules_key) or any(_peer_matches(r, peer, subject.namespace)
-                                                     for r in rule[rules_key])
+            peers_ok = not rule.get(rules_key) or any(
+                _peer_matches(r, peer, subject.namespace) for r in rule[rules_key]
+            )
             if peers_ok and (not ports or port in ports):
                 return True
     return False
@@ -305,20 +410,34 @@ def test_only_what_must_talk_talks(rendered, overlay):
     objects = rendered[overlay]
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
     ns = find(objects, "Deployment", "eqface-triton")["metadata"]["namespace"]
-    labels = {name: t["metadata"]["labels"] for name, t in
-              ((o["metadata"]["name"], t) for o, t in _pod_specs(objects))}
+    labels = {name: t["metadata"]["labels"] for name, t in ((o["metadata"]["name"], t) for o, t in _pod_specs(objects))}
     triton, aggregator = Pod(ns, labels["eqface-triton"]), Pod(ns, labels["eqface-aggregator"])
     prometheus = Pod("monitoring", {"app.kubernetes.io/name": "prometheus"})
     deployer = Pod("kubeflow", {"eqface.io/triton-client": "true"})
     camera = Pod("cameras", {"eqface.io/aggregator-client": "true"})
     stranger = Pod("default", {"app": "curious"})
     dns = Pod("kube-system", {"k8s-app": "kube-dns"})
-    must = [(aggregator, triton, 8001), (deployer, triton, 8001), (deployer, triton, 8000),
-            (prometheus, triton, 8002), (prometheus, aggregator, 9464), (camera, aggregator, 50051),
-            (aggregator, dns, 53), (triton, dns, 53)]
-    must_not = [(stranger, triton, 8001), (stranger, aggregator, 50051), (camera, triton, 8001),
-                (aggregator, triton, 8000), (triton, aggregator, 50051), (stranger, aggregator, 9464),
-                (triton, stranger, 80), (aggregator, stranger, 443), (Pod(ns, {"app": "x"}), aggregator, 50051)]
+    must = [
+        (aggregator, triton, 8001),
+        (deployer, triton, 8001),
+        (deployer, triton, 8000),
+        (prometheus, triton, 8002),
+        (prometheus, aggregator, 9464),
+        (camera, aggregator, 50051),
+        (aggregator, dns, 53),
+        (triton, dns, 53),
+    ]
+    must_not = [
+        (stranger, triton, 8001),
+        (stranger, aggregator, 50051),
+        (camera, triton, 8001),
+        (aggregator, triton, 8000),
+        (triton, aggregator, 50051),
+        (stranger, aggregator, 9464),
+        (triton, stranger, 80),
+        (aggregator, stranger, 443),
+        (Pod(ns, {"app": "x"}), aggregator, 50051),
+    ]
     if overlay == "production":
         redis = Pod(ns, labels["eqface-redis"])
         must.append((aggregator, redis, 6379))

@@ -37,8 +37,9 @@ def test_promtool_checks_the_rules(promtool, rules_dir):
 
 @pytest.mark.slow
 def test_promtool_alert_unit_tests_pass(promtool, rules_dir):
-    result = subprocess.run([promtool, "test", "rules", ALERT_TESTS_FILE.name], cwd=rules_dir, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [promtool, "test", "rules", ALERT_TESTS_FILE.name], cwd=rules_dir, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -46,9 +47,17 @@ def test_promtool_alert_unit_tests_pass(promtool, rules_dir):
 def test_every_alert_has_a_firing_and_a_silent_case():
     _, alerts = rule_queries()
     names = {q.source.removeprefix("alert ") for q in alerts}
-    assert names == {"EQFaceTritonDown", "EQFaceAggregatorDown", "EQFaceTargetMissing", "EQFaceDependencyDown",
-                     "EQFaceFrameErrorRate", "EQFaceTritonInferenceErrors", "EQFaceRejectionRateSpike",
-                     "EQFaceQualityDrift", "EQFaceLatencySLOBreach"}
+    assert names == {
+        "EQFaceTritonDown",
+        "EQFaceAggregatorDown",
+        "EQFaceTargetMissing",
+        "EQFaceDependencyDown",
+        "EQFaceFrameErrorRate",
+        "EQFaceTritonInferenceErrors",
+        "EQFaceRejectionRateSpike",
+        "EQFaceQualityDrift",
+        "EQFaceLatencySLOBreach",
+    }
     firing, silent = set(), set()
     for test in yaml.safe_load(ALERT_TESTS_FILE.read_text())["tests"]:
         for case in test.get("alert_rule_test", []):
@@ -97,17 +106,26 @@ def test_dashboard_shows_what_the_issue_asks_for():
         by_type.setdefault(p["type"], []).append(p["title"])
         exprs += [t["expr"] for t in p.get("targets", [])]
     text = "\n".join(exprs)
-    quality_heatmaps = [p for p in iter_panels(dashboard) if p["type"] == "heatmap"
-                        and "frame_quality_bucket" in p["targets"][0]["expr"]]
+    quality_heatmaps = [
+        p
+        for p in iter_panels(dashboard)
+        if p["type"] == "heatmap" and "frame_quality_bucket" in p["targets"][0]["expr"]
+    ]
     assert quality_heatmaps and quality_heatmaps[0]["targets"][0]["format"] == "heatmap"
-    assert any(p["type"] == "bargauge" and "frame_quality_bucket" in p["targets"][0]["expr"]
-               for p in iter_panels(dashboard))  # the distribution as a histogram
-    for needle in ('result="accepted"', "rejected_quality|rejected_similarity",
-                   "stage_duration_seconds_bucket", "rate(nv_inference_count",
-                   "nv_inference_count{namespace=~\"$namespace\"}[$__rate_interval]))\n / sum by (model) "
-                   "(rate(nv_inference_exec_count".replace("\n", ""),
-                   "nv_inference_queue_duration_us", "eqface_aggregator_active_subjects",
-                   "eqface_aggregator_gallery_identities"):
+    assert any(
+        p["type"] == "bargauge" and "frame_quality_bucket" in p["targets"][0]["expr"] for p in iter_panels(dashboard)
+    )  # the distribution as a histogram
+    for needle in (
+        'result="accepted"',
+        "rejected_quality|rejected_similarity",
+        "stage_duration_seconds_bucket",
+        "rate(nv_inference_count",
+        'nv_inference_count{namespace=~"$namespace"}[$__rate_interval]))\n / sum by (model) '
+        "(rate(nv_inference_exec_count".replace("\n", ""),
+        "nv_inference_queue_duration_us",
+        "eqface_aggregator_active_subjects",
+        "eqface_aggregator_gallery_identities",
+    ):
         assert needle in text, needle
     for q in (0.5, 0.95, 0.99):
         assert f"histogram_quantile({q}, sum by (stage, le)" in text
@@ -118,18 +136,23 @@ def test_grafana_substitution():
     out = monitoring.grafana_substitute(expr, {"namespace": "a|b"}, "15s", "10m")
     assert out == 'rate(x{namespace=~"a|b"}[15s]) + increase(y[10m])'
     with pytest.raises(ValueError, match="unresolved"):
-        monitoring.grafana_substitute("x{a=\"$other\"}", {}, "1m", "1m")
+        monitoring.grafana_substitute('x{a="$other"}', {}, "1m", "1m")
 
 
 # ------------------------------------------------------------------------------------------------ PromQL operands
-@pytest.mark.parametrize("expr, operands", [
-    ('up{job="eqface-triton"} == 0', ['up{job="eqface-triton"}', "0"]),
-    ("a > 0.5\nand a > 1.5 * b", ["a", "0.5", "a", "1.5", "b"]),
-    ('sum by (x) (rate(m{r=~"a|b", s!="c"}[5m])) / sum(rate(m[1d] offset 1h))',
-     ['sum by (x) (rate(m{r=~"a|b", s!="c"}[5m]))', "sum(rate(m[1d] offset 1h))"]),
-    ("namespace:eqface_frames_error:ratio_rate5m > 0.05", ["namespace:eqface_frames_error:ratio_rate5m", "0.05"]),
-    ("a / on (le) group_left b", ["a", "b"]),
-])
+@pytest.mark.parametrize(
+    "expr, operands",
+    [
+        ('up{job="eqface-triton"} == 0', ['up{job="eqface-triton"}', "0"]),
+        ("a > 0.5\nand a > 1.5 * b", ["a", "0.5", "a", "1.5", "b"]),
+        (
+            'sum by (x) (rate(m{r=~"a|b", s!="c"}[5m])) / sum(rate(m[1d] offset 1h))',
+            ['sum by (x) (rate(m{r=~"a|b", s!="c"}[5m]))', "sum(rate(m[1d] offset 1h))"],
+        ),
+        ("namespace:eqface_frames_error:ratio_rate5m > 0.05", ["namespace:eqface_frames_error:ratio_rate5m", "0.05"]),
+        ("a / on (le) group_left b", ["a", "b"]),
+    ],
+)
 def test_split_operands(expr, operands):
     assert split_operands(expr) == operands
 

@@ -37,19 +37,23 @@ def scraped(tmp_path_factory) -> Scraped:
     require_executable("prometheus")
     model = tiny_onnx(tmp_path_factory)
     state_dir = tmp_path_factory.mktemp("live-stack")
-    up = eqface_cli("stack", "up", "--model", str(model), "--state-dir", str(state_dir),
-                    "--scrape-interval", str(SCRAPE_S))
+    up = eqface_cli(
+        "stack", "up", "--model", str(model), "--state-dir", str(state_dir), "--scrape-interval", str(SCRAPE_S)
+    )
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         client = PrometheusClient(Endpoints(**read_state(state_dir)["endpoints"]).prometheus)
         _wait(lambda: len([t for t in client.targets() if t["health"] == "up"]) == 2, "both targets scraped")
         start = time.time()
-        stream = eqface_cli("stack", "stream", "--state-dir", str(state_dir), "--rounds", "3", "--frames", "10",
-                            "--fps", "8", "--quiet")
+        stream = eqface_cli(
+            "stack", "stream", "--state-dir", str(state_dir), "--rounds", "3", "--frames", "10", "--fps", "8", "--quiet"
+        )
         assert stream.returncode == 0, stream.stdout + stream.stderr
         end = time.time()
-        _wait(lambda: client.scalar("max(timestamp(eqface_aggregator_frames_total))", 0) > end + 2 * SCRAPE_S,
-              "a scrape after the stream")
+        _wait(
+            lambda: client.scalar("max(timestamp(eqface_aggregator_frames_total))", 0) > end + 2 * SCRAPE_S,
+            "a scrape after the stream",
+        )
         _wait(lambda: client.query("namespace:eqface_frame_quality:p50_1d"), "the recording rules")
         yield Scraped(client, start, end)
     finally:

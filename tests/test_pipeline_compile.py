@@ -80,8 +80,17 @@ def test_every_training_step_asks_for_gpus_cpu_memory_and_retries(compiled):
 def test_the_ui_form_exposes_every_training_and_deployment_parameter(compiled):
     _, spec, _ = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
-    expected = set(FORM_FIELDS) | {"gpus_per_step", "model_repository", "serving_variant", "triton_url",
-                                   "accuracy_threshold", "min_quality_std", "data_materialize", "preset", "overrides"}
+    expected = set(FORM_FIELDS) | {
+        "gpus_per_step",
+        "model_repository",
+        "serving_variant",
+        "triton_url",
+        "accuracy_threshold",
+        "min_quality_std",
+        "data_materialize",
+        "preset",
+        "overrides",
+    }
     assert set(params) == expected
     assert params["step1_milestones"]["defaultValue"] == [30, 60, 90]  # paper preset: ÷10 at 30/60/90
     assert params["margin_m2"]["defaultValue"] == 0.3 and params["margin_scale"]["defaultValue"] == 64.0
@@ -109,8 +118,11 @@ def test_deploy_runs_only_when_evaluate_passes(compiled):
 
 def test_caching_choices(compiled):
     _, spec, _ = compiled
-    caching = {name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks(spec).items()
-               if "cachingOptions" in t}
+    caching = {
+        name: t.get("cachingOptions", {}).get("enableCache", False)
+        for name, t in tasks(spec).items()
+        if "cachingOptions" in t
+    }
     assert caching.pop("prepare-data") is False
     assert all(caching.values()), caching
 
@@ -123,8 +135,9 @@ def test_every_step_runs_in_the_project_image_without_installing_kfp(compiled):
 
 
 def test_cluster_settings_change_the_image_and_leave_out_volumes(tmp_path):
-    cluster = ClusterSettings(image="registry.example.com/eqface-train:dev", data_pvc="", work_pvc="",
-                              object_store_secret="", cache_data=True)
+    cluster = ClusterSettings(
+        image="registry.example.com/eqface-train:dev", data_pvc="", work_pvc="", object_store_secret="", cache_data=True
+    )
     spec, platform = load(compile_pipeline(tmp_path / "p.yaml", cluster=cluster))
     assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {cluster.image}
     executors = platform["deploymentSpec"]["executors"]
@@ -140,8 +153,23 @@ def test_iterations_below_one_are_refused(tmp_path):
 
 def test_cli_compile_writes_the_yaml(tmp_path, capsys):
     out = tmp_path / "eqface.yaml"
-    assert main(["pipeline", "compile", "--out", str(out), "--iterations", "3", "--preset", "demo",
-                 "--models-pvc", "serving-models"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "compile",
+                "--out",
+                str(out),
+                "--iterations",
+                "3",
+                "--preset",
+                "demo",
+                "--models-pvc",
+                "serving-models",
+            ]
+        )
+        == 0
+    )
     spec, platform = load(out)
     assert len(training_tasks(spec)) == 2 + 2 * 3
     assert spec["root"]["inputDefinitions"]["parameters"]["backbone"]["defaultValue"] == "tiny"

@@ -14,8 +14,13 @@ def test_the_form_of_a_preset_resolves_to_that_preset():
 
 
 def test_form_values_override_the_preset_and_overrides_override_both():
-    form = {**preset_form("test"), "backbone": "iresnet18", "margin_m2": 0.5, "step1_milestones": [1],
-            "qwdf_threshold": 0.3}
+    form = {
+        **preset_form("test"),
+        "backbone": "iresnet18",
+        "margin_m2": 0.5,
+        "step1_milestones": [1],
+        "qwdf_threshold": 0.3,
+    }
     cfg = build_config("test", form, ["margin.m2=0.4", "augment.blur_p=0.25"], iterations=3)
     assert cfg.model.backbone == "iresnet18"
     assert cfg.model.image_size == (32, 32)  # not in the form: from the preset
@@ -35,15 +40,18 @@ def test_json_round_trip():
     assert config_from_json(config_json(cfg)) == cfg
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"eval_identities": 0}, "held-out"),
-    ({"step1_milestones": [6, 3]}, "milestones"),
-    ({"step2_epochs": 0}, "epochs"),
-    ({"qwdf_threshold": 1.5}, "qwdf_threshold"),
-    ({"data_source": "rec"}, "dataset location"),
-    ({"backbone_size": 3}, "unknown form fields"),
-    ({"embedding_size": "big"}, "embedding_size"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"eval_identities": 0}, "held-out"),
+        ({"step1_milestones": [6, 3]}, "milestones"),
+        ({"step2_epochs": 0}, "epochs"),
+        ({"qwdf_threshold": 1.5}, "qwdf_threshold"),
+        ({"data_source": "rec"}, "dataset location"),
+        ({"backbone_size": 3}, "unknown form fields"),
+        ({"embedding_size": "big"}, "embedding_size"),
+    ],
+)
 def test_bad_values_fail_before_training(change, message):
     with pytest.raises(ValueError, match=message):
         build_config("test", {**preset_form("test"), **change})

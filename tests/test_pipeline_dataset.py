@@ -50,7 +50,7 @@ def test_an_image_folder_is_packed_byte_for_byte(folder, tmp_path):
     prepared = prepare_dataset(cfg, tmp_path / "artifact")
     assert prepared.packed and prepared.images == 15 and prepared.identities == 5
     with np.load(tmp_path / "artifact" / PACK) as npz:
-        first = npz["jpeg_bytes"][npz["jpeg_offsets"][0]:npz["jpeg_offsets"][1]].tobytes()
+        first = npz["jpeg_bytes"][npz["jpeg_offsets"][0] : npz["jpeg_offsets"][1]].tobytes()
     assert first == (folder / "person0" / "0.jpg").read_bytes()
     assert json.loads((tmp_path / "artifact" / MANIFEST).read_text())["data"]["original_source"] == "folder"
 
@@ -59,8 +59,11 @@ def test_unreadable_images_fail_with_their_name_or_are_skipped_and_counted(folde
     (folder / "person1" / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(ImageDecodeError, match="broken.jpg"):
         prepare_dataset(config(data_source="folder", data_location=str(folder), eval_identities=2), tmp_path / "a")
-    cfg = build_config("test", {**preset_form("test"), "data_source": "folder", "data_location": str(folder),
-                                "eval_identities": 2}, ["data.on_error=skip"])
+    cfg = build_config(
+        "test",
+        {**preset_form("test"), "data_source": "folder", "data_location": str(folder), "eval_identities": 2},
+        ["data.on_error=skip"],
+    )
     prepared = prepare_dataset(cfg, tmp_path / "b")
     assert prepared.images == 15 and prepared.skipped_images == 1
 

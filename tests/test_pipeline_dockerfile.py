@@ -92,8 +92,16 @@ def test_the_training_image_installs_what_the_components_import(stages):
     run = next(v for v in values(stages["train"], "RUN") if "[export,pipeline]" in v)
     assert "--constraint constraints.txt" in run
     installed = extra_names("export", "pipeline")
-    for distribution in ("torch", "kfp", "kfp-kubernetes", "onnx", "onnxscript", "onnxruntime", "tritonclient",
-                         "boto3"):
+    for distribution in (
+        "torch",
+        "kfp",
+        "kfp-kubernetes",
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
+        "tritonclient",
+        "boto3",
+    ):
         assert distribution in installed, f"add {distribution} to an extra the training image installs"
 
 
@@ -102,8 +110,11 @@ def test_the_service_image_gets_only_the_service_dependencies(stages, tmp_path):
     run = next(v for v in values(stages["service"], "RUN") if "service-requirements.txt" in v)
     command = run.split(" && pip install")[0]
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "SERVICE_DEPENDENCIES": args(stages["service"])["SERVICE_DEPENDENCIES"].strip('"')}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "SERVICE_DEPENDENCIES": args(stages["service"])["SERVICE_DEPENDENCIES"].strip('"'),
+    }
     subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, check=True)
     requirements = (tmp_path / "service-requirements.txt").read_text().split()
     names = {requirement_name(r) for r in requirements}

@@ -59,8 +59,12 @@ def test_reports_hold_the_tables_and_every_plot(setup, tmp_path):
     root, cfg, _ = setup
     out = run_evaluation(root / "model", cfg, tmp_path / "r.html", tmp_path / "r.md", accuracy_threshold=0.0)
     html = (tmp_path / "r.html").read_text()
-    for title in ("ROC on held-out pairs", "Quality by condition", "Error versus discard (EDC)",
-                  "Quality vs synthetic degradation strength"):
+    for title in (
+        "ROC on held-out pairs",
+        "Quality by condition",
+        "Error versus discard (EDC)",
+        "Quality vs synthetic degradation strength",
+    ):
         assert title in html
     assert html.count("<img") == 4  # no training history beside this hand-made model
     assert "| ROC AUC |" in (tmp_path / "r.md").read_text()
@@ -69,7 +73,9 @@ def test_reports_hold_the_tables_and_every_plot(setup, tmp_path):
 
 
 def test_history_plot_spans_all_stages():
-    history = [{"stage": "step1", "epoch": 1, "loss": 3.0, "accuracy": 0.2},
-               {"stage": "step2-1", "epoch": 1, "loss": 2.0, "accuracy": 0.3, "quality_mean": 0.5, "quality_std": 0.1}]
+    history = [
+        {"stage": "step1", "epoch": 1, "loss": 3.0, "accuracy": 0.2},
+        {"stage": "step2-1", "epoch": 1, "loss": 2.0, "accuracy": 0.3, "quality_mean": 0.5, "quality_std": 0.1},
+    ]
     fig = report._history(history)
     assert [line.get_label() for line in fig.axes[0].lines] == ["step1", "step2-1"]

@@ -41,13 +41,26 @@ def triton(workdir, request):
 def run(workdir, triton) -> dict:
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "eqface.cli", "pipeline", "run-local", "--root", str(workdir / "root"),
-         "--repository", str(triton.model_repository), "--triton-url", triton.grpc_url],
-        capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        [
+            sys.executable,
+            "-m",
+            "eqface.cli",
+            "pipeline",
+            "run-local",
+            "--root",
+            str(workdir / "root"),
+            "--repository",
+            str(triton.model_repository),
+            "--triton-url",
+            triton.grpc_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
     )
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-4000:]
-    summary = result.stdout[result.stdout.rindex("pipeline finished"):]
+    summary = result.stdout[result.stdout.rindex("pipeline finished") :]
     print(f"\n{summary}\n(wall {seconds:.0f}s)")
     onnx = Path(re.search(r"ONNX\s+(\S+)", summary).group(1))
     return {"summary": summary, "onnx": onnx, "seconds": seconds}
@@ -98,8 +111,9 @@ def test_a_new_version_replaces_the_served_one(run, triton, workdir):
 
     cfg = preset("test").model
     torch.manual_seed(123)
-    other = export_onnx(build_model(cfg), InferenceSpec(tuple(cfg.image_size), cfg.embedding_size),
-                        workdir / "other.onnx").path
+    other = export_onnx(
+        build_model(cfg), InferenceSpec(tuple(cfg.image_size), cfg.embedding_size), workdir / "other.onnx"
+    ).path
     result = deploy(other, str(triton.model_repository), variant="local", triton_url=triton.grpc_url)
     assert result.version == 2 and result.loaded
     x = contract.normalize_pixels(held_out_faces(4))

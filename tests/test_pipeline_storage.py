@@ -47,8 +47,12 @@ def gcs_endpoint():
 def s3_bucket(moto_endpoint, monkeypatch) -> str:
     import boto3
 
-    for key, value in {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     name = f"bucket-{next(_buckets)}"
     boto3.client("s3").create_bucket(Bucket=name)
@@ -104,12 +108,15 @@ def test_bad_uris(uri):
         storage.ObjectUri.parse(uri)
 
 
-@pytest.mark.parametrize(("uri", "endpoint", "bucket", "key"), [
-    ("s3://models/eqface", "", "models", "eqface"),
-    ("s3://minio.example:9000/models/eqface/", "http://minio.example:9000", "models", "eqface"),
-    ("s3://https://minio.example:9000/models/eqface", "https://minio.example:9000", "models", "eqface"),
-    ("gs://models", "", "models", ""),
-])
+@pytest.mark.parametrize(
+    ("uri", "endpoint", "bucket", "key"),
+    [
+        ("s3://models/eqface", "", "models", "eqface"),
+        ("s3://minio.example:9000/models/eqface/", "http://minio.example:9000", "models", "eqface"),
+        ("s3://https://minio.example:9000/models/eqface", "https://minio.example:9000", "models", "eqface"),
+        ("gs://models", "", "models", ""),
+    ],
+)
 def test_uris_in_tritons_forms(uri, endpoint, bucket, key):
     parsed = storage.ObjectUri.parse(uri)
     assert (parsed.endpoint, parsed.bucket, parsed.key) == (endpoint, bucket, key)
@@ -135,8 +142,12 @@ def test_a_pack_in_an_object_store_is_downloaded_and_packed(bucket, tmp_path):
     pack = tmp_path / "faces.npz"
     np.savez(pack, images=images, identity=labels)
     storage.upload_tree(tmp_path, f"{bucket}/data")
-    form = {**preset_form("test"), "data_source": "npz", "data_location": f"{bucket}/data/faces.npz",
-            "eval_identities": 2}
+    form = {
+        **preset_form("test"),
+        "data_source": "npz",
+        "data_location": f"{bucket}/data/faces.npz",
+        "eval_identities": 2,
+    }
     prepared = prepare_dataset(build_config("test", form), tmp_path / "artifact")
     assert prepared.packed and prepared.images == 24 and prepared.identities == 6
     assert prepared.location == f"{bucket}/data/faces.npz"

@@ -18,14 +18,57 @@ def test_defaults_are_the_config_defaults():
 
 def test_every_option_reaches_the_config():
     config = _config(
-        "--host", "127.0.0.1", "--port", "6000", "--metrics-port", "0", "--store", "redis://h:6379/2?prefix=x:",
-        "--f-th", "0.6", "--s-th", "0.2", "--strict-first-frame", "--embedding-dim", "128", "--top-k", "3",
-        "--max-top-k", "20", "--max-message-mib", "2", "--max-frames-per-message", "64", "--max-image-bytes", "1000",
-        "--max-image-pixels", "5000", "--cache-subjects", "7", "--max-commit-frames", "99",
-        "--max-inflight-messages", "3", "--max-concurrent-rpcs", "50", "--active-window", "5",
-        "--shutdown-grace", "1.5", "--triton-url", "triton:8001", "--triton-input", "tensor",
-        "--triton-max-batch", "16", "--triton-max-wait-ms", "5", "--triton-timeout", "3",
-        "--triton-probe-interval", "0.5",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "6000",
+        "--metrics-port",
+        "0",
+        "--store",
+        "redis://h:6379/2?prefix=x:",
+        "--f-th",
+        "0.6",
+        "--s-th",
+        "0.2",
+        "--strict-first-frame",
+        "--embedding-dim",
+        "128",
+        "--top-k",
+        "3",
+        "--max-top-k",
+        "20",
+        "--max-message-mib",
+        "2",
+        "--max-frames-per-message",
+        "64",
+        "--max-image-bytes",
+        "1000",
+        "--max-image-pixels",
+        "5000",
+        "--cache-subjects",
+        "7",
+        "--max-commit-frames",
+        "99",
+        "--max-inflight-messages",
+        "3",
+        "--max-concurrent-rpcs",
+        "50",
+        "--active-window",
+        "5",
+        "--shutdown-grace",
+        "1.5",
+        "--triton-url",
+        "triton:8001",
+        "--triton-input",
+        "tensor",
+        "--triton-max-batch",
+        "16",
+        "--triton-max-wait-ms",
+        "5",
+        "--triton-timeout",
+        "3",
+        "--triton-probe-interval",
+        "0.5",
     )
     assert (config.host, config.port, config.metrics_port) == ("127.0.0.1", 6000, 0)
     assert config.store_url == "redis://h:6379/2?prefix=x:"
@@ -50,6 +93,7 @@ def test_invalid_options_are_usage_errors(argv, capsys):
 def test_unreachable_store_is_a_clean_failure(capsys):
     from tests.support.service import free_port
 
-    code = main(["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--store",
-                 f"redis://127.0.0.1:{free_port()}/0"])
+    code = main(
+        ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--store", f"redis://127.0.0.1:{free_port()}/0"]
+    )
     assert code == 1 and "cannot reach Redis" in capsys.readouterr().err

@@ -35,8 +35,8 @@ pytestmark = pytest.mark.integration
 CODE = {c: c.value[0] for c in grpc.StatusCode}
 
 
-def _config(store_url: str, **kw) -> ServiceConfig:
-    return ServiceConfig(store_url=store_url, **{"metrics_port": 0, **kw})
+def _config(url: str, **kw) -> ServiceConfig:
+    return ServiceConfig(store_url=url, **{"metrics_port": 0, **kw})
 
 
 @pytest.fixture
@@ -132,8 +132,17 @@ def test_invalid_frames_are_answered_one_by_one_and_change_nothing(stub):
     (response,) = stub.StreamFrames(iter([pb.StreamFramesRequest(frames=[good, *bad])]))
     results = response.results
     assert results[0].status == pb.FRAME_STATUS_ACCEPTED and results[0].frame_count == 2
-    messages = ["bytes; expected 2048", "NaN or inf", "NaN or inf", "outside [0, 1]", "quality is nan",
-                "subject_id is empty", "sequence must be >= 1", "neither", "need Triton"]
+    messages = [
+        "bytes; expected 2048",
+        "NaN or inf",
+        "NaN or inf",
+        "outside [0, 1]",
+        "quality is nan",
+        "subject_id is empty",
+        "sequence must be >= 1",
+        "neither",
+        "need Triton",
+    ]
     for result, message in zip(results[1:], messages):
         assert result.status == pb.FRAME_STATUS_INVALID and not result.accepted
         assert message in result.detail
@@ -337,14 +346,16 @@ def test_metrics_pass_promtool_and_count_frames(tmp_path):
     check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
     assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), check
     samples = _samples(text.decode())
-    frames = {r: samples.get(f'eqface_aggregator_frames_total{{result="{r}"}}', 0) for r in
-              ("accepted", "rejected_quality", "rejected_similarity", "duplicate", "error")}
+    frames = {
+        r: samples.get(f'eqface_aggregator_frames_total{{result="{r}"}}', 0)
+        for r in ("accepted", "rejected_quality", "rejected_similarity", "duplicate", "error")
+    }
     assert frames["duplicate"] == 3 and frames["error"] == 1
     assert frames["accepted"] + frames["rejected_quality"] + frames["rejected_similarity"] == 30
     assert frames["rejected_quality"] >= 4  # frames 2-5 (frame 1 seeds)
     assert samples['eqface_aggregator_frame_quality_bucket{le="0.05"}'] == 0
     assert samples['eqface_aggregator_frame_quality_bucket{le="0.1"}'] == 5
-    assert samples['eqface_aggregator_frame_quality_count'] == 30
+    assert samples["eqface_aggregator_frame_quality_count"] == 30
     assert samples["eqface_aggregator_frame_similarity_count"] == 29
     for stage in ("update", "store"):
         assert samples[f'eqface_aggregator_stage_duration_seconds_count{{stage="{stage}"}}'] >= 1

@@ -137,8 +137,10 @@ def _kill_rounds(tmp_path: Path, store: str, rounds: int) -> Client:
 def test_kill_9_loses_no_acknowledged_frame_sqlite(tmp_path):
     client = _kill_rounds(tmp_path, f"sqlite:///{tmp_path}/state.db", KILL_ROUNDS)
     acked = sum(client.acked.values())
-    print(f"\nSQLite: {KILL_ROUNDS} kill -9 rounds, {acked} frames acknowledged, all present; "
-          f"{client.replayed_duplicates} resent frames were already applied and answered DUPLICATE")
+    print(
+        f"\nSQLite: {KILL_ROUNDS} kill -9 rounds, {acked} frames acknowledged, all present; "
+        f"{client.replayed_duplicates} resent frames were already applied and answered DUPLICATE"
+    )
     assert acked > KILL_ROUNDS * len(SUBJECTS)
 
 
@@ -176,14 +178,37 @@ def test_help_explains_every_option():
         [sys.executable, "-m", "eqface.service", "--help"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60
     )
     assert out.returncode == 0
-    for option in ("--port", "--metrics-port", "--store", "--triton-url", "--f-th", "--s-th", "--max-message-mib",
-                   "--max-frames-per-message", "--shutdown-grace", "sqlite:///", "redis://", "provisional"):
+    for option in (
+        "--port",
+        "--metrics-port",
+        "--store",
+        "--triton-url",
+        "--f-th",
+        "--s-th",
+        "--max-message-mib",
+        "--max-frames-per-message",
+        "--shutdown-grace",
+        "sqlite:///",
+        "redis://",
+        "provisional",
+    ):
         assert option in out.stdout
 
 
 def test_port_in_use_fails_cleanly(tmp_path):
     with ServerProcess(["--store", f"sqlite:///{tmp_path}/a.db", "--metrics-port", "0"], tmp_path / "a.log") as first:
-        args = [sys.executable, "-m", "eqface.service", "--host", "127.0.0.1", "--port", str(first.port),
-                "--store", f"sqlite:///{tmp_path}/b.db", "--metrics-port", "0"]
+        args = [
+            sys.executable,
+            "-m",
+            "eqface.service",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(first.port),
+            "--store",
+            f"sqlite:///{tmp_path}/b.db",
+            "--metrics-port",
+            "0",
+        ]
         out = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert out.returncode == 1 and "eqface aggregator:" in out.stderr

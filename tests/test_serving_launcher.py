@@ -29,7 +29,9 @@ class ServeProcess:
     def __init__(self, *args: str) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "eqface.cli", "serve", "triton", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
@@ -86,8 +88,15 @@ def test_serve_deploys_a_new_version_in_explicit_mode_and_stops_on_sigterm(
 ):
     repo = tmp_path / "repo"
     shutil.copytree(local_repository, repo)
-    server = serve("--model-repository", str(repo), *_free_ports(), "--model-control-mode", "explicit",
-                   "--load-model", contract.ENSEMBLE_MODEL_NAME)
+    server = serve(
+        "--model-repository",
+        str(repo),
+        *_free_ports(),
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        contract.ENSEMBLE_MODEL_NAME,
+    )
     pid = int(server.wait_for(r"tritonserver ready \(pid (\d+)\)").group(1))
     grpc_url = server.wait_for(r"gRPC\s+(\S+)").group(1)
     server.wait_for("Ctrl-C or SIGTERM stops the server")
@@ -96,8 +105,23 @@ def test_serve_deploys_a_new_version_in_explicit_mode_and_stops_on_sigterm(
     before = infer_images(client, face)
 
     # The deploy step: write version 2, then ask the running server to load it.
-    subprocess.run([sys.executable, "-m", "eqface.cli", "serve", "repository", str(mobilefacenet.onnx_path),
-                    "--out", str(repo), "--version", "2"], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eqface.cli",
+            "serve",
+            "repository",
+            str(mobilefacenet.onnx_path),
+            "--out",
+            str(repo),
+            "--version",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     client.load_model(contract.ENSEMBLE_MODEL_NAME)
     assert client.is_model_ready(contract.ONNX_MODEL_NAME, "2")
     assert not client.is_model_ready(contract.ONNX_MODEL_NAME, "1")

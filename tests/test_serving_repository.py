@@ -158,8 +158,11 @@ def test_dynamic_batching_can_be_switched_off():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"max_batch_size": 0}, "max_batch_size"), ({"preferred_batch_sizes": (128,)}, "outside"),
-     ({"max_queue_delay_us": -1}, "max_queue_delay_us")],
+    [
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"preferred_batch_sizes": (128,)}, "outside"),
+        ({"max_queue_delay_us": -1}, "max_queue_delay_us"),
+    ],
 )
 def test_batching_rejects_impossible_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -196,17 +199,19 @@ def test_launcher_environment_finds_the_wheel_and_this_interpreter(tmp_path):
 
 
 def test_inference_counts_are_read_per_model():
-    text = "\n".join([
-        "# TYPE nv_inference_count counter",
-        'nv_inference_count{model="eqface_onnx",version="1"} 128',
-        'nv_inference_count{model="preprocess",version="1"} 5',
-        "# TYPE nv_inference_exec_count counter",
-        'nv_inference_exec_count{model="eqface_onnx",version="1"} 16',
-        "# TYPE nv_inference_request_failure counter",
-        'nv_inference_request_failure{model="eqface_onnx",reason="REJECTED",version="1"} 2',
-        'nv_inference_request_failure{model="eqface_onnx",reason="BACKEND",version="1"} 1',
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# TYPE nv_inference_count counter",
+            'nv_inference_count{model="eqface_onnx",version="1"} 128',
+            'nv_inference_count{model="preprocess",version="1"} 5',
+            "# TYPE nv_inference_exec_count counter",
+            'nv_inference_exec_count{model="eqface_onnx",version="1"} 16',
+            "# TYPE nv_inference_request_failure counter",
+            'nv_inference_request_failure{model="eqface_onnx",reason="REJECTED",version="1"} 2',
+            'nv_inference_request_failure{model="eqface_onnx",reason="BACKEND",version="1"} 1',
+            "",
+        ]
+    )
     counts = parse_inference_counts(text, "eqface_onnx")
     assert (counts.inferences, counts.executions, counts.failures) == (128, 16, 3)
     assert counts.average_batch_size == 8.0

@@ -91,8 +91,9 @@ def test_dynamic_batching_batches_concurrent_single_image_requests(triton_server
         t.join(timeout=120)
     assert not errors
     window = scrape_inference_counts(triton_server.metrics_url, contract.ONNX_MODEL_NAME) - before
-    print(f"{window.inferences} requests in {window.executions} executions, "
-          f"average batch {window.average_batch_size:.1f}")
+    print(
+        f"{window.inferences} requests in {window.executions} executions, average batch {window.average_batch_size:.1f}"
+    )
     assert window.inferences == clients * per_client
     assert window.executions < window.inferences / 2
 
@@ -111,8 +112,11 @@ def test_a_corrupt_image_fails_only_its_own_request(triton_server, faces):
             done.set()
 
     for i, images in enumerate(payloads):
-        client.async_infer(contract.ENSEMBLE_MODEL_NAME, [image_input(images)],
-                           callback=lambda result, error, i=i: callback(i, result, error))
+        client.async_infer(
+            contract.ENSEMBLE_MODEL_NAME,
+            [image_input(images)],
+            callback=lambda result, error, i=i: callback(i, result, error),
+        )
     assert done.wait(60)
     client.close()
     window = scrape_inference_counts(triton_server.metrics_url, contract.PREPROCESS_MODEL_NAME) - before
@@ -171,7 +175,9 @@ def test_health_endpoints(grpc_client, triton_server):
     assert http.is_server_live() and http.is_server_ready() and http.is_model_ready(contract.ENSEMBLE_MODEL_NAME)
     http.close()
     assert {m["name"] for m in triton_server.models() if m["state"] == "READY"} == {
-        contract.ENSEMBLE_MODEL_NAME, contract.PREPROCESS_MODEL_NAME, contract.ONNX_MODEL_NAME
+        contract.ENSEMBLE_MODEL_NAME,
+        contract.PREPROCESS_MODEL_NAME,
+        contract.ONNX_MODEL_NAME,
     }
 
 

@@ -48,8 +48,14 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def eqface_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "eqface.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO_ROOT, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "eqface.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        **kwargs,
+    )
 
 
 def recorded_processes(state_dir: Path) -> dict[str, dict]:
@@ -135,9 +141,26 @@ def test_celeba_video_uses_held_out_identities(shared_data):
 def test_demo_runs_end_to_end_and_leaves_nothing(tiny_model, tmp_path):
     require_executable("prometheus")
     state_dir = tmp_path / "demo"
-    result = eqface_cli("stack", "demo", "--model", str(tiny_model), "--state-dir", str(state_dir),
-                        "--subjects", "2", "--visitors", "1", "--frames", "5", "--fps", "20",
-                        "--scrape-interval", "1", "--faces", "synthetic")
+    result = eqface_cli(
+        "stack",
+        "demo",
+        "--model",
+        str(tiny_model),
+        "--state-dir",
+        str(state_dir),
+        "--subjects",
+        "2",
+        "--visitors",
+        "1",
+        "--frames",
+        "5",
+        "--fps",
+        "20",
+        "--scrape-interval",
+        "1",
+        "--faces",
+        "synthetic",
+    )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert out.count("enrolled synthetic-") == 2
@@ -154,9 +177,28 @@ def test_demo_runs_end_to_end_and_leaves_nothing(tiny_model, tmp_path):
 def test_demo_ctrl_c_stops_every_child(tiny_model, tmp_path):
     state_dir = tmp_path / "demo"
     process = subprocess.Popen(
-        [sys.executable, "-m", "eqface.cli", "stack", "demo", "--model", str(tiny_model), "--state-dir",
-         str(state_dir), "--frames", "200", "--fps", "2", "--faces", "synthetic"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
+        [
+            sys.executable,
+            "-m",
+            "eqface.cli",
+            "stack",
+            "demo",
+            "--model",
+            str(tiny_model),
+            "--state-dir",
+            str(state_dir),
+            "--frames",
+            "200",
+            "--fps",
+            "2",
+            "--faces",
+            "synthetic",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO_ROOT,
+    )
     lines = []
     try:
         for line in process.stdout:  # until the video is playing
@@ -178,15 +220,29 @@ def test_demo_ctrl_c_stops_every_child(tiny_model, tmp_path):
 @pytest.mark.integration
 def test_up_status_stream_down(tiny_model, tmp_path):
     state_dir = tmp_path / "stack"
-    up = eqface_cli("stack", "up", "--model", str(tiny_model), "--state-dir", str(state_dir),
-                    "--scrape-interval", "1")
+    up = eqface_cli("stack", "up", "--model", str(tiny_model), "--state-dir", str(state_dir), "--scrape-interval", "1")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "stack up" in up.stdout and "aggregator  gRPC 127.0.0.1:" in up.stdout
         again = eqface_cli("stack", "up", "--model", str(tiny_model), "--state-dir", str(state_dir))
         assert again.returncode == 2 and "already running" in again.stderr
-        stream = eqface_cli("stack", "stream", "--state-dir", str(state_dir), "--frames", "4", "--fps", "20",
-                            "--subjects", "2", "--faces", "synthetic", "--quiet", "--rounds", "2")
+        stream = eqface_cli(
+            "stack",
+            "stream",
+            "--state-dir",
+            str(state_dir),
+            "--frames",
+            "4",
+            "--fps",
+            "20",
+            "--subjects",
+            "2",
+            "--faces",
+            "synthetic",
+            "--quiet",
+            "--rounds",
+            "2",
+        )
         assert stream.returncode == 0, stream.stdout + stream.stderr
         assert "identification:" in stream.stdout
         status = eqface_cli("stack", "status", "--state-dir", str(state_dir))

@@ -43,13 +43,26 @@ def configure(
     from eqface.pipeline.configure import build_config, config_json
 
     form = {
-        "data_source": data_source, "data_location": data_location, "eval_identities": eval_identities,
-        "backbone": backbone, "embedding_size": embedding_size,
-        "step1_epochs": step1_epochs, "step1_lr": step1_lr, "step1_milestones": step1_milestones,
-        "step2_epochs": step2_epochs, "step2_lr": step2_lr, "step2_milestones": step2_milestones,
-        "step3_epochs": step3_epochs, "step3_lr": step3_lr, "step3_milestones": step3_milestones,
-        "margin_m1": margin_m1, "margin_m2": margin_m2, "margin_m3": margin_m3, "margin_scale": margin_scale,
-        "qwdf_threshold": qwdf_threshold, "batch_size": batch_size,
+        "data_source": data_source,
+        "data_location": data_location,
+        "eval_identities": eval_identities,
+        "backbone": backbone,
+        "embedding_size": embedding_size,
+        "step1_epochs": step1_epochs,
+        "step1_lr": step1_lr,
+        "step1_milestones": step1_milestones,
+        "step2_epochs": step2_epochs,
+        "step2_lr": step2_lr,
+        "step2_milestones": step2_milestones,
+        "step3_epochs": step3_epochs,
+        "step3_lr": step3_lr,
+        "step3_milestones": step3_milestones,
+        "margin_m1": margin_m1,
+        "margin_m2": margin_m2,
+        "margin_m3": margin_m3,
+        "margin_scale": margin_scale,
+        "qwdf_threshold": qwdf_threshold,
+        "batch_size": batch_size,
     }
     text = config_json(build_config(preset, form, overrides, iterations))
     print(text)

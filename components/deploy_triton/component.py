@@ -31,7 +31,13 @@ def deploy_triton(
     from eqface.pipeline.deploy import deploy
     from eqface.pipeline.export import ONNX_FILE
 
-    result = deploy(os.path.join(onnx_model.path, ONNX_FILE), repository, variant=variant, version=version,
-                    triton_url=triton_url, timeout_s=timeout_s)
+    result = deploy(
+        os.path.join(onnx_model.path, ONNX_FILE),
+        repository,
+        variant=variant,
+        version=version,
+        triton_url=triton_url,
+        timeout_s=timeout_s,
+    )
     outputs = namedtuple("Deployment", ["version", "repository", "loaded"])
     return outputs(result.version, result.repository, result.loaded)

@@ -27,7 +27,12 @@ def train_backbone(
     from eqface.pipeline.training import train_step, work_folder
 
     metadata = train_step(
-        "step1", config_from_json(config_json), dataset.path, model.path, gpus=gpus, stage=stage,
+        "step1",
+        config_from_json(config_json),
+        dataset.path,
+        model.path,
+        gpus=gpus,
+        stage=stage,
         work_dir=work_folder(checkpoint_root, run_id, stage),
     )
     model.metadata.update({**metadata, "framework": "pytorch", "file": "final.pt"})

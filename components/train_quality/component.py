@@ -28,7 +28,13 @@ def train_quality(
     from eqface.pipeline.training import train_step, work_folder
 
     metadata = train_step(
-        "step2", config_from_json(config_json), dataset.path, model.path, init_dir=init_model.path,
-        gpus=gpus, stage=stage, work_dir=work_folder(checkpoint_root, run_id, stage),
+        "step2",
+        config_from_json(config_json),
+        dataset.path,
+        model.path,
+        init_dir=init_model.path,
+        gpus=gpus,
+        stage=stage,
+        work_dir=work_folder(checkpoint_root, run_id, stage),
     )
     model.metadata.update({**metadata, "framework": "pytorch", "file": "final.pt"})

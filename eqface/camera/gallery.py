@@ -23,7 +23,7 @@ def largest_face(detector: Detector, photo: np.ndarray) -> np.ndarray | None:
     fill = photo.reshape(-1, photo.shape[-1]).mean(axis=0).astype(np.uint8)
     padded = np.empty((h + 2 * py, w + 2 * px, 3), dtype=np.uint8)
     padded[:] = fill
-    padded[py:py + h, px:px + w] = photo
+    padded[py : py + h, px : px + w] = photo
     faces = detector.detect(padded)
     if not faces:
         return None
@@ -55,8 +55,9 @@ def enroll(stub, gallery: dict[str, list[bytes]], reconnect_timeout_s: float = 6
 
     qualities = {}
     for identity, images in gallery.items():
-        request = pb.EnrollRequest(identity_id=identity, display_name=identity, images=pb.ImageSet(images=images),
-                                   overwrite=True)
+        request = pb.EnrollRequest(
+            identity_id=identity, display_name=identity, images=pb.ImageSet(images=images), overwrite=True
+        )
         response = retrying_call(stub, "Enroll", request, 30.0, reconnect_timeout_s)
         qualities[identity] = [round(float(q), 3) for q in response.image_qualities]
     return qualities

@@ -160,8 +160,9 @@ class Thresholds:
     nms_onet_min: float = 0.7  # intersection over the smaller box: drops a box lying inside a better one
 
 
-def pnet_candidates(prob: np.ndarray, offsets: np.ndarray, scale_yx: tuple[float, float],
-                    threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pnet_candidates(
+    prob: np.ndarray, offsets: np.ndarray, scale_yx: tuple[float, float], threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PNet's windows above ``threshold`` at one pyramid level, in frame pixels: boxes [N, 4], scores [N] and
     regressions [N, 4]. ``prob`` [h, w] and ``offsets`` [4, h, w] are PNet's outputs for an image scaled by
     ``scale_yx``."""
@@ -196,8 +197,14 @@ class MTCNN:
             a core busy elsewhere collapse (1 frame/s measured beside a training run).
     """
 
-    def __init__(self, weights: str | Path | None = None, min_size: float = 20.0,
-                 thresholds: Thresholds = Thresholds(), factor: float = PYRAMID_FACTOR, threads: int = 1) -> None:
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        min_size: float = 20.0,
+        thresholds: Thresholds = Thresholds(),
+        factor: float = PYRAMID_FACTOR,
+        threads: int = 1,
+    ) -> None:
         from eqface.camera.weights import INSTALL_COMMAND, missing_mtcnn_weights, mtcnn_dir
 
         folder = Path(weights) if weights else mtcnn_dir()
@@ -205,9 +212,11 @@ class MTCNN:
         if missing:
             raise FileNotFoundError(
                 f"MTCNN weights missing or altered in {folder}: {', '.join(missing)}. Install them with "
-                f"`{INSTALL_COMMAND}` (scripts/setup.sh runs it), or choose `--detector retinaface`")
-        self.pnet, self.rnet, self.onet = (load_net(net, folder / f"{name}.pt")
-                                           for net, name in ((PNet(), "pnet"), (RNet(), "rnet"), (ONet(), "onet")))
+                f"`{INSTALL_COMMAND}` (scripts/setup.sh runs it), or choose `--detector retinaface`"
+            )
+        self.pnet, self.rnet, self.onet = (
+            load_net(net, folder / f"{name}.pt") for net, name in ((PNet(), "pnet"), (RNet(), "rnet"), (ONet(), "onet"))
+        )
         self.min_size, self.thresholds, self.factor, self.threads = min_size, thresholds, factor, threads
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
@@ -230,8 +239,9 @@ class MTCNN:
         for scale in pyramid_scales(h, w, self.min_size, self.factor):
             size = (int(w * scale + 1), int(h * scale + 1))
             prob, offsets = self.pnet(net_input(resize(image, size)[None]))
-            boxes, scores, reg = pnet_candidates(prob[0].numpy(), offsets[0].numpy(), (size[1] / h, size[0] / w),
-                                                 t.pnet)
+            boxes, scores, reg = pnet_candidates(
+                prob[0].numpy(), offsets[0].numpy(), (size[1] / h, size[0] / w), t.pnet
+            )
             keep = nms(boxes, scores, t.nms_scale)
             found.append((boxes[keep], scores[keep], reg[keep]))
         if not any(len(scores) for _, scores, _ in found):

@@ -13,9 +13,15 @@ from PIL import Image, ImageDraw, ImageFont
 # Decision → colour: merged green, rejected for quality red, for similarity orange, dropped by the client grey,
 # duplicate (applied before a reconnect) blue, not answered (yet) white.
 COLOURS = {
-    "SEEDED": (40, 200, 40), "ACCEPTED": (40, 200, 40), "RESEEDED": (40, 200, 40),
-    "REJECTED_QUALITY": (230, 40, 40), "REJECTED_SIMILARITY": (255, 150, 0), "DROPPED": (128, 128, 128),
-    "DUPLICATE": (60, 120, 255), "INVALID": (160, 0, 160), None: (255, 255, 255),
+    "SEEDED": (40, 200, 40),
+    "ACCEPTED": (40, 200, 40),
+    "RESEEDED": (40, 200, 40),
+    "REJECTED_QUALITY": (230, 40, 40),
+    "REJECTED_SIMILARITY": (255, 150, 0),
+    "DROPPED": (128, 128, 128),
+    "DUPLICATE": (60, 120, 255),
+    "INVALID": (160, 0, 160),
+    None: (255, 255, 255),
 }
 THUMB = 64
 _FONT = ImageFont.load_default()
@@ -65,16 +71,23 @@ def contact_sheet(rows: list[SheetRow], path: Path, per_row: int = 16, title: st
     """Writes the sheet: per track a title line, then its crops (``per_row`` a line), each framed in its decision's
     colour with its caption (quality) below; a legend on top."""
     cell_w, cell_h, title_h = THUMB + 6, THUMB + 18, 16
-    lines = [(r, r.crops[i:i + per_row], r.captions[i:i + per_row], r.statuses[i:i + per_row])
-             for r in rows for i in range(0, max(len(r.crops), 1), per_row)]
+    lines = [
+        (r, r.crops[i : i + per_row], r.captions[i : i + per_row], r.statuses[i : i + per_row])
+        for r in rows
+        for i in range(0, max(len(r.crops), 1), per_row)
+    ]
     height = 2 * title_h + sum(title_h * (i == 0) + cell_h for i, *_ in _firsts(lines))
     sheet = Image.new("RGB", (max(per_row * cell_w + 8, 640), height + 8), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
     draw.text((4, 2), title, fill=(255, 255, 255), font=_FONT)
     x = 4
-    for name, colour in (("merged", "ACCEPTED"), ("rejected: quality", "REJECTED_QUALITY"),
-                         ("rejected: similarity", "REJECTED_SIMILARITY"), ("dropped by client", "DROPPED"),
-                         ("duplicate after reconnect", "DUPLICATE")):
+    for name, colour in (
+        ("merged", "ACCEPTED"),
+        ("rejected: quality", "REJECTED_QUALITY"),
+        ("rejected: similarity", "REJECTED_SIMILARITY"),
+        ("dropped by client", "DROPPED"),
+        ("duplicate after reconnect", "DUPLICATE"),
+    ):
         draw.text((x, title_h + 2), name, fill=COLOURS[colour], font=_FONT)
         x += int(draw.textlength(name, font=_FONT)) + 16
     y = 2 * title_h + 4

@@ -36,14 +36,22 @@ class RetinaFace:
     MEAN_BGR = np.array([104.0, 117.0, 123.0], dtype=np.float32)
     VARIANCES = (0.1, 0.2)
 
-    def __init__(self, weights: str | Path | None = None, score_threshold: float = 0.8, iou_threshold: float = 0.4,
-                 min_size: float = 24.0, threads: int = 1) -> None:
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        score_threshold: float = 0.8,
+        iou_threshold: float = 0.4,
+        min_size: float = 24.0,
+        threads: int = 1,
+    ) -> None:
         import onnxruntime as ort
 
         path = Path(weights) if weights else retinaface_file()
         if not path.is_file():
-            raise FileNotFoundError(f"RetinaFace weights not found: {path} (pass --detector-weights or set "
-                                    f"${WEIGHTS_ENV}; see ../shared/data/README.md, weights/)")
+            raise FileNotFoundError(
+                f"RetinaFace weights not found: {path} (pass --detector-weights or set "
+                f"${WEIGHTS_ENV}; see ../shared/data/README.md, weights/)"
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

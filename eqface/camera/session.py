@@ -134,11 +134,20 @@ class StreamSession:
         tracker = FaceTracker(max_missed_frames=o.max_missed_frames, confirm_frames=o.confirm_frames)
         reader, frames, live = open_video(self.source, o.live)
         expected = None if live else reader.frame_count or None
-        uplink = Uplink(o.server, window=o.window, capacity=o.capacity, batch=o.batch, block=not live, top_k=o.top_k,
-                        reconnect_timeout_s=o.reconnect_timeout_s).start()
+        uplink = Uplink(
+            o.server,
+            window=o.window,
+            capacity=o.capacity,
+            batch=o.batch,
+            block=not live,
+            top_k=o.top_k,
+            reconnect_timeout_s=o.reconnect_timeout_s,
+        ).start()
         writer = VideoWriter(o.out_dir / "annotated.mp4", reader.fps, reader.size) if o.video_out else None
-        self.out(f"streaming {self.source} ({reader.size[1]}×{reader.size[0]}, {reader.fps:.1f} fps"
-                 f"{', live: frames dropped when behind' if live else ''}) to {o.server} as {o.subject_prefix}*")
+        self.out(
+            f"streaming {self.source} ({reader.size[1]}×{reader.size[0]}, {reader.fps:.1f} fps"
+            f"{', live: frames dropped when behind' if live else ''}) to {o.server} as {o.subject_prefix}*"
+        )
         start = last_progress = time.monotonic()
         try:
             for vf in frames:
@@ -174,8 +183,10 @@ class StreamSession:
         detections = self.detector.detect(vf.image)
         self.faces += len(detections)
         update = tracker.update(vf.index, detections, [align_face(vf.image, d.landmarks) for d in detections])
-        boxes = [(obs.frame_index, self._submit(uplink, obs.track_id, obs.frame_index, obs.detection, obs.payload))
-                 for obs in update.observations]  # a track confirmed now brings its earlier frames along
+        boxes = [
+            (obs.frame_index, self._submit(uplink, obs.track_id, obs.frame_index, obs.detection, obs.payload))
+            for obs in update.observations
+        ]  # a track confirmed now brings its earlier frames along
         self._end_tracks(update.ended, vf.index)
         drain(uplink.answers, self._on_answer)
         self._finalize_ready(uplink)
@@ -189,20 +200,29 @@ class StreamSession:
             self._by_subject[track.subject_id] = track
             self.out(f"  + {track.subject_id} appears at frame {frame_index}")
         proxy = quality_proxy(detection.score, aligned.scale, aligned.image)
-        record = FrameRecord(frame_index, track.next_sequence, [round(float(v), 1) for v in detection.box],
-                             round(detection.score, 3), round(proxy, 3))
+        record = FrameRecord(
+            frame_index,
+            track.next_sequence,
+            [round(float(v), 1) for v in detection.box],
+            round(detection.score, 3),
+            round(proxy, 3),
+        )
         track.next_sequence += 1
         track.frames.append(record)
         if len(track.crops) < MAX_CROPS_KEPT:
             track.crops.append(report.thumbnail(aligned.image))
         self._records[(track.subject_id, record.sequence)] = record
-        frame = OutgoingFrame(track.subject_id, record.sequence, encode_image(aligned.image, quality=o.jpeg_quality),
-                              proxy, tag=record)
+        frame = OutgoingFrame(
+            track.subject_id, record.sequence, encode_image(aligned.image, quality=o.jpeg_quality), proxy, tag=record
+        )
         for dropped in uplink.submit(frame):
             dropped.tag.status = "DROPPED"
         last = next((f for f in reversed(track.frames) if f.quality is not None), None)
-        label = f"{track.subject_id.removeprefix(o.subject_prefix)} q={last.quality:.2f}" if last else \
-            track.subject_id.removeprefix(o.subject_prefix)
+        label = (
+            f"{track.subject_id.removeprefix(o.subject_prefix)} q={last.quality:.2f}"
+            if last
+            else track.subject_id.removeprefix(o.subject_prefix)
+        )
         if track.match is not None:
             label += f" {identity_label(track.match, o.match_threshold)}"
         return report.Box(detection.box, label, last.status if last else None)
@@ -226,9 +246,11 @@ class StreamSession:
         if item.matches:
             track.match = (item.matches[0].identity_id, float(item.matches[0].score))
         if self.options.verbose:
-            self.out(f"    {r.subject_id}#{r.sequence:<5} frame {record.frame_index:<6} quality {r.quality:.2f}  "
-                     f"{status:<20} merged {r.accepted_count}/{r.frame_count}  "
-                     f"{identity_label(track.match, self.options.match_threshold)}")
+            self.out(
+                f"    {r.subject_id}#{r.sequence:<5} frame {record.frame_index:<6} quality {r.quality:.2f}  "
+                f"{status:<20} merged {r.accepted_count}/{r.frame_count}  "
+                f"{identity_label(track.match, self.options.match_threshold)}"
+            )
 
     def _end_tracks(self, ended: list[int], frame_index: int | None) -> None:
         for track_id in ended:
@@ -252,8 +274,15 @@ class StreamSession:
         o = self.options
         try:
             if o.enroll:
-                uplink.call("Enroll", pb.EnrollRequest(identity_id=track.subject_id, display_name=track.subject_id,
-                                                       subject_id=track.subject_id, overwrite=True))
+                uplink.call(
+                    "Enroll",
+                    pb.EnrollRequest(
+                        identity_id=track.subject_id,
+                        display_name=track.subject_id,
+                        subject_id=track.subject_id,
+                        overwrite=True,
+                    ),
+                )
                 track.enrolled_as = track.subject_id
             response = uplink.call("Identify", pb.IdentifyRequest(subject_id=track.subject_id, top_k=o.top_k))
             if response.matches:
@@ -262,10 +291,12 @@ class StreamSession:
             self.out(f"  ! {track.subject_id}: {exc.code().name}: {exc.details()}")
         c = track.counts()
         enrolled = f", enrolled as {track.enrolled_as}" if track.enrolled_as else ""
-        self.out(f"  - {track.subject_id} ends at frame {track.ended_at}: {len(track.frames)} frames, merged "
-                 f"{track.merged()}, rejected quality {c.get('REJECTED_QUALITY', 0)} / similarity "
-                 f"{c.get('REJECTED_SIMILARITY', 0)}, dropped {c.get('DROPPED', 0)}, mean quality "
-                 f"{track.mean_quality():.2f}{enrolled} → {identity_label(track.final, o.match_threshold)}")
+        self.out(
+            f"  - {track.subject_id} ends at frame {track.ended_at}: {len(track.frames)} frames, merged "
+            f"{track.merged()}, rejected quality {c.get('REJECTED_QUALITY', 0)} / similarity "
+            f"{c.get('REJECTED_SIMILARITY', 0)}, dropped {c.get('DROPPED', 0)}, mean quality "
+            f"{track.mean_quality():.2f}{enrolled} → {identity_label(track.final, o.match_threshold)}"
+        )
 
     def _progress(self, frame_index: int, expected: int | None, elapsed: float, uplink: Uplink) -> None:
         o = self.options
@@ -273,36 +304,57 @@ class StreamSession:
         tracks = "; ".join(
             f"{t.subject_id.removeprefix(o.subject_prefix)} q̄ {t.mean_quality():.2f} merged {t.merged()}/"
             f"{len(t.frames)} {identity_label(t.match, o.match_threshold)}"
-            for t in self.tracks.values() if t.ended_at is None)
-        self.out(f"[frame {frame_index + 1}{of}  {self.frames_read / elapsed:5.1f} fps  in flight "
-                 f"{uplink.outstanding()}] {tracks or 'no face'}")
+            for t in self.tracks.values()
+            if t.ended_at is None
+        )
+        self.out(
+            f"[frame {frame_index + 1}{of}  {self.frames_read / elapsed:5.1f} fps  in flight "
+            f"{uplink.outstanding()}] {tracks or 'no face'}"
+        )
 
     # ------------------------------------------------------------------------------------------ the end
     def _finish(self, wall: float, uplink: Uplink, skipped: int) -> dict:
         o = self.options
         s = uplink.stats
         summary = {
-            "source": self.source, "server": o.server, "subject_prefix": o.subject_prefix,
-            "frames_read": self.frames_read, "frames_skipped_live": skipped, "faces_detected": self.faces,
-            "wall_s": round(wall, 3), "fps": round(self.frames_read / wall, 2) if wall > 0 else None,
+            "source": self.source,
+            "server": o.server,
+            "subject_prefix": o.subject_prefix,
+            "frames_read": self.frames_read,
+            "frames_skipped_live": skipped,
+            "faces_detected": self.faces,
+            "wall_s": round(wall, 3),
+            "fps": round(self.frames_read / wall, 2) if wall > 0 else None,
             "uplink": {k: v for k, v in asdict(s).items() if k != "events"},
             "tracks": [self._track_summary(t) for t in self.tracks.values()],
         }
         sheet = report.contact_sheet(
-            [report.SheetRow(f"{t.subject_id}: {len(t.frames)} frames, merged {t.merged()}, mean quality "
-                             f"{t.mean_quality():.2f} -> {identity_label(t.final, o.match_threshold)}",
-                             t.crops, [_caption(f) for f in t.frames[: len(t.crops)]],
-                             [f.status for f in t.frames[: len(t.crops)]]) for t in self.tracks.values()],
-            o.out_dir / "tracks.png", title=f"{self.source} -> {o.server}")
+            [
+                report.SheetRow(
+                    f"{t.subject_id}: {len(t.frames)} frames, merged {t.merged()}, mean quality "
+                    f"{t.mean_quality():.2f} -> {identity_label(t.final, o.match_threshold)}",
+                    t.crops,
+                    [_caption(f) for f in t.frames[: len(t.crops)]],
+                    [f.status for f in t.frames[: len(t.crops)]],
+                )
+                for t in self.tracks.values()
+            ],
+            o.out_dir / "tracks.png",
+            title=f"{self.source} -> {o.server}",
+        )
         summary["contact_sheet"] = str(sheet)
         summary["annotated_video"] = str(o.out_dir / "annotated.mp4") if o.video_out else None
         (o.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        self.out(f"{len(self.tracks)} tracks; {self.frames_read} frames in {wall:.1f}s = {summary['fps']} fps end to "
-                 f"end; frames sent {s.sent} (resent {s.resent}), answered {s.answered}, dropped {s.dropped}, "
-                 f"reconnects {s.reconnects}")
+        self.out(
+            f"{len(self.tracks)} tracks; {self.frames_read} frames in {wall:.1f}s = {summary['fps']} fps end to "
+            f"end; frames sent {s.sent} (resent {s.resent}), answered {s.answered}, dropped {s.dropped}, "
+            f"reconnects {s.reconnects}"
+        )
         for t in self.tracks.values():
-            self.out(f"  {t.subject_id:<32} frames {len(t.frames):>4}  merged {t.merged():>4}  mean quality "
-                     f"{t.mean_quality():.2f}  → {identity_label(t.final, o.match_threshold)}")
+            self.out(
+                f"  {t.subject_id:<32} frames {len(t.frames):>4}  merged {t.merged():>4}  mean quality "
+                f"{t.mean_quality():.2f}  → {identity_label(t.final, o.match_threshold)}"
+            )
         self.out(f"contact sheet: {sheet}")
         if o.video_out:
             self.out(f"annotated video: {o.out_dir / 'annotated.mp4'}")
@@ -312,10 +364,17 @@ class StreamSession:
     @staticmethod
     def _track_summary(t: TrackState) -> dict:
         return {
-            "track_id": t.track_id, "subject_id": t.subject_id, "first_frame": t.frames[0].frame_index,
-            "last_frame": t.frames[-1].frame_index, "counts": t.counts(), "merged": t.merged(),
-            "mean_quality": round(t.mean_quality(), 4), "stream_match": t.match, "identity": t.final,
-            "enrolled_as": t.enrolled_as, "frames": [asdict(f) for f in t.frames],
+            "track_id": t.track_id,
+            "subject_id": t.subject_id,
+            "first_frame": t.frames[0].frame_index,
+            "last_frame": t.frames[-1].frame_index,
+            "counts": t.counts(),
+            "merged": t.merged(),
+            "mean_quality": round(t.mean_quality(), 4),
+            "stream_match": t.match,
+            "identity": t.final,
+            "enrolled_as": t.enrolled_as,
+            "frames": [asdict(f) for f in t.frames],
         }
 
 

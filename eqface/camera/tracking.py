@@ -51,8 +51,10 @@ class FaceTracker:
         level, root.level = root.level, logging.ERROR  # norfair logs a speed hint for any custom distance; a few
         try:  # faces a frame need no vectorised distance
             self._tracker = Tracker(
-                distance_function=landmark_distance, distance_threshold=max_distance,
-                hit_counter_max=max_missed_frames, initialization_delay=confirm_frames - 1,
+                distance_function=landmark_distance,
+                distance_threshold=max_distance,
+                hit_counter_max=max_missed_frames,
+                initialization_delay=confirm_frames - 1,
                 past_detections_length=confirm_frames + 1,
             )
         finally:
@@ -67,8 +69,10 @@ class FaceTracker:
     def update(self, frame_index: int, detections: list[Detection], payloads: list[Any]) -> TrackUpdate:
         from norfair import Detection as NorfairDetection
 
-        candidates = [NorfairDetection(points=d.landmarks.astype(np.float64), data=(frame_index, d, p))
-                      for d, p in zip(detections, payloads)]
+        candidates = [
+            NorfairDetection(points=d.landmarks.astype(np.float64), data=(frame_index, d, p))
+            for d, p in zip(detections, payloads)
+        ]
         active = self._tracker.update(detections=candidates)
         update = TrackUpdate()
         for obj in sorted(active, key=lambda o: o.id):

@@ -67,8 +67,17 @@ class UplinkError(RuntimeError):
 
 
 class Uplink:
-    def __init__(self, target: str, *, window: int = 64, capacity: int = 256, batch: int = 16, block: bool = True,
-                 top_k: int = 3, reconnect_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        window: int = 64,
+        capacity: int = 256,
+        batch: int = 16,
+        block: bool = True,
+        top_k: int = 3,
+        reconnect_timeout_s: float = 60.0,
+    ) -> None:
         if window < 1 or capacity < 1 or batch < 1:
             raise ValueError("window, capacity and batch must be at least 1")
         self.target = target
@@ -124,7 +133,8 @@ class Uplink:
         """Waits until every submitted frame is answered (or dropped)."""
         with self._cond:
             done = self._cond.wait_for(
-                lambda: self._error is not None or (not self._pending and not self._in_flight), timeout_s)
+                lambda: self._error is not None or (not self._pending and not self._in_flight), timeout_s
+            )
             self._raise_if_failed()
             if not done:
                 raise UplinkError(f"frames still unanswered after {timeout_s:.0f}s")
@@ -168,8 +178,11 @@ class Uplink:
 
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: generation != self._generation or (self._closing and not self._pending)
-                                    or (self._pending and self._unanswered() < self.window))
+                self._cond.wait_for(
+                    lambda: generation != self._generation
+                    or (self._closing and not self._pending)
+                    or (self._pending and self._unanswered() < self.window)
+                )
                 if generation != self._generation:
                     return
                 room = self.window - self._unanswered()
@@ -223,8 +236,9 @@ class Uplink:
                 self._fail(UplinkError(f"aggregator {self.target}: {code}: {failure.details()}"))
                 return
             self.stats.reconnects += 1
-            self.answers.put(f"aggregator unreachable ({code}); reconnecting and resending "
-                             f"{self.outstanding()} unanswered frames")
+            self.answers.put(
+                f"aggregator unreachable ({code}); reconnecting and resending {self.outstanding()} unanswered frames"
+            )
             time.sleep(backoff)
             backoff = min(2 * backoff, 2.0)
 
@@ -233,13 +247,16 @@ class Uplink:
             message = self._in_flight.popleft()
             self._cond.notify_all()
         if len(response.results) != len(message):
-            raise RuntimeError(f"the aggregator answered {len(response.results)} frames for a message of "
-                               f"{len(message)}")
+            raise RuntimeError(
+                f"the aggregator answered {len(response.results)} frames for a message of {len(message)}"
+            )
         matches = {m.subject_id: list(m.matches) for m in response.matches}
         for frame, result in zip(message, response.results):
             if (result.subject_id, result.sequence) != (frame.subject_id, frame.sequence):
-                raise RuntimeError(f"answer for {result.subject_id}#{result.sequence} where "
-                                   f"{frame.subject_id}#{frame.sequence} was sent")
+                raise RuntimeError(
+                    f"answer for {result.subject_id}#{result.sequence} where "
+                    f"{frame.subject_id}#{frame.sequence} was sent"
+                )
             self.stats.answered += 1
             self.stats.duplicates += result.status == 6  # FRAME_STATUS_DUPLICATE: applied before a reconnect
             self.answers.put(Answer(frame, result, matches.get(frame.subject_id, [])))

@@ -61,8 +61,11 @@ def sha256(path: Path) -> str:
 
 def missing_mtcnn_weights(folder: Path) -> list[str]:
     """The MTCNN files absent from ``folder`` or whose content is not the recorded one."""
-    return [name for name, digest in MTCNN_SHA256.items()
-            if not (folder / name).is_file() or sha256(folder / name) != digest]
+    return [
+        name
+        for name, digest in MTCNN_SHA256.items()
+        if not (folder / name).is_file() or sha256(folder / name) != digest
+    ]
 
 
 def install_mtcnn_weights(dest: Path | None = None, wheel: Path | None = None, timeout_s: float = 300.0) -> Path:
@@ -83,8 +86,19 @@ def install_mtcnn_weights(dest: Path | None = None, wheel: Path | None = None, t
 
 def download_wheel(folder: Path, timeout_s: float) -> Path:
     """pip download of the facenet-pytorch wheel alone (no dependencies, nothing installed) into ``folder``."""
-    command = [sys.executable, "-m", "pip", "download", MTCNN_WHEEL, "--no-deps", "--only-binary=:all:",
-               "--dest", str(folder), "--quiet", "--disable-pip-version-check"]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        MTCNN_WHEEL,
+        "--no-deps",
+        "--only-binary=:all:",
+        "--dest",
+        str(folder),
+        "--quiet",
+        "--disable-pip-version-check",
+    ]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -92,8 +106,10 @@ def download_wheel(folder: Path, timeout_s: float) -> Path:
     wheels = sorted(folder.glob("facenet_pytorch-*.whl"))
     if result.returncode != 0 or not wheels:
         detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise WeightsError(f"could not download {MTCNN_WHEEL} with pip (offline, or the package index unreachable?): "
-                           f"{' | '.join(detail) or 'no wheel'}; {_offline_hint()}")
+        raise WeightsError(
+            f"could not download {MTCNN_WHEEL} with pip (offline, or the package index unreachable?): "
+            f"{' | '.join(detail) or 'no wheel'}; {_offline_hint()}"
+        )
     return wheels[0]
 
 
@@ -117,17 +133,21 @@ def extract_mtcnn_weights(wheel: Path, dest: Path) -> None:
 
 
 def _offline_hint() -> str:
-    return (f"on a machine without the index, fetch facenet_pytorch-2.6.0-py3-none-any.whl elsewhere and run "
-            f"`{INSTALL_COMMAND} --wheel PATH`")
+    return (
+        f"on a machine without the index, fetch facenet_pytorch-2.6.0-py3-none-any.whl elsewhere and run "
+        f"`{INSTALL_COMMAND} --wheel PATH`"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m eqface.camera.weights",
         description=f"Installs the MTCNN face detector weights from the {MTCNN_WHEEL} wheel (downloaded with pip, not "
-                    "installed), checked by sha256. Idempotent: a second run only checks.")
-    parser.add_argument("--dest", type=Path, help=f"folder (default: ${WEIGHTS_ENV}/mtcnn, else "
-                        "<venv>/share/eqface/mtcnn)")
+        "installed), checked by sha256. Idempotent: a second run only checks.",
+    )
+    parser.add_argument(
+        "--dest", type=Path, help=f"folder (default: ${WEIGHTS_ENV}/mtcnn, else <venv>/share/eqface/mtcnn)"
+    )
     parser.add_argument("--wheel", type=Path, help="use this facenet-pytorch 2.6.0 wheel instead of downloading it")
     args = parser.parse_args(argv)
     try:

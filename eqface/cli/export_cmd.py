@@ -8,7 +8,8 @@ from pathlib import Path
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="export a trained model to ONNX (dynamic batch, weights inside) and check it",
+        "export",
+        help="export a trained model to ONNX (dynamic batch, weights inside) and check it",
         description="Exports MODEL_PT (a model.pt/final.pt written by `eqface train`) to one ONNX file with the "
         "contract's names (input → embedding, quality) and a dynamic batch axis. The file is checked with "
         "onnx.checker and run with onnxruntime; --parity-data also compares onnxruntime with torch on real images.",
@@ -17,9 +18,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", type=Path, metavar="MODEL_PT", help="trained model file (model.pt or final.pt)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.onnx", help="where to write the ONNX file")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
-    p.add_argument("--parity-data", type=Path, metavar="PACK.npz",
-                   help="a face pack (e.g. ../shared/data/celeba_wild_subset_rgb112.npz): compare torch and "
-                   "onnxruntime on its first images at batch sizes 1, 7 and 64; fail above 1e-4")
+    p.add_argument(
+        "--parity-data",
+        type=Path,
+        metavar="PACK.npz",
+        help="a face pack (e.g. ../shared/data/celeba_wild_subset_rgb112.npz): compare torch and "
+        "onnxruntime on its first images at batch sizes 1, 7 and 64; fail above 1e-4",
+    )
     p.set_defaults(func=run)
 
 

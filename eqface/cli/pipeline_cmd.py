@@ -11,8 +11,11 @@ DEFAULT_YAML = Path("runs/pipeline/eqface-pipeline.yaml")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pipeline", help="Kubeflow pipeline: compile to YAML, or run it locally",
-                       description="The training-to-serving pipeline of components/ (needs the source checkout).")
+    p = sub.add_parser(
+        "pipeline",
+        help="Kubeflow pipeline: compile to YAML, or run it locally",
+        description="The training-to-serving pipeline of components/ (needs the source checkout).",
+    )
     commands = p.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
     _add_compile_parser(commands)
     _add_run_local_parser(commands)
@@ -20,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_compile_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
-        "compile", help="write the pipeline YAML to upload in the Kubeflow UI",
+        "compile",
+        help="write the pipeline YAML to upload in the Kubeflow UI",
         description="Compiles the pipeline with its Kubernetes settings (GPUs, volumes, secret, image) fixed; the "
         "training, data and deployment parameters stay editable in the UI, with defaults from --preset.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -36,14 +40,18 @@ def _add_compile_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--train-memory", help="memory request and limit of each training step")
     p.add_argument("--train-cpu", help="CPU request of each training step")
     p.add_argument("--retries", dest="train_retries", type=int, help="retries of each training step")
-    p.add_argument("--cache-data", action="store_true",
-                   help="let KFP cache the prepare-data step (only for immutable, versioned data locations)")
+    p.add_argument(
+        "--cache-data",
+        action="store_true",
+        help="let KFP cache the prepare-data step (only for immutable, versioned data locations)",
+    )
     p.set_defaults(func=run_compile)
 
 
 def _add_run_local_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
-        "run-local", help="run the whole pipeline here (kfp.local SubprocessRunner, this environment)",
+        "run-local",
+        help="run the whole pipeline here (kfp.local SubprocessRunner, this environment)",
         description="Runs configure → prepare data → Step 1 → 2 → (3 → 2) × N → evaluate → export → deploy with "
         "kfp.local in this Python environment, on the form defaults of --preset (test: synthetic 32×32 faces, "
         "seconds per step), and deploys the local (CPU, python-backend) Triton variant into --repository.",
@@ -51,11 +59,21 @@ def _add_run_local_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--iterations", type=int, default=1, help="rounds of Step 3 → Step 2")
     p.add_argument("--preset", default="test", choices=sorted(PRESETS), help="form defaults")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override passed to the pipeline's `overrides` parameter (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override passed to the pipeline's `overrides` parameter (repeatable)",
+    )
     p.add_argument("--root", type=Path, default=Path("runs/kfp-local"), help="pipeline root (artifacts)")
-    p.add_argument("--repository", type=Path, default=Path("runs/kfp-local/model_repository"),
-                   help="Triton model repository the deploy step writes to")
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("runs/kfp-local/model_repository"),
+        help="Triton model repository the deploy step writes to",
+    )
     p.add_argument("--triton-url", default="", help="running Triton (explicit model control) to load the version into")
     p.add_argument("--accuracy-threshold", type=float, default=0.0, help="deploy gate: minimum verification accuracy")
     p.add_argument("--min-quality-std", type=float, default=0.0, help="deploy gate: minimum quality std")
@@ -69,27 +87,48 @@ def run_compile(args: argparse.Namespace) -> int:
     from eqface.pipeline.local_run import pipeline_module
 
     module = pipeline_module()
-    names = ("image", "data_pvc", "work_pvc", "models_pvc", "object_store_secret", "train_memory", "train_cpu",
-             "train_retries")
+    names = (
+        "image",
+        "data_pvc",
+        "work_pvc",
+        "models_pvc",
+        "object_store_secret",
+        "train_memory",
+        "train_cpu",
+        "train_retries",
+    )
     changes = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     cluster = replace(module.ClusterSettings(), cache_data=args.cache_data, **changes)
     path = module.compile_pipeline(args.out, iterations=args.iterations, preset=args.preset, cluster=cluster)
-    print(f"wrote {path} ({args.iterations} iteration{'s' if args.iterations != 1 else ''} of Step 3 → Step 2, "
-          f"image {cluster.image}); upload it in the Kubeflow UI (Pipelines → Upload pipeline)")
+    print(
+        f"wrote {path} ({args.iterations} iteration{'s' if args.iterations != 1 else ''} of Step 3 → Step 2, "
+        f"image {cluster.image}); upload it in the Kubeflow UI (Pipelines → Upload pipeline)"
+    )
     return 0
 
 
 def run_local(args: argparse.Namespace) -> int:
     from eqface.pipeline.local_run import run_local as run
 
-    result = run(args.root, args.repository, iterations=args.iterations, preset=args.preset,
-                 overrides=args.overrides, triton_url=args.triton_url, accuracy_threshold=args.accuracy_threshold,
-                 min_quality_std=args.min_quality_std, gpus=args.gpus)
+    result = run(
+        args.root,
+        args.repository,
+        iterations=args.iterations,
+        preset=args.preset,
+        overrides=args.overrides,
+        triton_url=args.triton_url,
+        accuracy_threshold=args.accuracy_threshold,
+        min_quality_std=args.min_quality_std,
+        gpus=args.gpus,
+    )
     m = result.metrics
     print(f"\npipeline finished in {result.seconds:.0f}s")
-    print(f"  verification accuracy {100 * m['verification_accuracy']:.2f}% "
-          f"± {100 * m['verification_accuracy_std']:.2f}  AUC {m['verification_auc']:.4f}  ({int(m['heldout_identities'])} held-out identities, "
-          f"{int(m['heldout_images'])} images)")
+    print(
+        f"  verification accuracy {100 * m['verification_accuracy']:.2f}% "
+        f"± {100 * m['verification_accuracy_std']:.2f}  AUC {m['verification_auc']:.4f}  "
+        f"({int(m['heldout_identities'])} held-out identities, "
+        f"{int(m['heldout_images'])} images)"
+    )
     from eqface.data.augment import DEGRADATIONS
 
     conditions = "  ".join(f"{kind} {m[f'quality_mean_{kind}']:.3f}" for kind in ("clean", *DEGRADATIONS))

@@ -13,9 +13,12 @@ _DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's own d
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serving: Triton model repository and server, the aggregation service",
-                       description="Serving the exported model on Triton Inference Server, and the streaming "
-                       "aggregation service in front of it.")
+    p = sub.add_parser(
+        "serve",
+        help="serving: Triton model repository and server, the aggregation service",
+        description="Serving the exported model on Triton Inference Server, and the streaming "
+        "aggregation service in front of it.",
+    )
     serve = p.add_subparsers(dest="serve_command", required=True, metavar="SUBCOMMAND")
     _add_repository_parser(serve)
     _add_triton_parser(serve)
@@ -24,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_aggregator_parser(serve: argparse._SubParsersAction) -> None:
     p = serve.add_parser(
-        "aggregator", add_help=False,
+        "aggregator",
+        add_help=False,
         help="run the gRPC aggregation service (progressive QWFA per subject; see `eqface serve aggregator --help`)",
         description="The streaming aggregation service; every option is the service's own (python -m eqface.service).",
     )
@@ -40,7 +44,8 @@ def run_aggregator(args: argparse.Namespace) -> int:
 
 def _add_repository_parser(serve: argparse._SubParsersAction) -> None:
     p = serve.add_parser(
-        "repository", help="write config.pbtxt files and a version folder for an exported ONNX model",
+        "repository",
+        help="write config.pbtxt files and a version folder for an exported ONNX model",
         description="Writes the models eqface_onnx, preprocess and the ensemble eqface. With MODEL_ONNX, also "
         "writes version --version of each (the ONNX file is checked against the contract first); without it, "
         "writes only the configs for --image-size/--embedding-size.",
@@ -48,28 +53,51 @@ def _add_repository_parser(serve: argparse._SubParsersAction) -> None:
     )
     p.add_argument("onnx", type=Path, nargs="?", metavar="MODEL_ONNX", help="file written by `eqface export`")
     p.add_argument("--out", type=Path, required=True, help="model repository folder")
-    p.add_argument("--variant", choices=("local", "production"), default="local",
-                   help="local: python backend on CPU (the bundled server); production: onnxruntime on GPU")
+    p.add_argument(
+        "--variant",
+        choices=("local", "production"),
+        default="local",
+        help="local: python backend on CPU (the bundled server); production: onnxruntime on GPU",
+    )
     p.add_argument("--version", type=int, default=1, help="version folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
     p.add_argument("--max-batch-size", type=int, default=64, help="largest batch Triton accepts per request/execution")
-    p.add_argument("--preferred-batch-sizes", type=int, nargs="+", default=[16, 32, 64],
-                   help="batch sizes the dynamic batcher tries to form")
+    p.add_argument(
+        "--preferred-batch-sizes",
+        type=int,
+        nargs="+",
+        default=[16, 32, 64],
+        help="batch sizes the dynamic batcher tries to form",
+    )
     p.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching queue delay")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request on its own")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
-    p.add_argument("--spinning", action="store_true",
-                   help="local variant: let idle onnxruntime threads busy-wait (faster only on otherwise idle cores)")
-    p.add_argument("--image-size", type=int, nargs=2, default=list(contract.DEFAULT_IMAGE_SIZE),
-                   metavar=("H", "W"), help="without MODEL_ONNX: input size the configs declare")
-    p.add_argument("--embedding-size", type=int, default=contract.DEFAULT_EMBEDDING_SIZE,
-                   help="without MODEL_ONNX: embedding size the configs declare")
+    p.add_argument(
+        "--spinning",
+        action="store_true",
+        help="local variant: let idle onnxruntime threads busy-wait (faster only on otherwise idle cores)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=list(contract.DEFAULT_IMAGE_SIZE),
+        metavar=("H", "W"),
+        help="without MODEL_ONNX: input size the configs declare",
+    )
+    p.add_argument(
+        "--embedding-size",
+        type=int,
+        default=contract.DEFAULT_EMBEDDING_SIZE,
+        help="without MODEL_ONNX: embedding size the configs declare",
+    )
     p.set_defaults(func=run_repository)
 
 
 def _add_triton_parser(serve: argparse._SubParsersAction) -> None:
     p = serve.add_parser(
-        "triton", help="run the Triton server from the nvidia-pytriton wheel until Ctrl-C/SIGTERM",
+        "triton",
+        help="run the Triton server from the nvidia-pytriton wheel until Ctrl-C/SIGTERM",
         description="Starts tritonserver on --model-repository, waits until every model is ready, prints the "
         "endpoints and serves until Ctrl-C or SIGTERM, then shuts down cleanly (in-flight requests finish).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -78,11 +106,20 @@ def _add_triton_parser(serve: argparse._SubParsersAction) -> None:
     for name, port in _DEFAULT_PORTS.items():
         p.add_argument(f"--{name}-port", type=int, default=port, help=f"{name} port (0: any free port)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
-    p.add_argument("--model-control-mode", choices=("none", "poll", "explicit"), default="none",
-                   help="none: load everything at start; poll: also reload changed models; explicit: load only "
-                   "--load-model at start, then what clients load through the model-control API")
-    p.add_argument("--load-model", action="append", default=[], metavar="NAME",
-                   help="explicit mode: model to load at start (repeatable; '*' loads all)")
+    p.add_argument(
+        "--model-control-mode",
+        choices=("none", "poll", "explicit"),
+        default="none",
+        help="none: load everything at start; poll: also reload changed models; explicit: load only "
+        "--load-model at start, then what clients load through the model-control API",
+    )
+    p.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="explicit mode: model to load at start (repeatable; '*' loads all)",
+    )
     p.add_argument("--log-verbose", type=int, default=0, help="Triton's log verbosity")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness")
     p.set_defaults(func=run_triton)
@@ -106,12 +143,19 @@ def run_repository(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
         return 0
     repo = write_model_repository(
-        args.onnx, args.out, variant=args.variant, version=args.version, batching=batching,
-        runtime=runtime, overwrite=args.overwrite,
+        args.onnx,
+        args.out,
+        variant=args.variant,
+        version=args.version,
+        batching=batching,
+        runtime=runtime,
+        overwrite=args.overwrite,
     )
     h, w = repo.spec.image_size
-    print(f"wrote {args.variant} model repository {repo.root} (version {repo.version}; input [N, 3, {h}, {w}], "
-          f"embedding [N, {repo.spec.embedding_size}])")
+    print(
+        f"wrote {args.variant} model repository {repo.root} (version {repo.version}; input [N, 3, {h}, {w}], "
+        f"embedding [N, {repo.spec.embedding_size}])"
+    )
     for model in (contract.ENSEMBLE_MODEL_NAME, contract.PREPROCESS_MODEL_NAME, contract.ONNX_MODEL_NAME):
         print(f"  {repo.version_dir(model)}")
     return 0
@@ -125,9 +169,15 @@ def run_triton(args: argparse.Namespace) -> int:
     from eqface.serving.launcher import TritonServer
 
     server = TritonServer(
-        args.model_repository, grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
-        host=args.host, model_control_mode=args.model_control_mode, load_models=args.load_model,
-        log_verbose=args.log_verbose, startup_timeout_s=args.startup_timeout,
+        args.model_repository,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        host=args.host,
+        model_control_mode=args.model_control_mode,
+        load_models=args.load_model,
+        log_verbose=args.log_verbose,
+        startup_timeout_s=args.startup_timeout,
     )
     # SIGTERM (docker stop, kubectl delete) takes the same path as Ctrl-C: stop the server, exit 0.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -19,34 +19,48 @@ DEFAULT_RUNS = Path("runs")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stack", help="run Triton + the aggregation service + Prometheus locally (demo, up, down)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "stack",
+        help="run Triton + the aggregation service + Prometheus locally (demo, up, down)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     stack = p.add_subparsers(dest="stack_command", required=True, metavar="SUBCOMMAND")
     demo = stack.add_parser(
-        "demo", help="start the stack, stream a demo video of several subjects, print what happens, stop",
+        "demo",
+        help="start the stack, stream a demo video of several subjects, print what happens, stop",
         description="Brings up the stack (reusing the newest trained model, else training the demo preset), "
         "enrolls a gallery, streams a video of several subjects with some frames degraded, prints each subject's "
         "quality, QWFA decision and identification as the answers come, then a summary and what Prometheus saw. "
-        "Ctrl-C stops everything cleanly at any point.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "Ctrl-C stops everything cleanly at any point.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _add_stack_options(demo, default_state=DEFAULT_RUNS / "stack-demo")
     _add_video_options(demo)
     demo.set_defaults(func=run_demo)
     stream = stack.add_parser(
-        "stream", help="stream the demo video into a stack started by `up` (traffic for the dashboards)",
+        "stream",
+        help="stream the demo video into a stack started by `up` (traffic for the dashboards)",
         description="Enrolls the demo gallery and streams the demo video --rounds times into the aggregator of a "
         "running stack (subject ids get a per-run prefix, so the stack's stored state is never replayed).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     stream.add_argument("--state-dir", type=Path, default=DEFAULT_RUNS / "stack", help="the folder `up` used")
     stream.add_argument("--rounds", type=int, default=1, help="times to stream the video (new subject ids each)")
     stream.add_argument("--quiet", action="store_true", help="print only the summary")
     _add_video_options(stream)
     stream.set_defaults(func=run_stream)
-    up = stack.add_parser("up", help="start the stack in the background and print its ports",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    up = stack.add_parser(
+        "up",
+        help="start the stack in the background and print its ports",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _add_stack_options(up, default_state=DEFAULT_RUNS / "stack")
     up.set_defaults(func=run_up)
-    for name, func, text in (("down", run_down, "stop a stack started by `up` (every process it started)"),
-                             ("status", run_status, "show a stack started by `up`: ports, processes, targets")):
+    for name, func, text in (
+        ("down", run_down, "stop a stack started by `up` (every process it started)"),
+        ("status", run_status, "show a stack started by `up`: ports, processes, targets"),
+    ):
         q = stack.add_parser(name, help=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         q.add_argument("--state-dir", type=Path, default=DEFAULT_RUNS / "stack", help="the folder `up` used")
         q.set_defaults(func=func)
@@ -56,30 +70,49 @@ def _add_video_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subjects", type=int, default=4, help="enrolled subjects in the video")
     p.add_argument("--visitors", type=int, default=1, help="subjects in the video who are not enrolled")
     p.add_argument("--frames", type=int, default=16, help="frames per subject")
-    p.add_argument("--degraded", type=float, default=0.4, help="share of frames degraded (blur, low "
-                   "resolution, noise, occlusion)")
+    p.add_argument(
+        "--degraded", type=float, default=0.4, help="share of frames degraded (blur, low resolution, noise, occlusion)"
+    )
     p.add_argument("--fps", type=float, default=4.0, help="video ticks per second (one frame per subject each)")
     p.add_argument("--match-threshold", type=float, default=0.5, help="cosine below which a match is unknown")
-    p.add_argument("--faces", choices=("auto", "celeba", "synthetic"), default="auto",
-                   help="auto: real CelebA faces when ../shared/data has them and the model was not trained on "
-                   "synthetic faces only; synthetic otherwise")
+    p.add_argument(
+        "--faces",
+        choices=("auto", "celeba", "synthetic"),
+        default="auto",
+        help="auto: real CelebA faces when ../shared/data has them and the model was not trained on "
+        "synthetic faces only; synthetic otherwise",
+    )
 
 
 def _video_options(args: argparse.Namespace):
     from eqface.stack.demo import DemoOptions
 
-    return DemoOptions(known=args.subjects, visitors=args.visitors, frames=args.frames,
-                       degraded_fraction=args.degraded, fps=args.fps, match_threshold=args.match_threshold)
+    return DemoOptions(
+        known=args.subjects,
+        visitors=args.visitors,
+        frames=args.frames,
+        degraded_fraction=args.degraded,
+        fps=args.fps,
+        match_threshold=args.match_threshold,
+    )
 
 
 def _add_stack_options(p: argparse.ArgumentParser, default_state: Path) -> None:
-    p.add_argument("--model", type=Path, help="model.pt, .onnx or a local-variant model repository (default: the "
-                   "newest runs/*/model.pt or runs/kfp-local/model_repository, else train --preset demo)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="model.pt, .onnx or a local-variant model repository (default: the "
+        "newest runs/*/model.pt or runs/kfp-local/model_repository, else train --preset demo)",
+    )
     p.add_argument("--runs", type=Path, default=DEFAULT_RUNS, help="where to look for (and train) a model")
     p.add_argument("--train-preset", default="demo", help="preset to train when no model exists")
-    p.add_argument("--train-with", choices=("train", "pipeline"), default="train",
-                   help="when no model exists: `eqface train` (fast) or the whole Kubeflow pipeline run locally "
-                   "(`eqface pipeline run-local`: train, evaluate, export, deploy into runs/kfp-local)")
+    p.add_argument(
+        "--train-with",
+        choices=("train", "pipeline"),
+        default="train",
+        help="when no model exists: `eqface train` (fast) or the whole Kubeflow pipeline run locally "
+        "(`eqface pipeline run-local`: train, evaluate, export, deploy into runs/kfp-local)",
+    )
     p.add_argument("--state-dir", type=Path, default=default_state, help="model repository, store, logs, state")
     p.add_argument("--aggregator-port", type=int, default=0, help="aggregator gRPC port (0: a free one)")
     p.add_argument("--prometheus-port", type=int, default=0, help="Prometheus port (0: a free one)")
@@ -109,15 +142,23 @@ def _resolve_model(args: argparse.Namespace):
 def _stack_config(args: argparse.Namespace, fresh: bool):
     from eqface.stack.stack import StackConfig
 
-    return StackConfig(state_dir=args.state_dir.resolve(), model=_resolve_model(args),
-                       aggregator_port=args.aggregator_port, prometheus_port=args.prometheus_port,
-                       prometheus=not args.no_prometheus, scrape_interval_s=args.scrape_interval, fresh_store=fresh)
+    return StackConfig(
+        state_dir=args.state_dir.resolve(),
+        model=_resolve_model(args),
+        aggregator_port=args.aggregator_port,
+        prometheus_port=args.prometheus_port,
+        prometheus=not args.no_prometheus,
+        scrape_interval_s=args.scrape_interval,
+        fresh_store=fresh,
+    )
 
 
 def _print_endpoints(endpoints, out=print) -> None:
     out(f"  aggregator  gRPC {endpoints.aggregator_grpc}   metrics http://{endpoints.aggregator_metrics}/metrics")
-    out(f"  triton      gRPC {endpoints.triton_grpc}   HTTP http://{endpoints.triton_http}   "
-        f"metrics http://{endpoints.triton_metrics}/metrics   (model control: explicit)")
+    out(
+        f"  triton      gRPC {endpoints.triton_grpc}   HTTP http://{endpoints.triton_http}   "
+        f"metrics http://{endpoints.triton_metrics}/metrics   (model control: explicit)"
+    )
     out(f"  prometheus  {endpoints.prometheus or '(not running: not installed or --no-prometheus)'}")
 
 
@@ -139,8 +180,9 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         print("starting the stack …", flush=True)
         stack.start()
-        write_state(config.state_dir, {"status": "demo", "model": config.model.origin,
-                                       "endpoints": vars(stack.endpoints)})
+        write_state(
+            config.state_dir, {"status": "demo", "model": config.model.origin, "endpoints": vars(stack.endpoints)}
+        )
         print(f"stack ready (logs in {stack.logs_dir}):", flush=True)
         _print_endpoints(stack.endpoints)
         _demo_session(stack, subjects, options)
@@ -159,8 +201,11 @@ def _faces_dir(faces: str, trained_on: str) -> Path | None:
     if faces == "synthetic":
         return None
     if faces == "auto" and trained_on == "synthetic":
-        print("the model was trained on synthetic faces (its run's config.json): streaming synthetic faces; "
-              "--faces celeba streams real ones", flush=True)
+        print(
+            "the model was trained on synthetic faces (its run's config.json): streaming synthetic faces; "
+            "--faces celeba streams real ones",
+            flush=True,
+        )
         return None
     return _data_dir(faces)
 
@@ -168,8 +213,11 @@ def _faces_dir(faces: str, trained_on: str) -> Path | None:
 def _data_dir(faces: str) -> Path | None:
     from eqface.stack.demo import CELEBA_PACK
 
-    candidates = [os.environ.get("EQFACE_SHARED_DATA"), Path.cwd().parent / "shared" / "data",
-                  Path(__file__).resolve().parents[3] / "shared" / "data"]
+    candidates = [
+        os.environ.get("EQFACE_SHARED_DATA"),
+        Path.cwd().parent / "shared" / "data",
+        Path(__file__).resolve().parents[3] / "shared" / "data",
+    ]
     for c in candidates:
         if c and (Path(c) / CELEBA_PACK).is_file():
             return Path(c)
@@ -219,8 +267,9 @@ def run_stream(args: argparse.Namespace) -> int:
         subjects, source = build_subjects(options, data_dir, prefix=f"{run_tag}-{r + 1}/")
         rounds.append(subjects)
     print(f"video: {args.rounds} × {len(rounds[0])} subjects × {options.frames} frames, {source}", flush=True)
-    _enroll_and_stream(endpoints.aggregator_grpc, rounds, options, out=(lambda line: None) if args.quiet
-                       else _flush_print)
+    _enroll_and_stream(
+        endpoints.aggregator_grpc, rounds, options, out=(lambda line: None) if args.quiet else _flush_print
+    )
     return 0
 
 
@@ -242,17 +291,26 @@ def _report_prometheus(url: str, scrape_interval_s: float) -> None:
         time.sleep(0.5)
     time.sleep(scrape_interval_s)
     print(f"\nPrometheus ({url}) saw:", flush=True)
-    frames = sorted(client.query("sum by (result) (eqface_aggregator_frames_total)"),
-                    key=lambda r: r["metric"]["result"])
+    frames = sorted(
+        client.query("sum by (result) (eqface_aggregator_frames_total)"), key=lambda r: r["metric"]["result"]
+    )
     print("  frames by result   " + ", ".join(f"{r['metric']['result']} {float(r['value'][1]):.0f}" for r in frames))
     median = client.scalar("histogram_quantile(0.5, sum by (le) (eqface_aggregator_frame_quality_bucket))")
     print(f"  median quality     {median:.2f} (from the frame-quality histogram)")
-    batch = sorted(client.query("sum by (model) (nv_inference_count) / sum by (model) (nv_inference_exec_count)"),
-                   key=lambda r: r["metric"]["model"])
+    batch = sorted(
+        client.query("sum by (model) (nv_inference_count) / sum by (model) (nv_inference_exec_count)"),
+        key=lambda r: r["metric"]["model"],
+    )
     print("  Triton avg batch   " + ", ".join(f"{r['metric']['model']} {float(r['value'][1]):.1f}" for r in batch))
     p99 = client.query("histogram_quantile(0.99, sum by (stage, le) (eqface_aggregator_stage_duration_seconds_bucket))")
-    print("  stage p99          " + ", ".join(f"{r['metric']['stage']} {1000 * float(r['value'][1]):.1f} ms"
-                                              for r in p99 if math.isfinite(float(r["value"][1]))))
+    print(
+        "  stage p99          "
+        + ", ".join(
+            f"{r['metric']['stage']} {1000 * float(r['value'][1]):.1f} ms"
+            for r in p99
+            if math.isfinite(float(r["value"][1]))
+        )
+    )
     firing = [a["labels"]["alertname"] for a in client.alerts() if a["state"] == "firing"]
     print(f"  alerts firing      {', '.join(firing) or 'none'}", flush=True)
 
@@ -263,8 +321,11 @@ def _stop_and_check(stack) -> None:
     codes = stack.stop()
     left = [name for name, p in stack.endpoints.processes.items() if same_process(p["pid"], p["start_ticks"])]
     parts = ", ".join(f"{name} (exit {code})" for name, code in codes.items())
-    print(f"stopped: {parts or 'nothing was running'}; "
-          f"{'still running: ' + ', '.join(left) if left else 'no child process left'}", flush=True)
+    print(
+        f"stopped: {parts or 'nothing was running'}; "
+        f"{'still running: ' + ', '.join(left) if left else 'no child process left'}",
+        flush=True,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ up / down
@@ -274,17 +335,24 @@ def run_up(args: argparse.Namespace) -> int:
 
     state = read_state(args.state_dir)
     if state and _supervisor_alive(state):
-        raise RuntimeError(f"a stack is already running from {args.state_dir} (pid {state['supervisor']['pid']}); "
-                           f"`eqface stack down --state-dir {args.state_dir}` first")
+        raise RuntimeError(
+            f"a stack is already running from {args.state_dir} (pid {state['supervisor']['pid']}); "
+            f"`eqface stack down --state-dir {args.state_dir}` first"
+        )
     config = _stack_config(args, fresh=False)
     (args.state_dir / CONFIG_FILE).write_text(json.dumps(config.to_json(), indent=2))
     (args.state_dir / "state.json").unlink(missing_ok=True)
     log = args.state_dir / "logs" / "supervisor.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:  # detached: its own session, outlives this command
-        process = subprocess.Popen([sys.executable, "-m", "eqface.stack.supervisor", str(config.state_dir)],
-                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "eqface.stack.supervisor", str(config.state_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
     try:
         state = _wait_started(args.state_dir, process, log, config.startup_timeout_s + 30)
     except BaseException:  # Ctrl-C or a failed start: leave nothing running behind the user's back
@@ -298,8 +366,10 @@ def run_up(args: argparse.Namespace) -> int:
     _print_endpoints(Endpoints(**state["endpoints"]))
     print(f"stream the demo video into it: eqface stack stream --state-dir {args.state_dir}")
     if config.model.origin.startswith("model repository"):
-        print(f"deploy a new model version into it: eqface pipeline run-local --repository "
-              f"{config.model.repository} --triton-url {state['endpoints']['triton_grpc']}")
+        print(
+            f"deploy a new model version into it: eqface pipeline run-local --repository "
+            f"{config.model.repository} --triton-url {state['endpoints']['triton_grpc']}"
+        )
     print(f"stop it with: eqface stack down --state-dir {args.state_dir}")
     return 0
 
@@ -314,8 +384,10 @@ def _wait_started(state_dir: Path, process: subprocess.Popen, log: Path, timeout
             return state
         if state.get("status") == "failed" or process.poll() is not None:
             process.wait(60)
-            raise RuntimeError(f"the stack did not start: {state.get('error', 'supervisor exited')}; "
-                               f"{log} ends:\n{log.read_text(errors='replace')[-3000:]}")
+            raise RuntimeError(
+                f"the stack did not start: {state.get('error', 'supervisor exited')}; "
+                f"{log} ends:\n{log.read_text(errors='replace')[-3000:]}"
+            )
         time.sleep(0.2)
     raise RuntimeError(f"the stack was not ready after {timeout_s:.0f}s; see {log}")
 
@@ -349,8 +421,10 @@ def run_down(args: argparse.Namespace) -> int:
         kill_recorded(processes[name]["pid"], processes[name]["start_ticks"])
     final = read_state(args.state_dir) or state
     codes = final.get("exit_codes", {})
-    print(f"stack stopped: {', '.join(f'{k} (exit {v})' for k, v in codes.items()) or 'processes ended'}"
-          f"{'; killed leftovers: ' + ', '.join(leftovers) if leftovers else ''}; no process left")
+    print(
+        f"stack stopped: {', '.join(f'{k} (exit {v})' for k, v in codes.items()) or 'processes ended'}"
+        f"{'; killed leftovers: ' + ', '.join(leftovers) if leftovers else ''}; no process left"
+    )
     return 0
 
 

@@ -13,7 +13,8 @@ DEFAULT_STACK_STATE = Path("runs") / "stack"
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "stream", help="detect, align and track faces in a video/camera/RTSP stream and stream them to the aggregator",
+        "stream",
+        help="detect, align and track faces in a video/camera/RTSP stream and stream them to the aggregator",
         description="Detects faces (MTCNN, 5 landmarks), aligns them to the ArcFace 112×112 template, tracks "
         "them across frames and streams each track's crops as one subject to the aggregation service (image mode). "
         "Prints each track's quality, QWFA decisions and identification as the answers come; identifies (or "
@@ -21,31 +22,55 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "A file is processed frame by frame; a camera or URL (or --live) drops frames when the client falls behind "
         "(lowest client-side quality proxy first). Survives an aggregator restart: unanswered frames are resent with "
         "their (subject, sequence) and the service counts each once.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("source", help="video file (mp4, avi, …), camera (0 or /dev/video0) or URL (rtsp://…)")
     p.add_argument("--server", help="aggregator HOST:PORT (default: the one `eqface stack up` started)")
     p.add_argument("--out", type=Path, default=Path("runs") / "stream", help="folder for the outputs")
-    p.add_argument("--subject-prefix", help="prefix of every subject id (default: <source name>-<unix time>/; a "
-                   "new prefix per run, since the service answers a replayed (subject, sequence) DUPLICATE)")
-    p.add_argument("--gallery", type=Path, help="enroll first: one folder per identity (its name is the identity "
-                   "id) with photos; the largest face of each photo is detected, aligned and enrolled")
+    p.add_argument(
+        "--subject-prefix",
+        help="prefix of every subject id (default: <source name>-<unix time>/; a "
+        "new prefix per run, since the service answers a replayed (subject, sequence) DUPLICATE)",
+    )
+    p.add_argument(
+        "--gallery",
+        type=Path,
+        help="enroll first: one folder per identity (its name is the identity "
+        "id) with photos; the largest face of each photo is detected, aligned and enrolled",
+    )
     p.add_argument("--enroll", action="store_true", help="enroll each track when it ends, as its subject id")
-    p.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
-                   help="pace a file like a camera and drop frames when behind (default: cameras and URLs only)")
-    p.add_argument("--detector", default=DEFAULT_DETECTOR, help="face detector: mtcnn (weights from the "
-                   "facenet-pytorch wheel, installed by `python -m eqface.camera.weights`, which scripts/setup.sh "
-                   "runs) or retinaface (internal weights of unknown terms, ../shared/data/weights)")
-    p.add_argument("--detector-weights", type=Path, help="mtcnn: the folder of pnet.pt, rnet.pt, onet.pt (default: "
-                   "$EQFACE_DETECTOR_WEIGHTS/mtcnn, else <venv>/share/eqface/mtcnn); retinaface: the .onnx file "
-                   "(default: in $EQFACE_DETECTOR_WEIGHTS, else ../shared/data/weights)")
+    p.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pace a file like a camera and drop frames when behind (default: cameras and URLs only)",
+    )
+    p.add_argument(
+        "--detector",
+        default=DEFAULT_DETECTOR,
+        help="face detector: mtcnn (weights from the "
+        "facenet-pytorch wheel, installed by `python -m eqface.camera.weights`, which scripts/setup.sh "
+        "runs) or retinaface (internal weights of unknown terms, ../shared/data/weights)",
+    )
+    p.add_argument(
+        "--detector-weights",
+        type=Path,
+        help="mtcnn: the folder of pnet.pt, rnet.pt, onet.pt (default: "
+        "$EQFACE_DETECTOR_WEIGHTS/mtcnn, else <venv>/share/eqface/mtcnn); retinaface: the .onnx file "
+        "(default: in $EQFACE_DETECTOR_WEIGHTS, else ../shared/data/weights)",
+    )
     p.add_argument("--min-face", type=float, default=24.0, help="smallest face (pixels) to track")
     p.add_argument("--window", type=int, default=64, help="frames sent and not answered, at most")
     p.add_argument("--queue", type=int, default=256, help="frames waiting to be sent, at most")
     p.add_argument("--match-threshold", type=float, default=0.5, help="cosine below which a match is unknown")
     p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: the whole source)")
     p.add_argument("--no-video", action="store_true", help="do not write the annotated video")
-    p.add_argument("--reconnect-timeout", type=float, default=60.0, help="give up after this many seconds "
-                   "without reaching the aggregator")
+    p.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=60.0,
+        help="give up after this many seconds without reaching the aggregator",
+    )
     p.add_argument("--verbose", action="store_true", help="print one line per answered frame")
     p.set_defaults(func=run)
 
@@ -58,10 +83,21 @@ def run(args: argparse.Namespace) -> int:
     if prefix is None:
         prefix = f"{Path(args.source).stem or 'stream'}-{int(time.time())}/"
     options = StreamOptions(
-        server=server, out_dir=args.out, subject_prefix=prefix, live=args.live, detector=args.detector,
-        detector_weights=args.detector_weights, min_face=args.min_face, window=args.window, capacity=args.queue,
-        match_threshold=args.match_threshold, enroll=args.enroll, video_out=not args.no_video,
-        max_frames=args.max_frames, reconnect_timeout_s=args.reconnect_timeout, verbose=args.verbose,
+        server=server,
+        out_dir=args.out,
+        subject_prefix=prefix,
+        live=args.live,
+        detector=args.detector,
+        detector_weights=args.detector_weights,
+        min_face=args.min_face,
+        window=args.window,
+        capacity=args.queue,
+        match_threshold=args.match_threshold,
+        enroll=args.enroll,
+        video_out=not args.no_video,
+        max_frames=args.max_frames,
+        reconnect_timeout_s=args.reconnect_timeout,
+        verbose=args.verbose,
     )
     session = StreamSession(args.source, options)
     if args.gallery is not None:

@@ -31,7 +31,7 @@ class FaceSource:
     def image(self, i: int) -> np.ndarray:  # pragma: no cover - overridden
         raise TypeError(f"{type(self).__name__} must implement image()")
 
-    def subset(self, indices: np.ndarray, relabel: bool = True) -> "SubsetSource":
+    def subset(self, indices: np.ndarray, relabel: bool = True) -> SubsetSource:
         return SubsetSource(self, np.asarray(indices, dtype=np.int64), relabel)
 
 

@@ -14,7 +14,6 @@ from eqface.config import SyntheticConfig
 from eqface.data.augment import DEGRADATIONS, degrade
 from eqface.data.sources import ArraySource
 
-
 SKIN_TONES = np.array([[235, 195, 170], [205, 150, 120], [160, 110, 80], [110, 75, 55]], dtype=np.float64)
 IRIS_COLOURS = np.array([[60, 40, 20], [40, 90, 140], [70, 110, 60]], dtype=np.uint8)
 

@@ -64,7 +64,7 @@ def _raw(data: Any) -> bytes:
 
 
 class _PickledArray:
-    """Stands in for ``numpy.core.multiarray._reconstruct``: the array is rebuilt from its raw bytes by ``frombuffer``."""
+    """Stands in for ``numpy.core.multiarray._reconstruct``: rebuilds the array from its raw bytes (``frombuffer``)."""
 
     def __init__(self, *_args: Any) -> None:
         self.array: np.ndarray | None = None

@@ -195,4 +195,3 @@ def run_onnx(session, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Runs the contract model: float32 [N, 3, H, W] in, (embedding [N, D], quality [N, 1]) out."""
     embedding, quality = session.run(list(OUTPUT_NAMES), {contract.INPUT_NAME: x})
     return embedding, quality
-

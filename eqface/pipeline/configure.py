@@ -91,7 +91,8 @@ def check_pipeline_config(cfg: EQFaceConfig) -> None:
             raise ValueError(f"train.{step}.epochs must be at least 1, got {sched.epochs}")
         if list(sched.milestones) != sorted(sched.milestones) or any(m < 1 for m in sched.milestones):
             raise ValueError(
-                f"train.{step}.milestones must be increasing epoch numbers >= 1, got {list(sched.milestones)}")
+                f"train.{step}.milestones must be increasing epoch numbers >= 1, got {list(sched.milestones)}"
+            )
     if not 0.0 <= cfg.train.qwdf_threshold < 1.0:
         raise ValueError(f"train.qwdf_threshold (QWDF s_th) must lie in [0, 1), got {cfg.train.qwdf_threshold}")
     if cfg.data.source != "synthetic" and not cfg.data.path:

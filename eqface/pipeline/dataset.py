@@ -50,8 +50,12 @@ class PreparedDataset:
         """Flat values for the artifact's metadata (shown in the Kubeflow UI)."""
         return {
             "source": self.original_source,
-            "location": self.location, "packed": self.packed, "images": self.images, "identities": self.identities,
-            "held_out_identities": self.held_out_identities, "skipped_images": self.skipped_images,
+            "location": self.location,
+            "packed": self.packed,
+            "images": self.images,
+            "identities": self.identities,
+            "held_out_identities": self.held_out_identities,
+            "skipped_images": self.skipped_images,
             "fingerprint": self.fingerprint,
         }
 
@@ -61,7 +65,9 @@ class PreparedDataset:
 
 
 def prepare_dataset(
-    cfg: EQFaceConfig, out_dir: str | Path, materialize: Materialize = "auto",
+    cfg: EQFaceConfig,
+    out_dir: str | Path,
+    materialize: Materialize = "auto",
     pack_max_images: int = DEFAULT_PACK_MAX_IMAGES,
 ) -> PreparedDataset:
     """Reads ``cfg.data`` (downloading object-store data first), checks it and writes the Dataset artifact.
@@ -80,13 +86,19 @@ def prepare_dataset(
     data = cfg.data
     remote = storage.is_remote(data.path)
     if remote and materialize == "reference":
-        raise ValueError(f"{data.path} is in an object store: training pods cannot read it in place; pack it "
-                         "(materialize=pack) or put the data on a volume the pods mount")
+        raise ValueError(
+            f"{data.path} is in an object store: training pods cannot read it in place; pack it "
+            "(materialize=pack) or put the data on a volume the pods mount"
+        )
     with tempfile.TemporaryDirectory(prefix="eqface-data-") as tmp:
         read_cfg = dataclasses.replace(data, path=str(_fetch(data, Path(tmp)))) if remote else data
         source = build_source(read_cfg, tuple(cfg.model.image_size), cfg.train.seed)
-        pack = remote or data.source == "synthetic" or materialize == "pack" or (
-            materialize == "auto" and len(source) <= pack_max_images)
+        pack = (
+            remote
+            or data.source == "synthetic"
+            or materialize == "pack"
+            or (materialize == "auto" and len(source) <= pack_max_images)
+        )
         skipped = 0
         if pack:
             source, skipped = _readable(source, data.on_error == "skip")
@@ -97,9 +109,14 @@ def prepare_dataset(
             prepared = {**_as_dict(data), "path": str(Path(data.path).resolve())}
     _, held_out = split_identities(source, data.eval_identities)
     result = PreparedDataset(
-        data=prepared, location=data.path or "synthetic", packed=pack, images=len(source),
-        identities=source.num_classes, held_out_identities=held_out.num_classes if held_out is not None else 0,
-        skipped_images=skipped, fingerprint=fingerprint(source),
+        data=prepared,
+        location=data.path or "synthetic",
+        packed=pack,
+        images=len(source),
+        identities=source.num_classes,
+        held_out_identities=held_out.num_classes if held_out is not None else 0,
+        skipped_images=skipped,
+        fingerprint=fingerprint(source),
     )
     (out_dir / MANIFEST).write_text(json.dumps(dataclasses.asdict(result), indent=2))
     return result
@@ -192,4 +209,3 @@ def _write_pack(source: FaceSource, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
-

@@ -48,7 +48,12 @@ def next_version(repository: str) -> int:
 
 
 def deploy(
-    onnx_path: str | Path, repository: str, *, variant: str = "production", version: int = 0, triton_url: str = "",
+    onnx_path: str | Path,
+    repository: str,
+    *,
+    variant: str = "production",
+    version: int = 0,
+    triton_url: str = "",
     timeout_s: float = 300.0,
 ) -> Deployment:
     """Writes ``onnx_path`` as version ``version`` (0: the next free one) and loads it into ``triton_url`` if given.
@@ -122,7 +127,8 @@ def _wait_ready(client, version: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         ready = client.is_model_ready(contract.ONNX_MODEL_NAME, str(version)) and client.is_model_ready(
-            contract.ENSEMBLE_MODEL_NAME)
+            contract.ENSEMBLE_MODEL_NAME
+        )
         if ready:
             return
         if time.monotonic() > deadline:

@@ -95,9 +95,17 @@ def evaluate_model(model_file: str | Path, cfg: EQFaceConfig) -> Evaluation:
     verification = kfold_accuracy(scores, same)
     edc, edc_random = _edc_curves(scores, same, pair_quality(q, a, b), pair_quality(random_quality(len(q), seed), a, b))
     return Evaluation(
-        identities=held_out.num_classes, images=len(held_out), accuracy=verification.mean,
-        accuracy_std=verification.std, roc=roc_curve(scores, same), tar=tar_at_far(scores, same, FARS),
-        scores=scores, issame=same, quality=quality, edc=edc, edc_random=edc_random,
+        identities=held_out.num_classes,
+        images=len(held_out),
+        accuracy=verification.mean,
+        accuracy_std=verification.std,
+        roc=roc_curve(scores, same),
+        tar=tar_at_far(scores, same, FARS),
+        scores=scores,
+        issame=same,
+        quality=quality,
+        edc=edc,
+        edc_random=edc_random,
         degradation=held_out.extras.get("degradation"),
     )
 
@@ -165,8 +173,13 @@ class EvaluationOutputs:
 
 
 def run_evaluation(
-    model_dir: str | Path, cfg: EQFaceConfig, report_html: str | Path, report_markdown: str | Path,
-    accuracy_threshold: float, min_quality_std: float = 0.0, roc_points: int = 200,
+    model_dir: str | Path,
+    cfg: EQFaceConfig,
+    report_html: str | Path,
+    report_markdown: str | Path,
+    accuracy_threshold: float,
+    min_quality_std: float = 0.0,
+    roc_points: int = 200,
 ) -> EvaluationOutputs:
     """Evaluates the final model, writes the HTML and Markdown reports and decides whether it may be deployed.
 
@@ -180,11 +193,14 @@ def run_evaluation(
     values = metric_values(ev)
     passed, lines = gate(values, accuracy_threshold, min_quality_std)
     run = {
-        "backbone": cfg.model.backbone, "embedding size": cfg.model.embedding_size,
-        "image size": "×".join(map(str, cfg.model.image_size)), "iterations (3 → 2)": cfg.train.iterations,
+        "backbone": cfg.model.backbone,
+        "embedding size": cfg.model.embedding_size,
+        "image size": "×".join(map(str, cfg.model.image_size)),
+        "iterations (3 → 2)": cfg.train.iterations,
         "epochs step 1 / 2 / 3": f"{cfg.train.step1.epochs} / {cfg.train.step2.epochs} / {cfg.train.step3.epochs}",
         "margins m1, m2, m3, S": f"{cfg.margin.m1}, {cfg.margin.m2}, {cfg.margin.m3}, {cfg.margin.scale}",
-        "QWDF s_th": cfg.train.qwdf_threshold, "data": f"{cfg.data.source} {cfg.data.path}".strip(),
+        "QWDF s_th": cfg.train.qwdf_threshold,
+        "data": f"{cfg.data.source} {cfg.data.path}".strip(),
     }
     tables = report.tables(ev, values, lines, run)
     verdict = "PASSED" if passed else "FAILED"
@@ -195,6 +211,10 @@ def run_evaluation(
     Path(report_markdown).write_text(report.render_markdown(title, tables))
     keep = np.unique(np.linspace(1, len(ev.roc.far) - 1, num=min(roc_points, len(ev.roc.far) - 1)).astype(int))
     return EvaluationOutputs(
-        metrics=values, roc_fpr=ev.roc.far[keep].tolist(), roc_tpr=ev.roc.tar[keep].tolist(),
-        roc_thresholds=np.clip(ev.roc.thresholds[keep], -1.0, 1.0).tolist(), passed=passed, gate_lines=lines,
+        metrics=values,
+        roc_fpr=ev.roc.far[keep].tolist(),
+        roc_tpr=ev.roc.tar[keep].tolist(),
+        roc_thresholds=np.clip(ev.roc.thresholds[keep], -1.0, 1.0).tolist(),
+        passed=passed,
+        gate_lines=lines,
     )

@@ -47,8 +47,14 @@ def export_step(model_dir: str | Path, out_dir: str | Path, cfg: EQFaceConfig, o
         raise RuntimeError(f"onnxruntime differs from torch by {worst:.2e} > {PARITY_TOLERANCE:.0e} on held-out faces")
     print(f"exported {result.path} ({result.size_bytes / 1e6:.2f} MB); parity on {count} faces: {worst:.1e}")
     return {
-        "file": ONNX_FILE, "format": "onnx", "opset": result.opset, "image_height": result.spec.image_size[0],
-        "image_width": result.spec.image_size[1], "embedding_size": result.spec.embedding_size,
-        "size_bytes": result.size_bytes, "sha256": hashlib.sha256(result.path.read_bytes()).hexdigest(),
-        "parity_max_abs_diff": worst, "parity_images": count,
+        "file": ONNX_FILE,
+        "format": "onnx",
+        "opset": result.opset,
+        "image_height": result.spec.image_size[0],
+        "image_width": result.spec.image_size[1],
+        "embedding_size": result.spec.embedding_size,
+        "size_bytes": result.size_bytes,
+        "sha256": hashlib.sha256(result.path.read_bytes()).hexdigest(),
+        "parity_max_abs_diff": worst,
+        "parity_images": count,
     }

@@ -49,9 +49,16 @@ class LocalRun:
 
 
 def run_local(
-    root: str | Path, repository: str | Path, *, iterations: int = 1, preset: str = "test",
-    overrides: Sequence[str] = (), triton_url: str = "", accuracy_threshold: float = 0.0,
-    min_quality_std: float = 0.0, gpus: int = 1,
+    root: str | Path,
+    repository: str | Path,
+    *,
+    iterations: int = 1,
+    preset: str = "test",
+    overrides: Sequence[str] = (),
+    triton_url: str = "",
+    accuracy_threshold: float = 0.0,
+    min_quality_std: float = 0.0,
+    gpus: int = 1,
 ) -> LocalRun:
     """Runs the pipeline (form defaults from ``preset``) and returns where its results are."""
     from kfp import local
@@ -74,15 +81,23 @@ def run_local(
     metrics = outputs["metrics"]
     report = Path(outputs["report"].path)
     return LocalRun(
-        seconds=seconds, metrics={k: float(v) for k, v in metrics.metadata.items()}, report=report,
-        summary=report.parent / "summary", onnx=Path(outputs["onnx_model"].path) / "model.onnx",
-        repository=repository, deployed_version=new[-1] if new else None,
+        seconds=seconds,
+        metrics={k: float(v) for k, v in metrics.metadata.items()},
+        report=report,
+        summary=report.parent / "summary",
+        onnx=Path(outputs["onnx_model"].path) / "model.onnx",
+        repository=repository,
+        deployed_version=new[-1] if new else None,
     )
 
 
 def _arguments(repository: Path, overrides, triton_url, accuracy_threshold, min_quality_std, gpus) -> dict[str, Any]:
     return {
-        "model_repository": str(repository), "serving_variant": "local", "triton_url": triton_url,
-        "accuracy_threshold": accuracy_threshold, "min_quality_std": min_quality_std, "gpus_per_step": gpus,
+        "model_repository": str(repository),
+        "serving_variant": "local",
+        "triton_url": triton_url,
+        "accuracy_threshold": accuracy_threshold,
+        "min_quality_std": min_quality_std,
+        "gpus_per_step": gpus,
         "overrides": list(overrides),
     }

@@ -43,23 +43,30 @@ def tables(ev: Evaluation, values: dict[str, float], gate_lines: Sequence[str], 
         ("10-fold verification accuracy", f"{100 * ev.accuracy:.2f}% ± {100 * ev.accuracy_std:.2f}"),
         ("ROC AUC", f"{ev.auc:.4f}"),
     ]
-    verification += [(f"TAR @ FAR {far:g}", "n/r (too few impostor pairs)" if tar is None else f"{100 * tar:.2f}%")
-                     for far, tar in ev.tar.items()]
-    quality = [(kind, *(f"{v:.3f}" for v in (qs.mean(), qs.std(), np.percentile(qs, 5), np.percentile(qs, 95))))
-               for kind, qs in ev.quality.items()]
+    verification += [
+        (f"TAR @ FAR {far:g}", "n/r (too few impostor pairs)" if tar is None else f"{100 * tar:.2f}%")
+        for far, tar in ev.tar.items()
+    ]
+    quality = [
+        (kind, *(f"{v:.3f}" for v in (qs.mean(), qs.std(), np.percentile(qs, 5), np.percentile(qs, 95))))
+        for kind, qs in ev.quality.items()
+    ]
     edc_rows = [("start FMR", "n/a (too few impostor pairs)")]
     if ev.edc is not None:
-        edc_rows = [("start FMR", f"{ev.edc.start_fmr:g}"),
-                    (f"pAUC to {EDC_DISCARD_LIMIT:.0%} discard, EQFace quality", f"{values['edc_pauc']:.4f}"),
-                    (f"pAUC to {EDC_DISCARD_LIMIT:.0%} discard, random quality", f"{values['edc_pauc_random']:.4f}")]
+        edc_rows = [
+            ("start FMR", f"{ev.edc.start_fmr:g}"),
+            (f"pAUC to {EDC_DISCARD_LIMIT:.0%} discard, EQFace quality", f"{values['edc_pauc']:.4f}"),
+            (f"pAUC to {EDC_DISCARD_LIMIT:.0%} discard, random quality", f"{values['edc_pauc_random']:.4f}"),
+        ]
     if ev.spearman is not None:
         edc_rows.append(("Spearman(quality, synthetic degradation strength)", f"{ev.spearman:+.3f}"))
     return [
         Table("Run", ("setting", "value"), [(k, str(v)) for k, v in run.items()]),
         Table("Deployment gate", ("check",), [(line,) for line in gate_lines]),
         Table("Verification (held-out identities)", ("measure", "value"), verification),
-        Table("Quality by condition (degradations at strength 0.7)", ("condition", "mean", "std", "p5", "p95"),
-              quality),
+        Table(
+            "Quality by condition (degradations at strength 0.7)", ("condition", "mean", "std", "p5", "p95"), quality
+        ),
         Table("Quality as a predictor of errors (EDC)", ("measure", "value"), edc_rows),
     ]
 
@@ -84,12 +91,19 @@ def png_base64(fig: Figure) -> str:
 def render_html(title: str, table_list: list[Table], figs: dict[str, Figure]) -> str:
     parts = [f"<h1>{html.escape(title)}</h1>"] + [t.html() for t in table_list]
     for name, fig in figs.items():
-        parts.append(f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' "
-                     f"src='data:image/png;base64,{png_base64(fig)}'/>")
-    style = ("body{font-family:sans-serif;margin:1.5em;max-width:1000px}"
-             "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}img{max-width:100%}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+        parts.append(
+            f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' "
+            f"src='data:image/png;base64,{png_base64(fig)}'/>"
+        )
+    style = (
+        "body{font-family:sans-serif;margin:1.5em;max-width:1000px}"
+        "table{border-collapse:collapse;margin-bottom:1em}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}img{max-width:100%}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )
 
 
 def render_markdown(title: str, table_list: list[Table]) -> str:
@@ -107,8 +121,13 @@ def _roc(ev: Evaluation) -> Figure:
     fig, ax = _figure()
     far = np.maximum(ev.roc.far, 1.0 / max(ev.roc.n_impostor, 1) / 2)  # FAR 0 on a log axis
     ax.plot(far, ev.roc.tar, lw=2)
-    ax.set(xscale="log", xlabel="false accept rate", ylabel="true accept rate", ylim=(0, 1.01),
-           title=f"AUC {ev.auc:.4f}, accuracy {100 * ev.accuracy:.2f}%")
+    ax.set(
+        xscale="log",
+        xlabel="false accept rate",
+        ylabel="true accept rate",
+        ylim=(0, 1.01),
+        title=f"AUC {ev.auc:.4f}, accuracy {100 * ev.accuracy:.2f}%",
+    )
     ax.grid(alpha=0.3)
     return fig
 
@@ -134,8 +153,11 @@ def _edc(ev: Evaluation) -> Figure:
     fig, ax = _figure()
     ax.plot(ev.edc.discard_fractions, ev.edc.fnmr, lw=2, label="EQFace quality")
     ax.plot(ev.edc_random.discard_fractions, ev.edc_random.fnmr, lw=1, ls="--", label="random quality")
-    ax.set(xlim=(0, 0.5), xlabel="fraction of comparisons discarded (lowest quality first)",
-           ylabel=f"FNMR at FMR {ev.edc.start_fmr:g}")
+    ax.set(
+        xlim=(0, 0.5),
+        xlabel="fraction of comparisons discarded (lowest quality first)",
+        ylabel=f"FNMR at FMR {ev.edc.start_fmr:g}",
+    )
     ax.legend()
     ax.grid(alpha=0.3)
     return fig
@@ -144,8 +166,9 @@ def _edc(ev: Evaluation) -> Figure:
 def _quality_vs_degradation(ev: Evaluation) -> Figure:
     fig, ax = _figure()
     ax.scatter(ev.degradation, ev.quality["clean"], s=8, alpha=0.6)
-    ax.set(xlabel="degradation strength (0 = clean)", ylabel="quality s", ylim=(0, 1),
-           title=f"Spearman {ev.spearman:+.3f}")
+    ax.set(
+        xlabel="degradation strength (0 = clean)", ylabel="quality s", ylim=(0, 1), title=f"Spearman {ev.spearman:+.3f}"
+    )
     return fig
 
 

@@ -40,7 +40,7 @@ class ObjectUri:
         if parsed.scheme not in REMOTE_SCHEMES or not uri.startswith(f"{parsed.scheme}://"):
             expected = " or ".join(f"{s}://" for s in REMOTE_SCHEMES)
             raise ValueError(f"{uri!r} is not an object-store URI (expected {expected})")
-        rest, endpoint = uri[len(parsed.scheme) + 3:], ""
+        rest, endpoint = uri[len(parsed.scheme) + 3 :], ""
         if parsed.scheme == "s3":
             endpoint, rest = _split_endpoint(rest)
         bucket, _, key = rest.partition("/")
@@ -62,7 +62,7 @@ def _split_endpoint(rest: str) -> tuple[str, str]:
     """Triton's ``s3://[http(s)://]host:port/bucket/path``: (endpoint URL or "", "bucket/path")."""
     for prefix in ("http://", "https://"):
         if rest.startswith(prefix):
-            host, _, remainder = rest[len(prefix):].partition("/")
+            host, _, remainder = rest[len(prefix) :].partition("/")
             return f"{prefix}{host}", remainder
     first, _, remainder = rest.partition("/")
     if ":" in first:
@@ -104,7 +104,7 @@ class S3Store:
         names = []
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
         for page in pages:
-            names += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+            names += [p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
         return names
 
 
@@ -118,8 +118,9 @@ class GcsStore:
         elif os.environ.get("STORAGE_EMULATOR_HOST"):
             from google.auth.credentials import AnonymousCredentials
 
-            client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator"),
-                                    credentials=AnonymousCredentials())
+            client = storage.Client(
+                project=os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator"), credentials=AnonymousCredentials()
+            )
         else:
             client = storage.Client()
         self.bucket = client.bucket(bucket)
@@ -140,7 +141,7 @@ class GcsStore:
     def list_children(self, prefix: str) -> list[str]:
         pages = self.client.list_blobs(self.bucket, prefix=prefix, delimiter="/")
         list(pages)  # the prefixes are filled in while the pages are read
-        return sorted(p[len(prefix):].rstrip("/") for p in pages.prefixes)
+        return sorted(p[len(prefix) :].rstrip("/") for p in pages.prefixes)
 
 
 def open_store(uri: ObjectUri) -> ObjectStore:
@@ -199,7 +200,7 @@ def download(source: str, destination: str | Path) -> Path:
         raise FileNotFoundError(f"nothing found at {source}")
     target = destination / (Path(uri.key).name or uri.bucket)
     for key in inside:
-        local = target / key[len(prefix):]
+        local = target / key[len(prefix) :]
         local.parent.mkdir(parents=True, exist_ok=True)
         store.download(key, local)
     return target

@@ -37,8 +37,15 @@ def work_folder(checkpoint_root: str, run_id: str, stage: str) -> Path | None:
 
 
 def train_step(
-    step: str, cfg: EQFaceConfig, dataset_dir: str | Path, out_dir: str | Path, *, init_dir: str | Path | None = None,
-    gpus: int = 1, stage: str | None = None, work_dir: str | Path | None = None,
+    step: str,
+    cfg: EQFaceConfig,
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    init_dir: str | Path | None = None,
+    gpus: int = 1,
+    stage: str | None = None,
+    work_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Trains ``step`` (``step1``/``step2``/``step3``) on the prepared dataset; returns the artifact's metadata.
 
@@ -104,8 +111,20 @@ def _train_here(step: Step, cfg: EQFaceConfig, work: Path, init_file: Path | Non
 def torchrun_command(step: Step, config_file: Path, work: Path, init_file: Path | None, gpus: int) -> list[str]:
     """``torchrun --standalone --nproc_per_node=N -m eqface.cli train --step S ...`` (torchrun as its module)."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-        "-m", "eqface.cli", "train", "--step", _CLI_STEP[step], "--config", str(config_file), "--out", str(work),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={gpus}",
+        "-m",
+        "eqface.cli",
+        "train",
+        "--step",
+        _CLI_STEP[step],
+        "--config",
+        str(config_file),
+        "--out",
+        str(work),
         "--no-summary",
     ]
     return command + (["--init", str(init_file)] if init_file is not None else [])
@@ -136,8 +155,12 @@ def _metadata(step: Step, stage: str, records: list[dict[str, Any]], gpus: int, 
     import torch
 
     meta: dict[str, Any] = {
-        "step": step.value, "stage": stage, "epochs": len(records), "processes": max(gpus, 1),
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "seconds": round(seconds, 1),
+        "step": step.value,
+        "stage": stage,
+        "epochs": len(records),
+        "processes": max(gpus, 1),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "seconds": round(seconds, 1),
     }
     if records:
         last = records[-1]

@@ -72,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="never replace a low-quality first frame (the paper's F_1 = f_1 without the provisional seed)",
     )
-    agg.add_argument(
-        "--embedding-dim", type=int, default=defaults.embedding_dim, help="embedding size D (%(default)s)"
-    )
+    agg.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim, help="embedding size D (%(default)s)")
     agg.add_argument("--top-k", type=int, default=defaults.top_k, help="gallery matches per answer (%(default)s)")
     agg.add_argument("--max-top-k", type=int, default=defaults.max_top_k, help="largest top_k a client may ask")
     limits = p.add_argument_group("limits")
@@ -84,9 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.max_frames_per_message,
         help="frames in one StreamFrames message (%(default)s)",
     )
-    limits.add_argument(
-        "--max-image-bytes", type=int, default=defaults.max_image_bytes, help="bytes per encoded image"
-    )
+    limits.add_argument("--max-image-bytes", type=int, default=defaults.max_image_bytes, help="bytes per encoded image")
     limits.add_argument(
         "--max-image-pixels", type=int, default=defaults.max_image_pixels, help="pixels per decoded image"
     )

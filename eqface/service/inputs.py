@@ -74,7 +74,6 @@ def parse_embedding(raw: bytes, dim: int, what: str = "embedding") -> np.ndarray
     return v * np.float32(1.0 / math.sqrt(norm_sq))  # float32 array times float32 scalar: a new float32 array
 
 
-
 def page_size(requested: int) -> int:
     if requested == 0:
         return DEFAULT_PAGE_SIZE

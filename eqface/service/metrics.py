@@ -6,12 +6,11 @@ Names follow Prometheus conventions (checked with ``promtool check metrics`` in 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter as Tally
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-
-import threading
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server

@@ -58,9 +58,7 @@ class TritonEmbedder:
         self._metrics = metrics
         self._on_ready_change = on_ready_change or (lambda ready: None)
         self._client: Any = None
-        self._batcher = MicroBatcher(
-            self._infer, config.max_batch, config.max_wait_s, config.max_concurrent_batches
-        )
+        self._batcher = MicroBatcher(self._infer, config.max_batch, config.max_wait_s, config.max_concurrent_batches)
         self._probe_task: asyncio.Task[None] | None = None
         self.ready = False
 

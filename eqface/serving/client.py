@@ -50,7 +50,9 @@ def infer_tensor(
 
 
 def infer_images(
-    client: grpcclient.InferenceServerClient, images: Sequence[bytes], model: str = contract.ENSEMBLE_MODEL_NAME,
+    client: grpcclient.InferenceServerClient,
+    images: Sequence[bytes],
+    model: str = contract.ENSEMBLE_MODEL_NAME,
     **kwargs,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Runs the bytes-in ensemble on encoded images; raises ``InferenceServerException`` for undecodable ones."""

@@ -68,13 +68,15 @@ def build_subjects(options: DemoOptions, data_dir: Path | None, prefix: str = ""
     for i, (name, images) in enumerate(people):
         known = i < options.known
         frames = [_frame(img, options.degraded_fraction, rng) for img in images[ENROLL_IMAGES:]]
-        subjects.append(Subject(
-            subject_id=f"{prefix}cam{1 + i % 2}/track-{i + 1:02d}",
-            identity_id=name if known else None,
-            display_name=name if known else f"visitor ({name})",
-            enroll_images=images[:ENROLL_IMAGES] if known else [],
-            frames=frames,
-        ))
+        subjects.append(
+            Subject(
+                subject_id=f"{prefix}cam{1 + i % 2}/track-{i + 1:02d}",
+                identity_id=name if known else None,
+                display_name=name if known else f"visitor ({name})",
+                enroll_images=images[:ENROLL_IMAGES] if known else [],
+                frames=frames,
+            )
+        )
     return subjects, source
 
 
@@ -91,7 +93,7 @@ def _celeba_people(pack: Path, options: DemoOptions, rng: np.random.Generator) -
     people = []
     for ident in chosen:
         idx = np.flatnonzero((identity == ident) & (faces == 1))[:need]
-        images = [data[offsets[i]:offsets[i + 1]].tobytes() for i in idx]
+        images = [data[offsets[i] : offsets[i + 1]].tobytes() for i in idx]
         people.append((f"celeb-{int(celeba_id[idx[0]])}", images))
     return people
 
@@ -121,12 +123,20 @@ def enroll(stub, subjects: list[Subject], out=print) -> None:
     from eqface.service.v1 import aggregator_pb2 as pb
 
     for s in (s for s in subjects if s.identity_id):
-        response = stub.Enroll(pb.EnrollRequest(identity_id=s.identity_id, display_name=s.display_name,
-                                                images=pb.ImageSet(images=s.enroll_images), overwrite=True),
-                               timeout=30)
+        response = stub.Enroll(
+            pb.EnrollRequest(
+                identity_id=s.identity_id,
+                display_name=s.display_name,
+                images=pb.ImageSet(images=s.enroll_images),
+                overwrite=True,
+            ),
+            timeout=30,
+        )
         qualities = ", ".join(f"{q:.2f}" for q in response.image_qualities)
-        out(f"  enrolled {s.identity_id:<14} from {len(s.enroll_images)} images (quality {qualities}); "
-            f"gallery size {response.gallery_size}")
+        out(
+            f"  enrolled {s.identity_id:<14} from {len(s.enroll_images)} images (quality {qualities}); "
+            f"gallery size {response.gallery_size}"
+        )
 
 
 def _requests(subjects: list[Subject], fps: float) -> Iterator:
@@ -134,15 +144,20 @@ def _requests(subjects: list[Subject], fps: float) -> Iterator:
 
     ticks = max(len(s.frames) for s in subjects)
     for t in range(ticks):
-        frames = [pb.Frame(subject_id=s.subject_id, sequence=t + 1, image=s.frames[t].image)
-                  for s in subjects if t < len(s.frames)]
+        frames = [
+            pb.Frame(subject_id=s.subject_id, sequence=t + 1, image=s.frames[t].image)
+            for s in subjects
+            if t < len(s.frames)
+        ]
         yield pb.StreamFramesRequest(frames=frames, top_k=1)
         time.sleep(1.0 / fps)
 
 
 def _header(width: int) -> str:
-    return (f"{'tick':>4}  {'subject':<{width}} {'truth':<22} {'frame':<15} {'quality':>7}  {'result':<20} "
-            f"{'merged':>6}  {'s_sum':>6}  identified as (cosine)")
+    return (
+        f"{'tick':>4}  {'subject':<{width}} {'truth':<22} {'frame':<15} {'quality':>7}  {'result':<20} "
+        f"{'merged':>6}  {'s_sum':>6}  identified as (cosine)"
+    )
 
 
 def _width(subjects: list[Subject]) -> int:
@@ -168,9 +183,11 @@ def stream(stub, subjects: list[Subject], options: DemoOptions, out=print) -> No
                 match = matches.get(r.subject_id)
                 if match is not None:
                     s.top_match = (match.identity_id, match.score)
-                out(f"{tick:>4}  {s.subject_id:<{width}} {s.display_name[:22]:<22} {condition:<15} {r.quality:>7.2f}  "
+                out(
+                    f"{tick:>4}  {s.subject_id:<{width}} {s.display_name[:22]:<22} {condition:<15} {r.quality:>7.2f}  "
                     f"{status:<20} {r.accepted_count:>3}/{r.frame_count:<3} {r.s_sum:>6.2f}  "
-                    f"{_identified(s, options.match_threshold)}")
+                    f"{_identified(s, options.match_threshold)}"
+                )
     finally:
         call.cancel()  # Ctrl-C mid-stream: end the call before the stack stops
 
@@ -188,8 +205,10 @@ def _identified(s: Subject, threshold: float) -> str:
 def summary(subjects: list[Subject], options: DemoOptions, out=print) -> dict[str, float]:
     """Prints the per-subject table and the totals; returns the totals (for tests)."""
     width = _width(subjects)
-    out(f"{'subject':<{width}} {'truth':<22} {'frames':>6} {'merged':>6} {'rej. quality':>12} {'rej. similarity':>15} "
-        f"{'q clean':>7} {'q degraded':>10}  final identification")
+    out(
+        f"{'subject':<{width}} {'truth':<22} {'frames':>6} {'merged':>6} {'rej. quality':>12} {'rej. similarity':>15} "
+        f"{'q clean':>7} {'q degraded':>10}  final identification"
+    )
     correct = 0
     clean_q, degraded_q = [], []
     for s in subjects:
@@ -201,16 +220,22 @@ def summary(subjects: list[Subject], options: DemoOptions, out=print) -> dict[st
         degraded_q += qd
         verdict = _identified(s, options.match_threshold)
         correct += verdict.endswith("✓")
-        out(f"{s.subject_id:<{width}} {s.display_name[:22]:<22} {len(statuses):>6} {merged:>6} "
+        out(
+            f"{s.subject_id:<{width}} {s.display_name[:22]:<22} {len(statuses):>6} {merged:>6} "
             f"{statuses.count('REJECTED_QUALITY'):>12} {statuses.count('REJECTED_SIMILARITY'):>15} "
-            f"{_mean(qc):>7.2f} {_mean(qd):>10.2f}  {verdict}")
+            f"{_mean(qc):>7.2f} {_mean(qd):>10.2f}  {verdict}"
+        )
     totals = {
-        "identified_correctly": correct, "subjects": len(subjects),
-        "mean_quality_clean": _mean(clean_q), "mean_quality_degraded": _mean(degraded_q),
+        "identified_correctly": correct,
+        "subjects": len(subjects),
+        "mean_quality_clean": _mean(clean_q),
+        "mean_quality_degraded": _mean(degraded_q),
     }
-    out(f"identification: {correct}/{len(subjects)} subjects right (enrolled: top-1 identity with cosine ≥ "
+    out(
+        f"identification: {correct}/{len(subjects)} subjects right (enrolled: top-1 identity with cosine ≥ "
         f"{options.match_threshold}; visitors: no match ≥ {options.match_threshold}); mean quality: clean frames "
-        f"{totals['mean_quality_clean']:.2f}, degraded frames {totals['mean_quality_degraded']:.2f}")
+        f"{totals['mean_quality_clean']:.2f}, degraded frames {totals['mean_quality_degraded']:.2f}"
+    )
     return totals
 
 

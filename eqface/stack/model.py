@@ -52,8 +52,7 @@ def train_demo_model(out_dir: Path, preset: str = "demo") -> Path:
     """Runs ``eqface train --preset PRESET --out OUT_DIR`` (the README's main job) in a child process, its output
     shown as it comes; returns the model.pt."""
     print(f"no trained model found: training the {preset} preset into {out_dir} (about a minute) …", flush=True)
-    subprocess.run([sys.executable, "-m", "eqface.cli", "train", "--preset", preset, "--out", str(out_dir)],
-                   check=True)
+    subprocess.run([sys.executable, "-m", "eqface.cli", "train", "--preset", preset, "--out", str(out_dir)], check=True)
     return out_dir / MODEL_FILE
 
 
@@ -61,11 +60,25 @@ def run_local_pipeline(runs_dir: Path, preset: str = "demo") -> Path:
     """Runs the Kubeflow pipeline locally (``eqface pipeline run-local``: train, evaluate, export, deploy the local
     variant) in a child process; returns the model repository it deployed to."""
     repository = runs_dir / PIPELINE_REPOSITORY
-    print(f"no trained model found: running the pipeline locally on the {preset} preset into {repository} …",
-          flush=True)
-    subprocess.run([sys.executable, "-m", "eqface.cli", "pipeline", "run-local", "--preset", preset,
-                    "--root", str(runs_dir / PIPELINE_REPOSITORY.parent), "--repository", str(repository)],
-                   check=True)
+    print(
+        f"no trained model found: running the pipeline locally on the {preset} preset into {repository} …", flush=True
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eqface.cli",
+            "pipeline",
+            "run-local",
+            "--preset",
+            preset,
+            "--root",
+            str(runs_dir / PIPELINE_REPOSITORY.parent),
+            "--repository",
+            str(repository),
+        ],
+        check=True,
+    )
     return repository
 
 
@@ -75,8 +88,10 @@ def prepare(model: Path, work_dir: Path) -> ServedModel:
         if not _has_version(model):
             raise FileNotFoundError(f"{model} is not a model repository with a version of {contract.ONNX_MODEL_NAME}")
         if _variant(model) != "local":
-            raise ValueError(f"{model} is the {_variant(model)} variant; the bundled CPU Triton serves only 'local' "
-                             "(eqface serve repository --variant local)")
+            raise ValueError(
+                f"{model} is the {_variant(model)} variant; the bundled CPU Triton serves only 'local' "
+                "(eqface serve repository --variant local)"
+            )
         h, w, d = _declared_shapes(model)
         return ServedModel(model.resolve(), d, (h, w), f"model repository {model}")
     if model.suffix == ".pt":
@@ -90,8 +105,9 @@ def prepare(model: Path, work_dir: Path) -> ServedModel:
     from eqface.serving.repository import write_model_repository
 
     repo = write_model_repository(onnx, work_dir / "model_repository", variant="local", overwrite=True)
-    return ServedModel(repo.root.resolve(), repo.spec.embedding_size, tuple(repo.spec.image_size), origin,
-                       training_data_source(model))
+    return ServedModel(
+        repo.root.resolve(), repo.spec.embedding_size, tuple(repo.spec.image_size), origin, training_data_source(model)
+    )
 
 
 def training_data_source(model: Path) -> str:
@@ -122,8 +138,9 @@ def _variant(repository: Path) -> str:
 def _declared_shapes(repository: Path) -> tuple[int, int, int]:
     """(H, W, D) from eqface_onnx/config.pbtxt: the input's dims and the embedding's."""
     text = _config_text(repository)
-    blocks = re.findall(r'(?:input|output)\s*\{[^}]*\}', text)
-    dims = {re.search(r'name:\s*"([^"]+)"', b).group(1): [int(x) for x in re.findall(r"dims:\s*(\d+)", b)]
-            for b in blocks}
+    blocks = re.findall(r"(?:input|output)\s*\{[^}]*\}", text)
+    dims = {
+        re.search(r'name:\s*"([^"]+)"', b).group(1): [int(x) for x in re.findall(r"dims:\s*(\d+)", b)] for b in blocks
+    }
     _, h, w = dims[contract.INPUT_NAME]
     return h, w, dims[contract.EMBEDDING_NAME][0]

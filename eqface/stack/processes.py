@@ -60,26 +60,36 @@ class Child:
         return self.process.returncode
 
 
-def spawn(name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> Child:
+def spawn(
+    name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Child:
     """Starts ``argv`` with stdout and stderr into ``log_path`` (appended)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-            start_new_session=True, preexec_fn=_die_with_parent(),
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(),
         )
     return Child(name, process, log_path)
 
 
-def wait_for_http(url: str, child: Child | None, timeout_s: float,
-                  ok: Callable[[bytes], bool] = lambda body: True) -> None:
+def wait_for_http(
+    url: str, child: Child | None, timeout_s: float, ok: Callable[[bytes], bool] = lambda body: True
+) -> None:
     """Polls ``url`` until it answers 200 and ``ok(body)``; RuntimeError with the child's log if it exits first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if child is not None and not child.running():
-            raise RuntimeError(f"{child.name} exited with status {child.process.returncode} while starting; "
-                               f"its log ({child.log_path}) ends:\n{child.log_tail()}")
+            raise RuntimeError(
+                f"{child.name} exited with status {child.process.returncode} while starting; "
+                f"its log ({child.log_path}) ends:\n{child.log_tail()}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2.0) as response:
                 if response.status == 200 and ok(response.read()):

@@ -28,8 +28,9 @@ def find_prometheus() -> str | None:
     return shutil.which("prometheus")
 
 
-def render_config(triton_metrics: str, aggregator_metrics: str, rules_file: Path | None,
-                  scrape_interval_s: float) -> dict[str, Any]:
+def render_config(
+    triton_metrics: str, aggregator_metrics: str, rules_file: Path | None, scrape_interval_s: float
+) -> dict[str, Any]:
     """prometheus.yml scraping Triton and the aggregator (``host:port`` each) under the cluster's job names."""
     interval = f"{max(1, round(scrape_interval_s))}s"
     labels = {"namespace": LOCAL_NAMESPACE}

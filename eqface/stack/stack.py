@@ -102,8 +102,13 @@ class LocalStack:
         from eqface.serving.launcher import TritonServer
 
         c = self.config
-        self._triton = TritonServer(c.model.repository, host=c.host, model_control_mode="explicit", load_models=["*"],
-                                    startup_timeout_s=c.startup_timeout_s)
+        self._triton = TritonServer(
+            c.model.repository,
+            host=c.host,
+            model_control_mode="explicit",
+            load_models=["*"],
+            startup_timeout_s=c.startup_timeout_s,
+        )
         self._triton.start()
         e = self.endpoints
         e.triton_grpc, e.triton_http = self._triton.grpc_url, self._triton.http_url
@@ -121,9 +126,15 @@ class LocalStack:
         port = c.aggregator_port or free_port(c.host)
         metrics_port = c.aggregator_metrics_port or free_port(c.host)
         argv = [
-            sys.executable, "-m", "eqface.service", f"--host={c.host}", f"--port={port}",
-            f"--metrics-port={metrics_port}", f"--store=sqlite:///{store.resolve()}",
-            f"--triton-url={e.triton_grpc}", f"--embedding-dim={c.model.embedding_size}",
+            sys.executable,
+            "-m",
+            "eqface.service",
+            f"--host={c.host}",
+            f"--port={port}",
+            f"--metrics-port={metrics_port}",
+            f"--store=sqlite:///{store.resolve()}",
+            f"--triton-url={e.triton_grpc}",
+            f"--embedding-dim={c.model.embedding_size}",
             f"--active-window={c.active_window_s:g}",
         ]
         child = spawn("aggregator", argv, self.logs_dir / "aggregator.log", env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -147,8 +158,11 @@ class LocalStack:
         if c.fresh_store:
             shutil.rmtree(data_dir, ignore_errors=True)
         port = c.prometheus_port or free_port(c.host)
-        child = spawn("prometheus", prometheus.command(binary, config_path, data_dir, c.host, port),
-                      self.logs_dir / "prometheus.log")
+        child = spawn(
+            "prometheus",
+            prometheus.command(binary, config_path, data_dir, c.host, port),
+            self.logs_dir / "prometheus.log",
+        )
         self._children.append(child)
         e.prometheus = f"http://{c.host}:{port}"
         e.processes["prometheus"] = _identity(child.pid)
@@ -164,8 +178,10 @@ class LocalStack:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if not child.running():
-                    raise RuntimeError(f"the aggregator exited with status {child.process.returncode} while "
-                                       f"starting; its log ({child.log_path}) ends:\n{child.log_tail()}")
+                    raise RuntimeError(
+                        f"the aggregator exited with status {child.process.returncode} while "
+                        f"starting; its log ({child.log_path}) ends:\n{child.log_tail()}"
+                    )
                 try:
                     status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0).status
                     if status == health_pb2.HealthCheckResponse.SERVING:
@@ -173,8 +189,10 @@ class LocalStack:
                 except grpc.RpcError:
                     pass
                 time.sleep(0.2)
-        raise RuntimeError(f"the aggregator was not SERVING after {self.config.startup_timeout_s:.0f}s; its log "
-                           f"({child.log_path}) ends:\n{child.log_tail()}")
+        raise RuntimeError(
+            f"the aggregator was not SERVING after {self.config.startup_timeout_s:.0f}s; its log "
+            f"({child.log_path}) ends:\n{child.log_tail()}"
+        )
 
     # ---------------------------------------------------------------------------------------------- running
     def failed_part(self) -> str | None:

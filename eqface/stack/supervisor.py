@@ -30,8 +30,13 @@ def _raise_stop(signum, frame) -> None:
 def run(state_dir: Path) -> int:
     config = StackConfig.from_json(json.loads((state_dir / CONFIG_FILE).read_text()))
     me = {"pid": os.getpid(), "start_ticks": process_start_ticks(os.getpid())}
-    state = {"status": "starting", "supervisor": me, "model": config.model.origin,
-             "trained_on": config.model.trained_on, "started": time.time()}
+    state = {
+        "status": "starting",
+        "supervisor": me,
+        "model": config.model.origin,
+        "trained_on": config.model.trained_on,
+        "started": time.time(),
+    }
     write_state(state_dir, state)
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)

@@ -16,8 +16,8 @@ from eqface.config import EQFaceConfig, config_from_dict, to_dict, to_json
 from eqface.data import build_source, split_identities
 from eqface.data.sources import FaceSource
 from eqface.train.distributed import DistEnv, barrier
-from eqface.train.trainer import FINAL, run_step
 from eqface.train.steps import Step
+from eqface.train.trainer import FINAL, run_step
 
 MODEL_FILE = "model.pt"
 

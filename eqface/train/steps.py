@@ -63,7 +63,7 @@ class StepModel(nn.Module):
             set_trainable(teacher, False)
             teacher.eval()
 
-    def train(self, mode: bool = True) -> "StepModel":
+    def train(self, mode: bool = True) -> StepModel:
         super().train(mode)
         # Frozen parts stay in eval mode so their BatchNorm statistics do not move either.
         self.net.backbone.train(mode and self.train_backbone)

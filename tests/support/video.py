@@ -85,7 +85,7 @@ def held_out_people(pack: Path, count: int, photos: int, enroll: int) -> list[tu
         idx = np.flatnonzero((identity == ident) & (faces == 1))
         if len(idx) < photos + enroll:
             continue
-        images = [data[offsets[i]:offsets[i + 1]].tobytes() for i in idx[: photos + enroll]]
+        images = [data[offsets[i] : offsets[i + 1]].tobytes() for i in idx[: photos + enroll]]
         people.append((f"celeb-{int(celeba_id[idx[0]])}", images[enroll:], images[:enroll]))
         if len(people) == count:
             return people
@@ -106,16 +106,25 @@ def background(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(Image.fromarray(low).resize((width, height), Image.BICUBIC))
 
 
-def build_video(shared_data: Path, out: Path, script: tuple[Appearance, ...] = DEFAULT_SCRIPT, frames: int = 72,
-                fps: float = 12.0, size: tuple[int, int] = (360, 640), distractors: int = 2,
-                seed: int = 0) -> VideoTruth:
+def build_video(
+    shared_data: Path,
+    out: Path,
+    script: tuple[Appearance, ...] = DEFAULT_SCRIPT,
+    frames: int = 72,
+    fps: float = 12.0,
+    size: tuple[int, int] = (360, 640),
+    distractors: int = 2,
+    seed: int = 0,
+) -> VideoTruth:
     """Composes the scenes, encodes them to ``out`` (H.264 mp4, near-lossless so only the scripted degradations
     count) and returns the truth."""
     rng = np.random.default_rng(seed)
     chosen = held_out_people(shared_data / CELEBA_PACK, len(script) + distractors, photos=12, enroll=3)
-    people = [Person(name, i, a, [decode_image(p) for p in photos], enroll)
-              for i, ((name, photos, enroll), a) in enumerate(zip(chosen, script))]
-    truth = VideoTruth(out, fps, frames, people, {name: enroll for name, _, enroll in chosen[len(script):]})
+    people = [
+        Person(name, i, a, [decode_image(p) for p in photos], enroll)
+        for i, ((name, photos, enroll), a) in enumerate(zip(chosen, script))
+    ]
+    truth = VideoTruth(out, fps, frames, people, {name: enroll for name, _, enroll in chosen[len(script) :]})
     backdrop = background(*size, rng)
     writer = _Mp4(out, fps, size)
     try:
@@ -148,7 +157,7 @@ def _place(scene: np.ndarray, person: Person, t: int, rng: np.random.Generator) 
         condition = f"{kind} {strength}"
     face = np.asarray(Image.fromarray(photo).resize((a.size, a.size), Image.BILINEAR), dtype=np.float32)
     mask = face_mask(a.size)
-    region = scene[y:y + a.size, x:x + a.size]
+    region = scene[y : y + a.size, x : x + a.size]
     region[:] = mask * face + (1 - mask) * region
     return FaceTruth(person.name, (x, y, x + a.size, y + a.size), condition)
 

@@ -43,4 +43,3 @@ class TritonPythonModel:
             message = f"{self.image_name}: preprocessing failed ({type(exc).__name__}: {exc})"
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, x)])
-
