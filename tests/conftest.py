@@ -12,24 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from eqface import paths
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Fixtures shared by several modules: trained/exported tiny models, a real Triton server per module.
 pytest_plugins = ["tests.support.models", "tests.support.triton"]
 
 
-def shared_data_dir() -> Path | None:
-    """The read-only real-data folder (../shared/data beside the checkout, or $EQFACE_SHARED_DATA)."""
-    candidates = [os.environ.get("EQFACE_SHARED_DATA"), REPO_ROOT.parent / "shared" / "data"]
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c)
-    return None
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    path = shared_data_dir()
+    path = paths.shared_data_dir()
     if path is None:
         if os.environ.get("EQFACE_REQUIRE_DATA") == "1":
             pytest.fail("EQFACE_REQUIRE_DATA=1 but ../shared/data is missing")
