@@ -122,3 +122,35 @@ def test_baselines_plug_into_edc() -> None:
     randomised = edc_curve(SCORES, ISSAME, pair_quality(random_quality(16), idx_a, idx_b), start_fmr=0.25)
     assert edc_pauc(informed, 0.3) < edc_pauc(flat, 0.3)
     assert randomised.fnmr[0] == flat.fnmr[0] == 0.5  # every curve starts at the same FNMR
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_unit_weights_threshold_equals_the_roc_threshold(seed: int) -> None:
+    from eqface.eval.edc import SortedComparisons
+    from eqface.eval.roc import threshold_at_far
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 40, 3000) / 40  # many ties
+    issame = rng.random(3000) < 0.2
+    comparisons = SortedComparisons(scores, issame, rng.random(3000))
+    for far in (1e-3, 3e-3, 0.01, 0.1, 0.5, 1.0):
+        assert comparisons.threshold(np.ones(3000), far) == threshold_at_far(scores, issame, far)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_integer_weights_equal_repeated_comparisons(seed: int) -> None:
+    from eqface.eval.edc import SortedComparisons
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 50, 2500) / 50
+    issame = rng.random(2500) < 0.3
+    quality = rng.integers(0, 30, 2500) / 30
+    weights = rng.integers(0, 4, 2500)
+    weighted = SortedComparisons(scores, issame, quality).curve(weights, start_fmr=0.01)
+    repeat = np.repeat(np.arange(2500), weights)
+    plain = edc_curve(scores[repeat], issame[repeat], quality[repeat], start_fmr=0.01)
+    assert weighted.threshold == plain.threshold
+    np.testing.assert_allclose(weighted.discard_fractions, plain.discard_fractions)
+    np.testing.assert_allclose(weighted.fnmr, plain.fnmr)
+    for limit in (0.2, 0.3):
+        assert edc_pauc(weighted, limit) == pytest.approx(edc_pauc(plain, limit))

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from eqface.eval.pairs import check_scores
-from eqface.eval.roc import threshold_at_far
+from eqface.eval.roc import RATE_TOLERANCE
 
 DEFAULT_START_FMR = 1e-3
+_WEIGHT_EPSILON = 1e-9  # cumulative sums of float weights leave this much where nothing is left
 
 
 @dataclass(frozen=True)
@@ -68,32 +69,90 @@ def edc_curve(
     Raises:
         ValueError: on invalid input, or when ``start_fmr`` is not reachable with the impostor comparisons given.
     """
-    scores, issame = check_scores(scores, issame)
-    quality = np.asarray(pair_qualities, dtype=np.float64)
-    if quality.shape != scores.shape or not np.all(np.isfinite(quality)):
-        raise ValueError(f"pair_qualities must be finite with shape {scores.shape}, got {quality.shape}")
-    threshold = threshold_at_far(scores, issame, start_fmr)
-    if threshold is None:
-        raise ValueError(
-            f"start FMR {start_fmr} is not reachable with {int((~issame).sum())} impostor comparisons "
-            f"(needs at least {int(np.ceil(1 / start_fmr))})"
+    comparisons = SortedComparisons(scores, issame, pair_qualities)
+    return comparisons.curve(np.ones(len(comparisons.scores)), start_fmr)
+
+
+class SortedComparisons:
+    """Comparisons sorted once by score and by quality, so that many weightings of them cost O(M) each.
+
+    A weighting gives comparison k the multiplicity ``weights[k]`` (a bootstrap over identities resamples identities
+    and weights each comparison by how often its identities were drawn); unit weights give ``edc_curve``.
+    """
+
+    def __init__(self, scores: np.ndarray, issame: np.ndarray, pair_qualities: np.ndarray) -> None:
+        self.scores, self.issame = check_scores(scores, issame)
+        quality = np.asarray(pair_qualities, dtype=np.float64)
+        if quality.shape != self.scores.shape or not np.all(np.isfinite(quality)):
+            raise ValueError(f"pair_qualities must be finite with shape {self.scores.shape}, got {quality.shape}")
+        self._by_score = np.argsort(-self.scores, kind="stable")
+        self._sorted_scores = self.scores[self._by_score]
+        # for each position in score order, the last position of its score level (ties end together)
+        self._score_level_ends = np.searchsorted(-self._sorted_scores, -self._sorted_scores, side="right") - 1
+        self._by_quality = np.argsort(quality, kind="stable")
+        self._sorted_quality = quality[self._by_quality]
+        self._issame_by_quality = self.issame[self._by_quality]
+        self._scores_by_quality = self.scores[self._by_quality]
+        self._issame_by_score = self.issame[self._by_score]
+        # one point per quality level: where each level starts in the quality order
+        self._levels = np.searchsorted(self._sorted_quality, np.unique(self._sorted_quality), side="left")
+
+    def threshold(self, weights: np.ndarray, far: float) -> float | None:
+        """The lowest threshold t such that accepting "score >= t" gives a weighted FAR <= far.
+
+        Ties are never split. inf when even the highest impostor score cannot be accepted; None when ``far`` is not
+        reachable (the impostor weight is below 1/far), as ``eqface.eval.roc.threshold_at_far`` for unit weights.
+        """
+        impostor_weight = np.where(self._issame_by_score, 0.0, weights[self._by_score])
+        total = impostor_weight.sum()
+        allowed = far * total + RATE_TOLERANCE
+        if allowed < 1:
+            return None
+        accepted = np.cumsum(impostor_weight)
+        over = (
+            accepted[self._score_level_ends] > allowed
+        )  # accepting everything down to this score's level breaks the budget
+        if not over.any():
+            return float(self._sorted_scores[-1])
+        first_over = int(np.argmax(over))  # scores are descending: the budget breaks at this score's level
+        breaking_score = self._sorted_scores[first_over]
+        above = self._sorted_scores[self._sorted_scores > breaking_score]
+        return float(above[-1]) if len(above) else float("inf")
+
+    def curve(
+        self, weights: np.ndarray, start_fmr: float = DEFAULT_START_FMR, threshold: float | None = None
+    ) -> EdcCurve:
+        """The EDC of these comparisons with the given non-negative multiplicities (see ``edc_curve``).
+
+        ``threshold``: the score threshold at ``start_fmr`` for these weights when the caller already has it (it
+        depends on scores and weights only, so several quality measures of one replicate share it).
+        """
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != self.scores.shape or np.any(weights < 0):
+            raise ValueError(f"weights must be non-negative with shape {self.scores.shape}, got {weights.shape}")
+        if threshold is None:
+            threshold = self.threshold(weights, start_fmr)
+        if threshold is None:
+            n_impostor = float(np.sum(weights[~self.issame]))
+            raise ValueError(
+                f"start FMR {start_fmr} is not reachable with {n_impostor:g} impostor comparisons "
+                f"(needs at least {int(np.ceil(1 / start_fmr))})"
+            )
+        w = weights[self._by_quality]
+        genuine = np.where(self._issame_by_quality, w, 0.0)
+        errors = np.where(self._issame_by_quality & (self._scores_by_quality < threshold), w, 0.0)
+        discarded = self._levels
+        genuine_left = genuine.sum() - np.concatenate([[0.0], np.cumsum(genuine)])[discarded]
+        errors_left = errors.sum() - np.concatenate([[0.0], np.cumsum(errors)])[discarded]
+        fractions = np.concatenate([[0.0], np.cumsum(w)])[discarded] / w.sum()
+        keep = genuine_left > _WEIGHT_EPSILON  # non-increasing along the curve, so this cuts a tail
+        return EdcCurve(
+            discard_fractions=fractions[keep],
+            fnmr=errors_left[keep] / genuine_left[keep],
+            min_quality=self._sorted_quality[discarded[keep]],
+            threshold=threshold,
+            start_fmr=start_fmr,
         )
-    order = np.argsort(quality, kind="stable")
-    sorted_quality = quality[order]
-    genuine = issame[order]
-    false_non_match = genuine & (scores[order] < threshold)
-    discarded = np.searchsorted(sorted_quality, np.unique(sorted_quality), side="left")  # one point per quality level
-    genuine_left = genuine.sum() - np.concatenate([[0], np.cumsum(genuine)])[discarded]
-    errors_left = false_non_match.sum() - np.concatenate([[0], np.cumsum(false_non_match)])[discarded]
-    fractions = discarded / len(scores)
-    keep = genuine_left > 0  # non-increasing along the curve, so this cuts a tail
-    return EdcCurve(
-        discard_fractions=fractions[keep],
-        fnmr=errors_left[keep] / genuine_left[keep],
-        min_quality=sorted_quality[discarded[keep]],
-        threshold=threshold,
-        start_fmr=start_fmr,
-    )
 
 
 def edc_pauc(curve: EdcCurve, discard_limit: float = 0.2, normalise: bool = False) -> float:

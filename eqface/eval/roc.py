@@ -13,7 +13,7 @@ from eqface.eval.pairs import check_scores
 
 DEFAULT_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 NOT_REACHABLE = "n/r"
-_RATE_TOLERANCE = 1e-9  # so that FAR 1e-3 with 1000 impostors allows exactly one false accept despite rounding
+RATE_TOLERANCE = 1e-9  # so that FAR 1e-3 with 1000 impostors allows exactly one false accept despite rounding
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def max_false_accepts(rate: float, n_impostor: int) -> int | None:
     """
     if not 0 < rate <= 1 or n_impostor < 0:
         raise ValueError(f"need 0 < rate <= 1 and n_impostor >= 0, got rate={rate}, n_impostor={n_impostor}")
-    allowed = math.floor(rate * n_impostor + _RATE_TOLERANCE)
+    allowed = math.floor(rate * n_impostor + RATE_TOLERANCE)
     return allowed if allowed >= 1 else None
 
 
