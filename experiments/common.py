@@ -174,13 +174,6 @@ def source_images(source: FaceSource) -> list[np.ndarray]:
     return [source.image(i) for i in range(len(source))]
 
 
-def all_within_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every unordered pair i < j of one set: ``(idx_a, idx_b, issame)``."""
-    labels = np.asarray(labels)
-    a, b = np.triu_indices(len(labels), k=1)
-    return a, b, labels[a] == labels[b]
-
-
 def binomial_se(p: float | None, n: int) -> float | None:
     """Standard error of a rate p measured on n trials (a rough noise scale for TAR differences)."""
     if p is None or n <= 0:

@@ -16,6 +16,7 @@ from scipy.stats import spearmanr
 
 from eqface.data.image_ops import fit_to_size
 from eqface.eval.edc import edc_curve, edc_pauc, embedding_norm_quality, pair_quality, random_quality
+from eqface.eval.pairs import every_pair
 from eqface.eval.roc import auc, tar_at_far
 from eqface.eval.sharpness import sharpness_quality
 from experiments.common import (
@@ -23,7 +24,6 @@ from experiments.common import (
     Embeddings,
     ModelRef,
     Report,
-    all_within_pairs,
     command_line,
     embed_images,
     experiment_parser,
@@ -120,7 +120,7 @@ def run_e1(
         raise ValueError(f"model names must be distinct, got {[m.name for m in models]}")
     report = Report(out_dir, "E1 — quality versus illumination (Extended Yale B)")
     labels, angles = np.asarray(labels), np.asarray(angles, dtype=np.float64)
-    idx_a, idx_b, issame = all_within_pairs(labels)
+    idx_a, idx_b, issame = every_pair(labels)
     n_imp = int((~issame).sum())
     report.figures.update(
         {

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from eqface.eval.pairs import make_pairs
+from eqface.eval.pairs import every_pair, make_pairs
 from eqface.eval.roc import auc, max_false_accepts, roc_curve, tar_at_far
 from eqface.eval.verification import kfold_accuracy
 from experiments.common import (
@@ -23,7 +23,6 @@ from experiments.common import (
     DEFAULT_RUN,
     ModelRef,
     Report,
-    all_within_pairs,
     command_line,
     diff_verdict,
     embed_images,
@@ -64,7 +63,7 @@ def evaluate_set(
     """One arm on one set: its figures, and its scores on every within-set pair (for paired comparisons)."""
     a, b, same = balanced_pairs(labels, seed)
     acc = kfold_accuracy(np.einsum("nd,nd->n", emb[a], emb[b]).astype(np.float64), same, 10)
-    ia, ib, isame = all_within_pairs(labels)
+    ia, ib, isame = every_pair(labels)
     scores = np.einsum("nd,nd->n", emb[ia].astype(np.float64), emb[ib].astype(np.float64))
     curve = roc_curve(scores, isame)
     keep = np.unique(np.concatenate([np.searchsorted(curve.far, np.logspace(-6, 0, 300)), [len(curve.far) - 1]]))
@@ -133,7 +132,7 @@ def run_e2(
         for ref in models:
             emb = embed_images(ref.net, s.images, ref.image_size).emb
             results[s.name][ref.name], scores[ref.name] = evaluate_set(emb, s.labels, seed, fars)
-        issame = all_within_pairs(s.labels)[2]
+        issame = every_pair(s.labels)[2]
         comparisons[s.name] = {
             f"{b.name} vs {a.name}": compare_arms(
                 results[s.name][a.name], results[s.name][b.name], scores[a.name], scores[b.name], issame, fars, seed

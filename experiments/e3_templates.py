@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from eqface.aggregation import mean_template, qwfa, qwfaf
+from eqface.eval.pairs import every_pair
 from eqface.eval.roc import (
     auc,
     format_tar_header,
@@ -28,7 +29,6 @@ from experiments.common import (
     Embeddings,
     ModelRef,
     Report,
-    all_within_pairs,
     command_line,
     diff_verdict,
     embed_images,
@@ -140,7 +140,7 @@ def run_e3(
     scores: dict[str, list[np.ndarray]] = {}
     issame_all, per_repeat = [], []
     for draw in draws:
-        a, b, same = all_within_pairs(draw.owners)
+        a, b, same = every_pair(draw.owners)
         issame_all.append(same)
         rep = {}
         for m, t in aggregate_templates(draw).items():

@@ -107,6 +107,13 @@ def all_pairs(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.ndarray, n
     return idx_a, idx_b, labels_a[idx_a] == labels_b[idx_b]
 
 
+def every_pair(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every unordered pair {i, j}, i < j, of one set: ``(idx_a, idx_b, issame)``, each of length N·(N−1)/2."""
+    labels = _as_labels(labels)
+    idx_a, idx_b = np.triu_indices(len(labels), k=1)
+    return idx_a.astype(np.int64), idx_b.astype(np.int64), labels[idx_a] == labels[idx_b]
+
+
 def cosine_scores(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity of two [N, D] embedding arrays (rows are L2-normalised first; a zero row scores 0).
 
