@@ -130,3 +130,22 @@ def test_fig4_quality_grid(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
     stored = _check_outputs(tmp_path, figures, pngs=1)
     q = [f["quality"] for f in stored["all_sorted"]]
     assert q == sorted(q) and stored["shown"] == 12
+
+
+def test_fiqa_benchmark(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
+    from experiments.fiqa_benchmark import CLEAN, MEASURES, FaceSet, degraded_copy, run_benchmark
+
+    images, labels = faces
+    clean = FaceSet("celeba_heldout", images, labels, np.full(len(labels), CLEAN), "synthetic stand-in")
+    degraded = degraded_copy(clean, seed=3)
+    assert len(set(degraded.condition)) > 2 and len(degraded.images) == len(images)
+    figures = run_benchmark(tiny_model, [clean, degraded], tmp_path, replicates=20, passes=3, start_fmr=1e-2)
+    stored = _check_outputs(tmp_path, figures, pngs=2)
+    for name in ("celeba_heldout", "celeba_heldout_degraded"):
+        measures = stored["datasets"][name]["measures"]
+        assert set(measures) == set(MEASURES)
+        for values in measures.values():
+            for limit in ("0.2", "0.3"):
+                low, high = values[f"ci_{limit}"]
+                assert low <= values[f"pauc_{limit}"] <= high
+        assert set(stored["eqface_beats"][name]) == {"embedding_norm", "ser_fiq"}
