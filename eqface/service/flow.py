@@ -196,22 +196,24 @@ class StreamFlow(Generic[Q, M, D, R]):
     # ------------------------------------------------------------------------------------------------ ordering
     def _start(self, message: M) -> Awaitable[D]:
         """Starts one message; its awaitable (awaited in read order) resolves once it is durable."""
-        if not self.steps.needs_embedding(message) and (self._tail is None or self._tail.done()):
+        embedding = self.steps.needs_embedding(message)
+        if not embedding and (self._tail is None or self._tail.done()):
             return self.steps.submit(message, self.deadline, self.token)  # hot path: nothing to wait for
         loop = asyncio.get_running_loop()
         submitted: asyncio.Future[None] = loop.create_future()
-        task = loop.create_task(self._embed_then_submit(message, self._tail, submitted))
+        task = loop.create_task(self._embed_then_submit(message, embedding, self._tail, submitted))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._tail = submitted
         return task
 
     async def _embed_then_submit(
-        self, message: M, previous: asyncio.Future[None] | None, submitted: asyncio.Future[None]
+        self, message: M, embedding: bool, previous: asyncio.Future[None] | None, submitted: asyncio.Future[None]
     ) -> D:
         try:
             try:
-                await self.steps.embed(message)
+                if embedding:
+                    await self.steps.embed(message)
             except BaseException:
                 self.token.failed = True  # set before `submitted`: later messages must see it
                 raise
