@@ -231,7 +231,10 @@ class AggregatorService:
         return bool(message.images)
 
     async def embed(self, message: PreparedMessage) -> None:
-        """Decodes and embeds the message's image frames (raises Unavailable when Triton is down)."""
+        """Decodes and embeds the message's image frames; a frame that does not decode fails alone.
+
+        Raises Unavailable when Triton is down, FailedPrecondition when the served model disagrees with the config.
+        """
         if not message.images:
             return
         decoded = await self._decode([frame.image for _, frame in message.images])  # type: ignore[misc]
