@@ -7,6 +7,9 @@ finishes first, when a commit becomes durable); the last ones run it over the re
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Iterable
 
 import numpy as np
@@ -21,6 +24,7 @@ from eqface.service.flow import StreamFlow
 from eqface.service.inputs import RawFrame
 from eqface.service.service import AggregatorService, StreamRequest
 from eqface.service.store import open_store
+from tests.conftest import REPO_ROOT
 from tests.support.service import face_stream
 
 
@@ -101,6 +105,16 @@ async def _collect(flow: StreamFlow) -> tuple[list[str], ServiceError | None]:
     except ServiceError as exc:
         return answers, exc
     return answers, None
+
+
+def test_flow_control_and_the_domain_service_import_no_grpc():
+    code = (
+        "import sys, eqface.service.flow, eqface.service.service\n"
+        "assert not any(m.startswith('grpc') for m in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
 
 
 def test_answers_and_commits_follow_read_order_when_embeddings_finish_out_of_order():
