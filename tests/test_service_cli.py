@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from eqface.service.cli import build_parser, config_from_args, main
-from eqface.service.config import MiB, ServiceConfig
+from eqface.service.config import MiB, ServiceConfig, TritonConfig
 
 
 def _config(*argv: str) -> ServiceConfig:
@@ -14,6 +16,23 @@ def _config(*argv: str) -> ServiceConfig:
 
 def test_defaults_are_the_config_defaults():
     assert _config() == ServiceConfig()
+
+
+def test_every_config_field_has_a_flag_with_help():
+    """config_from_args builds the config by field name from each flag's dest: a new field needs its flag."""
+    actions = {action.dest: action for action in build_parser()._actions if action.option_strings}
+    wanted = {f.name for f in fields(ServiceConfig) if f.name != "triton"}
+    wanted |= {f"triton_{f.name}" for f in fields(TritonConfig)}
+    assert wanted <= actions.keys(), f"fields without a flag: {sorted(wanted - actions.keys())}"
+    for dest in wanted:
+        assert actions[dest].help and len(actions[dest].help) > 10, dest
+    assert set(actions) - wanted == {"help", "log_level"}  # every other flag is a config field
+
+
+def test_triton_defaults_are_the_config_defaults():
+    config = _config("--triton-url", "triton:8001")
+    assert config.triton == TritonConfig(url="triton:8001")
+    assert config == ServiceConfig(triton=TritonConfig(url="triton:8001"))
 
 
 def test_every_option_reaches_the_config():
@@ -69,6 +88,8 @@ def test_every_option_reaches_the_config():
         "3",
         "--triton-probe-interval",
         "0.5",
+        "--triton-max-concurrent-batches",
+        "2",
     )
     assert (config.host, config.port, config.metrics_port) == ("127.0.0.1", 6000, 0)
     assert config.store_url == "redis://h:6379/2?prefix=x:"
@@ -81,6 +102,7 @@ def test_every_option_reaches_the_config():
     triton = config.triton
     assert triton is not None and (triton.url, triton.input_kind, triton.max_batch) == ("triton:8001", "tensor", 16)
     assert (triton.max_wait_s, triton.timeout_s, triton.probe_interval_s) == (0.005, 3, 0.5)
+    assert triton.max_concurrent_batches == 2
 
 
 @pytest.mark.parametrize("argv", [["--s-th", "2"], ["--store", "ftp://x"], ["--triton-url", "http://x/"]])

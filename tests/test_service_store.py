@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from eqface.service.store import IdentityRecord, StoreUnavailable, SubjectStore, SubjectWrite, open_store
+from eqface.service.store import STORES, IdentityRecord, StoreUnavailable, SubjectStore, SubjectWrite, open_store
 from eqface.service.store.sqlite import SqliteStore
+from tests.conftest import REPO_ROOT
 from tests.support.service import redis_server, store_url, unit  # noqa: F401  (fixtures)
 
 
@@ -144,6 +148,30 @@ def test_sqlite_is_wal_with_the_requested_synchronous_mode(tmp_path):
 def test_bad_store_urls(url, message):
     with pytest.raises(ValueError, match=message):
         open_store(url)
+
+
+def test_unknown_scheme_lists_the_registered_ones():
+    with pytest.raises(ValueError) as err:
+        open_store("ftp://host/x")
+    assert "'ftp'" in str(err.value)
+    for scheme in ("redis", "rediss", "sqlite", "unix"):
+        assert scheme in str(err.value)
+    assert set(STORES.names()) == {"redis", "rediss", "sqlite", "unix"}
+
+
+def test_choosing_a_store_imports_only_its_backend(tmp_path):
+    """The registry's factories import their backend when called: importing the package (or the service config and
+    command line, which check store URLs against it) and opening SQLite never import redis-py."""
+    code = (
+        "import sys\n"
+        "import eqface.service.cli, eqface.service.config, eqface.service.store as store\n"
+        "assert 'redis' not in sys.modules and 'eqface.service.store.sqlite' not in sys.modules\n"
+        f"store.open_store('sqlite:///{tmp_path}/a.db').close()\n"
+        "assert 'redis' not in sys.modules and 'eqface.service.store.sqlite' in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
 
 
 def test_unreachable_redis_is_store_unavailable():

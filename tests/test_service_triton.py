@@ -1,11 +1,14 @@
 """Image mode against the real Triton server (nvidia-pytriton wheel) serving MobileFaceNet (112x96, 128-d).
 
 The model repository and the exported network come from the serving tests' fixtures (tests.support.models /
-tests.support.triton); the faces are real CelebA JPEGs of a few identities.
+tests.support.triton); the faces are real CelebA JPEGs of a few identities. The first tests check the served model's
+metadata against the contract without a server.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,13 +19,18 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
 
+from eqface import contract
 from eqface.aggregation import progressive_templates, qwfaf
 from eqface.service.client import feature_frame, image_frame, template_of
 from eqface.service.config import ServiceConfig, TritonConfig
+from eqface.service.errors import FailedPrecondition
 from eqface.service.server import SERVICE_NAME, TRITON_HEALTH
+from eqface.service.triton import ServedModel, served_model
 from eqface.service.v1 import aggregator_pb2 as pb
+from tests.conftest import REPO_ROOT
 from tests.support.images import FACE_PACK
 from tests.support.service import (
+    ServerProcess,
     ServerThread,
     StreamSession,
     TritonProcess,
@@ -33,8 +41,36 @@ from tests.support.service import (
     wait_serving,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+OUTPUTS = {contract.EMBEDDING_NAME: [-1, 128], contract.QUALITY_NAME: [-1, 1]}
+
+
+def test_the_tensor_models_input_size_comes_from_its_metadata():
+    inputs = {contract.INPUT_NAME: [-1, 3, 112, 96]}
+    served = served_model(contract.ONNX_MODEL_NAME, inputs, OUTPUTS, 128)
+    assert served == ServedModel((3, 112, 96), 128) and served.image_size == (112, 96)
+    unbatched = served_model(
+        contract.ONNX_MODEL_NAME, {contract.INPUT_NAME: [3, 64, 48]}, {k: v[1:] for k, v in OUTPUTS.items()}, 128
+    )
+    assert unbatched.image_size == (64, 48)
+    ensemble = served_model(contract.ENSEMBLE_MODEL_NAME, {contract.IMAGE_BYTES_NAME: [-1, 1]}, OUTPUTS, 128)
+    assert ensemble == ServedModel(None, 128) and ensemble.image_size is None
+
+
+@pytest.mark.parametrize(
+    "model, inputs, outputs, message",
+    [
+        (contract.ONNX_MODEL_NAME, {contract.INPUT_NAME: [-1, 3, 112, 96]}, OUTPUTS, "returns 128-d embeddings but"),
+        (contract.ONNX_MODEL_NAME, {contract.INPUT_NAME: [-1, 3, -1, -1]}, OUTPUTS, "sizes must be fixed"),
+        (contract.ONNX_MODEL_NAME, {contract.INPUT_NAME: [-1, 1, 112, 96]}, OUTPUTS, "takes 1 channels"),
+        (contract.ONNX_MODEL_NAME, {"x": [-1, 3, 112, 96]}, OUTPUTS, "no input 'input'"),
+        (contract.ENSEMBLE_MODEL_NAME, {contract.IMAGE_BYTES_NAME: [-1, 1]}, {"embedding": [-1, 128]}, "no output"),
+    ],
+)
+def test_a_served_model_that_disagrees_is_a_clear_error(model, inputs, outputs, message):
+    expected_d = 512 if "128-d" in message else 128
+    with pytest.raises(FailedPrecondition, match=message):
+        served_model(model, inputs, outputs, expected_d)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +100,6 @@ def _config(tmp_path: Path, triton: TritonProcess, mobilefacenet, **triton_optio
         store_url=f"sqlite:///{tmp_path}/state.db",
         metrics_port=0,
         embedding_dim=mobilefacenet.spec.embedding_size,
-        image_size=mobilefacenet.spec.image_size,
         triton=TritonConfig(url=triton.grpc_url, **{"timeout_s": 5.0, "probe_interval_s": 0.2, **triton_options}),
     )
 
@@ -100,6 +135,8 @@ def _stream_images(stub, subject: str, images: list[bytes], per_message: int = 4
     return [r for response in stub.StreamFrames(iter(requests), timeout=60) for r in response.results]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_image_stream_reproduces_triton_and_the_offline_aggregation(image_server, triton, people):
     images = people["person0"]
     embeddings, qualities = _direct(triton, images)
@@ -114,6 +151,8 @@ def test_image_stream_reproduces_triton_and_the_offline_aggregation(image_server
     np.testing.assert_allclose(template_of(state), expected, atol=1e-4)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_tensor_mode_gives_the_same_results_as_bytes_mode(tmp_path, triton, mobilefacenet, people):
     images = people["person1"]
     embeddings, qualities = _direct(triton, images)
@@ -127,6 +166,8 @@ def test_tensor_mode_gives_the_same_results_as_bytes_mode(tmp_path, triton, mobi
     np.testing.assert_allclose(template_of(state), expected, atol=1e-4)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_bad_images_fail_alone_and_enroll_identify_from_images(image_server, triton, people):
     good = people["person2"][:3]
     jpeg = good[0]
@@ -161,6 +202,8 @@ def test_bad_images_fail_alone_and_enroll_identify_from_images(image_server, tri
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "image 1" in err.value.details()
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_concurrent_streams_share_micro_batches(image_server, people):
     errors: list[BaseException] = []
 
@@ -184,6 +227,8 @@ def test_concurrent_streams_share_micro_batches(image_server, people):
     assert total == 6 * 36 and count < total  # several streams' images went to Triton together
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_triton_outage_is_unavailable_then_recovers(tmp_path, triton, mobilefacenet, people):
     """Triton hung (SIGSTOP), then gone (stopped), then back: streams get UNAVAILABLE, readiness follows, no crash."""
     images = people["person0"]
@@ -215,6 +260,35 @@ def test_triton_outage_is_unavailable_then_recovers(tmp_path, triton, mobileface
         features.close()
         text = server.server.service.metrics.exposition().decode()
         assert _sample(text, 'eqface_aggregator_triton_errors_total{reason="deadline_exceeded"}') >= 1
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_tensor_mode_from_the_command_line_sends_the_served_models_size(tmp_path, triton, people):
+    """``python -m eqface.service --triton-input tensor`` on the 112x96 MobileFaceNet: no flag names the size (it
+    used to default to 112x112, which Triton rejected); the service reads it from the model's metadata."""
+    images = people["person2"]
+    embeddings, qualities = _direct(triton, images)
+    args = ["--store", f"sqlite:///{tmp_path}/state.db", "--metrics-port", "0", "--embedding-dim", "128"]
+    args += ["--triton-url", triton.grpc_url, "--triton-input", "tensor", "--triton-timeout", "5"]
+    with ServerProcess(args, tmp_path / "server.log").start(ready_timeout_s=60) as server:
+        with aggregator_stub(server.target) as stub:
+            results = _stream_images(stub, "cam", images, per_message=6)
+            state = stub.GetTemplate(pb.GetTemplateRequest(subject_id="cam")).subject
+    assert all(r.status != pb.FRAME_STATUS_INVALID for r in results)
+    np.testing.assert_allclose([r.quality for r in results], qualities, atol=1e-5)
+    expected = progressive_templates(embeddings, np.clip(qualities, 0, 1))[-1]
+    np.testing.assert_allclose(template_of(state), expected, atol=1e-4)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_an_embedding_dim_the_served_model_does_not_have_stops_the_start(tmp_path, triton):
+    args = [sys.executable, "-m", "eqface.service", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"]
+    args += ["--store", f"sqlite:///{tmp_path}/state.db", "--triton-url", triton.grpc_url, "--embedding-dim", "512"]
+    out = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "returns 128-d embeddings but the service is configured for 512" in out.stderr
 
 
 def _wait_health(target: str, service: str, status: int, timeout_s: float = 15.0) -> None:

@@ -35,9 +35,6 @@ class LruCache(Generic[K, V]):
         for key in keys:
             self._items.pop(key, None)
 
-    def clear(self) -> None:
-        self._items.clear()
-
     def __len__(self) -> int:
         return len(self._items)
 

@@ -8,9 +8,10 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import MISSING, fields
 
-from eqface.aggregation import PAPER_F_TH, PAPER_S_TH
 from eqface.service.config import MiB, ServiceConfig, TritonConfig
+from eqface.service.errors import ServiceError
 
 DESCRIPTION = """\
 EQFace aggregation service (gRPC). Keeps one progressive quality-weighted template per subject (paper section 5.3,
@@ -25,8 +26,22 @@ First frame of a subject: F_1 = f_1 whatever its quality. If that quality is <= 
 the first later frame with quality > s_th replaces it (--strict-first-frame keeps the paper's behaviour instead)."""
 
 
+_TRITON_DEFAULTS = {f.name: f.default for f in fields(TritonConfig) if f.default is not MISSING}
+
+
+def _mib(text: str) -> int:
+    return int(float(text) * MiB)
+
+
+def _milliseconds(text: str) -> float:
+    return float(text) / 1000
+
+
 def build_parser() -> argparse.ArgumentParser:
-    defaults = ServiceConfig()
+    """One flag per field of ``ServiceConfig`` and ``TritonConfig``: each flag's ``dest`` is the field's name
+    (``triton_<field>`` for Triton's), so ``config_from_args`` builds the config by name and a test checks that no
+    field lacks a flag."""
+    defaults, triton = ServiceConfig(), _TRITON_DEFAULTS
     p = argparse.ArgumentParser(
         prog="python -m eqface.service",
         description=DESCRIPTION,
@@ -40,13 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--max-message-mib",
-        type=float,
-        default=defaults.max_message_bytes / MiB,
-        help="largest gRPC message accepted or sent, in MiB; bigger ones fail RESOURCE_EXHAUSTED (%(default)s)",
+        dest="max_message_bytes",
+        type=_mib,
+        default=defaults.max_message_bytes,
+        help=f"largest gRPC message accepted or sent, in MiB; bigger ones fail RESOURCE_EXHAUSTED "
+        f"({defaults.max_message_bytes / MiB:g})",
     )
     store = p.add_argument_group("state")
     store.add_argument(
         "--store",
+        dest="store_url",
         default=defaults.store_url,
         help="where subject state and the gallery live: sqlite:///relative.db or sqlite:////abs/path.db "
         "(default %(default)s; add ?synchronous=normal to skip the per-commit fsync), or "
@@ -65,14 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="most frames applied in one group-commit transaction (%(default)s)",
     )
     agg = p.add_argument_group("aggregation (paper Eq. 8-9)")
-    agg.add_argument("--f-th", type=float, default=PAPER_F_TH, help="similarity gate f_th (default %(default)s)")
-    agg.add_argument("--s-th", type=float, default=PAPER_S_TH, help="quality gate s_th (default %(default)s)")
+    agg.add_argument("--f-th", type=float, default=defaults.f_th, help="similarity gate f_th (default %(default)s)")
+    agg.add_argument("--s-th", type=float, default=defaults.s_th, help="quality gate s_th (default %(default)s)")
     agg.add_argument(
         "--strict-first-frame",
-        action="store_true",
+        dest="reseed_low_quality",
+        action="store_false",
         help="never replace a low-quality first frame (the paper's F_1 = f_1 without the provisional seed)",
     )
-    agg.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim, help="embedding size D (%(default)s)")
+    agg.add_argument(
+        "--embedding-dim",
+        type=int,
+        default=defaults.embedding_dim,
+        help="embedding size D; in image mode Triton's model must return the same (%(default)s)",
+    )
     agg.add_argument("--top-k", type=int, default=defaults.top_k, help="gallery matches per answer (%(default)s)")
     agg.add_argument("--max-top-k", type=int, default=defaults.max_top_k, help="largest top_k a client may ask")
     limits = p.add_argument_group("limits")
@@ -99,68 +123,69 @@ def build_parser() -> argparse.ArgumentParser:
         help="calls served at once, streams included; more get RESOURCE_EXHAUSTED (%(default)s)",
     )
     limits.add_argument(
-        "--shutdown-grace", type=float, default=defaults.shutdown_grace_s, help="seconds SIGTERM waits for streams"
+        "--shutdown-grace",
+        dest="shutdown_grace_s",
+        type=float,
+        default=defaults.shutdown_grace_s,
+        help="seconds SIGTERM waits for streams (%(default)s)",
     )
     limits.add_argument(
         "--active-window",
+        dest="active_window_s",
         type=float,
         default=defaults.active_window_s,
         help="seconds a subject counts as active after a frame (metric; %(default)s)",
     )
-    tri = p.add_argument_group("image mode (Triton)")
+    tri = p.add_argument_group("image mode (Triton; the model's input size is read from Triton)")
     tri.add_argument("--triton-url", help="Triton gRPC host:port; without it only feature frames are accepted")
     tri.add_argument(
         "--triton-input",
+        dest="triton_input_kind",
         choices=("bytes", "tensor"),
-        default="bytes",
+        default=triton["input_kind"],
         help="bytes: send encoded images to the ensemble model 'eqface'; tensor: decode here and call 'eqface_onnx'",
     )
-    tri.add_argument("--triton-max-batch", type=int, default=32, help="images per Triton request (%(default)s)")
     tri.add_argument(
-        "--triton-max-wait-ms", type=float, default=2.0, help="how long a micro-batch waits to fill (%(default)s)"
+        "--triton-max-batch", type=int, default=triton["max_batch"], help="images per Triton request (%(default)s)"
     )
-    tri.add_argument("--triton-timeout", type=float, default=2.0, help="seconds per Triton request (%(default)s)")
     tri.add_argument(
-        "--triton-probe-interval", type=float, default=1.0, help="seconds between readiness checks (%(default)s)"
+        "--triton-max-wait-ms",
+        dest="triton_max_wait_s",
+        type=_milliseconds,
+        default=triton["max_wait_s"],
+        help=f"how long a micro-batch waits to fill, in ms ({triton['max_wait_s'] * 1000:g})",
+    )
+    tri.add_argument(
+        "--triton-timeout",
+        dest="triton_timeout_s",
+        type=float,
+        default=triton["timeout_s"],
+        help="seconds per Triton request (%(default)s)",
+    )
+    tri.add_argument(
+        "--triton-probe-interval",
+        dest="triton_probe_interval_s",
+        type=float,
+        default=triton["probe_interval_s"],
+        help="seconds between readiness checks (%(default)s)",
+    )
+    tri.add_argument(
+        "--triton-max-concurrent-batches",
+        type=int,
+        default=triton["max_concurrent_batches"],
+        help="Triton requests in flight at once (%(default)s)",
     )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> ServiceConfig:
+    """The config from the parsed flags, field by field (see ``build_parser``)."""
+    values = vars(args)
     triton = None
-    if args.triton_url:
-        triton = TritonConfig(
-            url=args.triton_url,
-            input_kind=args.triton_input,
-            max_batch=args.triton_max_batch,
-            max_wait_s=args.triton_max_wait_ms / 1000,
-            timeout_s=args.triton_timeout,
-            probe_interval_s=args.triton_probe_interval,
-        )
-    return ServiceConfig(
-        host=args.host,
-        port=args.port,
-        metrics_port=args.metrics_port,
-        store_url=args.store,
-        triton=triton,
-        f_th=args.f_th,
-        s_th=args.s_th,
-        reseed_low_quality=not args.strict_first_frame,
-        embedding_dim=args.embedding_dim,
-        top_k=args.top_k,
-        max_top_k=args.max_top_k,
-        max_message_bytes=int(args.max_message_mib * MiB),
-        max_frames_per_message=args.max_frames_per_message,
-        max_image_bytes=args.max_image_bytes,
-        max_image_pixels=args.max_image_pixels,
-        cache_subjects=args.cache_subjects,
-        max_commit_frames=args.max_commit_frames,
-        max_inflight_messages=args.max_inflight_messages,
-        max_concurrent_rpcs=args.max_concurrent_rpcs,
-        active_window_s=args.active_window,
-        shutdown_grace_s=args.shutdown_grace,
-    )
+    if values["triton_url"]:
+        triton = TritonConfig(**{f.name: values[f"triton_{f.name}"] for f in fields(TritonConfig)})
+    return ServiceConfig(triton=triton, **{f.name: values[f.name] for f in fields(ServiceConfig) if f.name != "triton"})
 
 
 async def serve(config: ServiceConfig) -> None:
@@ -190,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         asyncio.run(serve(config))
-    except (OSError, RuntimeError, ValueError, StoreUnavailable) as exc:  # port taken, store unreachable, bad URL
+    # port taken, store unreachable, bad URL, a served model that disagrees with the config
+    except (OSError, RuntimeError, ValueError, StoreUnavailable, ServiceError) as exc:
         print(f"eqface aggregator: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from eqface.aggregation import PAPER_F_TH, PAPER_S_TH
-from eqface.contract import DEFAULT_EMBEDDING_SIZE, DEFAULT_IMAGE_SIZE
+from eqface.contract import DEFAULT_EMBEDDING_SIZE
+from eqface.service.store import STORES, url_scheme
 
 MiB = 1024 * 1024
 TritonInput = Literal["bytes", "tensor"]
@@ -58,7 +59,9 @@ class ServiceConfig:
         f_th, s_th: progressive QWFA gates (paper Eq. 8-9): similarity > f_th and quality > s_th to merge a frame.
         reseed_low_quality: a first frame with quality <= s_th is a provisional seed that the first frame with
             quality > s_th replaces (see ``ProgressiveQWFA``); False keeps the paper's strict F_1 = f_1.
-        embedding_dim, image_size: the deployed model's shapes (inference contract).
+        embedding_dim: the embedding size D of feature frames, templates and the gallery; in image mode the served
+            model must return the same D (checked against Triton's model metadata). The input image size is not
+            configured: tensor mode reads it from the served model.
         top_k, max_top_k: default and largest number of gallery matches per answer.
         max_message_bytes: largest gRPC message accepted (bigger ones fail with RESOURCE_EXHAUSTED).
         max_frames_per_message: most frames in one StreamFrames message (RESOURCE_EXHAUSTED above).
@@ -83,7 +86,6 @@ class ServiceConfig:
     s_th: float = PAPER_S_TH
     reseed_low_quality: bool = True
     embedding_dim: int = DEFAULT_EMBEDDING_SIZE
-    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
     top_k: int = 5
     max_top_k: int = 100
     max_message_bytes: int = 16 * MiB
@@ -106,8 +108,11 @@ class ServiceConfig:
             value = getattr(self, name)
             if not 0 <= value <= 65535:
                 raise ValueError(f"{name} must be in [0, 65535], got {value}")
-        if not self.store_url.startswith(("sqlite://", "redis://", "rediss://", "unix://")):
-            raise ValueError(f"store_url must be sqlite:///path or redis://host:port/db, got {self.store_url!r}")
+        if url_scheme(self.store_url) not in STORES:
+            raise ValueError(
+                f"store_url must be sqlite:///path or redis://host:port/db (schemes: {', '.join(STORES.names())}), "
+                f"got {self.store_url!r}"
+            )
         _positive(
             embedding_dim=self.embedding_dim,
             top_k=self.top_k,
@@ -123,8 +128,6 @@ class ServiceConfig:
         )
         if self.max_top_k < self.top_k:
             raise ValueError(f"max_top_k ({self.max_top_k}) must be >= top_k ({self.top_k})")
-        if len(self.image_size) != 2 or min(self.image_size) <= 0:
-            raise ValueError(f"image_size must be (height, width) > 0, got {self.image_size}")
         if self.shutdown_grace_s < 0:
             raise ValueError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
 

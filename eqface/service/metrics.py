@@ -178,9 +178,6 @@ class ServiceMetrics:
         self.similarity.observe_many(similarities)
         self.active.touch(dict.fromkeys(o.subject_id for o in outcomes))
 
-    def count_errors(self, n: int = 1) -> None:
-        self._frames_by_result["error"].inc(n)
-
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Starts the /metrics HTTP endpoint in a daemon thread; returns the bound port (port 0 picks a free one)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)

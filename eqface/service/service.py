@@ -1,6 +1,8 @@
 """The aggregation service's domain API: frames → durable progressive templates, subjects, gallery, identification.
 
 Everything here takes and returns plain Python/numpy types; ``servicer.py`` translates them to and from protobuf.
+A stream's frames go through ``stream()``: ``flow.StreamFlow`` decides when each step below runs on a message
+(``prepare`` → ``embed`` → ``submit`` → ``finish``), this module says what each step does.
 Blocking store calls run on one store thread (``StoreThread``); image decoding on a small thread pool; everything else,
 the QWFA arithmetic included, on the event loop's thread.
 """
@@ -8,9 +10,10 @@ the QWFA arithmetic included, on the event loop's thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -18,7 +21,6 @@ from typing import Any, TypeVar
 import numpy as np
 
 from eqface.aggregation import qwfaf
-from eqface.contract import InferenceSpec
 from eqface.service.aggregator import FrameInput, FrameOutcome, FrameStatus
 from eqface.service.config import ServiceConfig
 from eqface.service.engine import (
@@ -38,6 +40,7 @@ from eqface.service.errors import (
     ServiceError,
     Unavailable,
 )
+from eqface.service.flow import StreamFlow
 from eqface.service.gallery import GalleryIndex, Match
 from eqface.service.images import ImageLimits, decode_image, to_model_input
 from eqface.service.inputs import (
@@ -61,11 +64,20 @@ STORE_CHECK_INTERVAL_S = 1.0
 SUBJECT_COUNT_INTERVAL_S = 15.0
 
 
+@dataclass(frozen=True, slots=True)
+class StreamRequest:
+    """One message of a frame stream: its frames, and how many gallery matches to return (0: the default)."""
+
+    frames: list[RawFrame]
+    top_k: int = 0
+
+
 @dataclass
 class PreparedMessage:
-    """One StreamFrames message on its way through the pipeline: a FrameInput or a final outcome per frame."""
+    """One stream message on its way to its answer: a FrameInput or a final outcome per frame."""
 
     slots: list[FrameInput | FrameOutcome | None]
+    top_k: int
     images: list[tuple[int, RawFrame]] = field(default_factory=list)  # frames still waiting for Triton
 
 
@@ -96,7 +108,6 @@ class AggregatorService:
     def __init__(self, config: ServiceConfig, store: SubjectStore, metrics: ServiceMetrics | None = None) -> None:
         self.config = config
         self.store = store
-        self.spec = InferenceSpec(image_size=config.image_size, embedding_size=config.embedding_dim)
         self.params = AggregationParams(config.f_th, config.s_th, config.reseed_low_quality)
         self.metrics = metrics or ServiceMetrics(config.active_window_s, max(config.cache_subjects, 100_000))
         self.io = StoreThread()
@@ -110,7 +121,7 @@ class AggregatorService:
         self.embedder: TritonEmbedder | None = None
         if config.triton is not None:
             self.readiness["triton"] = False
-            self.embedder = TritonEmbedder(config.triton, self.spec, self.metrics, self._triton_ready)
+            self.embedder = TritonEmbedder(config.triton, config.embedding_dim, self.metrics, self._triton_ready)
         for name in self.readiness:
             self.metrics.dependency_up.labels(name).set(0)
         self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="eqface-decode")
@@ -173,13 +184,29 @@ class AggregatorService:
                 log.warning("background refresh failed: %s", exc)
 
     # --------------------------------------------------------------------------------------------------- frames
-    def prepare(self, frames: Sequence[RawFrame]) -> PreparedMessage:
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, requests: AsyncIterator[StreamRequest], deadline: float | None
+    ) -> AsyncIterator[StreamFlow[StreamRequest, PreparedMessage, CommittedBatch, MessageResult]]:
+        """One frame stream: iterate the yielded flow for the answers, in order (see ``flow.StreamFlow``)."""
+        window = self.config.max_inflight_messages
+        flow = StreamFlow(self, requests, window, deadline, self.draining)
+        self.metrics.open_streams.inc()
+        try:
+            yield flow
+        finally:
+            flow.close()
+            self.metrics.open_streams.dec()
+
+    def prepare(self, request: StreamRequest) -> PreparedMessage:
         """Validates a message's frames; invalid ones get their final outcome now, image frames wait for Triton."""
+        top_k = self.resolve_top_k(request.top_k)
+        frames = request.frames
         if len(frames) > self.config.max_frames_per_message:
             raise ResourceExhausted(
                 f"message has {len(frames)} frames; the limit is {self.config.max_frames_per_message}"
             )
-        message = PreparedMessage([])
+        message = PreparedMessage([], top_k)
         dim = self.config.embedding_dim
         for i, frame in enumerate(frames):
             try:
@@ -200,8 +227,14 @@ class AggregatorService:
                 message.slots.append(invalid_outcome(frame, exc))
         return message
 
-    async def embed_images(self, message: PreparedMessage) -> None:
-        """Decodes and embeds the message's image frames (raises Unavailable when Triton is down)."""
+    def needs_embedding(self, message: PreparedMessage) -> bool:
+        return bool(message.images)
+
+    async def embed(self, message: PreparedMessage) -> None:
+        """Decodes and embeds the message's image frames; a frame that does not decode fails alone.
+
+        Raises Unavailable when Triton is down, FailedPrecondition when the served model disagrees with the config.
+        """
         if not message.images:
             return
         decoded = await self._decode([frame.image for _, frame in message.images])  # type: ignore[misc]
@@ -222,9 +255,10 @@ class AggregatorService:
 
     async def _decode(self, images: list[bytes]) -> list[Any]:
         started = time.perf_counter()
-        kind = self.config.triton.input_kind if self.config.triton else "bytes"
+        tensor_mode = self.embedder is not None and self.embedder.config.input_kind == "tensor"
+        size = self.embedder.image_size() if tensor_mode else None  # type: ignore[union-attr]
         decoded = await asyncio.get_running_loop().run_in_executor(
-            self._decode_pool, _decode_all, images, self.image_limits, kind, self.spec.image_size
+            self._decode_pool, _decode_all, images, self.image_limits, size
         )
         self.metrics.observe_stage("decode", time.perf_counter() - started)
         return decoded
@@ -233,11 +267,11 @@ class AggregatorService:
         frames = [slot for slot in message.slots if isinstance(slot, FrameInput)]
         return self.committer.submit(frames, deadline, token, want_templates=len(self.gallery) > 0)
 
-    def finish(self, message: PreparedMessage, committed: CommittedBatch, top_k: int) -> MessageResult:
+    def finish(self, message: PreparedMessage, committed: CommittedBatch) -> MessageResult:
         applied = iter(committed.outcomes)
         outcomes = [slot if isinstance(slot, FrameOutcome) else next(applied) for slot in message.slots]
         self.metrics.observe_outcomes(outcomes)
-        matches = [(sid, self.gallery.search(t, top_k)) for sid, t in committed.templates.items()]
+        matches = [(sid, self.gallery.search(t, message.top_k)) for sid, t in committed.templates.items()]
         return MessageResult(outcomes, matches)
 
     def resolve_top_k(self, requested: int) -> int:
@@ -336,8 +370,8 @@ class AggregatorService:
         return records[:size], next_token
 
 
-def _decode_all(images: list[bytes], limits: ImageLimits, kind: str, size: tuple[int, int]) -> list[Any]:
-    """Per image: what Triton gets (the bytes, or a model-input tensor [3, H, W]) or the InvalidArgument error."""
+def _decode_all(images: list[bytes], limits: ImageLimits, size: tuple[int, int] | None) -> list[Any]:
+    """Per image: what Triton gets (the bytes, or with ``size`` a model-input tensor [3, H, W]) or the error."""
     out: list[Any] = []
     for data in images:
         try:
@@ -345,5 +379,5 @@ def _decode_all(images: list[bytes], limits: ImageLimits, kind: str, size: tuple
         except InvalidArgument as exc:
             out.append(exc)
             continue
-        out.append(data if kind == "bytes" else to_model_input([rgb], size)[0])
+        out.append(data if size is None else to_model_input([rgb], size)[0])
     return out

@@ -1,27 +1,24 @@
 """The gRPC servicer: translates protobuf messages to the domain API of ``AggregatorService`` and back.
 
-No logic lives here beyond that translation, the stream's read-ahead loop and mapping domain errors to status codes.
+No logic lives here beyond that translation and mapping domain errors to status codes; a stream's flow control
+(read-ahead window, ordering, drain) is ``eqface.service.flow``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
 from eqface.service import errors
 from eqface.service.aggregator import FrameOutcome, FrameStatus
-from eqface.service.engine import CommittedBatch
 from eqface.service.gallery import Match
 from eqface.service.inputs import RawFrame
-from eqface.service.pipeline import StreamPipeline
-from eqface.service.service import AggregatorService, MessageResult, PreparedMessage, TemplateSource
+from eqface.service.service import AggregatorService, MessageResult, StreamRequest, TemplateSource
 from eqface.service.state import SubjectRecord
 from eqface.service.v1 import aggregator_pb2 as pb
 from eqface.service.v1 import aggregator_pb2_grpc as pb_grpc
@@ -80,18 +77,6 @@ def _unary(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     return wrapper
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    message: PreparedMessage
-    committed: Awaitable[CommittedBatch]
-    top_k: int
-
-
-@dataclass(frozen=True, slots=True)
-class _End:
-    error: errors.ServiceError | None = None
-
-
 class AggregatorServicer(pb_grpc.AggregatorServicer):
     def __init__(self, service: AggregatorService) -> None:
         self.service = service
@@ -99,77 +84,12 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     async def StreamFrames(
         self, request_iterator: AsyncIterator[pb.StreamFramesRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamFramesResponse]:
-        pipeline = StreamPipeline(self.service, _deadline(context))
-        pending: asyncio.Queue[_Pending | _End] = asyncio.Queue(maxsize=self.service.config.max_inflight_messages)
-        reader = asyncio.get_running_loop().create_task(self._read(request_iterator, pipeline, pending))
-        self.service.metrics.open_streams.inc()
-        try:
-            while True:
-                item = await pending.get()
-                if isinstance(item, _End):
-                    if item.error is not None:
-                        await context.abort(status_code(item.error), str(item.error))
-                    return
-                try:
-                    committed = await item.committed
-                except errors.ServiceError as exc:
-                    await context.abort(status_code(exc), str(exc))
-                except Exception:
-                    log.exception("StreamFrames: processing a message failed")
-                    await context.abort(grpc.StatusCode.INTERNAL, "processing the message failed; see the server log")
-                yield _response(pipeline.finish(item.message, committed, item.top_k))
-        finally:
-            pipeline.close()
-            reader.cancel()
-            while not pending.empty():  # nothing will await these any more
-                item = pending.get_nowait()
-                if isinstance(item, _Pending) and isinstance(item.committed, asyncio.Future):
-                    item.committed.cancel()
-            self.service.metrics.open_streams.dec()
-
-    async def _read(
-        self,
-        requests: AsyncIterator[pb.StreamFramesRequest],
-        pipeline: StreamPipeline,
-        pending: asyncio.Queue[_Pending | _End],
-    ) -> None:
-        draining = asyncio.ensure_future(self.service.draining.wait())
-        next_request: asyncio.Future[pb.StreamFramesRequest] | None = None
-        try:
-            while True:
-                next_request = asyncio.ensure_future(anext(requests))
-                await asyncio.wait((next_request, draining), return_when=asyncio.FIRST_COMPLETED)
-                if not next_request.done():
-                    next_request.cancel()
-                    await pending.put(_End(errors.Unavailable("the server is shutting down; reconnect and resend")))
-                    return
-                try:
-                    request = next_request.result()
-                except StopAsyncIteration:
-                    await pending.put(_End())
-                    return
-                except Exception as exc:  # the transport failed or the client went away
-                    log.debug("stream read ended: %r", exc)
-                    await pending.put(_End(errors.Unavailable(f"reading the stream failed: {exc}")))
-                    return
-                try:
-                    top_k = self.service.resolve_top_k(request.top_k)
-                    message, committed = pipeline.push([_raw_frame(f) for f in request.frames])
-                except errors.ServiceError as exc:
-                    await pending.put(_End(exc))
-                    return
-                except Exception as exc:
-                    log.exception("StreamFrames: preparing a message failed")
-                    await pending.put(_End(errors.Internal(f"preparing the message failed: {exc}")))
-                    return
-                await pending.put(_Pending(message, committed, top_k))
-        finally:
-            draining.cancel()
-            if next_request is not None:
-                if next_request.done() and not next_request.cancelled():
-                    next_request.exception()  # retrieved: the call ended while the read was completing
-                else:
-                    next_request.cancel()
+        async with self.service.stream(_stream_requests(request_iterator), _deadline(context)) as answers:
+            try:
+                async for result in answers:
+                    yield _response(result)
+            except errors.ServiceError as exc:
+                await context.abort(status_code(exc), str(exc))
 
     @_unary
     async def GetTemplate(self, request: pb.GetTemplateRequest, context: Any) -> pb.GetTemplateResponse:
@@ -216,6 +136,11 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         records, token = await self.service.list_identities(request.page_size, request.page_token)
         identities = [pb.Identity(identity_id=r.identity_id, display_name=r.display_name) for r in records]
         return pb.ListIdentitiesResponse(identities=identities, next_page_token=token)
+
+
+async def _stream_requests(requests: AsyncIterator[pb.StreamFramesRequest]) -> AsyncIterator[StreamRequest]:
+    async for request in requests:
+        yield StreamRequest([_raw_frame(f) for f in request.frames], request.top_k)
 
 
 def _raw_frame(frame: pb.Frame) -> RawFrame:

@@ -5,6 +5,11 @@ image bytes (``ENSEMBLE_MODEL_NAME``, input ``IMAGE_BYTES_NAME`` BYTES [N, 1]) a
 (``ONNX_MODEL_NAME``, input ``INPUT_NAME`` FP32 [N, 3, H, W]). Both answer ``EMBEDDING_NAME`` FP32 [N, D] and
 ``QUALITY_NAME`` FP32 [N, 1]. Any transport failure is ``Unavailable`` and marks Triton not ready; a probe loop
 re-checks readiness every ``probe_interval_s`` and marks it ready again once Triton answers.
+
+The shapes come from the served model itself (Triton's model metadata, re-read by every probe, so a redeployed model
+is followed): H and W of the tensor model's input, and D, which must equal the service's ``embedding_dim`` (feature
+frames, templates and the gallery all have that size). A model that disagrees keeps Triton not ready and fails image
+requests with ``FailedPrecondition`` naming both sizes; at start-up it is an error.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 from eqface import contract
 from eqface.service.batching import MicroBatcher
 from eqface.service.config import TritonConfig
-from eqface.service.errors import Internal, ServiceError, Unavailable
+from eqface.service.errors import FailedPrecondition, Internal, ServiceError, Unavailable
 from eqface.service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -37,23 +42,75 @@ _CHANNEL_ARGS = [
 
 
 @dataclass(frozen=True, slots=True)
+class ServedModel:
+    """What the served model declares: per-item input shape [3, H, W] (tensor model; None for the bytes-in
+    ensemble) and embedding size D."""
+
+    input_shape: tuple[int, int, int] | None
+    embedding_size: int
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        return None if self.input_shape is None else (self.input_shape[1], self.input_shape[2])
+
+
+def served_model(
+    model: str, inputs: dict[str, list[int]], outputs: dict[str, list[int]], embedding_size: int
+) -> ServedModel:
+    """Checks a model's declared tensors (name -> shape, batch axis -1 included or not) against the contract.
+
+    Raises:
+        FailedPrecondition: a tensor is missing, a size is dynamic, or D differs from ``embedding_size``.
+    """
+
+    def trailing(tensors: dict[str, list[int]], name: str, n: int, kind: str) -> list[int]:
+        shape = tensors.get(name)
+        if shape is None or len(shape) < n:
+            raise FailedPrecondition(f"Triton's model {model!r} has no {kind} {name!r} of rank >= {n}: {tensors}")
+        dims = list(shape[-n:])
+        if any(d <= 0 for d in dims):
+            raise FailedPrecondition(f"Triton's model {model!r} declares {kind} {name!r} {shape}: sizes must be fixed")
+        return dims
+
+    trailing(outputs, contract.QUALITY_NAME, 1, "output")
+    (served_d,) = trailing(outputs, contract.EMBEDDING_NAME, 1, "output")
+    if served_d != embedding_size:
+        raise FailedPrecondition(
+            f"Triton's model {model!r} returns {served_d}-d embeddings but the service is configured for "
+            f"{embedding_size} (--embedding-dim {served_d} serves this model)"
+        )
+    if model == contract.ENSEMBLE_MODEL_NAME:
+        trailing(inputs, contract.IMAGE_BYTES_NAME, 1, "input")
+        return ServedModel(None, served_d)
+    c, h, w = trailing(inputs, contract.INPUT_NAME, 3, "input")
+    if c != contract.CHANNELS:
+        raise FailedPrecondition(f"Triton's model {model!r} takes {c} channels; the contract says {contract.CHANNELS}")
+    return ServedModel((c, h, w), served_d)
+
+
+@dataclass(frozen=True, slots=True)
 class Embedded:
     embedding: np.ndarray  # float32 [D], L2-normalised
     quality: float
 
 
 class TritonEmbedder:
-    """Embeds images (encoded bytes or model-input tensors [3, H, W]) on Triton, batching concurrent requests."""
+    """Embeds images (encoded bytes or model-input tensors [3, H, W]) on Triton, batching concurrent requests.
+
+    ``embedding_size`` is the D the service expects; the served model must declare the same.
+    """
 
     def __init__(
         self,
         config: TritonConfig,
-        spec: contract.InferenceSpec,
+        embedding_size: int,
         metrics: ServiceMetrics | None = None,
         on_ready_change: Callable[[bool], None] | None = None,
     ) -> None:
         self.config = config
-        self.spec = spec
+        self.embedding_size = embedding_size
+        self.served: ServedModel | None = None  # from the model's metadata, once a probe read it
+        self.problem: str | None = None  # why the served model cannot be used, when it cannot
         self.model = contract.ENSEMBLE_MODEL_NAME if config.input_kind == "bytes" else contract.ONNX_MODEL_NAME
         self._metrics = metrics
         self._on_ready_change = on_ready_change or (lambda ready: None)
@@ -68,6 +125,8 @@ class TritonEmbedder:
         self._client = triton_aio.InferenceServerClient(self.config.url, channel_args=_CHANNEL_ARGS)
         self._batcher.start()
         await self.probe()
+        if self.problem is not None:
+            raise FailedPrecondition(self.problem)
         self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop(), name="triton-probe")
 
     async def stop(self) -> None:
@@ -78,23 +137,52 @@ class TritonEmbedder:
         if self._client is not None:
             await self._client.close()
 
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the tensor model's input, as served (tensor mode only)."""
+        self._check_ready()
+        size = self.served.image_size if self.served is not None else None
+        if size is None:
+            raise FailedPrecondition(f"model {self.model!r} takes encoded images, not tensors")
+        return size
+
     async def embed(self, images: list[Any]) -> list[Embedded]:
-        if not self.ready:
-            raise Unavailable(f"Triton at {self.config.url} is not ready (model {self.model!r}); retry later")
+        self._check_ready()
         return await self._batcher.submit(images)
 
+    def _check_ready(self) -> None:
+        if self.problem is not None:
+            raise FailedPrecondition(self.problem)
+        if not self.ready:
+            raise Unavailable(f"Triton at {self.config.url} is not ready (model {self.model!r}); retry later")
+
     async def probe(self) -> bool:
-        """Checks that the server and the model are ready; updates ``ready``."""
+        """Checks that the server and the model are ready and reads the model's shapes; updates ``ready``."""
+        served, problem = None, None
         try:
             timeout = self.config.timeout_s
             ok = await self._client.is_server_ready(client_timeout=timeout) and await self._client.is_model_ready(
                 self.model, client_timeout=timeout
             )
+            if ok:
+                served = await self._read_served_model()
+        except FailedPrecondition as exc:
+            ok, problem = False, str(exc)
         except Exception as exc:  # tritonclient raises its own exception type for every transport error
             log.debug("Triton probe failed: %s", exc)
             ok = False
+        if problem != self.problem and problem is not None:
+            log.error("%s", problem)
+        self.problem = problem
+        if served is not None:
+            self.served = served
         self._set_ready(bool(ok))
         return self.ready
+
+    async def _read_served_model(self) -> ServedModel:
+        meta = await self._client.get_model_metadata(self.model, client_timeout=self.config.timeout_s)
+        inputs = {t.name: [int(d) for d in t.shape] for t in meta.inputs}
+        outputs = {t.name: [int(d) for d in t.shape] for t in meta.outputs}
+        return served_model(self.model, inputs, outputs, self.embedding_size)
 
     def _set_ready(self, ready: bool) -> None:
         if ready != self.ready:
@@ -116,7 +204,10 @@ class TritonEmbedder:
             tensor = InferInput(contract.IMAGE_BYTES_NAME, [n, 1], "BYTES")
             tensor.set_data_from_numpy(np.array(images, dtype=object).reshape(n, 1))
         else:
-            tensor = InferInput(contract.INPUT_NAME, [n, *self.spec.input_shape], "FP32")
+            shape = self.served.input_shape if self.served is not None else None
+            if shape is None:  # image_size() was checked before the images were converted
+                raise Unavailable(f"the input shape of model {self.model!r} is not known yet; retry later")
+            tensor = InferInput(contract.INPUT_NAME, [n, *shape], "FP32")
             tensor.set_data_from_numpy(np.stack(images).astype(contract.INPUT_DTYPE, copy=False))
         outputs = [InferRequestedOutput(contract.EMBEDDING_NAME), InferRequestedOutput(contract.QUALITY_NAME)]
         started = time.perf_counter()
@@ -137,7 +228,7 @@ class TritonEmbedder:
                 self._metrics.triton_batch.observe(n)
         try:
             embeddings = result.as_numpy(contract.EMBEDDING_NAME)
-            return _unpack(embeddings, result.as_numpy(contract.QUALITY_NAME), n, self.spec)
+            return _unpack(embeddings, result.as_numpy(contract.QUALITY_NAME), n, self.embedding_size)
         except ServiceError:
             self._count_error("bad_output")
             raise
@@ -151,12 +242,12 @@ def _reason(status: str | None) -> str:
     return (status or "unknown").rsplit(".", 1)[-1].lower()
 
 
-def _unpack(embeddings: Any, qualities: Any, n: int, spec: contract.InferenceSpec) -> list[Embedded]:
+def _unpack(embeddings: Any, qualities: Any, n: int, embedding_size: int) -> list[Embedded]:
     """Checks the model's answer against the contract and L2-normalises the embeddings."""
     if embeddings is None or qualities is None:
         raise Internal("Triton's answer lacks the embedding or quality output")
-    if embeddings.shape != (n, spec.embedding_size):
-        raise Internal(f"model returned embeddings {embeddings.shape}, the contract says ({n}, {spec.embedding_size})")
+    if embeddings.shape != (n, embedding_size):
+        raise Internal(f"model returned embeddings {embeddings.shape}, the contract says ({n}, {embedding_size})")
     q = np.asarray(qualities, dtype=np.float64).reshape(-1)
     if q.shape != (n,):
         raise Internal(f"model returned qualities {qualities.shape}, the contract says ({n}, 1)")

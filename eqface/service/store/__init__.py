@@ -1,7 +1,12 @@
-"""Durable state of the aggregation service: one interface, an SQLite and a Redis backend."""
+"""Durable state of the aggregation service: one interface, an SQLite and a Redis backend chosen by URL scheme.
+
+``STORES`` maps each URL scheme to a factory that imports its backend only when called, so importing this package
+imports neither redis-py nor sqlite3's backend module.
+"""
 
 from __future__ import annotations
 
+from eqface.registry import Registry
 from eqface.service.store.base import (
     CommitResult,
     IdentityRecord,
@@ -12,6 +17,7 @@ from eqface.service.store.base import (
 )
 
 __all__ = [
+    "STORES",
     "CommitResult",
     "IdentityRecord",
     "StoreUnavailable",
@@ -19,18 +25,38 @@ __all__ = [
     "SubjectWrite",
     "VersionedBlob",
     "open_store",
+    "url_scheme",
 ]
+
+STORES: Registry[SubjectStore] = Registry("store URL scheme")
+
+
+@STORES.register("sqlite")
+def _sqlite(url: str) -> SubjectStore:
+    from eqface.service.store.sqlite import SqliteStore
+
+    return SqliteStore.from_url(url)
+
+
+@STORES.register("unix")
+@STORES.register("rediss")
+@STORES.register("redis")
+def _redis(url: str) -> SubjectStore:
+    from eqface.service.store.redis import RedisStore  # redis-py is imported only when used
+
+    return RedisStore.from_url(url)
+
+
+def url_scheme(url: str) -> str:
+    """The scheme of a store URL ('sqlite' for sqlite:///state.db); '' when the URL has none."""
+    scheme, separator, _ = url.partition("://")
+    return scheme.lower() if separator else ""
 
 
 def open_store(url: str) -> SubjectStore:
-    """Opens the backend named by the URL's scheme: sqlite:///path.db, redis://host:port/db, rediss://, unix://."""
-    scheme = url.split(":", 1)[0].lower()
-    if scheme == "sqlite":
-        from eqface.service.store.sqlite import SqliteStore
+    """Opens the backend named by the URL's scheme: sqlite:///path.db, redis://host:port/db, rediss://, unix://.
 
-        return SqliteStore.from_url(url)
-    if scheme in ("redis", "rediss", "unix"):
-        from eqface.service.store.redis import RedisStore  # redis-py is imported only when used
-
-        return RedisStore.from_url(url)
-    raise ValueError(f"unknown store URL scheme {scheme!r} in {url!r}; valid: sqlite, redis, rediss, unix")
+    Raises:
+        ValueError: the scheme is not one of ``STORES.names()`` (the message lists them).
+    """
+    return STORES.get(url_scheme(url))(url)
