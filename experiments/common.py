@@ -115,7 +115,7 @@ def training_config(ref: ModelRef, data_dir: Path | None = None) -> EQFaceConfig
 
 def held_out_source(ref: ModelRef, data_dir: Path) -> FaceSource:
     """The identities the model's training run held out (``data.eval_identities``), rebuilt from its own config."""
-    from eqface.train.pipeline import load_training_data
+    from eqface.train.plan import load_training_data
 
     _, held_out = load_training_data(training_config(ref, data_dir))
     if held_out is None:

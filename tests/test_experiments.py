@@ -17,7 +17,7 @@ import pytest
 from eqface.config import SyntheticConfig, preset
 from eqface.data.synthetic import generate_synthetic
 from eqface.train.distributed import DistEnv
-from eqface.train.pipeline import train_pipeline
+from eqface.train.plan import train_all_steps
 from experiments.common import ModelRef, load_model_ref
 
 
@@ -31,7 +31,7 @@ def few_bootstrap_replicates(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_run")
-    train_pipeline(preset("test"), out, DistEnv())
+    train_all_steps(preset("test"), out, DistEnv())
     return out
 
 

@@ -10,8 +10,8 @@ import yaml
 from components.images import TRAINING_IMAGE
 from components.pipeline import ClusterSettings, compile_pipeline
 from eqface.cli import main
-from eqface.pipeline.configure import FORM_FIELDS
-from eqface.train.pipeline import step_plan
+from eqface.train.plan import step_plan
+from eqface.workflow.configure import FORM_FIELDS
 
 TRAINING_EXECUTORS = {"step1": "train-backbone", "step2": "train-quality", "step3": "train-weighted"}
 
@@ -178,7 +178,7 @@ def test_cli_compile_writes_the_yaml(tmp_path, capsys):
 
 
 def test_a_local_run_uses_no_cluster_paths():
-    from eqface.pipeline.local_run import local_cluster, pipeline_module
+    from eqface.workflow.local_run import local_cluster, pipeline_module
 
     cluster = local_cluster(pipeline_module())
     assert cluster.checkpoint_root == "" and cluster.default_repository == ""

@@ -17,7 +17,7 @@ import torch
 from eqface.config import apply_overrides, preset
 from eqface.train import checkpoint
 from eqface.train.distributed import DistEnv
-from eqface.train.pipeline import step_plan, train_pipeline
+from eqface.train.plan import step_plan, train_all_steps
 
 CPU = DistEnv()
 
@@ -25,7 +25,7 @@ CPU = DistEnv()
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    train_pipeline(preset("test"), out, CPU)
+    train_all_steps(preset("test"), out, CPU)
     return out
 
 
@@ -68,14 +68,14 @@ def test_step3_freezes_quality_and_retrains_backbone(finished_run: Path) -> None
 
 def test_a_finished_run_is_not_retrained(finished_run: Path) -> None:
     stamp = (finished_run / "model.pt").stat().st_mtime_ns
-    train_pipeline(preset("test"), finished_run, CPU)
+    train_all_steps(preset("test"), finished_run, CPU)
     assert (finished_run / "model.pt").stat().st_mtime_ns >= stamp
     assert (finished_run / "step1" / "final.pt").stat().st_mtime_ns < stamp
 
 
 def test_resuming_with_another_config_is_refused(finished_run: Path) -> None:
     with pytest.raises(ValueError, match="different configuration"):
-        train_pipeline(apply_overrides(preset("test"), ["train.seed=5"]), finished_run, CPU)
+        train_all_steps(apply_overrides(preset("test"), ["train.seed=5"]), finished_run, CPU)
 
 
 def _train_cmd(out: Path, *extra: str) -> list[str]:

@@ -84,7 +84,7 @@ def _add_run_local_parser(commands: argparse._SubParsersAction) -> None:
 def run_compile(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from eqface.pipeline.local_run import pipeline_module
+    from eqface.workflow.local_run import pipeline_module
 
     module = pipeline_module()
     names = (
@@ -108,7 +108,7 @@ def run_compile(args: argparse.Namespace) -> int:
 
 
 def run_local(args: argparse.Namespace) -> int:
-    from eqface.pipeline.local_run import run_local as run
+    from eqface.workflow.local_run import run_local as run
 
     result = run(
         args.root,

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     # Heavy imports here so `eqface --help` stays fast.
     from eqface.train import checkpoint
     from eqface.train.distributed import init_distributed, shutdown
-    from eqface.train.pipeline import MODEL_FILE, load_training_data, train_pipeline
+    from eqface.train.plan import MODEL_FILE, load_training_data, train_all_steps
     from eqface.train.steps import Step
     from eqface.train.trainer import run_step
 
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     env = init_distributed(cfg.train.device)
     try:
         if args.step == "all":
-            state = train_pipeline(cfg, args.out, env)
+            state = train_all_steps(cfg, args.out, env)
             model_path = args.out / MODEL_FILE
         else:
             train_source, _ = load_training_data(cfg)
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(cfg, state, out: Path, device) -> None:
     from eqface.models import build_model
-    from eqface.train.pipeline import load_training_data
+    from eqface.train.plan import load_training_data
     from eqface.train.summary import format_summary, summarize
 
     _, held_out = load_training_data(cfg)

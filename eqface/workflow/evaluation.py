@@ -75,7 +75,7 @@ def evaluate_model(model_file: str | Path, cfg: EQFaceConfig) -> Evaluation:
     from eqface.data.augment import DEGRADATIONS
     from eqface.train.checkpoint import load_model
     from eqface.train.distributed import resolve_device
-    from eqface.train.pipeline import load_training_data
+    from eqface.train.plan import load_training_data
     from eqface.train.summary import degraded_copy
     from eqface.train.trainer import embed_source
 
@@ -183,11 +183,11 @@ def run_evaluation(
 ) -> EvaluationOutputs:
     """Evaluates the final model, writes the HTML and Markdown reports and decides whether it may be deployed.
 
-    ``cfg`` must read the prepared dataset (see :func:`eqface.pipeline.dataset.with_dataset`).
+    ``cfg`` must read the prepared dataset (see :func:`eqface.workflow.dataset.with_dataset`).
     """
-    from eqface.pipeline import report
-    from eqface.pipeline.training import read_history
     from eqface.train.trainer import FINAL
+    from eqface.workflow import report
+    from eqface.workflow.training import read_history
 
     ev = evaluate_model(Path(model_dir) / FINAL, cfg)
     values = metric_values(ev)

@@ -24,7 +24,7 @@ from eqface.config import DataConfig, EQFaceConfig, merge
 from eqface.data import build_source, split_identities
 from eqface.data.image_ops import ImageDecodeError
 from eqface.data.sources import EncodedSource, FaceSource, SubsetSource
-from eqface.pipeline import storage
+from eqface.workflow import storage
 
 MANIFEST = "dataset.json"
 PACK = "faces.npz"

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from eqface.config import EQFaceConfig, to_json
-from eqface.pipeline.dataset import with_dataset
 from eqface.train.steps import Step
 from eqface.train.trainer import FINAL, LOG
+from eqface.workflow.dataset import with_dataset
 
 HISTORY = "history.jsonl"
 CONFIG = "config.json"
@@ -96,7 +96,7 @@ def read_history(model_dir: str | Path) -> list[dict[str, Any]]:
 def _train_here(step: Step, cfg: EQFaceConfig, work: Path, init_file: Path | None) -> None:
     from eqface.train import checkpoint
     from eqface.train.distributed import init_distributed, shutdown
-    from eqface.train.pipeline import load_training_data
+    from eqface.train.plan import load_training_data
     from eqface.train.trainer import run_step
 
     env = init_distributed(cfg.train.device)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from eqface.pipeline.evaluation import EDC_DISCARD_LIMIT, Evaluation
+from eqface.workflow.evaluation import EDC_DISCARD_LIMIT, Evaluation
 
 
 @dataclass(frozen=True)

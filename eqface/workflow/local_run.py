@@ -63,7 +63,7 @@ def run_local(
     """Runs the pipeline (form defaults from ``preset``) and returns where its results are."""
     from kfp import local
 
-    from eqface.pipeline.deploy import existing_versions
+    from eqface.workflow.deploy import existing_versions
 
     root, repository = Path(root).resolve(), Path(repository).resolve()
     module = pipeline_module()

@@ -1,4 +1,4 @@
-"""The EQFace training pipeline: Step 1 → Step 2 → (Step 3 → Step 2) × iterations, resumable by re-running.
+"""The EQFace training plan: Step 1 → Step 2 → (Step 3 → Step 2) × iterations, resumable by re-running.
 
 Layout of ``out_dir``: ``config.json`` (resolved), one folder per step (``step1``, ``step2-1``, ``step3-1``,
 ``step2-2``, …) with its ``final.pt``/``checkpoint.pt``/``log.jsonl``, ``model.pt`` (the final network: a quality
@@ -45,7 +45,7 @@ def check_run_dir(out_dir: Path, cfg: EQFaceConfig) -> None:
             raise ValueError(f"{out_dir} holds a run with a different configuration; use another --out folder")
 
 
-def train_pipeline(cfg: EQFaceConfig, out_dir: str | Path, env: DistEnv) -> dict[str, Any]:
+def train_all_steps(cfg: EQFaceConfig, out_dir: str | Path, env: DistEnv) -> dict[str, Any]:
     """Runs (or resumes) every step and returns the final state (also written to ``out_dir/model.pt``)."""
     out_dir = Path(out_dir)
     check_run_dir(out_dir, cfg)

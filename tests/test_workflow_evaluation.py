@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from eqface.models import build_model
-from eqface.pipeline import report
-from eqface.pipeline.configure import build_config, preset_form
-from eqface.pipeline.dataset import prepare_dataset, with_dataset
-from eqface.pipeline.evaluation import evaluate_model, gate, metric_values, run_evaluation
+from eqface.workflow import report
+from eqface.workflow.configure import build_config, preset_form
+from eqface.workflow.dataset import prepare_dataset, with_dataset
+from eqface.workflow.evaluation import evaluate_model, gate, metric_values, run_evaluation
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
 
 
 def test_numbers_equal_the_training_summary(setup):
-    from eqface.train.pipeline import load_training_data
+    from eqface.train.plan import load_training_data
     from eqface.train.summary import summarize
 
     root, cfg, net = setup
