@@ -70,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(cfg, state, out: Path, device) -> None:
     from eqface.models import build_model
+    from eqface.train.heldout import evaluate_held_out
     from eqface.train.plan import load_training_data
-    from eqface.train.summary import format_summary, summarize
+    from eqface.train.summary import format_summary, summary_dict
 
     _, held_out = load_training_data(cfg)
     if held_out is None:
@@ -79,7 +80,7 @@ def _report(cfg, state, out: Path, device) -> None:
         return
     net = build_model(cfg.model)
     net.load_state_dict(state["net"])
-    summary = summarize(net, held_out, tuple(cfg.model.image_size), device, cfg.train.seed)
+    summary = summary_dict(evaluate_held_out(net, held_out, tuple(cfg.model.image_size), device, cfg.train.seed))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
     print(f"summary: {out / 'summary.json'}")
