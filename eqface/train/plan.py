@@ -15,6 +15,7 @@ from typing import Any
 from eqface.config import EQFaceConfig, config_from_dict, to_dict, to_json
 from eqface.data import build_source, split_identities
 from eqface.data.sources import FaceSource
+from eqface.train import checkpoint
 from eqface.train.distributed import DistEnv, barrier
 from eqface.train.steps import Step
 from eqface.train.trainer import FINAL, run_step
@@ -34,6 +35,18 @@ def load_training_data(cfg: EQFaceConfig) -> tuple[FaceSource, FaceSource | None
     """The training identities and the held-out ones (None when data.eval_identities is 0)."""
     source = build_source(cfg.data, tuple(cfg.model.image_size), cfg.train.seed)
     return split_identities(source, cfg.data.eval_identities)
+
+
+def train_one_step(
+    step: Step, cfg: EQFaceConfig, out_dir: str | Path, env: DistEnv, init_file: str | Path | None = None
+) -> dict[str, Any]:
+    """Runs (or resumes) one step into ``out_dir``, starting from the previous step's ``final.pt`` when given.
+
+    The single-step entry of ``eqface train --step`` and of the pipeline's training components.
+    """
+    train_source, _ = load_training_data(cfg)
+    init = checkpoint.load(init_file) if init_file is not None else None
+    return run_step(step, cfg, train_source, Path(out_dir), env, init)
 
 
 def check_run_dir(out_dir: Path, cfg: EQFaceConfig) -> None:
