@@ -165,6 +165,39 @@ def test_identity_split_holds_out_whole_identities() -> None:
     assert set(train.names).isdisjoint(held.names)
 
 
+def test_unknown_source_lists_the_registered_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown data source 'parquet'; valid names: folder, npz, rec, synthetic"):
+        build_source(DataConfig(source="parquet"), (32, 32))
+
+
+def test_config_names_exactly_the_registered_sources() -> None:
+    import typing
+
+    from eqface.data.factory import SOURCES
+
+    literal = typing.get_type_hints(DataConfig)["source"]
+    assert sorted(typing.get_args(literal)) == SOURCES.names()
+
+
+@pytest.mark.parametrize("source", ["npz", "folder", "rec"])
+def test_file_sources_need_a_path(source: str) -> None:
+    with pytest.raises(ValueError, match=f"data.source={source} needs data.path"):
+        build_source(DataConfig(source=source), (32, 32))
+
+
+def test_sources_read_their_files_by_name(tmp_path, faces) -> None:
+    for i, img in enumerate(faces):
+        folder = tmp_path / "folder" / f"id{i // 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.png").write_bytes(encode_image(img, "PNG"))
+    write_recordio(tmp_path / "t.rec", ((encode_image(img, "PNG"), i // 4) for i, img in enumerate(faces)))
+    np.savez(tmp_path / "p.npz", images=faces, identity=np.arange(len(faces)) // 4)
+    for source, path in (("folder", "folder"), ("rec", "t.rec"), ("npz", "p.npz")):
+        built = build_source(DataConfig(source=source, path=str(tmp_path / path)), (48, 40))
+        assert len(built) == len(faces) and built.num_classes == 3, source
+        np.testing.assert_array_equal(built.image(5), faces[5])
+
+
 def test_shared_packs_load(shared_data) -> None:
     yale = load_pack(shared_data / "extended_yale_b_cropped.npz")
     assert len(yale) == 2414 and yale.num_classes == 38  # flash-failed and ambient images dropped
