@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from eqface import paths
 from eqface.config import EQFaceConfig, ModelConfig, config_from_dict, merge
 from eqface.data.dataset import to_input_tensor
 from eqface.data.image_ops import fit_to_size
@@ -34,7 +35,6 @@ from eqface.train import checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "experiments" / "results"
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_RUN = REPO_ROOT / "runs" / "mfn-celeba"
 
 
@@ -76,7 +76,10 @@ def experiment_parser(description: str | None, name: str, model_help: str | None
     p = argparse.ArgumentParser(description=description)
     if model_help is not None:
         p.add_argument("--model", type=Path, default=DEFAULT_RUN / "model.pt", help=model_help)
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder of the shared face packs")
+    shared = paths.shared_data_dir()  # None on a machine without the shared data: then --data-dir is required
+    p.add_argument(
+        "--data-dir", type=Path, default=shared, required=shared is None, help="folder of the shared face packs"
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR / name, help="output folder")
     return p
 

@@ -77,6 +77,15 @@ def test_large_data_is_referenced_where_it_lies(folder, tmp_path):
     assert read_manifest(tmp_path / "artifact").fingerprint == prepared.fingerprint
 
 
+def test_a_shared_location_is_referenced_by_its_real_path(folder, tmp_path, monkeypatch):
+    from eqface import paths
+
+    monkeypatch.setenv(paths.ENV_VAR, str(folder.parent))
+    cfg = config(data_source="folder", data_location=f"shared:{folder.name}", eval_identities=2)
+    prepare_dataset(cfg, tmp_path / "artifact", materialize="reference")
+    assert data_config(tmp_path / "artifact").path == str(folder.resolve())  # readable by steps in any directory
+
+
 def test_the_packed_artifact_is_read_from_wherever_it_is_moved(tmp_path):
     prepare_dataset(config(), tmp_path / "first")
     (tmp_path / "first").rename(tmp_path / "moved")
