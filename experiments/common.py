@@ -112,7 +112,8 @@ def training_config(ref: ModelRef, data_dir: Path | None = None) -> EQFaceConfig
     """The model's training config; with ``data_dir`` the data pack is looked up there (same file name)."""
     cfg = config_from_dict(ref.config)
     if data_dir is not None and cfg.data.path:
-        cfg = merge(cfg, {"data": {"path": str(Path(data_dir) / Path(cfg.data.path).name)}})
+        name = Path(cfg.data.path.removeprefix(paths.PREFIX)).name  # a plain path or a shared:<file> preset path
+        cfg = merge(cfg, {"data": {"path": str(Path(data_dir) / name)}})
     return cfg
 
 

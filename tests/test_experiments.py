@@ -130,3 +130,27 @@ def test_fig4_quality_grid(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
     stored = _check_outputs(tmp_path, figures, pngs=1)
     q = [f["quality"] for f in stored["all_sorted"]]
     assert q == sorted(q) and stored["shown"] == 12
+
+
+def test_a_model_trained_on_a_shared_pack_finds_it_in_data_dir(tiny_model: ModelRef, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from eqface.config import apply_overrides, to_dict
+    from experiments.common import training_config
+
+    for path in ("shared:celeba_wild_subset_rgb112.npz", "../shared/data/celeba_wild_subset_rgb112.npz"):
+        trained = to_dict(apply_overrides(preset("test"), ["data.source=npz", f"data.path={path}"]))
+        cfg = training_config(replace(tiny_model, config=trained), tmp_path)
+        assert cfg.data.path == str(tmp_path / "celeba_wild_subset_rgb112.npz")
+
+
+def test_data_dir_defaults_to_the_shared_data_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from eqface import paths
+    from experiments.common import experiment_parser
+
+    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path))
+    assert experiment_parser(None, "x").parse_args([]).data_dir == tmp_path
+    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "absent"))
+    with pytest.raises(SystemExit):  # no shared folder: --data-dir must be given
+        experiment_parser(None, "x").parse_args([])
+    assert experiment_parser(None, "x").parse_args(["--data-dir", "d"]).data_dir == Path("d")
