@@ -14,8 +14,9 @@ from eqface.data.dataset import AugmentedFaces, EpochBatchSampler, collate
 from eqface.data.image_folder import load_image_folder
 from eqface.data.image_ops import ImageDecodeError, decode_image, encode_image, fit_to_size
 from eqface.data.packs import light_angle_degrees, load_pack
-from eqface.data.recordio import RecordIOError, load_recordio, write_recordio
+from eqface.data.recordio import RecordIOError, load_recordio
 from eqface.data.synthetic import generate_synthetic
+from tests.support.recordio import write_recordio
 
 
 @pytest.fixture(scope="module")
