@@ -1,4 +1,4 @@
-"""insightface RecordIO (``train.rec`` + ``train.idx``, the MS1MV2 format), read and written without mxnet.
+"""insightface RecordIO (``train.rec`` + ``train.idx``, the MS1MV2 format), read without mxnet (tests/support/recordio.py writes it for the tests).
 
 Record framing (dmlc-core): uint32 magic 0xCED7230A, uint32 ``lrec`` (upper 3 bits: continuation flag, lower 29:
 length), payload, zero padding to 4 bytes. Payload: an IRHeader ``<IfQQ`` (flag, label, id, id2); when flag > 0 the
