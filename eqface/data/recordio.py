@@ -1,10 +1,10 @@
-"""insightface RecordIO (``train.rec`` + ``train.idx``, the MS1MV2 format), read without mxnet (tests/support/recordio.py writes it for the tests).
+"""insightface RecordIO (``train.rec`` + ``train.idx``, the MS1MV2 format), read without mxnet.
 
 Record framing (dmlc-core): uint32 magic 0xCED7230A, uint32 ``lrec`` (upper 3 bits: continuation flag, lower 29:
 length), payload, zero padding to 4 bytes. Payload: an IRHeader ``<IfQQ`` (flag, label, id, id2); when flag > 0 the
 label is instead ``flag`` float32 values that follow the header; then the encoded image. The ``.idx`` file has one
 ``<key>\\t<byte offset>`` line per record. In insightface packs record 0 is a header whose label holds the
-range [1, N) of image records.
+range [1, N) of image records. (tests/support/recordio.py writes such files for the tests.)
 """
 
 from __future__ import annotations
