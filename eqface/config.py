@@ -123,7 +123,7 @@ class EQFaceConfig:
     margin: MarginConfig = field(default_factory=MarginConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # Step 2 must see samples the frozen network finds hard, so it gets realistic degradations (DESIGN.md).
+    # Step 2 must see samples the frozen network finds hard, so it gets realistic degradations.
     quality_augment: AugmentConfig = field(
         default_factory=lambda: AugmentConfig(blur_p=0.3, noise_p=0.2, occlusion_p=0.2, lighting_p=0.3)
     )
