@@ -20,6 +20,7 @@ WORKDIR /opt/eqface
 FROM base AS wheel
 COPY pyproject.toml README.md ./
 COPY eqface ./eqface
+COPY components ./components
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # ------------------------------------------------------------------------------------------ GPU training image
@@ -34,7 +35,7 @@ COPY constraints.txt /opt/eqface/constraints.txt
 COPY --from=wheel /wheels /wheels
 # constraints.txt pins torch==2.13.0, which the +cuXXX build above satisfies, so pip keeps it.
 RUN pip install --constraint constraints.txt "$(ls /wheels/eqface-*.whl)[export,pipeline]" \
- && python -c "import torch, kfp, kfp.kubernetes, onnx, onnxruntime, tritonclient.grpc, boto3, google.cloud.storage; import eqface.pipeline.deploy, eqface.pipeline.training" \
+ && python -c "import torch, kfp, kfp.kubernetes, onnx, onnxruntime, tritonclient.grpc, boto3, google.cloud.storage; import eqface.workflow.deploy, eqface.workflow.training, components.pipeline" \
  && python -c "import torch; assert torch.version.cuda, 'torch is a CPU build'; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 # The NVIDIA container runtime exposes the driver's compute libraries only when asked.
 ENV NVIDIA_VISIBLE_DEVICES=all \

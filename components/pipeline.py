@@ -3,7 +3,7 @@ export ONNX → deploy (only when the evaluation passes its gate).
 
 KFP has no while-loops and ``dsl.ParallelFor`` runs its iterations side by side, so the sequential 3 → 2 rounds are
 unrolled when the pipeline is compiled: ``build_pipeline(iterations=N)`` (``eqface pipeline compile --iterations N``)
-writes a flat chain whose tasks are named after ``eqface.train.pipeline.step_plan`` (step1, step2-1, step3-1,
+writes a flat chain whose tasks are named after ``eqface.train.plan.step_plan`` (step1, step2-1, step3-1,
 step2-2, ...). A sub-pipeline per round would not change that (KFP v2 has no recursion, so it must be unrolled too),
 would nest every round one level deeper in the UI, and kfp 2.17's local runner cannot pass artifacts into one.
 
@@ -80,7 +80,7 @@ def build_pipeline(
     Raises:
         ValueError: ``iterations`` < 1 or an unknown preset.
     """
-    from eqface.pipeline.configure import preset_form
+    from eqface.workflow.configure import preset_form
 
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1 (the model ends on a Step 2 after a Step 3), got {iterations}")

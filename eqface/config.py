@@ -25,7 +25,7 @@ class ModelConfig:
     image_size: tuple[int, int] = contract.DEFAULT_IMAGE_SIZE  # (height, width)
     dropout: float = 0.0
     quality_hidden: int = 512
-    pretrained: str = ""  # optional backbone weights (.npz state dict or an eqface model .pt)
+    pretrained: str = ""  # optional backbone weights (.npz state dict or an eqface model .pt; shared:<file> allowed)
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,9 @@ class SyntheticConfig:
 class DataConfig:
     """Where training faces come from.
 
-    ``source``: ``synthetic``, ``npz`` (a pack from ../shared/data), ``folder`` (one sub-folder per identity) or
-    ``rec`` (insightface RecordIO .rec/.idx).
+    ``source`` (a name in ``eqface.data.factory.SOURCES``): ``synthetic``, ``npz`` (a pack), ``folder`` (one
+    sub-folder per identity) or ``rec`` (insightface RecordIO .rec/.idx). ``path``: a file path, or
+    ``shared:<file>`` for a file in the shared data folder (``eqface.paths``), so presets work from any directory.
     """
 
     source: Literal["synthetic", "npz", "folder", "rec"] = "synthetic"
@@ -114,7 +115,6 @@ class TrainConfig:
     step3_quality: Literal["precomputed", "online", "none"] = "precomputed"
     qwdf_threshold: float = 0.0  # QWDF: in Step 3, s_i < threshold counts as weight 0; 0 disables
     checkpoint_every: int = 50  # iterations between resumable checkpoints (and at every epoch end)
-    log_every: int = 0  # 0: one log line per epoch only
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class EQFaceConfig:
     margin: MarginConfig = field(default_factory=MarginConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # Step 2 must see samples the frozen network finds hard, so it gets realistic degradations (DESIGN.md).
+    # Step 2 must see samples the frozen network finds hard, so it gets realistic degradations.
     quality_augment: AugmentConfig = field(
         default_factory=lambda: AugmentConfig(blur_p=0.3, noise_p=0.2, occlusion_p=0.2, lighting_p=0.3)
     )
@@ -160,9 +160,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "backbone": "mobilefacenet",
             "embedding_size": 128,
             "image_size": (112, 96),
-            "pretrained": "../shared/data/weights/mobilefacenet_casia_xiaoccer_068.npz",
+            "pretrained": "shared:weights/mobilefacenet_casia_xiaoccer_068.npz",
         },
-        "data": {"source": "npz", "path": "../shared/data/celeba_wild_subset_rgb112.npz", "eval_identities": 40},
+        "data": {"source": "npz", "path": "shared:celeba_wild_subset_rgb112.npz", "eval_identities": 40},
         "train": {
             "batch_size": 64,
             "classifier_init": "centers",
@@ -189,7 +189,16 @@ def to_json(cfg: Any) -> str:
     return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
 
 
+# Fields that no longer exist but are in configs written next to earlier runs and checkpoints: read and ignored.
+_RETIRED = {"train": ("log_every",)}
+
+
 def config_from_dict(data: dict[str, Any]) -> EQFaceConfig:
+    """A stored config (``to_dict`` of an earlier run) as an EQFaceConfig; retired fields are ignored."""
+    data = dict(data)
+    for section, names in _RETIRED.items():
+        if isinstance(data.get(section), dict):
+            data[section] = {k: v for k, v in data[section].items() if k not in names}
     return merge(EQFaceConfig(), data)
 
 

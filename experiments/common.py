@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from eqface import paths
 from eqface.config import EQFaceConfig, ModelConfig, config_from_dict, merge
 from eqface.data.dataset import to_input_tensor
 from eqface.data.image_ops import fit_to_size
@@ -34,7 +35,6 @@ from eqface.train import checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "experiments" / "results"
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_RUN = REPO_ROOT / "runs" / "mfn-celeba"
 
 
@@ -76,7 +76,10 @@ def experiment_parser(description: str | None, name: str, model_help: str | None
     p = argparse.ArgumentParser(description=description)
     if model_help is not None:
         p.add_argument("--model", type=Path, default=DEFAULT_RUN / "model.pt", help=model_help)
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder of the shared face packs")
+    shared = paths.shared_data_dir()  # None on a machine without the shared data: then --data-dir is required
+    p.add_argument(
+        "--data-dir", type=Path, default=shared, required=shared is None, help="folder of the shared face packs"
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR / name, help="output folder")
     return p
 
@@ -109,13 +112,14 @@ def training_config(ref: ModelRef, data_dir: Path | None = None) -> EQFaceConfig
     """The model's training config; with ``data_dir`` the data pack is looked up there (same file name)."""
     cfg = config_from_dict(ref.config)
     if data_dir is not None and cfg.data.path:
-        cfg = merge(cfg, {"data": {"path": str(Path(data_dir) / Path(cfg.data.path).name)}})
+        name = Path(cfg.data.path.removeprefix(paths.PREFIX)).name  # a plain path or a shared:<file> preset path
+        cfg = merge(cfg, {"data": {"path": str(Path(data_dir) / name)}})
     return cfg
 
 
 def held_out_source(ref: ModelRef, data_dir: Path) -> FaceSource:
     """The identities the model's training run held out (``data.eval_identities``), rebuilt from its own config."""
-    from eqface.train.pipeline import load_training_data
+    from eqface.train.plan import load_training_data
 
     _, held_out = load_training_data(training_config(ref, data_dir))
     if held_out is None:

@@ -21,7 +21,7 @@ from components.prepare_data import prepare_data
 from components.train_backbone import train_backbone
 from components.train_quality import train_quality
 from components.train_weighted import train_weighted
-from eqface.pipeline.configure import preset_form
+from eqface.workflow.configure import preset_form
 
 pytestmark = pytest.mark.slow
 
@@ -182,7 +182,7 @@ def test_a_step_under_torchrun_trains_with_ddp_on_cpu(dataset, config_json, root
 
 
 def test_a_retried_step_reuses_its_work_folder_on_the_checkpoint_volume(dataset, config_json, root):
-    from eqface.pipeline.training import work_folder
+    from eqface.workflow.training import work_folder
 
     checkpoints = root / "work"
     first = artifact(dsl.Model, root, "try1")

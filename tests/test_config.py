@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from eqface.config import PRESETS, EQFaceConfig, apply_overrides, config_from_dict, preset, to_json
@@ -65,3 +66,46 @@ def test_bad_overrides_say_what_is_wrong(override: str, message: str) -> None:
 def test_unknown_preset_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="unknown preset 'huge'.*demo.*paper"):
         preset("huge")
+
+
+def test_preset_files_resolve_from_any_working_directory(tmp_path, monkeypatch) -> None:
+    """Presets name shared files as shared:<file>, found through eqface.paths wherever the command runs."""
+    from eqface import paths
+    from eqface.data import build_source
+
+    shared = tmp_path / "elsewhere" / "shared-data"
+    (shared / "weights").mkdir(parents=True)
+    (shared / "weights" / "mobilefacenet_casia_xiaoccer_068.npz").write_bytes(b"weights")
+    identities = np.repeat(np.arange(3), 2)
+    np.savez(
+        shared / "celeba_wild_subset_rgb112.npz",
+        images=np.zeros((6, 8, 8, 3), np.uint8),
+        identity=identities,
+        filename=np.array([f"{i}.jpg" for i in range(6)]),
+    )
+    monkeypatch.setenv(paths.ENV_VAR, str(shared))
+    monkeypatch.chdir(tmp_path)  # no ../shared/data from here
+    cfg = preset("mobilefacenet-celeba")
+    assert cfg.data.path.startswith(paths.PREFIX) and cfg.model.pretrained.startswith(paths.PREFIX)
+    assert paths.resolve(cfg.model.pretrained).read_bytes() == b"weights"
+    source = build_source(cfg.data, (8, 8))
+    assert len(source) == 6 and source.num_classes == 3
+
+
+def test_preset_data_loads_from_another_directory(shared_data, tmp_path, monkeypatch) -> None:
+    from eqface import paths
+
+    monkeypatch.delenv(paths.ENV_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = preset("mobilefacenet-celeba")
+    assert paths.resolve(cfg.data.path) == shared_data / "celeba_wild_subset_rgb112.npz"
+    assert paths.resolve(cfg.model.pretrained).is_file()
+
+
+def test_stored_configs_with_retired_fields_still_read() -> None:
+    stored = json.loads(to_json(preset("test")))
+    stored["train"]["log_every"] = 0  # written by runs before the field was removed
+    assert config_from_dict(stored) == preset("test")
+    stored["train"]["other"] = 1
+    with pytest.raises(ValueError, match="no field 'other'"):
+        config_from_dict(stored)

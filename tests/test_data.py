@@ -14,8 +14,9 @@ from eqface.data.dataset import AugmentedFaces, EpochBatchSampler, collate
 from eqface.data.image_folder import load_image_folder
 from eqface.data.image_ops import ImageDecodeError, decode_image, encode_image, fit_to_size
 from eqface.data.packs import light_angle_degrees, load_pack
-from eqface.data.recordio import RecordIOError, load_recordio, write_recordio
+from eqface.data.recordio import RecordIOError, load_recordio
 from eqface.data.synthetic import generate_synthetic
+from tests.support.recordio import write_recordio
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +164,39 @@ def test_identity_split_holds_out_whole_identities() -> None:
     train, held = split_identities(source, 2)
     assert train.num_classes == 4 and held.num_classes == 2
     assert set(train.names).isdisjoint(held.names)
+
+
+def test_unknown_source_lists_the_registered_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown data source 'parquet'; valid names: folder, npz, rec, synthetic"):
+        build_source(DataConfig(source="parquet"), (32, 32))
+
+
+def test_config_names_exactly_the_registered_sources() -> None:
+    import typing
+
+    from eqface.data.factory import SOURCES
+
+    literal = typing.get_type_hints(DataConfig)["source"]
+    assert sorted(typing.get_args(literal)) == SOURCES.names()
+
+
+@pytest.mark.parametrize("source", ["npz", "folder", "rec"])
+def test_file_sources_need_a_path(source: str) -> None:
+    with pytest.raises(ValueError, match=f"data.source={source} needs data.path"):
+        build_source(DataConfig(source=source), (32, 32))
+
+
+def test_sources_read_their_files_by_name(tmp_path, faces) -> None:
+    for i, img in enumerate(faces):
+        folder = tmp_path / "folder" / f"id{i // 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.png").write_bytes(encode_image(img, "PNG"))
+    write_recordio(tmp_path / "t.rec", ((encode_image(img, "PNG"), i // 4) for i, img in enumerate(faces)))
+    np.savez(tmp_path / "p.npz", images=faces, identity=np.arange(len(faces)) // 4)
+    for source, path in (("folder", "folder"), ("rec", "t.rec"), ("npz", "p.npz")):
+        built = build_source(DataConfig(source=source, path=str(tmp_path / path)), (48, 40))
+        assert len(built) == len(faces) and built.num_classes == 3, source
+        np.testing.assert_array_equal(built.image(5), faces[5])
 
 
 def test_shared_packs_load(shared_data) -> None:

@@ -17,7 +17,7 @@ import pytest
 from eqface.config import SyntheticConfig, preset
 from eqface.data.synthetic import generate_synthetic
 from eqface.train.distributed import DistEnv
-from eqface.train.pipeline import train_pipeline
+from eqface.train.plan import train_all_steps
 from experiments.common import ModelRef, load_model_ref
 
 
@@ -31,7 +31,7 @@ def few_bootstrap_replicates(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_run")
-    train_pipeline(preset("test"), out, DistEnv())
+    train_all_steps(preset("test"), out, DistEnv())
     return out
 
 
@@ -149,3 +149,27 @@ def test_fiqa_benchmark(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
                 low, high = values[f"ci_{limit}"]
                 assert low <= values[f"pauc_{limit}"] <= high
         assert set(stored["eqface_beats"][name]) == {"embedding_norm", "ser_fiq"}
+
+
+def test_a_model_trained_on_a_shared_pack_finds_it_in_data_dir(tiny_model: ModelRef, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from eqface.config import apply_overrides, to_dict
+    from experiments.common import training_config
+
+    for path in ("shared:celeba_wild_subset_rgb112.npz", "../shared/data/celeba_wild_subset_rgb112.npz"):
+        trained = to_dict(apply_overrides(preset("test"), ["data.source=npz", f"data.path={path}"]))
+        cfg = training_config(replace(tiny_model, config=trained), tmp_path)
+        assert cfg.data.path == str(tmp_path / "celeba_wild_subset_rgb112.npz")
+
+
+def test_data_dir_defaults_to_the_shared_data_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from eqface import paths
+    from experiments.common import experiment_parser
+
+    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path))
+    assert experiment_parser(None, "x").parse_args([]).data_dir == tmp_path
+    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "absent"))
+    with pytest.raises(SystemExit):  # no shared folder: --data-dir must be given
+        experiment_parser(None, "x").parse_args([])
+    assert experiment_parser(None, "x").parse_args(["--data-dir", "d"]).data_dir == Path("d")

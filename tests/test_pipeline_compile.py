@@ -10,8 +10,8 @@ import yaml
 from components.images import TRAINING_IMAGE
 from components.pipeline import ClusterSettings, compile_pipeline
 from eqface.cli import main
-from eqface.pipeline.configure import FORM_FIELDS
-from eqface.train.pipeline import step_plan
+from eqface.train.plan import step_plan
+from eqface.workflow.configure import FORM_FIELDS
 
 TRAINING_EXECUTORS = {"step1": "train-backbone", "step2": "train-quality", "step3": "train-weighted"}
 
@@ -178,7 +178,26 @@ def test_cli_compile_writes_the_yaml(tmp_path, capsys):
 
 
 def test_a_local_run_uses_no_cluster_paths():
-    from eqface.pipeline.local_run import local_cluster, pipeline_module
+    from components.local_run import local_cluster
 
-    cluster = local_cluster(pipeline_module())
+    cluster = local_cluster()
     assert cluster.checkpoint_root == "" and cluster.default_repository == ""
+
+
+def test_only_the_cli_imports_components():
+    """components sits above eqface: a core module importing it would make a circle (components imports eqface)."""
+    import ast
+
+    import eqface
+
+    package = Path(eqface.__file__).parent
+    offenders = []
+    for module in package.rglob("*.py"):
+        if module.relative_to(package).parts[0] == "cli":
+            continue
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{module.relative_to(package)}: {n}" for n in names if n.split(".")[0] == "components"]
+    assert not offenders

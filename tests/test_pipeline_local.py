@@ -106,8 +106,8 @@ def test_a_new_version_replaces_the_served_one(run, triton, workdir):
     from eqface.contract import InferenceSpec
     from eqface.export.onnx import export_onnx, onnx_session, run_onnx
     from eqface.models import build_model
-    from eqface.pipeline.deploy import deploy
     from eqface.serving.client import infer_tensor
+    from eqface.workflow.deploy import deploy
 
     cfg = preset("test").model
     torch.manual_seed(123)
@@ -127,7 +127,7 @@ def test_a_new_version_replaces_the_served_one(run, triton, workdir):
 
 def test_a_server_without_explicit_model_control_is_reported(tmp_path, request, run):
     from eqface.contract import InferenceSpec
-    from eqface.pipeline.deploy import load_version
+    from eqface.workflow.deploy import load_version
 
     with running_triton(tmp_path, request, model_control_mode="none") as server:
         with pytest.raises(RuntimeError, match="explicit"):

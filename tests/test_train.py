@@ -17,7 +17,8 @@ import torch
 from eqface.config import apply_overrides, preset
 from eqface.train import checkpoint
 from eqface.train.distributed import DistEnv
-from eqface.train.pipeline import step_plan, train_pipeline
+from eqface.train.plan import step_plan, train_all_steps, train_one_step
+from eqface.train.steps import Step
 
 CPU = DistEnv()
 
@@ -25,7 +26,7 @@ CPU = DistEnv()
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    train_pipeline(preset("test"), out, CPU)
+    train_all_steps(preset("test"), out, CPU)
     return out
 
 
@@ -33,7 +34,7 @@ def _params(state: dict, prefix: str) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state["net"].items() if k.startswith(prefix)}
 
 
-def test_pipeline_runs_1_2_3_2_and_writes_every_output(finished_run: Path) -> None:
+def test_all_steps_run_1_2_3_2_and_write_every_output(finished_run: Path) -> None:
     assert [folder for _, folder in step_plan(1)] == ["step1", "step2-1", "step3-1", "step2-2"]
     for folder in ("step1", "step2-1", "step3-1", "step2-2"):
         assert (finished_run / folder / "final.pt").is_file()
@@ -43,6 +44,16 @@ def test_pipeline_runs_1_2_3_2_and_writes_every_output(finished_run: Path) -> No
     assert (finished_run / "model.pt").read_bytes() == (finished_run / "step2-2" / "final.pt").read_bytes()
     net, cfg = checkpoint.load_model(finished_run / "model.pt")
     assert cfg.backbone == "tiny" and not net.training
+
+
+def test_one_step_at_a_time_trains_what_the_plan_trains(finished_run: Path, tmp_path: Path) -> None:
+    """The single-step runner (``eqface train --step``, the pipeline's components) is the plan's, step for step."""
+    cfg = preset("test")
+    train_one_step(Step.ONE, cfg, tmp_path / "step1", CPU)
+    state = train_one_step(Step.TWO, cfg, tmp_path / "step2", CPU, init_file=tmp_path / "step1" / "final.pt")
+    expected = checkpoint.load(finished_run / "step2-1" / "final.pt")
+    for key, value in expected["net"].items():
+        assert torch.equal(value, state["net"][key]), key
 
 
 def test_step2_leaves_backbone_and_classifier_bit_identical(finished_run: Path) -> None:
@@ -68,14 +79,14 @@ def test_step3_freezes_quality_and_retrains_backbone(finished_run: Path) -> None
 
 def test_a_finished_run_is_not_retrained(finished_run: Path) -> None:
     stamp = (finished_run / "model.pt").stat().st_mtime_ns
-    train_pipeline(preset("test"), finished_run, CPU)
+    train_all_steps(preset("test"), finished_run, CPU)
     assert (finished_run / "model.pt").stat().st_mtime_ns >= stamp
     assert (finished_run / "step1" / "final.pt").stat().st_mtime_ns < stamp
 
 
 def test_resuming_with_another_config_is_refused(finished_run: Path) -> None:
     with pytest.raises(ValueError, match="different configuration"):
-        train_pipeline(apply_overrides(preset("test"), ["train.seed=5"]), finished_run, CPU)
+        train_all_steps(apply_overrides(preset("test"), ["train.seed=5"]), finished_run, CPU)
 
 
 def _train_cmd(out: Path, *extra: str) -> list[str]:

@@ -40,7 +40,7 @@ def configure(
         overrides: ``section.field=value`` strings applied last (e.g. ``augment.blur_p=0.3``).
         iterations: rounds of Step 3 → Step 2 after Step 1 → Step 2 (fixed when the pipeline is compiled).
     """
-    from eqface.pipeline.configure import build_config, config_json
+    from eqface.workflow.configure import build_config, config_json
 
     form = {
         "data_source": data_source,

@@ -28,8 +28,8 @@ def deploy_triton(
     import os
     from collections import namedtuple
 
-    from eqface.pipeline.deploy import deploy
-    from eqface.pipeline.export import ONNX_FILE
+    from eqface.workflow.deploy import deploy
+    from eqface.workflow.export import ONNX_FILE
 
     result = deploy(
         os.path.join(onnx_model.path, ONNX_FILE),

@@ -25,9 +25,9 @@ def evaluate(
         min_quality_std: minimum standard deviation of the held-out qualities (a branch that says s = 1 for every
             face does not discriminate, whatever the accuracy).
     """
-    from eqface.pipeline.configure import config_from_json
-    from eqface.pipeline.dataset import with_dataset
-    from eqface.pipeline.evaluation import run_evaluation
+    from eqface.workflow.configure import config_from_json
+    from eqface.workflow.dataset import with_dataset
+    from eqface.workflow.evaluation import run_evaluation
 
     cfg = with_dataset(config_from_json(config_json), dataset.path)
     result = run_evaluation(model.path, cfg, report.path, summary.path, accuracy_threshold, min_quality_std)

@@ -14,9 +14,9 @@ def export_onnx(
     opset: int = 18,
 ):
     """Writes ``onnx_model/model.onnx``; fails when onnxruntime and torch disagree on real faces."""
-    from eqface.pipeline.configure import config_from_json
-    from eqface.pipeline.dataset import with_dataset
-    from eqface.pipeline.export import export_step
+    from eqface.workflow.configure import config_from_json
+    from eqface.workflow.dataset import with_dataset
+    from eqface.workflow.export import export_step
 
     cfg = with_dataset(config_from_json(config_json), dataset.path)
     onnx_model.metadata.update(export_step(model.path, onnx_model.path, cfg, opset))

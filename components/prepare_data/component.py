@@ -20,8 +20,8 @@ def prepare_data(
         materialize: pack (copy the faces into the artifact), reference (leave them on the volume) or auto (pack up
             to ``pack_max_images`` images; object-store data and synthetic faces are always packed).
     """
-    from eqface.pipeline.configure import config_from_json
-    from eqface.pipeline.dataset import prepare_dataset
+    from eqface.workflow.configure import config_from_json
+    from eqface.workflow.dataset import prepare_dataset
 
     prepared = prepare_dataset(config_from_json(config_json), dataset.path, materialize, pack_max_images)
     dataset.metadata.update(prepared.metadata())

@@ -24,8 +24,8 @@ def train_quality(
         checkpoint_root: a persistent volume path; the step trains in <root>/<run_id>/<stage> so that a retried pod
             resumes from its last checkpoint ("" trains in the output artifact).
     """
-    from eqface.pipeline.configure import config_from_json
-    from eqface.pipeline.training import train_step, work_folder
+    from eqface.workflow.configure import config_from_json
+    from eqface.workflow.training import train_step, work_folder
 
     metadata = train_step(
         "step2",

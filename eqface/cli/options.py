@@ -16,8 +16,8 @@ def add_config_options(parser: argparse.ArgumentParser, default_preset: str = "d
         default=default_preset,
         choices=sorted(PRESETS),
         help="starting configuration (default: %(default)s). demo: tiny backbone on built-in synthetic faces, a few "
-        "minutes on a CPU; test: seconds; mobilefacenet-celeba: pretrained MobileFaceNet + CelebA pack from "
-        "../shared/data; paper: IResNet-100 with the paper's schedules",
+        "minutes on a CPU; test: seconds; mobilefacenet-celeba: pretrained MobileFaceNet + CelebA pack from the "
+        "shared data folder (../shared/data or $EQFACE_SHARED_DATA); paper: IResNet-100 with the paper's schedules",
     )
     group.add_argument(
         "--config",

@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pipeline",
         help="Kubeflow pipeline: compile to YAML, or run it locally",
-        description="The training-to-serving pipeline of components/ (needs the source checkout).",
+        description="The training-to-serving pipeline of the components package (pip install '.[pipeline]').",
     )
     commands = p.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
     _add_compile_parser(commands)
@@ -84,9 +84,8 @@ def _add_run_local_parser(commands: argparse._SubParsersAction) -> None:
 def run_compile(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from eqface.pipeline.local_run import pipeline_module
+    from components.pipeline import ClusterSettings, compile_pipeline
 
-    module = pipeline_module()
     names = (
         "image",
         "data_pvc",
@@ -98,8 +97,8 @@ def run_compile(args: argparse.Namespace) -> int:
         "train_retries",
     )
     changes = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    cluster = replace(module.ClusterSettings(), cache_data=args.cache_data, **changes)
-    path = module.compile_pipeline(args.out, iterations=args.iterations, preset=args.preset, cluster=cluster)
+    cluster = replace(ClusterSettings(), cache_data=args.cache_data, **changes)
+    path = compile_pipeline(args.out, iterations=args.iterations, preset=args.preset, cluster=cluster)
     print(
         f"wrote {path} ({args.iterations} iteration{'s' if args.iterations != 1 else ''} of Step 3 → Step 2, "
         f"image {cluster.image}); upload it in the Kubeflow UI (Pipelines → Upload pipeline)"
@@ -108,7 +107,7 @@ def run_compile(args: argparse.Namespace) -> int:
 
 
 def run_local(args: argparse.Namespace) -> int:
-    from eqface.pipeline.local_run import run_local as run
+    from components.local_run import run_local as run
 
     result = run(
         args.root,

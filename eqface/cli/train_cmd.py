@@ -1,4 +1,4 @@
-"""``eqface train``: the whole 1 → 2 → (3 → 2) pipeline, or one step from a checkpoint."""
+"""``eqface train``: the whole 1 → 2 → (3 → 2) plan, or one step from a checkpoint."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train EQFace (Step 1 → 2 → 3 → 2) and report accuracy and quality",
-        description="Trains the EQFace pipeline into --out. Re-running the same command resumes an interrupted run "
+        description="Trains the EQFace steps into --out. Re-running the same command resumes an interrupted run "
         "(mid-epoch, from the last checkpoint). Under torchrun it trains with DistributedDataParallel "
         "(NCCL on GPUs, gloo on CPU).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--step",
         choices=sorted(STEPS),
         default="all",
-        help="all: the whole pipeline; 1/2/3: only that step, into --out (Steps 2 and 3 need --init)",
+        help="all: every step in order; 1/2/3: only that step, into --out (Steps 2 and 3 need --init)",
     )
     p.add_argument(
         "--init",
@@ -40,11 +40,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Heavy imports here so `eqface --help` stays fast.
-    from eqface.train import checkpoint
     from eqface.train.distributed import init_distributed, shutdown
-    from eqface.train.pipeline import MODEL_FILE, load_training_data, train_pipeline
+    from eqface.train.plan import MODEL_FILE, train_all_steps, train_one_step
     from eqface.train.steps import Step
-    from eqface.train.trainer import run_step
+    from eqface.train.trainer import FINAL
 
     cfg = resolve_config(args)
     if args.step in ("2", "3") and args.init is None:
@@ -52,13 +51,11 @@ def run(args: argparse.Namespace) -> int:
     env = init_distributed(cfg.train.device)
     try:
         if args.step == "all":
-            state = train_pipeline(cfg, args.out, env)
+            state = train_all_steps(cfg, args.out, env)
             model_path = args.out / MODEL_FILE
         else:
-            train_source, _ = load_training_data(cfg)
-            init = checkpoint.load(args.init) if args.init else None
-            state = run_step(Step(STEPS[args.step]), cfg, train_source, args.out, env, init)
-            model_path = args.out / "final.pt"
+            state = train_one_step(Step(STEPS[args.step]), cfg, args.out, env, args.init)
+            model_path = args.out / FINAL
         if env.is_main:
             print(f"model: {model_path}")
             if not args.no_summary:
@@ -70,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(cfg, state, out: Path, device) -> None:
     from eqface.models import build_model
-    from eqface.train.pipeline import load_training_data
-    from eqface.train.summary import format_summary, summarize
+    from eqface.train.heldout import evaluate_held_out
+    from eqface.train.plan import load_training_data
+    from eqface.train.summary import format_summary, summary_dict
 
     _, held_out = load_training_data(cfg)
     if held_out is None:
@@ -79,7 +77,7 @@ def _report(cfg, state, out: Path, device) -> None:
         return
     net = build_model(cfg.model)
     net.load_state_dict(state["net"])
-    summary = summarize(net, held_out, tuple(cfg.model.image_size), device, cfg.train.seed)
+    summary = summary_dict(evaluate_held_out(net, held_out, tuple(cfg.model.image_size), device, cfg.train.seed))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
     print(f"summary: {out / 'summary.json'}")

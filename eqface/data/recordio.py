@@ -1,16 +1,15 @@
-"""insightface RecordIO (``train.rec`` + ``train.idx``, the MS1MV2 format), read and written without mxnet.
+"""insightface RecordIO (``train.rec`` + ``train.idx``, the MS1MV2 format), read without mxnet.
 
 Record framing (dmlc-core): uint32 magic 0xCED7230A, uint32 ``lrec`` (upper 3 bits: continuation flag, lower 29:
 length), payload, zero padding to 4 bytes. Payload: an IRHeader ``<IfQQ`` (flag, label, id, id2); when flag > 0 the
 label is instead ``flag`` float32 values that follow the header; then the encoded image. The ``.idx`` file has one
 ``<key>\\t<byte offset>`` line per record. In insightface packs record 0 is a header whose label holds the
-range [1, N) of image records.
+range [1, N) of image records. (tests/support/recordio.py writes such files for the tests.)
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import numpy as np
 from eqface.data.sources import EncodedSource
 
 MAGIC = 0xCED7230A
-_HEADER = struct.Struct("<IfQQ")
+HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2 before each image (mxnet IRHeader)
 _LENGTH_MASK = (1 << 29) - 1
 
 
@@ -62,10 +61,10 @@ def read_record(f, offset: int, where: str) -> bytes:
 
 def unpack_payload(payload: bytes, where: str) -> tuple[np.ndarray, bytes]:
     """Splits an IRHeader payload into (label values, image bytes)."""
-    if len(payload) < _HEADER.size:
+    if len(payload) < HEADER.size:
         raise RecordIOError(f"{where}: payload shorter than its header")
-    flag, label, _, _ = _HEADER.unpack_from(payload)
-    body = payload[_HEADER.size :]
+    flag, label, _, _ = HEADER.unpack_from(payload)
+    body = payload[HEADER.size :]
     if flag > 0:
         if len(body) < 4 * flag:
             raise RecordIOError(f"{where}: header announces {flag} labels but the record is too short")
@@ -99,10 +98,10 @@ def load_recordio(rec_path: str | Path) -> EncodedSource:
 def _read_label(f, offset: int, where: str) -> int:
     """The first label value of a record, reading only its header (an MS1MV2 .rec is tens of GB)."""
     f.seek(offset)
-    head = f.read(8 + _HEADER.size)
-    if len(head) != 8 + _HEADER.size or struct.unpack_from("<I", head)[0] != MAGIC:
+    head = f.read(8 + HEADER.size)
+    if len(head) != 8 + HEADER.size or struct.unpack_from("<I", head)[0] != MAGIC:
         raise RecordIOError(f"{where}: bad or truncated record at byte {offset}")
-    flag, label, _, _ = _HEADER.unpack_from(head, 8)
+    flag, label, _, _ = HEADER.unpack_from(head, 8)
     if flag > 0:
         return int(np.frombuffer(f.read(4), dtype=np.float32)[0])
     return int(label)
@@ -115,26 +114,3 @@ def _image_keys(f, index: dict[int, int], rec_path: Path) -> list[int]:
     if len(label) >= 2 and label[0] > 0:  # insightface header record: images are keys [1, label[0])
         return [k for k in range(1, int(label[0])) if k in index]
     return sorted(index)
-
-
-def write_recordio(rec_path: str | Path, items: Iterable[tuple[bytes, int]]) -> int:
-    """Writes (encoded image, label) pairs as an insightface-style .rec/.idx pair (with header record 0)."""
-    rec_path = Path(rec_path)
-    items = list(items)
-    records = [(0, _pack(np.asarray([len(items) + 1, len(items) + 1], dtype=np.float32), b""))]
-    records += [(i + 1, _pack(np.asarray(label, dtype=np.float32), img)) for i, (img, label) in enumerate(items)]
-    lines = []
-    with rec_path.open("wb") as f:
-        for key, payload in records:
-            lines.append(f"{key}\t{f.tell()}")
-            f.write(struct.pack("<II", MAGIC, len(payload)))
-            f.write(payload + b"\0" * ((4 - len(payload) % 4) % 4))
-    rec_path.with_suffix(".idx").write_text("\n".join(lines) + "\n")
-    return len(items)
-
-
-def _pack(label: np.ndarray, img: bytes) -> bytes:
-    label = np.atleast_1d(label).astype(np.float32)
-    if label.size == 1:
-        return _HEADER.pack(0, float(label[0]), 0, 0) + img
-    return _HEADER.pack(label.size, 0.0, 0, 0) + label.tobytes() + img

@@ -1,7 +1,7 @@
 """Checkpoint files: plain dicts of tensors, numbers and strings, written atomically and read with weights_only=True.
 
 Two kinds share one loader: a resumable training checkpoint (``checkpoint.pt``: + optimizer, RNG, position) and a
-step's final weights (``final.pt``, also the pipeline's ``model.pt``): network + classifier + the model config.
+step's final weights (``final.pt``, also the training plan's ``model.pt``): network + classifier + the model config.
 """
 
 from __future__ import annotations

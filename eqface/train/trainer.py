@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from eqface import paths
 from eqface.config import EQFaceConfig, ScheduleConfig, to_json
 from eqface.data.augment import Augmenter
 from eqface.data.dataset import AugmentedFaces, EpochBatchSampler, collate, to_input_tensor
@@ -118,7 +119,7 @@ def _prepare_networks(
     elif step is not Step.ONE:
         raise ValueError(f"{step.value} starts from the previous step's final.pt (give an init checkpoint)")
     elif cfg.model.pretrained:
-        load_backbone_weights(net.backbone, cfg.model.pretrained)
+        load_backbone_weights(net.backbone, paths.resolve(cfg.model.pretrained))
     if step is Step.TWO:
         net.quality.load_state_dict(fresh_net.quality.state_dict())  # each Step 2 fits a new branch
     if step is Step.THREE:

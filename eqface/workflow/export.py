@@ -19,7 +19,7 @@ PARITY_IMAGES = 64
 def export_step(model_dir: str | Path, out_dir: str | Path, cfg: EQFaceConfig, opset: int = 18) -> dict[str, Any]:
     """Writes ``out_dir/model.onnx`` and returns the artifact's metadata (shapes, size, sha256, parity).
 
-    ``cfg`` must read the prepared dataset (see :func:`eqface.pipeline.dataset.with_dataset`): parity is measured on
+    ``cfg`` must read the prepared dataset (see :func:`eqface.workflow.dataset.with_dataset`): parity is measured on
     up to 64 of its held-out faces at batch sizes 1, 7 and all of them.
 
     Raises:
@@ -29,7 +29,7 @@ def export_step(model_dir: str | Path, out_dir: str | Path, cfg: EQFaceConfig, o
     from eqface.export.onnx import export_model_file, onnx_session
     from eqface.export.parity import PARITY_TOLERANCE, parity_by_batch_size
     from eqface.train.checkpoint import load_model
-    from eqface.train.pipeline import load_training_data
+    from eqface.train.plan import load_training_data
     from eqface.train.trainer import FINAL
 
     out = Path(out_dir)

@@ -1,8 +1,5 @@
-"""The evaluate step: verification and quality on the held-out identities, the numbers the UI shows, and the gate.
-
-The headline numbers are those of ``eqface train``'s summary (same pairs, same 10-fold protocol, same degradations at
-the same strength); the arrays behind them are kept for the report's plots. EDC starts at the lowest of FMR 1e-3,
-1e-2, 1e-1 that the impostor pairs can reach (a small held-out set cannot reach 1e-3).
+"""The evaluate step: the held-out evaluation (:mod:`eqface.train.heldout`, the numbers of ``eqface train``'s
+summary) of the final model, the scalar metrics the Kubeflow UI shows, the reports and the deploy gate.
 """
 
 from __future__ import annotations
@@ -13,112 +10,31 @@ from pathlib import Path
 import numpy as np
 
 from eqface.config import EQFaceConfig
-from eqface.eval.edc import EdcCurve, edc_curve, edc_pauc, pair_quality, random_quality
-from eqface.eval.pairs import cosine_scores, make_pairs
-from eqface.eval.roc import RocCurve, max_false_accepts, roc_curve, tar_at_far
-from eqface.eval.verification import kfold_accuracy
-
-FARS = (1e-4, 1e-3, 1e-2, 1e-1)
-EDC_START_FMRS = (1e-3, 1e-2, 1e-1)
-EDC_DISCARD_LIMIT = 0.2
+from eqface.eval.edc import edc_pauc
+from eqface.train.heldout import EDC_DISCARD_LIMIT, HeldOutEvaluation
+from eqface.workflow import report
 
 
-@dataclass
-class Evaluation:
-    """Everything the evaluate step measured on the held-out identities."""
-
-    identities: int
-    images: int
-    accuracy: float
-    accuracy_std: float
-    roc: RocCurve
-    tar: dict[float, float | None]
-    scores: np.ndarray
-    issame: np.ndarray
-    quality: dict[str, np.ndarray]  # "clean" and each degradation → per-image quality
-    edc: EdcCurve | None
-    edc_random: EdcCurve | None
-    degradation: np.ndarray | None = None  # synthetic ground truth: degradation strength per image (0 = clean)
-
-    @property
-    def auc(self) -> float:
-        from sklearn import metrics
-
-        return float(metrics.auc(self.roc.far, self.roc.tar))
-
-    @property
-    def spearman(self) -> float | None:
-        if self.degradation is None:
-            return None
-        from scipy.stats import spearmanr
-
-        return float(spearmanr(self.quality["clean"], self.degradation).statistic)
-
-
-def held_out_pairs(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The genuine/impostor pairs ``eqface.train.summary.verification`` scores (same counts, same generator)."""
-    from eqface.train.summary import MAX_PAIRS
-
-    counts = np.bincount(labels)
-    n_genuine = int(min(MAX_PAIRS, (counts * (counts - 1) // 2).sum()))
-    n_total = len(labels) * (len(labels) - 1) // 2
-    n_impostor = int(min(max(n_genuine, 10), n_total - n_genuine, MAX_PAIRS))
-    return make_pairs(labels, n_genuine, n_impostor, np.random.default_rng(seed))
-
-
-def evaluate_model(model_file: str | Path, cfg: EQFaceConfig) -> Evaluation:
-    """Embeds the held-out identities of ``cfg.data`` (clean and degraded) with the model in ``model_file``.
+def evaluate_model(model_file: str | Path, cfg: EQFaceConfig) -> HeldOutEvaluation:
+    """The held-out evaluation of the model in ``model_file`` on the held-out identities of ``cfg.data``.
 
     Raises:
         ValueError: the data has no held-out identities (``data.eval_identities`` is 0).
     """
-    from eqface.data.augment import DEGRADATIONS
     from eqface.train.checkpoint import load_model
     from eqface.train.distributed import resolve_device
-    from eqface.train.pipeline import load_training_data
-    from eqface.train.summary import degraded_copy
-    from eqface.train.trainer import embed_source
+    from eqface.train.heldout import evaluate_held_out
+    from eqface.train.plan import load_training_data
 
     net, model_cfg = load_model(model_file)
     _, held_out = load_training_data(cfg)
     if held_out is None:
         raise ValueError("no held-out identities to evaluate on (data.eval_identities is 0)")
     device = resolve_device(cfg.train.device)
-    size = tuple(model_cfg.image_size)
-    seed = cfg.train.seed
-    emb, q = embed_source(net, held_out, size, device, desc="held-out faces")
-    quality = {"clean": q}
-    for kind in DEGRADATIONS:
-        quality[kind] = embed_source(net, degraded_copy(held_out, size, kind, seed), size, device, desc=kind)[1]
-    a, b, same = held_out_pairs(held_out.labels, seed)
-    scores = cosine_scores(emb[a], emb[b])
-    verification = kfold_accuracy(scores, same)
-    edc, edc_random = _edc_curves(scores, same, pair_quality(q, a, b), pair_quality(random_quality(len(q), seed), a, b))
-    return Evaluation(
-        identities=held_out.num_classes,
-        images=len(held_out),
-        accuracy=verification.mean,
-        accuracy_std=verification.std,
-        roc=roc_curve(scores, same),
-        tar=tar_at_far(scores, same, FARS),
-        scores=scores,
-        issame=same,
-        quality=quality,
-        edc=edc,
-        edc_random=edc_random,
-        degradation=held_out.extras.get("degradation"),
-    )
+    return evaluate_held_out(net, held_out, tuple(model_cfg.image_size), device, cfg.train.seed)
 
 
-def _edc_curves(scores, same, pair_q, random_q) -> tuple[EdcCurve | None, EdcCurve | None]:
-    n_impostor = int((~same).sum())
-    for fmr in EDC_START_FMRS:
-        if max_false_accepts(fmr, n_impostor) is not None:
-            return edc_curve(scores, same, pair_q, fmr), edc_curve(scores, same, random_q, fmr)
-    return None, None
-
-
-def metric_values(ev: Evaluation) -> dict[str, float]:
+def metric_values(ev: HeldOutEvaluation) -> dict[str, float]:
     """Scalar metrics for the Kubeflow UI (names are stable: dashboards and run comparisons key on them)."""
     q = ev.quality["clean"]
     values: dict[str, float] = {
@@ -183,11 +99,10 @@ def run_evaluation(
 ) -> EvaluationOutputs:
     """Evaluates the final model, writes the HTML and Markdown reports and decides whether it may be deployed.
 
-    ``cfg`` must read the prepared dataset (see :func:`eqface.pipeline.dataset.with_dataset`).
+    ``cfg`` must read the prepared dataset (see :func:`eqface.workflow.dataset.with_dataset`).
     """
-    from eqface.pipeline import report
-    from eqface.pipeline.training import read_history
     from eqface.train.trainer import FINAL
+    from eqface.workflow.training import read_history
 
     ev = evaluate_model(Path(model_dir) / FINAL, cfg)
     values = metric_values(ev)

@@ -144,7 +144,7 @@ class GcsStore:
         return sorted(p[len(prefix) :].rstrip("/") for p in pages.prefixes)
 
 
-def open_store(uri: ObjectUri) -> ObjectStore:
+def open_object_store(uri: ObjectUri) -> ObjectStore:
     return S3Store(uri.bucket, uri.endpoint) if uri.scheme == "s3" else GcsStore(uri.bucket)
 
 
@@ -160,7 +160,7 @@ def upload_tree(local_dir: str | Path, destination: str, last: tuple[str, ...] =
     """
     local_dir = Path(local_dir)
     target = ObjectUri.parse(destination)
-    store = open_store(target)
+    store = open_object_store(target)
     entries = sorted(local_dir.rglob("*"))
     files = [p for p in entries if p.is_file()]
     files.sort(key=lambda p: p.relative_to(local_dir).as_posix() in last)
@@ -186,7 +186,7 @@ def download(source: str, destination: str | Path) -> Path:
         FileNotFoundError: nothing exists at ``source``.
     """
     uri = ObjectUri.parse(source)
-    store = open_store(uri)
+    store = open_object_store(uri)
     destination = Path(destination)
     keys = store.list_keys(uri.key)
     if uri.key in keys:
@@ -212,4 +212,4 @@ def list_children(location: str) -> list[str]:
         path = Path(location)
         return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
     uri = ObjectUri.parse(location)
-    return open_store(uri).list_children(_folder_prefix(uri.key))
+    return open_object_store(uri).list_children(_folder_prefix(uri.key))

@@ -20,11 +20,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from eqface import paths
 from eqface.config import DataConfig, EQFaceConfig, merge
 from eqface.data import build_source, split_identities
 from eqface.data.image_ops import ImageDecodeError
 from eqface.data.sources import EncodedSource, FaceSource, SubsetSource
-from eqface.pipeline import storage
+from eqface.workflow import storage
 
 MANIFEST = "dataset.json"
 PACK = "faces.npz"
@@ -106,7 +107,7 @@ def prepare_dataset(
             prepared = {**_as_dict(data), "source": "npz", "path": PACK, "original_source": data.source}
         else:
             _readable(source.subset(_sample(len(source)), relabel=False), skip=False)
-            prepared = {**_as_dict(data), "path": str(Path(data.path).resolve())}
+            prepared = {**_as_dict(data), "path": str(paths.resolve(data.path).resolve())}
     _, held_out = split_identities(source, data.eval_identities)
     result = PreparedDataset(
         data=prepared,

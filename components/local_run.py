@@ -1,40 +1,24 @@
 """``eqface pipeline run-local``: the whole Kubeflow pipeline on this machine with kfp's SubprocessRunner.
 
 Every component runs as a subprocess of this interpreter (``use_venv=False``: the current environment, where eqface
-is installed); resources, volumes and secrets are ignored locally. The pipeline definition lives in ``components/``
-of the source checkout, next to the ``eqface`` package.
+and components are installed); resources, volumes and secrets are ignored locally.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from components.pipeline import ClusterSettings, build_pipeline
 
 
-def pipeline_module() -> ModuleType:
-    """``components.pipeline`` from the checkout this package was installed from (an editable install)."""
-    if not (REPO_ROOT / "components" / "pipeline.py").is_file():
-        raise FileNotFoundError(
-            f"components/pipeline.py not found beside the eqface package ({REPO_ROOT}): the pipeline commands need "
-            "the source checkout (pip install -e '.[pipeline]')"
-        )
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    return importlib.import_module("components.pipeline")
-
-
-def local_cluster(module: ModuleType):
+def local_cluster() -> ClusterSettings:
     """Cluster settings without volumes or secret: paths such as /mnt/work mean nothing on this machine."""
-    return module.ClusterSettings(data_pvc="", work_pvc="", models_pvc="", object_store_secret="")
+    return ClusterSettings(data_pvc="", work_pvc="", models_pvc="", object_store_secret="")
 
 
 @dataclass(frozen=True)
@@ -63,11 +47,10 @@ def run_local(
     """Runs the pipeline (form defaults from ``preset``) and returns where its results are."""
     from kfp import local
 
-    from eqface.pipeline.deploy import existing_versions
+    from eqface.workflow.deploy import existing_versions
 
     root, repository = Path(root).resolve(), Path(repository).resolve()
-    module = pipeline_module()
-    pipeline = module.build_pipeline(iterations=iterations, preset=preset, cluster=local_cluster(module))
+    pipeline = build_pipeline(iterations=iterations, preset=preset, cluster=local_cluster())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     before = set(existing_versions(str(repository)))
     started = time.monotonic()

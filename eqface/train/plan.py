@@ -1,4 +1,4 @@
-"""The EQFace training pipeline: Step 1 → Step 2 → (Step 3 → Step 2) × iterations, resumable by re-running.
+"""The EQFace training plan: Step 1 → Step 2 → (Step 3 → Step 2) × iterations, resumable by re-running.
 
 Layout of ``out_dir``: ``config.json`` (resolved), one folder per step (``step1``, ``step2-1``, ``step3-1``,
 ``step2-2``, …) with its ``final.pt``/``checkpoint.pt``/``log.jsonl``, ``model.pt`` (the final network: a quality
@@ -15,6 +15,7 @@ from typing import Any
 from eqface.config import EQFaceConfig, config_from_dict, to_dict, to_json
 from eqface.data import build_source, split_identities
 from eqface.data.sources import FaceSource
+from eqface.train import checkpoint
 from eqface.train.distributed import DistEnv, barrier
 from eqface.train.steps import Step
 from eqface.train.trainer import FINAL, run_step
@@ -36,6 +37,18 @@ def load_training_data(cfg: EQFaceConfig) -> tuple[FaceSource, FaceSource | None
     return split_identities(source, cfg.data.eval_identities)
 
 
+def train_one_step(
+    step: Step, cfg: EQFaceConfig, out_dir: str | Path, env: DistEnv, init_file: str | Path | None = None
+) -> dict[str, Any]:
+    """Runs (or resumes) one step into ``out_dir``, starting from the previous step's ``final.pt`` when given.
+
+    The single-step entry of ``eqface train --step`` and of the pipeline's training components.
+    """
+    train_source, _ = load_training_data(cfg)
+    init = checkpoint.load(init_file) if init_file is not None else None
+    return run_step(step, cfg, train_source, Path(out_dir), env, init)
+
+
 def check_run_dir(out_dir: Path, cfg: EQFaceConfig) -> None:
     """Refuses to resume a run folder that was started with a different configuration."""
     stored = out_dir / "config.json"
@@ -45,7 +58,7 @@ def check_run_dir(out_dir: Path, cfg: EQFaceConfig) -> None:
             raise ValueError(f"{out_dir} holds a run with a different configuration; use another --out folder")
 
 
-def train_pipeline(cfg: EQFaceConfig, out_dir: str | Path, env: DistEnv) -> dict[str, Any]:
+def train_all_steps(cfg: EQFaceConfig, out_dir: str | Path, env: DistEnv) -> dict[str, Any]:
     """Runs (or resumes) every step and returns the final state (also written to ``out_dir/model.pt``)."""
     out_dir = Path(out_dir)
     check_run_dir(out_dir, cfg)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from eqface.pipeline.evaluation import EDC_DISCARD_LIMIT, Evaluation
+from eqface.train.heldout import EDC_DISCARD_LIMIT, HeldOutEvaluation
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,12 @@ class Table:
         return f"<h3>{html.escape(self.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def tables(ev: Evaluation, values: dict[str, float], gate_lines: Sequence[str], run: dict[str, Any]) -> list[Table]:
+def tables(
+    ev: HeldOutEvaluation, values: dict[str, float], gate_lines: Sequence[str], run: dict[str, Any]
+) -> list[Table]:
     verification = [
         ("held-out identities / images", f"{ev.identities} / {ev.images}"),
-        ("genuine / impostor pairs", f"{int(ev.issame.sum())} / {int((~ev.issame).sum())}"),
+        ("genuine / impostor pairs", f"{ev.genuine_pairs} / {ev.impostor_pairs}"),
         ("10-fold verification accuracy", f"{100 * ev.accuracy:.2f}% ± {100 * ev.accuracy_std:.2f}"),
         ("ROC AUC", f"{ev.auc:.4f}"),
     ]
@@ -71,7 +73,7 @@ def tables(ev: Evaluation, values: dict[str, float], gate_lines: Sequence[str], 
     ]
 
 
-def figures(ev: Evaluation, history: list[dict[str, Any]]) -> dict[str, Figure]:
+def figures(ev: HeldOutEvaluation, history: list[dict[str, Any]]) -> dict[str, Figure]:
     out = {"ROC on held-out pairs": _roc(ev), "Quality by condition": _quality(ev)}
     if ev.edc is not None:
         out["Error versus discard (EDC)"] = _edc(ev)
@@ -117,7 +119,7 @@ def _figure(width: float = 6.0, height: float = 4.0) -> tuple[Figure, Any]:
     return fig, fig.add_subplot()
 
 
-def _roc(ev: Evaluation) -> Figure:
+def _roc(ev: HeldOutEvaluation) -> Figure:
     fig, ax = _figure()
     far = np.maximum(ev.roc.far, 1.0 / max(ev.roc.n_impostor, 1) / 2)  # FAR 0 on a log axis
     ax.plot(far, ev.roc.tar, lw=2)
@@ -132,7 +134,7 @@ def _roc(ev: Evaluation) -> Figure:
     return fig
 
 
-def _quality(ev: Evaluation) -> Figure:
+def _quality(ev: HeldOutEvaluation) -> Figure:
     fig = Figure(figsize=(10, 4))
     hist, bars = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     bins = np.linspace(0, 1, 21)
@@ -149,7 +151,7 @@ def _quality(ev: Evaluation) -> Figure:
     return fig
 
 
-def _edc(ev: Evaluation) -> Figure:
+def _edc(ev: HeldOutEvaluation) -> Figure:
     fig, ax = _figure()
     ax.plot(ev.edc.discard_fractions, ev.edc.fnmr, lw=2, label="EQFace quality")
     ax.plot(ev.edc_random.discard_fractions, ev.edc_random.fnmr, lw=1, ls="--", label="random quality")
@@ -163,7 +165,7 @@ def _edc(ev: Evaluation) -> Figure:
     return fig
 
 
-def _quality_vs_degradation(ev: Evaluation) -> Figure:
+def _quality_vs_degradation(ev: HeldOutEvaluation) -> Figure:
     fig, ax = _figure()
     ax.scatter(ev.degradation, ev.quality["clean"], s=8, alpha=0.6)
     ax.set(

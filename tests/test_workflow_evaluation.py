@@ -1,4 +1,4 @@
-"""The evaluate step's numbers equal ``eqface train``'s summary; its gate and report."""
+"""The evaluate step: its numbers are ``eqface train``'s summary's; its gate and report."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from eqface.models import build_model
-from eqface.pipeline import report
-from eqface.pipeline.configure import build_config, preset_form
-from eqface.pipeline.dataset import prepare_dataset, with_dataset
-from eqface.pipeline.evaluation import evaluate_model, gate, metric_values, run_evaluation
+from eqface.workflow import report
+from eqface.workflow.configure import build_config, preset_form
+from eqface.workflow.dataset import prepare_dataset, with_dataset
+from eqface.workflow.evaluation import evaluate_model, gate, metric_values, run_evaluation
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +30,19 @@ def setup(tmp_path_factory):
 
 
 def test_numbers_equal_the_training_summary(setup):
-    from eqface.train.pipeline import load_training_data
-    from eqface.train.summary import summarize
+    """The model loaded from its file scores as the network in memory, and the UI metrics are the summary's."""
+    from eqface.train.heldout import evaluate_held_out
+    from eqface.train.plan import load_training_data
+    from eqface.train.summary import summary_dict
 
     root, cfg, net = setup
     ev = evaluate_model(root / "model" / "final.pt", cfg)
     _, held_out = load_training_data(cfg)
-    expected = summarize(net.eval(), held_out, tuple(cfg.model.image_size), torch.device("cpu"), cfg.train.seed)
+    in_memory = evaluate_held_out(
+        net.eval(), held_out, tuple(cfg.model.image_size), torch.device("cpu"), cfg.train.seed
+    )
+    np.testing.assert_allclose(ev.scores, in_memory.scores, atol=1e-6)
+    expected = summary_dict(in_memory)
     values = metric_values(ev)
     assert values["verification_accuracy"] == pytest.approx(expected["verification"]["accuracy"], abs=1e-12)
     assert values["verification_auc"] == pytest.approx(expected["verification"]["auc"], abs=1e-12)
@@ -44,7 +50,7 @@ def test_numbers_equal_the_training_summary(setup):
     for kind, mean in expected["quality_by_condition"].items():
         assert values[f"quality_mean_{kind}"] == pytest.approx(mean, abs=1e-6)
     assert values["spearman_quality_vs_degradation"] == pytest.approx(expected["spearman_quality_vs_degradation"])
-    assert values["heldout_identities"] == 4 and int(ev.issame.sum()) == expected["verification"]["genuine_pairs"]
+    assert values["heldout_identities"] == 4 and ev.genuine_pairs == expected["verification"]["genuine_pairs"]
 
 
 def test_gate():

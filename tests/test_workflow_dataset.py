@@ -9,8 +9,8 @@ import pytest
 
 from eqface.data import build_source, split_identities
 from eqface.data.image_ops import ImageDecodeError, encode_image
-from eqface.pipeline.configure import build_config, preset_form
-from eqface.pipeline.dataset import MANIFEST, PACK, data_config, prepare_dataset, read_manifest, with_dataset
+from eqface.workflow.configure import build_config, preset_form
+from eqface.workflow.dataset import MANIFEST, PACK, data_config, prepare_dataset, read_manifest, with_dataset
 
 
 def config(**form):
@@ -77,6 +77,15 @@ def test_large_data_is_referenced_where_it_lies(folder, tmp_path):
     assert read_manifest(tmp_path / "artifact").fingerprint == prepared.fingerprint
 
 
+def test_a_shared_location_is_referenced_by_its_real_path(folder, tmp_path, monkeypatch):
+    from eqface import paths
+
+    monkeypatch.setenv(paths.ENV_VAR, str(folder.parent))
+    cfg = config(data_source="folder", data_location=f"shared:{folder.name}", eval_identities=2)
+    prepare_dataset(cfg, tmp_path / "artifact", materialize="reference")
+    assert data_config(tmp_path / "artifact").path == str(folder.resolve())  # readable by steps in any directory
+
+
 def test_the_packed_artifact_is_read_from_wherever_it_is_moved(tmp_path):
     prepare_dataset(config(), tmp_path / "first")
     (tmp_path / "first").rename(tmp_path / "moved")
@@ -93,7 +102,7 @@ def test_a_missing_location_or_manifest_is_reported(tmp_path):
 
 
 def test_a_rec_file_is_packed(tmp_path):
-    from eqface.data.recordio import write_recordio
+    from tests.support.recordio import write_recordio
 
     rng = np.random.default_rng(1)
     images = [encode_image(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)) for _ in range(12)]

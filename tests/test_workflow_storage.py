@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eqface.pipeline import storage
-from eqface.pipeline.configure import build_config, preset_form
-from eqface.pipeline.dataset import data_config, prepare_dataset
 from eqface.serving.launcher import free_port
+from eqface.workflow import storage
+from eqface.workflow.configure import build_config, preset_form
+from eqface.workflow.dataset import data_config, prepare_dataset
 
 _buckets = itertools.count()
 
@@ -164,7 +164,7 @@ def test_object_store_data_cannot_be_referenced(s3_bucket, tmp_path):
 
 
 def test_deploy_writes_a_new_version_to_an_object_store(bucket, tiny_onnx, tmp_path):
-    from eqface.pipeline.deploy import deploy, existing_versions
+    from eqface.workflow.deploy import deploy, existing_versions
 
     repository = f"{bucket}/triton/models"
     first = deploy(tiny_onnx, repository, variant="production")

@@ -18,7 +18,7 @@ import numpy as np
 
 from eqface import contract
 from eqface.contract import InferenceSpec
-from eqface.pipeline import storage
+from eqface.workflow import storage
 
 MODELS = (contract.ONNX_MODEL_NAME, contract.PREPROCESS_MODEL_NAME, contract.ENSEMBLE_MODEL_NAME)  # load order
 CONFIG_FILE = "config.pbtxt"

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from eqface.config import EQFaceConfig, to_json
-from eqface.pipeline.dataset import with_dataset
 from eqface.train.steps import Step
 from eqface.train.trainer import FINAL, LOG
+from eqface.workflow.dataset import with_dataset
 
 HISTORY = "history.jsonl"
 CONFIG = "config.json"
@@ -94,16 +94,12 @@ def read_history(model_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _train_here(step: Step, cfg: EQFaceConfig, work: Path, init_file: Path | None) -> None:
-    from eqface.train import checkpoint
     from eqface.train.distributed import init_distributed, shutdown
-    from eqface.train.pipeline import load_training_data
-    from eqface.train.trainer import run_step
+    from eqface.train.plan import train_one_step
 
     env = init_distributed(cfg.train.device)
     try:
-        train_source, _ = load_training_data(cfg)
-        init = checkpoint.load(init_file) if init_file is not None else None
-        run_step(step, cfg, train_source, work, env, init)
+        train_one_step(step, cfg, work, env, init_file)
     finally:
         shutdown(env)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eqface.config import preset, to_dict
-from eqface.pipeline.configure import FORM_FIELDS, build_config, config_from_json, config_json, preset_form
+from eqface.workflow.configure import FORM_FIELDS, build_config, config_from_json, config_json, preset_form
 
 
 def test_the_form_of_a_preset_resolves_to_that_preset():

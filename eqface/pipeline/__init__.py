@@ -1,1 +1,0 @@
-"""The package side of the Kubeflow pipeline (components/): what each component body calls, testable without KFP."""
