@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -92,6 +93,25 @@ def test_qwdf_drops_low_quality_samples_from_step3() -> None:
     out.loss.backward()
     assert classifier.weight.grad.abs().max() == 0
     assert out.quality.tolist() == [0.0, 0.0]
+
+
+def test_qwdf_leaves_dropped_samples_out_of_batchnorm_and_the_loss_mean() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="tiny", embedding_size=16, image_size=(32, 32), quality_hidden=8)
+    net, classifier, loss_fn = build_model(cfg), NormalizedClassifier(16, 3), CombinedMarginLoss(PAPER)
+    twin = copy.deepcopy(net)
+    x, y = torch.randn(5, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1])
+    s = torch.tensor([0.9, 0.1, 0.8, 0.15, 0.6])
+    out = StepModel(Step.THREE, net, classifier, loss_fn, qwdf_threshold=0.5).train()(x, y, sample_quality=s)
+    keep = s >= 0.5
+    expected = StepModel(Step.THREE, twin, copy.deepcopy(classifier), loss_fn).train()(x[keep], y[keep], s[keep])
+    assert out.samples == 3 and out.quality.tolist() == s[keep].tolist()
+    torch.testing.assert_close(out.loss, expected.loss)
+    norms = [(a, b) for a, b in zip(net.modules(), twin.modules(), strict=True) if isinstance(a, torch.nn.BatchNorm2d)]
+    assert norms
+    for mine, theirs in norms:  # running statistics saw only the kept samples
+        torch.testing.assert_close(mine.running_mean, theirs.running_mean)
+        torch.testing.assert_close(mine.running_var, theirs.running_var)
 
 
 def test_unweighted_step3_is_the_plain_margin_loss() -> None:

@@ -6,7 +6,9 @@ Step 2: backbone and classifier frozen (eval mode, no gradients, not in the opti
 Step 3: the quality branch is frozen; s_i comes from the frozen Step-2 network — precomputed once per sample on the
         un-augmented image (the paper's "a face quality is generated for every sample"), or online for each augmented
         view by a frozen copy (``teacher``), or 1 for an unweighted control run — and the backbone + classifier
-        learn. QWDF: s_i < threshold → 0, which in Eq. 6 zeroes the sample's gradient (it is dropped).
+        learn. QWDF: samples with s_i < threshold leave the batch before the forward pass, so neither BatchNorm's
+        statistics nor the loss mean see them; a batch that would keep fewer than two samples (BatchNorm needs two)
+        keeps them all with s_i = 0 for the dropped ones, which zeroes their gradient in Eq. 6.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from torch import nn
 from eqface.losses import CombinedMarginLoss, NormalizedClassifier
 from eqface.models import EQFaceNet
 
+MIN_KEPT = 2  # BatchNorm in training mode needs two samples
+
 
 class Step(enum.Enum):
     ONE = "step1"
@@ -32,6 +36,7 @@ class StepOutput:
     loss: torch.Tensor
     correct: torch.Tensor  # number of samples whose arg-max class is the label
     quality: torch.Tensor | None  # s_i used in Eq. 6 (None in Step 1)
+    samples: int  # samples in the loss (fewer than the batch when QWDF drops some)
 
 
 def set_trainable(module: nn.Module, flag: bool) -> None:
@@ -81,13 +86,15 @@ class StepModel(nn.Module):
                 cos = self.classifier(embedding)
             quality = self.net.quality(fmap).squeeze(1)
         else:
+            quality = None
+            if self.step is Step.THREE:
+                images, labels, quality = self._qwdf(images, labels, self._step3_quality(images, sample_quality))
             with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
                 embedding, _ = self.net.embed_and_map(images)
             cos = self.classifier(embedding)
-            quality = self._step3_quality(images, sample_quality) if self.step is Step.THREE else None
         loss = self.loss(cos, labels, quality)
         correct = (cos.argmax(dim=1) == labels).sum()
-        return StepOutput(loss, correct, None if quality is None else quality.detach())
+        return StepOutput(loss, correct, None if quality is None else quality.detach(), labels.numel())
 
     def _step3_quality(self, images: torch.Tensor, sample_quality: torch.Tensor | None) -> torch.Tensor:
         if sample_quality is None:
@@ -95,7 +102,15 @@ class StepModel(nn.Module):
                 return torch.ones(images.shape[0], device=images.device)
             with torch.no_grad():
                 sample_quality = self.teacher(images)[1].squeeze(1)
-        s = sample_quality.detach()
-        if self.qwdf_threshold > 0:
-            s = torch.where(s < self.qwdf_threshold, torch.zeros_like(s), s)
-        return s
+        return sample_quality.detach()
+
+    def _qwdf(
+        self, images: torch.Tensor, labels: torch.Tensor, quality: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """QWDF: only the samples with s_i >= threshold go on (see the module docstring for the small-batch rule)."""
+        if self.qwdf_threshold <= 0:
+            return images, labels, quality
+        keep = quality >= self.qwdf_threshold
+        if int(keep.sum()) >= MIN_KEPT:
+            return images[keep], labels[keep], quality[keep]
+        return images, labels, torch.where(keep, quality, torch.zeros_like(quality))

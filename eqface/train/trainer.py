@@ -42,7 +42,15 @@ class Position:
     batch: int = 0
     iteration: int = 0
     sums: dict[str, float] = field(
-        default_factory=lambda: {"loss": 0.0, "correct": 0.0, "n": 0.0, "q": 0.0, "q2": 0.0, "skipped": 0.0}
+        default_factory=lambda: {
+            "loss": 0.0,
+            "correct": 0.0,
+            "n": 0.0,
+            "q": 0.0,
+            "q2": 0.0,
+            "skipped": 0.0,
+            "dropped": 0.0,
+        }
     )
 
 
@@ -290,7 +298,8 @@ def _train_batch(
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     optimizer.step()
-    n = labels.numel()
+    n = out.samples
+    pos.sums["dropped"] = pos.sums.get("dropped", 0.0) + labels.numel() - n  # QWDF (absent in older checkpoints)
     pos.sums["loss"] += out.loss.item() * n
     pos.sums["correct"] += out.correct.item()
     pos.sums["n"] += n
@@ -302,8 +311,8 @@ def _train_batch(
 def _end_epoch(
     step: Step, sched: ScheduleConfig, out_dir: Path, env: DistEnv, pos: Position, seconds: float, lr: float
 ) -> None:
-    keys = ["loss", "correct", "n", "q", "q2", "skipped"]
-    loss, correct, n, q, q2, skipped = sum_across(env, [pos.sums[k] for k in keys])
+    keys = ["loss", "correct", "n", "q", "q2", "skipped", "dropped"]
+    loss, correct, n, q, q2, skipped, dropped = sum_across(env, [pos.sums.get(k, 0.0) for k in keys])
     n = max(n, 1.0)
     record = {
         "step": step.value,
@@ -313,6 +322,7 @@ def _end_epoch(
         "lr": lr,
         "seconds": round(seconds, 2),
         "skipped": int(skipped),
+        "qwdf_dropped": int(dropped),
     }
     quality_text = "s = 1"
     if step is not Step.ONE:
@@ -324,6 +334,7 @@ def _end_epoch(
             f"{step.value} epoch {pos.epoch + 1}/{sched.epochs}  loss {record['loss']:.4f}  "
             f"acc {record['accuracy']:.3f}  {quality_text}  lr {lr:.2g}  {seconds:.1f}s"
             + (f"  skipped {int(skipped)} unreadable" if skipped else "")
+            + (f"  QWDF dropped {int(dropped)}" if dropped else "")
         )
         with (out_dir / LOG).open("a") as f:
             f.write(json.dumps(record) + "\n")
