@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from eqface import contract
-from eqface.aggregation import progressive_templates, qwfaf
+from eqface.aggregation import progressive_templates, qwfa
 from eqface.service.client import feature_frame, image_frame, template_of
 from eqface.service.config import ServiceConfig, TritonConfig
 from eqface.service.errors import FailedPrecondition
@@ -191,7 +191,7 @@ def test_bad_images_fail_alone_and_enroll_identify_from_images(image_server, tri
             enrolled = stub.Enroll(pb.EnrollRequest(identity_id=name, images=pb.ImageSet(images=images[:6])))
             assert len(enrolled.image_qualities) == 6
         embeddings, qualities = _direct(triton, people["person1"][:6])
-        gallery_template = qwfaf(embeddings, np.clip(qualities, 0, 1), 0.3)
+        gallery_template = qwfa(embeddings, np.clip(qualities, 0, 1))
         by_embedding = stub.Identify(pb.IdentifyRequest(embedding=gallery_template.astype("<f4").tobytes()))
         assert by_embedding.matches[0].identity_id == "person1" and by_embedding.matches[0].score > 0.999
         for name, images in people.items():

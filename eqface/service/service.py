@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from eqface.aggregation import qwfaf
+from eqface.aggregation import qwfa
 from eqface.service.aggregator import FrameInput, FrameOutcome, FrameStatus
 from eqface.service.config import ServiceConfig
 from eqface.service.engine import (
@@ -333,7 +333,9 @@ class AggregatorService:
         embedded = await self.embedder.embed(decoded)
         features = np.stack([e.embedding for e in embedded])
         qualities = np.array([e.quality for e in embedded])
-        template = qwfaf(features, qualities, self.config.s_th).astype(np.float32)
+        # QWFA (Eq. 7), not QWFAF: E3 measured it best for templates, and QWFAF's fallback to the plain mean at
+        # s_th hits exactly the most degraded enrolment sets (experiments/results/e3_templates).
+        template = qwfa(features, qualities).astype(np.float32)
         return template, qualities.tolist()
 
     async def enroll(

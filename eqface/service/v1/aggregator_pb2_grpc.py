@@ -131,7 +131,7 @@ class AggregatorServicer:
 
     def Enroll(self, request, context):
         """Adds an identity to the gallery from a subject's template, from images (embedded by Triton and aggregated with
-        QWFAF, paper Eq. 7 with the s_th filter), or from an embedding. ALREADY_EXISTS unless overwrite is set.
+        QWFA, paper Eq. 7: quality-weighted mean), or from an embedding. ALREADY_EXISTS unless overwrite is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
