@@ -79,3 +79,21 @@ def test_identities_must_agree_with_issame() -> None:
 def test_interval_overlap() -> None:
     assert Interval(0.5, 0.4, 0.6).overlaps(Interval(0.7, 0.55, 0.8))
     assert not Interval(0.5, 0.4, 0.5).overlaps(Interval(0.7, 0.55, 0.8))
+
+
+def test_a_threshold_set_equal_to_the_comparisons_changes_nothing() -> None:
+    from eqface.eval.bootstrap import ThresholdSet
+
+    labels, quality, a, b, same, scores = _population(30, 4, seed=7)
+    measures = {"q": pair_quality(quality, a, b)}
+    plain = pauc_intervals(scores, same, measures, labels[a], labels[b], replicates=50, start_fmr=1e-2)
+    given = ThresholdSet(scores, same, labels[a], labels[b])
+    same_set = pauc_intervals(
+        scores, same, measures, labels[a], labels[b], replicates=50, start_fmr=1e-2, threshold_set=given
+    )
+    assert plain == same_set
+    lower = ThresholdSet(scores - 0.5, same, labels[a], labels[b])  # a laxer threshold: fewer false non-matches
+    laxer = pauc_intervals(
+        scores, same, measures, labels[a], labels[b], replicates=50, start_fmr=1e-2, threshold_set=lower
+    )
+    assert laxer["q"][0.2].estimate < plain["q"][0.2].estimate

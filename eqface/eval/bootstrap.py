@@ -21,6 +21,17 @@ DEFAULT_REPLICATES = 1000
 
 
 @dataclass(frozen=True)
+class ThresholdSet:
+    """Comparisons that fix the score threshold instead of the evaluated ones (e.g. the clean images of the same
+    identities, where a deployment sets its operating threshold); resampled with the same identity draws."""
+
+    scores: np.ndarray
+    issame: np.ndarray
+    identity_a: np.ndarray
+    identity_b: np.ndarray
+
+
+@dataclass(frozen=True)
 class Interval:
     """A point estimate with its percentile bootstrap interval (``level`` = 0.95 gives the 2.5/97.5 percentiles)."""
 
@@ -67,6 +78,7 @@ def pauc_intervals(
     start_fmr: float = DEFAULT_START_FMR,
     seed: int = 0,
     level: float = 0.95,
+    threshold_set: ThresholdSet | None = None,
 ) -> dict[str, dict[float, Interval]]:
     """EDC pAUC at each discard limit with its bootstrap interval, for several quality measures at once.
 
@@ -77,6 +89,7 @@ def pauc_intervals(
             comparison they are equal.
         limits: discard fractions for the pAUC (raw area, as ``edc_pauc``).
         replicates: bootstrap replicates; replicates whose resample cannot reach ``start_fmr`` are skipped.
+        threshold_set: when given, the threshold at ``start_fmr`` comes from these comparisons (same identities).
 
     Returns:
         ``{measure: {limit: Interval}}``; the estimate is the pAUC on the comparisons as given.
@@ -91,14 +104,21 @@ def pauc_intervals(
         raise ValueError(f"identities must have shape {scores.shape}, got {identity_a.shape} and {identity_b.shape}")
     if np.any((identity_a == identity_b) != issame):
         raise ValueError("issame disagrees with the identities of some comparisons")
-    codes, counts = identity_replicates(np.concatenate([identity_a, identity_b]), replicates, seed)
-    code_a, code_b = codes[: len(scores)], codes[len(scores) :]
+    reference = threshold_set or ThresholdSet(scores, issame, identity_a, identity_b)
+    labels = np.concatenate([identity_a, identity_b, reference.identity_a, reference.identity_b])
+    codes, counts = identity_replicates(labels, replicates, seed)
+    m, r = len(scores), len(reference.scores)
+    code_a, code_b = codes[:m], codes[m : 2 * m]
+    ref_a, ref_b = codes[2 * m : 2 * m + r], codes[2 * m + r :]
+    thresholds = SortedComparisons(reference.scores, reference.issame, np.zeros(r))
     sorted_by_measure = {name: SortedComparisons(scores, issame, q) for name, q in pair_qualities.items()}
     samples: dict[str, dict[float, list[float]]] = {name: {limit: [] for limit in limits} for name in pair_qualities}
     for replicate in counts:
-        weights = comparison_weights(code_a, code_b, replicate)
-        threshold = next(iter(sorted_by_measure.values())).threshold(weights, start_fmr) if samples else None
+        threshold = thresholds.threshold(comparison_weights(ref_a, ref_b, replicate), start_fmr)
         if threshold is None:
+            continue
+        weights = comparison_weights(code_a, code_b, replicate)
+        if not np.any(weights[issame] > 0):
             continue
         for name, comparisons in sorted_by_measure.items():
             curve = comparisons.curve(weights, start_fmr, threshold)
@@ -109,8 +129,11 @@ def pauc_intervals(
         raise ValueError(f"only {used} of {replicates} replicates reach start FMR {start_fmr}: too few impostors")
     tail = (1 - level) / 2 * 100
     result: dict[str, dict[float, Interval]] = {}
+    point_threshold = thresholds.threshold(np.ones(r), start_fmr)
+    if point_threshold is None:
+        raise ValueError(f"start FMR {start_fmr} is not reachable with {int((~reference.issame).sum())} impostors")
     for name, comparisons in sorted_by_measure.items():
-        point = comparisons.curve(np.ones(len(scores)), start_fmr)
+        point = comparisons.curve(np.ones(len(scores)), start_fmr, point_threshold)
         result[name] = {}
         for limit in limits:
             low, high = np.percentile(samples[name][limit], [tail, 100 - tail])
