@@ -22,7 +22,7 @@ import numpy as np
 
 from eqface.config import DataConfig, EQFaceConfig, merge
 from eqface.data import build_source, split_identities
-from eqface.data.image_ops import ImageDecodeError
+from eqface.data.decode import ImageDecodeError
 from eqface.data.sources import EncodedSource, FaceSource, SubsetSource
 from eqface.pipeline import storage
 
