@@ -66,13 +66,13 @@ def build_onnx(shared_data: Path, out: Path) -> Path:
 
 
 def real_faces(shared_data: Path, count: int) -> tuple[list[bytes], np.ndarray]:
-    from eqface.data.image_ops import decode_image, fit_to_size
+    from eqface.data.decode import decode_image
     from eqface.data.packs import load_pack
 
     source = load_pack(shared_data / "celeba_wild_subset_rgb112.npz")
     jpegs = [source.read(i) for i in range(count)]
     size = tuple(MOBILEFACENET.image_size)
-    return jpegs, contract.normalize_pixels(np.stack([fit_to_size(decode_image(b), size) for b in jpegs]))
+    return jpegs, contract.preprocess([decode_image(b, "pack image") for b in jpegs], size)
 
 
 def bench_ort(session, x: np.ndarray, batch_sizes: list[int], seconds: float) -> dict[int, float]:

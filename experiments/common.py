@@ -25,10 +25,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from eqface import paths
+from eqface import contract, paths
 from eqface.config import EQFaceConfig, ModelConfig, config_from_dict, merge
-from eqface.data.dataset import to_input_tensor
-from eqface.data.image_ops import fit_to_size
 from eqface.data.sources import FaceSource
 from eqface.models import EQFaceNet
 from eqface.train import checkpoint
@@ -159,7 +157,7 @@ def embed_images(
     net.eval()
     embs, quals, norms = [], [], []
     for start in range(0, len(images), batch_size):
-        x = to_input_tensor([fit_to_size(img, image_size) for img in images[start : start + batch_size]])
+        x = torch.from_numpy(contract.preprocess(images[start : start + batch_size], image_size))
         raw, fmap = net.embed_and_map(x)
         quals.append(net.quality(fmap).squeeze(1).numpy())
         norm = raw.norm(dim=1)

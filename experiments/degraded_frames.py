@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eqface import contract
 from eqface.data.augment import degrade
-from eqface.data.image_ops import fit_to_size
 from experiments.common import Embeddings, ModelRef, embed_images
 
 KINDS = ("resolution", "blur", "noise", "occlusion")  # the degradations a camera stream typically shows
@@ -52,7 +52,7 @@ def embed_frames(
         return out
     frames = [
         degrade(
-            fit_to_size(images[spec.image_index[k]], ref.image_size),
+            contract.fit_to_size(images[spec.image_index[k]], ref.image_size),
             KINDS[spec.kind[k]],
             float(spec.strength[k]),
             np.random.default_rng([*seed, int(k)]),

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from eqface.data.image_ops import fit_to_size
+from eqface import contract
 from eqface.eval.edc import edc_curve, edc_pauc, embedding_norm_quality, pair_quality, random_quality
 from eqface.eval.pairs import every_pair
 from eqface.eval.roc import auc, tar_at_far
@@ -141,7 +141,9 @@ def run_e1(
     for ref in models:
         e = embed_images(ref.net, images, ref.image_size)
         if ref.image_size not in sharp_cache:  # sharpness of the pixels the network sees
-            sharp_cache[ref.image_size] = sharpness_quality(np.stack([fit_to_size(i, ref.image_size) for i in images]))
+            sharp_cache[ref.image_size] = sharpness_quality(
+                np.stack([contract.fit_to_size(i, ref.image_size) for i in images])
+            )
         results[ref.name] = _evaluate_model(
             ref, e, sharp_cache[ref.image_size], rand, angles, labels, idx_a, idx_b, issame, start_fmr
         )

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from eqface.data.dataset import to_input_tensor
-from eqface.data.image_ops import fit_to_size
+from eqface import contract
 from eqface.data.packs import load_pack
 from eqface.eval import conditions
 from eqface.eval.bootstrap import Interval, ThresholdSet, pauc_intervals
@@ -108,8 +107,8 @@ def measure(ref: ModelRef, images: Sequence[np.ndarray], seed: int, passes: int,
     generator = torch.Generator().manual_seed(seed)
     embs, eq, norms, ser, sharp = [], [], [], [], []
     for start in tqdm(range(0, len(images), batch), desc="embedding", unit="batch", leave=False):
-        fitted = np.stack([fit_to_size(img, ref.image_size) for img in images[start : start + batch]])
-        x = to_input_tensor(fitted)
+        fitted = np.stack([contract.fit_to_size(img, ref.image_size) for img in images[start : start + batch]])
+        x = torch.from_numpy(contract.normalize_pixels(fitted))  # = contract.preprocess; sharpness needs the pixels
         raw, fmap = net.embed_and_map(x)
         eq.append(net.quality(fmap).squeeze(1).numpy())
         norm = raw.norm(dim=1)

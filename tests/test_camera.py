@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -13,9 +15,10 @@ import pytest
 from PIL import Image, ImageFilter
 
 from eqface.camera.alignment import align_face, transform_points
-from eqface.camera.detection import DEFAULT_DETECTOR, Detection, create_detector, nms
+from eqface.camera.detection import Detection, nms
+from eqface.camera.detectors import DEFAULT_DETECTOR, DETECTORS, create_detector
 from eqface.camera.mtcnn import ONet, PNet, RNet, load_net, pnet_candidates, pyramid_scales, regress, square
-from eqface.camera.proxy import quality_proxy, sharpness_factor, size_factor
+from eqface.camera.proxy import SHARPNESS_HALF, quality_proxy, sharpness_factor, size_factor
 from eqface.camera.tracking import FaceTracker
 from eqface.camera.uplink import OutgoingFrame, Uplink
 from eqface.camera.video import SourceSpec, VideoWriter, open_video
@@ -27,10 +30,10 @@ from eqface.camera.weights import (
     missing_mtcnn_weights,
     mtcnn_dir,
 )
-from eqface.data.image_ops import ARCFACE_TEMPLATE, decode_image, estimate_similarity, warp_similarity
+from eqface.data.decode import decode_image
+from eqface.data.image_ops import ARCFACE_TEMPLATE, estimate_similarity, warp_similarity
+from eqface.eval.sharpness import laplacian_variance, to_grayscale
 from tests.support.video import CELEBA_PACK, held_out_people
-
-DETECTORS = ("mtcnn", "retinaface")
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +51,7 @@ def mtcnn_weights() -> Path:
     return folder
 
 
-@pytest.fixture(scope="module", params=DETECTORS)
+@pytest.fixture(scope="module", params=DETECTORS.names())
 def detector(request, shared_data):
     if request.param == "mtcnn":
         return create_detector("mtcnn", weights=request.getfixturevalue("mtcnn_weights"))
@@ -136,8 +139,21 @@ def test_detector_finds_nothing_in_a_blank_frame(detector):
 
 
 def test_unknown_detector_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="mtcnn, retinaface"):
+    assert DETECTORS.names() == ["mtcnn", "retinaface"]
+    with pytest.raises(ValueError, match="unknown detector 'yolo'; valid names: mtcnn, retinaface"):
         create_detector("yolo")
+
+
+def test_choosing_detectors_by_name_loads_no_implementation():
+    """The registry's factories import their detector when called: importing it (or ``detection``, which the
+    detectors import) loads neither a detector module, torch nor onnxruntime."""
+    code = (
+        "import sys; import eqface.camera.detectors, eqface.camera.detection; "
+        "print(sorted(m for m in sys.modules if m in {'torch', 'onnxruntime', 'eqface.camera.mtcnn', "
+        "'eqface.camera.retinaface'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_the_default_detector_is_mtcnn():
@@ -259,6 +275,9 @@ def test_proxy_prefers_sharp_large_confident_faces(held_out_faces):
     face = held_out_faces[0]
     blurred = np.asarray(Image.fromarray(face).filter(ImageFilter.GaussianBlur(2)))
     assert sharpness_factor(face) > 0.6 and sharpness_factor(blurred) < 0.2
+    # the one Laplacian variance (eqface.eval.sharpness) on the crop's grey centre
+    v = laplacian_variance(to_grayscale(face[28:100, 24:88]))
+    assert sharpness_factor(face) == pytest.approx(v / (v + SHARPNESS_HALF))
     assert size_factor(0.5) == 1.0 and size_factor(2.0) == 0.5
     assert quality_proxy(0.99, 1.0, face) > quality_proxy(0.99, 1.0, blurred)
     assert quality_proxy(0.99, 1.0, face) > quality_proxy(0.99, 3.0, face) > 0

@@ -11,8 +11,9 @@ from eqface.config import AugmentConfig, DataConfig, SyntheticConfig
 from eqface.data import build_source, split_identities
 from eqface.data.augment import DEGRADATIONS, Augmenter, degrade, resolution_drop
 from eqface.data.dataset import AugmentedFaces, EpochBatchSampler, collate
+from eqface.data.decode import ImageDecodeError, decode_image
 from eqface.data.image_folder import load_image_folder
-from eqface.data.image_ops import ImageDecodeError, decode_image, encode_image, fit_to_size
+from eqface.data.image_ops import encode_image
 from eqface.data.packs import light_angle_degrees, load_pack
 from eqface.data.recordio import RecordIOError, load_recordio
 from eqface.data.synthetic import generate_synthetic
@@ -77,13 +78,6 @@ def test_corrupt_image_is_a_clear_error_or_skipped_and_counted(tmp_path, faces) 
     assert batch.skipped == 1 and len(batch.labels) == len(source) - 1
     with pytest.raises(ImageDecodeError, match="empty image data"):
         decode_image(b"", "frame-7")
-
-
-def test_fit_to_size_crops_arcface_112_to_the_96_wide_template() -> None:
-    img = np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(fit_to_size(img, (112, 96)), img[:, 8:104])
-    gray = img[:, :, 0]
-    assert fit_to_size(gray, (112, 112)).shape == (112, 112, 3)
 
 
 def test_similarity_alignment_recovers_a_known_transform() -> None:

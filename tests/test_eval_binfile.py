@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eqface.eval.binfile import decode_image, load_bin
+from eqface.data.decode import ImageDecodeError
+from eqface.eval.binfile import load_bin
 
 
 def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (4, 3)) -> bytes:
@@ -86,13 +87,26 @@ def test_decode_pairs_lazily(tmp_path: Path) -> None:
     assert same is True
     a, b, same = next(pairs)
     assert same is False and b[0, 0].tolist() == [9, 9, 9]
-    resized, _, _ = next(pack.iter_pairs(image_size=(6, 5)))
-    assert resized.shape == (6, 5, 3)
+    fitted, _, _ = next(pack.iter_pairs(image_size=(6, 5)))
+    assert fitted.shape == (6, 5, 3)
 
 
-def test_decode_image_rejects_garbage() -> None:
-    with pytest.raises(ValueError, match="cannot decode image"):
-        decode_image(b"not an image")
+def test_pairs_are_fitted_as_in_training(tmp_path: Path) -> None:
+    """A 3×4 image fitted to 3×3 loses its last column to the centre crop (round(3·3/3) = 3 of 4 columns from
+    column 0); the reader used to squeeze all four columns in."""
+    wide = np.zeros((3, 4, 3), np.uint8)
+    wide[:, 3] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(wide).save(buffer, format="PNG")
+    pack = load_bin(write(tmp_path / "wide.bin", ([buffer.getvalue(), IMAGES[0]], [True])))
+    fitted, _, _ = next(pack.iter_pairs(image_size=(3, 3)))
+    np.testing.assert_array_equal(fitted, np.zeros((3, 3, 3), np.uint8))
+
+
+def test_an_unreadable_image_names_the_pack_and_its_index(tmp_path: Path) -> None:
+    pack = load_bin(write(tmp_path / "agedb_30.bin", ([IMAGES[0], b"not an image"], [False])))
+    with pytest.raises(ImageDecodeError, match="agedb_30 image 1: cannot decode image"):
+        next(pack.iter_pairs())
 
 
 # --- refused content -------------------------------------------------------------------------------------------------

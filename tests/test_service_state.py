@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from eqface.aggregation import PAPER_F_TH, PAPER_S_TH, ProgressiveQWFA, progressive_templates
 from eqface.service.aggregator import FrameInput, FrameStatus, apply_frame
@@ -14,7 +11,6 @@ from eqface.service.cache import LruCache
 from eqface.service.config import ServiceConfig, TritonConfig
 from eqface.service.errors import InvalidArgument
 from eqface.service.gallery import GalleryIndex
-from eqface.service.images import ImageLimits, decode_image, to_model_input
 from eqface.service.inputs import (
     check_id,
     check_quality,
@@ -197,38 +193,6 @@ def test_ids_sequences_and_pages():
     assert page_size(0) == 100
     with pytest.raises(InvalidArgument):
         page_size(5000)
-
-
-def _encoded(fmt: str, size: tuple[int, int] = (112, 112), mode: str = "RGB") -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, size, color=120).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def test_images_decode_to_rgb_and_bad_ones_are_invalid():
-    limits = ImageLimits(max_bytes=1 << 20, max_pixels=200 * 200)
-    assert decode_image(_encoded("JPEG"), limits).shape == (112, 112, 3)
-    assert decode_image(_encoded("PNG", mode="L"), limits).shape == (112, 112, 3)
-    jpeg = _encoded("JPEG")
-    cases = {
-        b"": "empty",
-        b"not an image at all": "not a readable",
-        jpeg[: len(jpeg) // 2]: "not a readable",
-        _encoded("GIF"): "not a readable",  # only JPEG and PNG are accepted
-        _encoded("PNG", size=(300, 300)): "pixels",
-    }
-    for data, message in cases.items():
-        with pytest.raises(InvalidArgument, match=message):
-            decode_image(data, limits)
-    with pytest.raises(InvalidArgument, match="bytes; the limit"):
-        decode_image(jpeg, ImageLimits(max_bytes=10, max_pixels=1 << 20))
-
-
-def test_model_input_follows_the_contract():
-    rgb = np.full((120, 100, 3), 255, np.uint8)
-    x = to_model_input([rgb, rgb], (112, 112))
-    assert x.shape == (2, 3, 112, 112) and x.dtype == np.float32
-    np.testing.assert_allclose(x.max(), (255 - 127.5) / 128)
 
 
 def test_lru_cache_is_bounded():

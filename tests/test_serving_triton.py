@@ -11,10 +11,14 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from eqface import contract
+from eqface.data.decode import ImageLimits, decode_image
 from eqface.export.onnx import onnx_session, run_onnx
+from eqface.service.config import ServiceConfig
+from eqface.service.errors import InvalidArgument
+from eqface.service.service import _decode_all
 from eqface.serving.client import image_input, infer_images, infer_tensor, tensor_input
 from eqface.serving.metrics import scrape_inference_counts
-from tests.support.images import preprocess_like_training
+from tests.support.images import decode_cases, preprocess_like_training
 
 pytestmark = pytest.mark.integration
 ATOL = 1e-5  # same ONNX file, same onnxruntime; only the batch it ran in may differ
@@ -60,13 +64,29 @@ def test_preprocess_reproduces_training_exactly(grpc_client, mobilefacenet, face
 
 
 def test_png_and_grayscale_images_are_accepted(grpc_client, faces):
-    from eqface.data.image_ops import decode_image, encode_image
+    from eqface.data.image_ops import encode_image
 
     rgb = decode_image(faces[0])
     png = encode_image(rgb, fmt="PNG")
     gray = encode_image(rgb.mean(axis=2).astype(np.uint8), fmt="JPEG")
     embedding, quality = infer_images(grpc_client, [png, gray])
     assert embedding.shape == (2, 128) and np.isfinite(embedding).all()
+
+
+def test_the_service_and_triton_preprocess_accept_the_same_images(grpc_client, mobilefacenet):
+    """Each case goes to the real ``preprocess`` model and through the service's own decode step (tensor mode, its
+    default limits): both accept it (with the same tensor) or both refuse it (with the same message)."""
+    config, size = ServiceConfig(), mobilefacenet.spec.image_size
+    limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
+    for name, (data, error) in decode_cases().items():
+        (service,) = _decode_all([data], limits, "tensor", size)
+        if error is None:
+            triton = grpc_client.infer(contract.PREPROCESS_MODEL_NAME, [image_input([data])])
+            np.testing.assert_array_equal(triton.as_numpy(contract.INPUT_NAME)[0], service, err_msg=name)
+        else:
+            message = _error(lambda data=data: grpc_client.infer(contract.PREPROCESS_MODEL_NAME, [image_input([data])]))
+            assert isinstance(service, InvalidArgument) and error in str(service), name
+            assert error in message and str(service).partition(": ")[2] in message, (name, message, str(service))
 
 
 def test_dynamic_batching_batches_concurrent_single_image_requests(triton_server, mobilefacenet, faces):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from eqface.data import build_source, split_identities
-from eqface.data.image_ops import ImageDecodeError, encode_image
+from eqface.data.decode import ImageDecodeError
+from eqface.data.image_ops import encode_image
 from eqface.workflow.configure import build_config, preset_form
 from eqface.workflow.dataset import MANIFEST, PACK, data_config, prepare_dataset, read_manifest, with_dataset
 

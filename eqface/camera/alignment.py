@@ -10,7 +10,6 @@ import numpy as np
 from eqface.data.image_ops import ARCFACE_TEMPLATE, estimate_similarity, warp_similarity
 
 ALIGNED_SIZE = (112, 112)  # (height, width) of the template; the service fits it to the model's input
-TEMPLATE_EYE_DISTANCE = float(np.linalg.norm(ARCFACE_TEMPLATE[1] - ARCFACE_TEMPLATE[0]))
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,14 @@
-"""Face detection with five landmarks (eyes, nose tip, mouth corners: the ArcFace template's points, in its order).
-
-Detectors are registered by name (``create_detector``); each entry point imports its implementation when called, so
-importing this module loads neither torch nor onnxruntime. The default, ``mtcnn``, runs on the MTCNN weights that
-the facenet-pytorch wheel ships (installed by ``python -m eqface.camera.weights``); ``retinaface`` is the detector
-that aligned the CelebA pack, on weights of unknown terms (internal tests only). Nothing is downloaded at run time.
+"""What a face detector returns (``Detection``: box, score, five landmarks in the ArcFace template's order), the
+``Detector`` interface, and the non-maximum suppression the detectors share. It imports no detector: they are
+chosen by name in ``eqface.camera.detectors``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-
-DEFAULT_DETECTOR = "mtcnn"
 
 
 @dataclass(frozen=True)
@@ -37,24 +31,6 @@ class Detector(Protocol):
         """Faces in an RGB uint8 frame [H, W, 3], best first."""
 
 
-_DETECTORS: dict[str, Callable[..., Detector]] = {}
-
-
-def register_detector(name: str) -> Callable[[Callable[..., Detector]], Callable[..., Detector]]:
-    def add(factory: Callable[..., Detector]) -> Callable[..., Detector]:
-        _DETECTORS[name] = factory
-        return factory
-
-    return add
-
-
-def create_detector(name: str = DEFAULT_DETECTOR, **options) -> Detector:
-    """The detector registered as ``name``, built with ``options`` (``weights``, ``min_size``, …)."""
-    if name not in _DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; valid names: {', '.join(sorted(_DETECTORS))}")
-    return _DETECTORS[name](**options)
-
-
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, over: str = "union") -> np.ndarray:
     """Greedy non-maximum suppression: indices of the boxes kept, best score first. A box goes when its intersection
     with a better one, over their union (``over="union"``, the IoU) or over the smaller box (``"min"``), exceeds
@@ -75,19 +51,3 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, over: str =
         denominator = area[i] + area[rest] - inter if over == "union" else np.minimum(area[i], area[rest])
         order = rest[inter / np.maximum(denominator, 1e-9) <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
-
-
-@register_detector("mtcnn")
-def mtcnn(**options) -> Detector:
-    """MTCNN on the weights from the facenet-pytorch wheel (MIT): ``weights`` is their folder."""
-    from eqface.camera.mtcnn import MTCNN
-
-    return MTCNN(**options)
-
-
-@register_detector("retinaface")
-def retinaface(**options) -> Detector:
-    """RetinaFace-MobileNet0.25 on onnxruntime: ``weights`` is its ONNX file."""
-    from eqface.camera.retinaface import RetinaFace
-
-    return RetinaFace(**options)

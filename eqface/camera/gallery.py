@@ -10,7 +10,8 @@ import numpy as np
 
 from eqface.camera.alignment import align_face
 from eqface.camera.detection import Detector
-from eqface.data.image_ops import decode_image, encode_image
+from eqface.data.decode import FILE_LIMITS, decode_image
+from eqface.data.image_ops import encode_image
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 PAD = 0.3  # margin added around a photo before detection: a tightly cropped face still has context to be found in
@@ -38,7 +39,7 @@ def read_gallery(folder: Path, detector: Detector) -> tuple[dict[str, list[bytes
     missed: list[str] = []
     for person in sorted(p for p in folder.iterdir() if p.is_dir()):
         for photo in sorted(p for p in person.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES):
-            face = largest_face(detector, decode_image(photo.read_bytes(), str(photo)))
+            face = largest_face(detector, decode_image(photo.read_bytes(), str(photo), FILE_LIMITS))
             if face is None:
                 missed.append(str(photo))
             else:

@@ -14,7 +14,8 @@ import numpy as np
 
 from eqface.camera import report
 from eqface.camera.alignment import align_face
-from eqface.camera.detection import DEFAULT_DETECTOR, Detection, create_detector
+from eqface.camera.detection import Detection
+from eqface.camera.detectors import DEFAULT_DETECTOR, create_detector
 from eqface.camera.proxy import quality_proxy
 from eqface.camera.tracking import FaceTracker
 from eqface.camera.uplink import Answer, OutgoingFrame, Uplink, drain

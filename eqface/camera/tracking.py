@@ -62,10 +62,6 @@ class FaceTracker:
         self._open: set[int] = set()
         self._last_sent: dict[int, int] = {}  # track id -> frame index of its last handed-out observation
 
-    @property
-    def open_tracks(self) -> set[int]:
-        return set(self._open)
-
     def update(self, frame_index: int, detections: list[Detection], payloads: list[Any]) -> TrackUpdate:
         from norfair import Detection as NorfairDetection
 
@@ -84,6 +80,8 @@ class FaceTracker:
         alive = {obj.id for obj in self._tracker.tracked_objects if obj.id is not None}
         update.ended = sorted(self._open - alive)
         self._open -= set(update.ended)
+        for track_id in update.ended:  # an ended track never comes back: keep the map as small as the open tracks
+            self._last_sent.pop(track_id, None)
         return update
 
     def _unsent(self, obj, frame_index: int) -> list:
@@ -97,4 +95,5 @@ class FaceTracker:
     def finish(self) -> list[int]:
         """Ends every open track (the video is over)."""
         ended, self._open = sorted(self._open), set()
+        self._last_sent.clear()
         return ended

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from eqface.camera.detection import DEFAULT_DETECTOR
+from eqface.camera.detectors import DEFAULT_DETECTOR
 
 DEFAULT_STACK_STATE = Path("runs") / "stack"
 

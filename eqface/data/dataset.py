@@ -16,17 +16,15 @@ from torch.utils.data import Dataset, Sampler
 
 from eqface import contract
 from eqface.data.augment import Augmenter
-from eqface.data.image_ops import ImageDecodeError, fit_to_size
+from eqface.data.decode import ImageDecodeError
 from eqface.data.sources import FaceSource
 
 
-def to_input_tensor(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
-    """uint8 RGB images [N, H, W, 3] → the model's normalised float32 input [N, 3, H, W]."""
-    return torch.from_numpy(contract.normalize_pixels(np.stack(list(images))))
-
-
 class AugmentedFaces(Dataset):
-    """Item key (epoch, index) → (uint8 image fitted to size and augmented, label, index), or None if skipped."""
+    """Item key (epoch, index) → (uint8 image fitted to size and augmented, label, index), or None if skipped.
+
+    Images are fitted as ``contract.preprocess`` fits them; ``collate`` normalises after augmentation.
+    """
 
     def __init__(
         self,
@@ -50,7 +48,7 @@ class AugmentedFaces(Dataset):
             if self.skip_errors:
                 return None
             raise
-        img = fit_to_size(img, self.image_size)
+        img = contract.fit_to_size(img, self.image_size)
         if self.augmenter is not None:
             img = self.augmenter(img, np.random.default_rng([self.seed, epoch, index]))
         return np.ascontiguousarray(img), int(self.source.labels[index]), index
@@ -69,7 +67,7 @@ def collate(items: list[tuple[np.ndarray, int, int] | None]) -> Batch:
     if not kept:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), len(items))
     return Batch(
-        images=to_input_tensor([it[0] for it in kept]),
+        images=torch.from_numpy(contract.normalize_pixels(np.stack([it[0] for it in kept]))),
         labels=torch.tensor([it[1] for it in kept], dtype=torch.long),
         indices=torch.tensor([it[2] for it in kept], dtype=torch.long),
         skipped=len(items) - len(kept),

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from eqface.data.image_ops import decode_image, to_rgb
+from eqface.contract import to_rgb
+from eqface.data.decode import FILE_LIMITS, decode_image
 
 
 class FaceSource:
@@ -68,7 +69,7 @@ class EncodedSource(FaceSource):
         self.labels = np.asarray(self.labels, dtype=np.int64)
 
     def image(self, i: int) -> np.ndarray:
-        return decode_image(self.read(i), self.names[i])
+        return decode_image(self.read(i), self.names[i], FILE_LIMITS)
 
 
 class SubsetSource(FaceSource):

@@ -8,7 +8,6 @@ and refuses every other one; a refused file raises ``ValueError`` before anythin
 
 from __future__ import annotations
 
-import io
 import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,7 +15,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+
+from eqface import contract
+from eqface.data.decode import FILE_LIMITS, decode_image
 
 _ALLOWED_DTYPES = frozenset({"u1", "b1"})  # image bytes and booleans; anything else (objects above all) is refused
 
@@ -153,26 +154,19 @@ class VerificationBin:
         return self.images[2 * i], self.images[2 * i + 1], bool(self.issame[i])
 
     def iter_pairs(self, image_size: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
-        """Decodes pairs one at a time: ``(rgb_a, rgb_b, issame)`` with uint8 [H, W, 3] images."""
+        """Decodes pairs one at a time: ``(rgb_a, rgb_b, issame)`` with uint8 [H, W, 3] images, fitted to
+        ``image_size`` = (H, W) by ``contract.fit_to_size`` (as in training) when given.
+
+        Raises:
+            ImageDecodeError: an image that is not readable (the message names the pack and the image's index).
+        """
         for i in range(len(self)):
             a, b, same = self.pair_bytes(i)
-            yield decode_image(a, image_size), decode_image(b, image_size), same
-
-
-def decode_image(data: bytes, image_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decodes one encoded image to RGB uint8 [H, W, 3], resized (bilinear) to ``image_size`` = (H, W) if given.
-
-    Raises:
-        ValueError: when the bytes are not an image PIL can read.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            rgb = image.convert("RGB")
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
-        raise ValueError(f"cannot decode image ({len(data)} bytes): {error}") from error
-    if image_size is not None and rgb.size != (image_size[1], image_size[0]):
-        rgb = rgb.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+            rgb_a = decode_image(a, f"{self.name} image {2 * i}", FILE_LIMITS)
+            rgb_b = decode_image(b, f"{self.name} image {2 * i + 1}", FILE_LIMITS)
+            if image_size is not None:
+                rgb_a, rgb_b = contract.fit_to_size(rgb_a, image_size), contract.fit_to_size(rgb_b, image_size)
+            yield rgb_a, rgb_b, same
 
 
 def _as_image_bytes(item: Any, path: Path, index: int) -> bytes:

@@ -17,13 +17,12 @@ PARITY_BATCH_SIZES = (1, 7, 64)
 
 def pack_inputs(pack: str | Path, image_size: tuple[int, int], count: int) -> np.ndarray:
     """The first ``count`` images of a ``.npz`` face pack, fitted and normalised as in training: [N, 3, H, W]."""
-    from eqface.data.image_ops import fit_to_size
     from eqface.data.packs import load_pack
 
     source = load_pack(pack)
     if len(source) < count:
         raise ValueError(f"{pack} holds {len(source)} images, {count} needed")
-    return contract.normalize_pixels(np.stack([fit_to_size(source.image(i), image_size) for i in range(count)]))
+    return contract.preprocess([source.image(i) for i in range(count)], image_size)
 
 
 def max_abs_diff(net: torch.nn.Module, session, x: np.ndarray) -> dict[str, float]:

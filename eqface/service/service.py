@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from eqface import contract
 from eqface.aggregation import qwfa
+from eqface.data.decode import ImageDecodeError, ImageLimits, decode_image
 from eqface.service.aggregator import FrameInput, FrameOutcome, FrameStatus
 from eqface.service.config import ServiceConfig
 from eqface.service.engine import (
@@ -42,7 +44,6 @@ from eqface.service.errors import (
 )
 from eqface.service.flow import StreamFlow
 from eqface.service.gallery import GalleryIndex, Match
-from eqface.service.images import ImageLimits, decode_image, to_model_input
 from eqface.service.inputs import (
     RawFrame,
     check_id,
@@ -373,13 +374,18 @@ class AggregatorService:
 
 
 def _decode_all(images: list[bytes], limits: ImageLimits, size: tuple[int, int] | None) -> list[Any]:
-    """Per image: what Triton gets (the bytes, or with ``size`` a model-input tensor [3, H, W]) or the error."""
+    """Per image: what Triton gets (the bytes, or with ``size`` a model-input tensor [3, H, W]) or the
+    InvalidArgument error.
+
+    Images are decoded here even when Triton decodes them again (bytes mode): a corrupt image is answered
+    INVALID_ARGUMENT on its own frame instead of failing the Triton batch it would share with other streams.
+    """
     out: list[Any] = []
     for data in images:
         try:
-            rgb = decode_image(data, limits)
-        except InvalidArgument as exc:
-            out.append(exc)
+            rgb = decode_image(data, "image", limits)
+        except ImageDecodeError as exc:
+            out.append(InvalidArgument(str(exc)))
             continue
-        out.append(data if size is None else to_model_input([rgb], size)[0])
+        out.append(data if size is None else contract.preprocess([rgb], size)[0])
     return out

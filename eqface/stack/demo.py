@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from eqface.data.augment import degrade
-from eqface.data.image_ops import decode_image, encode_image
+from eqface.data.decode import decode_image
+from eqface.data.image_ops import encode_image
 
 CELEBA_PACK = "celeba_wild_subset_rgb112.npz"
 DEGRADATIONS = ("blur", "resolution", "noise", "occlusion")
@@ -114,7 +115,7 @@ def _frame(image: bytes, degraded_fraction: float, rng: np.random.Generator) -> 
         return Frame(image, "clean")
     kind = DEGRADATIONS[rng.integers(len(DEGRADATIONS))]
     strength = float(rng.uniform(0.6, 1.0))
-    degraded = degrade(decode_image(image), kind, strength, rng)
+    degraded = degrade(decode_image(image, "demo frame"), kind, strength, rng)
     return Frame(encode_image(degraded, quality=90), f"{kind} {strength:.1f}")
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from eqface import contract
 from eqface.data.augment import DEGRADATIONS, degrade
-from eqface.data.image_ops import fit_to_size
 from eqface.data.sources import ArraySource, FaceSource
 from eqface.eval.edc import EdcCurve, edc_curve, pair_quality, random_quality
 from eqface.eval.pairs import cosine_scores, make_pairs
@@ -82,7 +82,10 @@ def degraded_copy(source: FaceSource, image_size: tuple[int, int], kind: str, se
     images = np.stack(
         [
             degrade(
-                fit_to_size(source.image(i), image_size), kind, DEGRADATION_STRENGTH, np.random.default_rng([seed, i])
+                contract.fit_to_size(source.image(i), image_size),
+                kind,
+                DEGRADATION_STRENGTH,
+                np.random.default_rng([seed, i]),
             )
             for i in range(len(source))
         ]

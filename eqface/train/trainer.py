@@ -15,11 +15,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from eqface import paths
+from eqface import contract, paths
 from eqface.config import EQFaceConfig, ScheduleConfig, to_json
 from eqface.data.augment import Augmenter
-from eqface.data.dataset import AugmentedFaces, EpochBatchSampler, collate, to_input_tensor
-from eqface.data.image_ops import fit_to_size
+from eqface.data.dataset import AugmentedFaces, EpochBatchSampler, collate
 from eqface.data.sources import FaceSource
 from eqface.losses import CombinedMarginLoss, NormalizedClassifier
 from eqface.models import EQFaceNet, build_model
@@ -155,7 +154,7 @@ def embed_source(
     embs, quals = [], []
     for start in tqdm(range(0, len(source), batch_size), desc=desc, leave=False, unit="batch"):
         idx = range(start, min(start + batch_size, len(source)))
-        x = to_input_tensor([fit_to_size(source.image(i), image_size) for i in idx]).to(device)
+        x = torch.from_numpy(contract.preprocess([source.image(i) for i in idx], image_size)).to(device)
         e, q = net(x)
         embs.append(e.cpu().numpy())
         quals.append(q.squeeze(1).cpu().numpy())

@@ -23,7 +23,7 @@ import numpy as np
 from eqface import paths
 from eqface.config import DataConfig, EQFaceConfig, merge
 from eqface.data import build_source, split_identities
-from eqface.data.image_ops import ImageDecodeError
+from eqface.data.decode import ImageDecodeError
 from eqface.data.sources import EncodedSource, FaceSource, SubsetSource
 from eqface.workflow import storage
 

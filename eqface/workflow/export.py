@@ -7,8 +7,6 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from eqface import contract
 from eqface.config import EQFaceConfig
 
@@ -25,7 +23,6 @@ def export_step(model_dir: str | Path, out_dir: str | Path, cfg: EQFaceConfig, o
     Raises:
         RuntimeError: onnxruntime and torch differ by more than ``eqface.export.parity.PARITY_TOLERANCE``.
     """
-    from eqface.data.image_ops import fit_to_size
     from eqface.export.onnx import export_model_file, onnx_session
     from eqface.export.parity import PARITY_TOLERANCE, parity_by_batch_size
     from eqface.train.checkpoint import load_model
@@ -40,7 +37,7 @@ def export_step(model_dir: str | Path, out_dir: str | Path, cfg: EQFaceConfig, o
     faces = held_out if held_out is not None else train
     count = min(PARITY_IMAGES, len(faces))
     size = tuple(model_cfg.image_size)
-    x = contract.normalize_pixels(np.stack([fit_to_size(faces.image(i), size) for i in range(count)]))
+    x = contract.preprocess([faces.image(i) for i in range(count)], size)
     diffs = parity_by_batch_size(net, onnx_session(result.path), x, tuple(sorted({1, min(7, count), count})))
     worst = max(diffs.values())
     if worst > PARITY_TOLERANCE:

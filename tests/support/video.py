@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from eqface.data.augment import degrade
-from eqface.data.image_ops import decode_image
+from eqface.data.decode import decode_image
 
 CELEBA_PACK = "celeba_wild_subset_rgb112.npz"
 DEGRADATIONS = (("blur", 0.8), ("noise", 0.9), ("occlusion", 0.8), ("resolution", 0.9))

@@ -1,16 +1,16 @@
-"""``preprocess``: encoded JPEG/PNG bytes → the model input, with training's own decode, fit and normalisation.
+"""``preprocess``: encoded JPEG/PNG bytes → the model input: ``eqface.data.decode`` then ``contract.preprocess``.
 
 Written as ``preprocess/<version>/model.py``. Imports the eqface package (numpy + Pillow only), so the python
-backend's environment must have eqface installed. The target size comes from the model config's output dims.
+backend's environment must have eqface installed. The target size comes from the model config's output dims; the
+decoding limits are the default ``ImageLimits``, the aggregation service's defaults, so both accept the same images.
 """
 
 import json
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from eqface import contract
-from eqface.data.image_ops import decode_image, fit_to_size
+from eqface.data.decode import decode_image
 
 
 class TritonPythonModel:
@@ -34,8 +34,8 @@ class TritonPythonModel:
     def _preprocess(self, request):
         items = pb_utils.get_input_tensor_by_name(request, self.image_name).as_numpy().reshape(-1)
         try:
-            images = [fit_to_size(decode_image(bytes(item), f"image {i}"), self.size) for i, item in enumerate(items)]
-            x = contract.normalize_pixels(np.stack(images)).astype(self.output_dtype, copy=False)
+            images = [decode_image(bytes(item), f"image {i}") for i, item in enumerate(items)]
+            x = contract.preprocess(images, self.size).astype(self.output_dtype, copy=False)
         except ValueError as exc:  # ImageDecodeError and shape errors: the client's data is at fault
             error = pb_utils.TritonError(f"{self.image_name}: {exc}", pb_utils.TritonError.INVALID_ARG)
             return pb_utils.InferenceResponse(error=error)
