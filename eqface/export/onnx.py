@@ -55,7 +55,7 @@ def export_onnx(
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
     os.close(fd)
     # The exporter warns about torchvision ops it cannot register (torchvision is deliberately not installed, see
-    # DESIGN.md) and about its own deprecated pytree API; neither concerns this network.
+    # docs/architecture.md, "Facts") and about its own deprecated pytree API; neither concerns this network.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
         with torch.no_grad(), warnings.catch_warnings():
