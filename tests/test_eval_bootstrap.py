@@ -43,7 +43,9 @@ def test_intervals_cover_the_estimate_and_separate_a_good_measure_from_random() 
     labels, quality, a, b, same, scores = _population(150, 4, seed=0)
     rng = np.random.default_rng(3)
     measures = {"good": pair_quality(quality, a, b), "random": pair_quality(rng.random(len(labels)), a, b)}
-    result = pauc_intervals(scores, same, measures, labels[a], labels[b], replicates=200, seed=0)
+    result = pauc_intervals(
+        scores, same, measures, labels[a], labels[b], replicates=200, seed=0, differences=[("good", "random")]
+    )
     for name in measures:
         for limit in (0.2, 0.3):
             interval = result[name][limit]
@@ -52,6 +54,13 @@ def test_intervals_cover_the_estimate_and_separate_a_good_measure_from_random() 
             assert interval.estimate == pytest.approx(expected)
     assert result["good"][0.2].high < result["random"][0.2].low  # the informative quality wins, with margin
     assert not result["good"][0.2].overlaps(result["random"][0.2])
+    paired = result["good-random"][0.2]
+    assert paired.estimate == pytest.approx(result["good"][0.2].estimate - result["random"][0.2].estimate)
+    assert paired.high < 0  # the paired interval excludes 0 ...
+    marginal = (
+        result["good"][0.2].high - result["good"][0.2].low + result["random"][0.2].high - result["random"][0.2].low
+    )
+    assert paired.high - paired.low < marginal  # ... and is tighter than the two marginal ones together
 
 
 def test_more_identities_give_narrower_intervals() -> None:

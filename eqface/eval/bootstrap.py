@@ -79,6 +79,7 @@ def pauc_intervals(
     seed: int = 0,
     level: float = 0.95,
     threshold_set: ThresholdSet | None = None,
+    differences: Sequence[tuple[str, str]] = (),
 ) -> dict[str, dict[float, Interval]]:
     """EDC pAUC at each discard limit with its bootstrap interval, for several quality measures at once.
 
@@ -90,9 +91,11 @@ def pauc_intervals(
         limits: discard fractions for the pAUC (raw area, as ``edc_pauc``).
         replicates: bootstrap replicates; replicates whose resample cannot reach ``start_fmr`` are skipped.
         threshold_set: when given, the threshold at ``start_fmr`` comes from these comparisons (same identities).
+        differences: pairs ``(a, b)`` of measure names whose paired difference pAUC_a − pAUC_b is wanted too, from
+            the same replicates (much tighter than comparing two marginal intervals); keyed ``"a-b"``.
 
     Returns:
-        ``{measure: {limit: Interval}}``; the estimate is the pAUC on the comparisons as given.
+        ``{measure or "a-b": {limit: Interval}}``; the estimate is the pAUC (difference) on the comparisons as given.
 
     Raises:
         ValueError: when identities contradict ``issame`` or too few replicates are usable.
@@ -138,4 +141,11 @@ def pauc_intervals(
         for limit in limits:
             low, high = np.percentile(samples[name][limit], [tail, 100 - tail])
             result[name][limit] = Interval(edc_pauc(point, limit), float(low), float(high), level)
+    for a, b in differences:
+        result[f"{a}-{b}"] = {}
+        for limit in limits:
+            diff = np.subtract(samples[a][limit], samples[b][limit])
+            low, high = np.percentile(diff, [tail, 100 - tail])
+            estimate = result[a][limit].estimate - result[b][limit].estimate
+            result[f"{a}-{b}"][limit] = Interval(estimate, float(low), float(high), level)
     return result
