@@ -16,7 +16,7 @@ import pytest
 from eqface.pipeline import storage
 from eqface.pipeline.configure import build_config, preset_form
 from eqface.pipeline.dataset import data_config, prepare_dataset
-from eqface.serving.launcher import free_port
+from eqface.processes import free_port
 
 _buckets = itertools.count()
 

@@ -148,7 +148,7 @@ def test_bad_store_urls(url, message):
 
 def test_unreachable_redis_is_store_unavailable():
     pytest.importorskip("redis")
-    from tests.support.service import free_port
+    from eqface.processes import free_port
 
     with pytest.raises(StoreUnavailable, match="Redis"):
         open_store(f"redis://127.0.0.1:{free_port()}/0")

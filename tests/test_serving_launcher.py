@@ -17,6 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from eqface import contract
+from eqface.processes import pid_alive
 from eqface.serving.client import infer_images
 from eqface.serving.launcher import TritonServer, TritonStartError
 
@@ -188,17 +189,9 @@ def test_the_server_dies_with_a_killed_parent(local_repository, triton_installed
         parent.wait()
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.2)
-        assert not _alive(pid)
+        assert not pid_alive(pid)
     finally:
         if workdir.name.startswith("eqface-triton-"):
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"  # a zombie has exited; only its parent's wait() is missing

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from eqface import contract
+from eqface.processes import same_process
 from eqface.stack import model as stack_model
 from eqface.stack.demo import ENROLL_IMAGES, DemoOptions, build_subjects
-from eqface.stack.processes import same_process
 from eqface.stack.stack import StackConfig, read_state
 from tests.conftest import REPO_ROOT, require_executable
 

@@ -316,7 +316,7 @@ def _report_prometheus(url: str, scrape_interval_s: float) -> None:
 
 
 def _stop_and_check(stack) -> None:
-    from eqface.stack.processes import same_process
+    from eqface.processes import same_process
 
     codes = stack.stop()
     left = [name for name, p in stack.endpoints.processes.items() if same_process(p["pid"], p["start_ticks"])]
@@ -393,14 +393,14 @@ def _wait_started(state_dir: Path, process: subprocess.Popen, log: Path, timeout
 
 
 def _supervisor_alive(state: dict) -> bool:
-    from eqface.stack.processes import same_process
+    from eqface.processes import same_process
 
     s = state.get("supervisor", {})
     return bool(s) and same_process(s["pid"], s["start_ticks"])
 
 
 def run_down(args: argparse.Namespace) -> int:
-    from eqface.stack.processes import kill_recorded, same_process
+    from eqface.processes import kill_recorded, same_process
     from eqface.stack.stack import read_state
 
     state = read_state(args.state_dir)
@@ -429,7 +429,7 @@ def run_down(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from eqface.stack.processes import same_process
+    from eqface.processes import same_process
     from eqface.stack.stack import Endpoints, read_state
 
     state = read_state(args.state_dir)
