@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eqface import processes
 from eqface.processes import ProcessStartError, free_port, wait_for_grpc_health
+from eqface.service.client import AggregatorClient
 from eqface.service.config import ServiceConfig
 from eqface.service.server import AggregatorServer
 from eqface.service.v1 import aggregator_pb2_grpc as pb_grpc
@@ -165,8 +166,9 @@ def serve_in_thread(config: ServiceConfig, ready_timeout_s: float = 10.0) -> Ite
 
 @contextmanager
 def aggregator_stub(target: str) -> Iterator[pb_grpc.AggregatorStub]:
-    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
-        yield pb_grpc.AggregatorStub(channel)
+    """The package's client's stub (its channel options), no retries: the tests see every error."""
+    with AggregatorClient(target) as client:
+        yield client.stub
 
 
 class ServerProcess:
