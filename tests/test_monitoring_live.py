@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from eqface.stack.prometheus import LOCAL_NAMESPACE, PrometheusClient, finite_points
+from eqface.stack.prometheus import LOCAL_NAMESPACE, PrometheusClient
 from eqface.stack.stack import Endpoints, read_state
 from tests.conftest import require_executable
 from tests.support import promql
@@ -95,8 +95,8 @@ def test_every_dashboard_query_returns_series(scraped: Scraped):
             series = scraped.client.query(expr, time=now)
         else:
             series = scraped.client.query_range(expr, scraped.start, now, step_s=SCRAPE_S)
-        rows.append((query.source, len(series), finite_points(series)))
-        if not series or not finite_points(series):
+        rows.append((query.source, len(series), promql.finite_points(series)))
+        if not series or not promql.finite_points(series):
             empty.append(query.source)
     _report("dashboard queries against the local stack:", rows)
     assert len(rows) == len(promql.dashboard_queries(dashboard)) >= 30
@@ -109,15 +109,15 @@ def test_every_rule_expression_returns_series(scraped: Scraped):
     for q in records:
         for expr in (q.expr, q.source.removeprefix("record ")):  # the expression, and the series it records
             series = scraped.client.query(expr)
-            rows.append((f"{q.source}: {expr.splitlines()[0][:70]}", len(series), finite_points(series)))
-            if not finite_points(series):
+            rows.append((f"{q.source}: {expr.splitlines()[0][:70]}", len(series), promql.finite_points(series)))
+            if not promql.finite_points(series):
                 empty.append(expr)
     for q in alerts:
         scraped.client.query(q.expr)  # evaluates (an empty result: the alert is silent)
         for signal in promql.signal_queries(q.expr):
             series = scraped.client.query(signal)
-            rows.append((f"{q.source} watches {signal}", len(series), finite_points(series)))
-            if not finite_points(series):
+            rows.append((f"{q.source} watches {signal}", len(series), promql.finite_points(series)))
+            if not promql.finite_points(series):
                 empty.append(f"{q.source}: {signal}")
     _report("rule expressions against the local stack:", rows)
     assert not empty, f"no data: {empty}"

@@ -183,12 +183,6 @@ class TritonServer:
             self._workdir = None
         return code
 
-    def wait(self) -> int:
-        """Blocks until the server exits on its own; returns its exit code."""
-        if self._child is None:
-            raise RuntimeError("tritonserver was not started")
-        return self._child.process.wait()
-
     def __enter__(self) -> TritonServer:
         return self.start()
 

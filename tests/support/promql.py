@@ -4,6 +4,7 @@ Grafana's variable substitution, and the operands of an alert's expression."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,3 +119,12 @@ def signal_queries(alert_expr: str) -> list[str]:
         inner = re.fullmatch(r"absent\((.*)\)", operand, flags=re.DOTALL)
         signals.append(inner.group(1).strip() if inner else operand)
     return signals
+
+
+def finite_points(series: list[dict[str, Any]]) -> int:
+    """How many points of a query result (instant or range) are finite numbers (NaN shows as a gap in Grafana)."""
+    count = 0
+    for s in series:
+        for _, v in s.get("values", [s["value"]] if "value" in s else []):
+            count += math.isfinite(float(v))
+    return count
