@@ -43,6 +43,7 @@ from eqface import paths, processes
 from eqface.processes import free_port, wait_for_grpc_health
 from eqface.service.client import feature_frame, image_frame
 from eqface.service.v1 import aggregator_pb2 as pb
+from eqface.serving.helper_process import TritonHelper
 
 METHOD = "/eqface.service.v1.Aggregator/StreamFrames"
 _PIN_AND_RUN = (
@@ -300,16 +301,15 @@ def bytes_per_subject(store_url: str, subjects: int, dim: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------------ image
-_TRITON_HELPER = r"""
-import json, sys
+_BUILD_REPOSITORY = r"""
+import sys
 from pathlib import Path
-import numpy as np, torch
+import torch
 from eqface.config import ModelConfig
 from eqface.contract import InferenceSpec
 from eqface.export.onnx import export_onnx
 from eqface.models import build_model
 from eqface.models.pretrained import load_backbone_weights
-from eqface.serving.launcher import TritonServer
 from eqface.serving.repository import write_model_repository
 
 shared, workdir = Path(sys.argv[1]), Path(sys.argv[2])
@@ -318,37 +318,18 @@ net = build_model(ModelConfig(backbone="mobilefacenet", image_size=(112, 96), em
 load_backbone_weights(net.backbone, shared / "weights" / "mobilefacenet_casia_xiaoccer_068.npz")
 export_onnx(net.eval(), InferenceSpec((112, 96), 128), workdir / "model.onnx")
 write_model_repository(workdir / "model.onnx", workdir / "repository", variant="local")
-server = TritonServer(workdir / "repository")
-try:
-    server.start()
-    print(json.dumps({"grpc_url": server.grpc_url}), flush=True)
-    sys.stdin.read()
-finally:
-    server.stop()
 """
 
 
 class ImagePhase:
-    """Triton (pretrained MobileFaceNet, local repository) in a helper process.
-
-    A helper, because the launcher forks with a preexec_fn, which can deadlock a process that already holds gRPC
-    channels (this one does by then); the helper also keeps torch out of this process.
-    """
+    """Triton (pretrained MobileFaceNet, local repository) run by a helper process (this process holds gRPC
+    channels by then: see eqface.serving.helper_process); the model is built in a child too, keeping torch out."""
 
     def __init__(self, workdir: Path) -> None:
         shared = paths.require_shared_data_dir()
-        self._log = open(workdir / "triton-helper.log", "ab")
-        self._helper = subprocess.Popen(
-            [sys.executable, "-c", _TRITON_HELPER, str(shared), str(workdir)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-        )
-        line = self._helper.stdout.readline()  # type: ignore[union-attr]
-        if not line:
-            self.stop()
-            raise RuntimeError(f"Triton did not start; see {workdir / 'triton-helper.log'}")
-        self.grpc_url = json.loads(line)["grpc_url"]
+        subprocess.run([sys.executable, "-c", _BUILD_REPOSITORY, str(shared), str(workdir)], check=True)
+        self._triton = TritonHelper(workdir / "repository", workdir / "triton-helper.log").start()
+        self.grpc_url = self._triton.grpc_url
         with np.load(shared / "celeba_wild_subset_rgb112.npz") as pack:
             blob, offsets = pack["jpeg_bytes"], pack["jpeg_offsets"]
             self.faces = [blob[offsets[i] : offsets[i + 1]].tobytes() for i in range(512)]
@@ -396,9 +377,7 @@ class ImagePhase:
             client.close()
 
     def stop(self) -> None:
-        self._helper.stdin.close()  # type: ignore[union-attr]
-        self._helper.wait(60)
-        self._log.close()
+        self._triton.stop()
 
 
 def _image_available() -> str | None:

@@ -115,18 +115,20 @@ def start(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     die_with_parent: bool = True,
+    stdin: int | None = subprocess.DEVNULL,
 ) -> Child:
     """Starts ``argv`` in its own session with stdout and stderr appended to ``log_path``.
 
     Its own session: Ctrl-C in the terminal reaches only this process, which stops the child in order.
     ``die_with_parent`` sets ``PR_SET_PDEATHSIG`` so a crashed parent leaves no child behind; it forces fork() instead
     of vfork(), and fork() in a process that holds gRPC channels can hang in gRPC's fork handlers: pass False there.
+    ``stdin=subprocess.PIPE`` gives the child a pipe it sees close when this process closes it or dies.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             list(argv),
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

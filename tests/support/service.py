@@ -26,6 +26,7 @@ from eqface.service.client import AggregatorClient
 from eqface.service.config import ServiceConfig
 from eqface.service.server import AggregatorServer
 from eqface.service.v1 import aggregator_pb2_grpc as pb_grpc
+from eqface.serving.helper_process import TritonHelper
 from tests.conftest import REPO_ROOT, require_executable
 
 DIM = 512
@@ -255,55 +256,12 @@ class StreamSession:
 
 
 # ---------------------------------------------------------------------------------------------------------- triton
-_TRITON_HELPER = r"""
-import json, sys
-from eqface.serving.launcher import TritonServer
-
-repository, grpc_port, http_port, metrics_port = sys.argv[1], *(int(p) for p in sys.argv[2:5])
-server = TritonServer(repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
-try:
-    server.start()
-    print(json.dumps({"grpc_port": server.grpc_port, "pid": server.pid}), flush=True)
-    sys.stdin.read()  # until the test closes stdin, or dies
-finally:
-    server.stop()
-"""
-
-
-class TritonProcess:
-    """The real Triton server (``eqface.serving.launcher.TritonServer``) run from a helper process, on fixed ports.
-
-    Why a helper: the launcher forks with a ``preexec_fn``, and fork() in a process that holds gRPC channels can
-    deadlock in gRPC's fork handlers; this test process only spawns the helper (vfork) and never forks itself.
-    ``stop()`` then ``start()`` brings Triton back on the same ports, as a restarted deployment would.
-    """
+class TritonProcess(TritonHelper):
+    """The real Triton server run from a helper process (this test process holds gRPC channels: see
+    ``eqface.serving.helper_process``), on fixed ports: ``stop()`` then ``start()`` brings it back on the same ones."""
 
     def __init__(self, repository: Path, log_path: Path) -> None:
-        self.repository = repository
-        self.log_path = log_path
-        self.ports = [free_port() for _ in range(3)]
-        self.pid: int | None = None
-        self._helper: subprocess.Popen[bytes] | None = None
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.ports[0]}"
-
-    def start(self, timeout_s: float = 240.0) -> TritonProcess:
-        import json
-        import select
-
-        args = [sys.executable, "-c", _TRITON_HELPER, str(self.repository), *map(str, self.ports)]
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        with open(self.log_path, "ab") as log:
-            self._helper = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
-        ready, _, _ = select.select([self._helper.stdout], [], [], timeout_s)
-        line = self._helper.stdout.readline() if ready else b""  # type: ignore[union-attr]
-        if not line:
-            self.stop()
-            raise RuntimeError(f"Triton did not start; helper log:\n{self.log_path.read_text()[-4000:]}")
-        self.pid = json.loads(line)["pid"]
-        return self
+        super().__init__(repository, log_path)
 
     def freeze(self) -> None:
         """SIGSTOP: Triton hangs (accepts connections, answers nothing), like an overloaded or stuck server."""
@@ -312,19 +270,10 @@ class TritonProcess:
     def thaw(self) -> None:
         os.kill(self.pid, signal.SIGCONT)  # type: ignore[arg-type]
 
-    def stop(self) -> None:
-        helper, self._helper = self._helper, None
-        if helper is None:
-            return
+    def stop(self, timeout_s: float = 60.0) -> None:
         if self.pid is not None:
             try:
                 os.kill(self.pid, signal.SIGCONT)  # a frozen server could not stop
             except ProcessLookupError:
                 pass
-        helper.stdin.close()  # type: ignore[union-attr]
-        try:
-            helper.wait(60)
-        except subprocess.TimeoutExpired:
-            helper.kill()
-            helper.wait()
-        self.pid = None
+        super().stop(timeout_s)
