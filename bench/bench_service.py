@@ -39,11 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from eqface.service.client import feature_frame, image_frame  # noqa: E402
-from eqface.service.v1 import aggregator_pb2 as pb  # noqa: E402
+from eqface import paths, processes
+from eqface.processes import free_port, wait_for_grpc_health
+from eqface.service.client import feature_frame, image_frame
+from eqface.service.v1 import aggregator_pb2 as pb
+from eqface.serving.helper_process import TritonHelper
 
 METHOD = "/eqface.service.v1.Aggregator/StreamFrames"
 _PIN_AND_RUN = (
@@ -58,16 +58,18 @@ class PinnedServer:
     """The aggregation server as a child process pinned to one core."""
 
     def __init__(self, core: int, store: str, workdir: Path, extra: list[str] | None = None) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.log = workdir / f"server-{self.port}.log"
         args = ["--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", "0", "--store", store]
         args += ["--log-level", "WARNING", *(extra or [])]
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", _PIN_AND_RUN, str(core), *args], stdout=log, stderr=log, env=env
-            )
-        _wait_serving(self.target, 60, self.process)
+        argv = [sys.executable, "-c", _PIN_AND_RUN, str(core), *args]
+        # no die_with_parent: this process holds gRPC channels, and a preexec_fn forces fork() (gRPC fork handlers)
+        self.child = processes.start("aggregator", argv, self.log, die_with_parent=False)
+        try:
+            wait_for_grpc_health(self.target, self.child, 60)
+        except BaseException:
+            self.child.stop(grace_s=10)
+            raise
 
     @property
     def target(self) -> str:
@@ -75,40 +77,11 @@ class PinnedServer:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server process so far (all its threads)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{self.child.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(30)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_serving(target: str, timeout_s: float, process: subprocess.Popen) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5).status == 1:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    raise TimeoutError(f"{target} not serving after {timeout_s}s")
+        self.child.stop(grace_s=30)
 
 
 # ------------------------------------------------------------------------------------------------------ payloads
@@ -328,16 +301,15 @@ def bytes_per_subject(store_url: str, subjects: int, dim: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------------ image
-_TRITON_HELPER = r"""
-import json, sys
+_BUILD_REPOSITORY = r"""
+import sys
 from pathlib import Path
-import numpy as np, torch
+import torch
 from eqface.config import ModelConfig
 from eqface.contract import InferenceSpec
 from eqface.export.onnx import export_onnx
 from eqface.models import build_model
 from eqface.models.pretrained import load_backbone_weights
-from eqface.serving.launcher import TritonServer
 from eqface.serving.repository import write_model_repository
 
 shared, workdir = Path(sys.argv[1]), Path(sys.argv[2])
@@ -346,39 +318,18 @@ net = build_model(ModelConfig(backbone="mobilefacenet", image_size=(112, 96), em
 load_backbone_weights(net.backbone, shared / "weights" / "mobilefacenet_casia_xiaoccer_068.npz")
 export_onnx(net.eval(), InferenceSpec((112, 96), 128), workdir / "model.onnx")
 write_model_repository(workdir / "model.onnx", workdir / "repository", variant="local")
-server = TritonServer(workdir / "repository")
-try:
-    server.start()
-    print(json.dumps({"grpc_url": server.grpc_url}), flush=True)
-    sys.stdin.read()
-finally:
-    server.stop()
 """
 
 
 class ImagePhase:
-    """Triton (pretrained MobileFaceNet, local repository) in a helper process.
-
-    A helper, because the launcher forks with a preexec_fn, which can deadlock a process that already holds gRPC
-    channels (this one does by then); the helper also keeps torch out of this process.
-    """
+    """Triton (pretrained MobileFaceNet, local repository) run by a helper process (this process holds gRPC
+    channels by then: see eqface.serving.helper_process); the model is built in a child too, keeping torch out."""
 
     def __init__(self, workdir: Path) -> None:
-        shared = REPO_ROOT.parent / "shared" / "data"
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        self._log = open(workdir / "triton-helper.log", "ab")
-        self._helper = subprocess.Popen(
-            [sys.executable, "-c", _TRITON_HELPER, str(shared), str(workdir)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env=env,
-        )
-        line = self._helper.stdout.readline()  # type: ignore[union-attr]
-        if not line:
-            self.stop()
-            raise RuntimeError(f"Triton did not start; see {workdir / 'triton-helper.log'}")
-        self.grpc_url = json.loads(line)["grpc_url"]
+        shared = paths.require_shared_data_dir()
+        subprocess.run([sys.executable, "-c", _BUILD_REPOSITORY, str(shared), str(workdir)], check=True)
+        self._triton = TritonHelper(workdir / "repository", workdir / "triton-helper.log").start()
+        self.grpc_url = self._triton.grpc_url
         with np.load(shared / "celeba_wild_subset_rgb112.npz") as pack:
             blob, offsets = pack["jpeg_bytes"], pack["jpeg_offsets"]
             self.faces = [blob[offsets[i] : offsets[i + 1]].tobytes() for i in range(512)]
@@ -426,9 +377,7 @@ class ImagePhase:
             client.close()
 
     def stop(self) -> None:
-        self._helper.stdin.close()  # type: ignore[union-attr]
-        self._helper.wait(60)
-        self._log.close()
+        self._triton.stop()
 
 
 def _image_available() -> str | None:
@@ -438,8 +387,9 @@ def _image_available() -> str | None:
         find_distribution()
     except (ImportError, FileNotFoundError) as exc:
         return f"Triton not available ({exc})"
-    if not (REPO_ROOT.parent / "shared" / "data" / "weights").is_dir():
-        return "../shared/data/weights not present"
+    shared = paths.shared_data_dir()
+    if shared is None or not (shared / "weights").is_dir():
+        return "the shared data folder's weights/ is not present (../shared/data or $EQFACE_SHARED_DATA)"
     return None
 
 
@@ -498,8 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         if image is not None:
             image.stop()
         if redis is not None:
-            redis[0].terminate()
-            redis[0].wait(10)
+            redis[0].stop(grace_s=10)
         shutil.rmtree(workdir, ignore_errors=True)
     _print(report, args)
     if args.json:
@@ -507,33 +456,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _start_redis(workdir: Path) -> tuple[subprocess.Popen, int]:
+def _start_redis(workdir: Path) -> tuple[processes.Child, int]:
     import redis as redis_py
 
-    port = _free_port()
-    args = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(workdir),
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-    ]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
+    def answers() -> bool:
         try:
-            redis_py.Redis(port=port).ping()
-            return process, port
+            return bool(redis_py.Redis(port=port).ping())
         except redis_py.RedisError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
+            return False
+
+    port = free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", ""]
+    args += ["--appendonly", "yes", "--appendfsync", "always"]
+    child = processes.start("redis-server", args, workdir / "redis.log", die_with_parent=False)
+    try:
+        processes.wait_until(answers, child, 10, f"redis-server answering PING on {port}")
+    except BaseException:
+        child.stop(grace_s=10)
+        raise
+    return child, port
 
 
 def _print(report: dict, args: argparse.Namespace) -> None:

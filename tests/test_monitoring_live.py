@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from eqface.stack import monitoring
-from eqface.stack.prometheus import LOCAL_NAMESPACE, PrometheusClient, finite_points
+from eqface.stack.prometheus import LOCAL_NAMESPACE, PrometheusClient
 from eqface.stack.stack import Endpoints, read_state
 from tests.conftest import require_executable
+from tests.support import promql
 from tests.test_stack import assert_all_gone, eqface_cli, tiny_onnx
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -79,7 +79,7 @@ def _report(title: str, rows: list[tuple[str, int, int]], path: Path | None = No
 
 
 def test_every_dashboard_query_returns_series(scraped: Scraped):
-    dashboard = monitoring.load_dashboard()
+    dashboard = promql.load_dashboard()
     variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "namespace")
     metric = variable["definition"].split("(")[1].split(",")[0]
     namespaces = scraped.client.label_values("namespace", metric)
@@ -87,37 +87,37 @@ def test_every_dashboard_query_returns_series(scraped: Scraped):
     now = time.time()
     range_ = f"{int(now - scraped.start) + 5}s"
     rows, empty = [], []
-    panels = {p["title"]: p for p in monitoring.iter_panels(dashboard)}
-    for query in monitoring.dashboard_queries(dashboard):
-        expr = monitoring.grafana_substitute(query.expr, {"namespace": namespaces[0]}, RATE_INTERVAL, range_)
+    panels = {p["title"]: p for p in promql.iter_panels(dashboard)}
+    for query in promql.dashboard_queries(dashboard):
+        expr = promql.grafana_substitute(query.expr, {"namespace": namespaces[0]}, RATE_INTERVAL, range_)
         target = next(t for p in panels.values() for t in p.get("targets", []) if t["expr"] == query.expr)
         if target.get("instant"):
             series = scraped.client.query(expr, time=now)
         else:
             series = scraped.client.query_range(expr, scraped.start, now, step_s=SCRAPE_S)
-        rows.append((query.source, len(series), finite_points(series)))
-        if not series or not finite_points(series):
+        rows.append((query.source, len(series), promql.finite_points(series)))
+        if not series or not promql.finite_points(series):
             empty.append(query.source)
     _report("dashboard queries against the local stack:", rows)
-    assert len(rows) == len(monitoring.dashboard_queries(dashboard)) >= 30
+    assert len(rows) == len(promql.dashboard_queries(dashboard)) >= 30
     assert not empty, f"no data: {empty}"
 
 
 def test_every_rule_expression_returns_series(scraped: Scraped):
-    records, alerts = monitoring.rule_queries()
+    records, alerts = promql.rule_queries()
     rows, empty = [], []
     for q in records:
         for expr in (q.expr, q.source.removeprefix("record ")):  # the expression, and the series it records
             series = scraped.client.query(expr)
-            rows.append((f"{q.source}: {expr.splitlines()[0][:70]}", len(series), finite_points(series)))
-            if not finite_points(series):
+            rows.append((f"{q.source}: {expr.splitlines()[0][:70]}", len(series), promql.finite_points(series)))
+            if not promql.finite_points(series):
                 empty.append(expr)
     for q in alerts:
         scraped.client.query(q.expr)  # evaluates (an empty result: the alert is silent)
-        for signal in monitoring.signal_queries(q.expr):
+        for signal in promql.signal_queries(q.expr):
             series = scraped.client.query(signal)
-            rows.append((f"{q.source} watches {signal}", len(series), finite_points(series)))
-            if not finite_points(series):
+            rows.append((f"{q.source} watches {signal}", len(series), promql.finite_points(series)))
+            if not promql.finite_points(series):
                 empty.append(f"{q.source}: {signal}")
     _report("rule expressions against the local stack:", rows)
     assert not empty, f"no data: {empty}"
@@ -126,7 +126,7 @@ def test_every_rule_expression_returns_series(scraped: Scraped):
 def test_rules_are_healthy_and_silent_on_a_working_stack(scraped: Scraped):
     groups = scraped.client.rules()
     rules = [r for g in groups for r in g["rules"]]
-    records, alerts = monitoring.rule_queries()
+    records, alerts = promql.rule_queries()
     assert len(rules) == len(records) + len(alerts)
     assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
     active = {a["labels"]["alertname"]: a["state"] for a in scraped.client.alerts()}

@@ -113,7 +113,7 @@ def test_invalid_options_are_usage_errors(argv, capsys):
 
 
 def test_unreachable_store_is_a_clean_failure(capsys):
-    from tests.support.service import free_port
+    from eqface.processes import free_port
 
     code = main(
         ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--store", f"redis://127.0.0.1:{free_port()}/0"]

@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from eqface.aggregation import progressive_templates
+from eqface.processes import free_port
 from eqface.service.client import embedding_bytes, feature_frame, image_frame, template_of
 from eqface.service.config import MiB, ServiceConfig
 from eqface.service.server import SERVICE_NAME, STORE_HEALTH
@@ -24,7 +25,6 @@ from tests.support.service import (  # noqa: F401  (fixtures)
     StreamSession,
     aggregator_stub,
     face_stream,
-    free_port,
     health_status,
     redis_server,
     serve_in_thread,

@@ -176,7 +176,7 @@ def test_choosing_a_store_imports_only_its_backend(tmp_path):
 
 def test_unreachable_redis_is_store_unavailable():
     pytest.importorskip("redis")
-    from tests.support.service import free_port
+    from eqface.processes import free_port
 
     with pytest.raises(StoreUnavailable, match="Redis"):
         open_store(f"redis://127.0.0.1:{free_port()}/0")

@@ -17,6 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from eqface import contract
+from eqface.processes import pid_alive
 from eqface.serving.client import infer_images
 from eqface.serving.launcher import TritonServer, TritonStartError
 
@@ -188,17 +189,47 @@ def test_the_server_dies_with_a_killed_parent(local_repository, triton_installed
         parent.wait()
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.2)
-        assert not _alive(pid)
+        assert not pid_alive(pid)
     finally:
         if workdir.name.startswith("eqface-triton-"):
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def _onnx_only(local_repository: Path, tmp_path: Path) -> Path:
+    """The repository's ONNX model alone (no python-backend model: starts fast, imports nothing of eqface)."""
+    repository = tmp_path / "onnx_only"
+    shutil.copytree(local_repository / contract.ONNX_MODEL_NAME, repository / contract.ONNX_MODEL_NAME)
+    return repository
+
+
+def test_triton_helper_serves_and_stops_with_its_owner(local_repository, tmp_path, triton_installed):
+    """TritonHelper: ready on its ports; stop() leaves no server; a killed owner (the pipe closes) neither."""
+    from eqface.processes import http_ok, wait_until
+    from eqface.serving.helper_process import TritonHelper
+
+    repository = _onnx_only(local_repository, tmp_path)
+    helper = TritonHelper(repository, tmp_path / "helper.log").start(timeout_s=120)
+    pid = helper.pid
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"  # a zombie has exited; only its parent's wait() is missing
+        assert pid_alive(pid) and http_ok(f"http://{helper.http_url}/v2/health/ready")
+    finally:
+        helper.stop()
+    assert not pid_alive(pid)
+    assert "tritonserver ready" in (tmp_path / "helper.log").read_text()
+
+    helper = TritonHelper(repository, tmp_path / "owned.log").start(timeout_s=120)
+    pid = helper.pid
+    helper._child.stop(signal.SIGKILL, grace_s=5)  # the helper dies without stopping Triton: its pipe closes...
+    wait_until(lambda: not pid_alive(pid), None, 60, "tritonserver gone after its helper was killed")
+
+
+def test_triton_helper_reports_a_server_that_cannot_start(tmp_path, triton_installed):
+    from eqface.processes import ProcessStartError
+    from eqface.serving.helper_process import TritonHelper
+
+    (tmp_path / "repo" / "broken").mkdir(parents=True)
+    (tmp_path / "repo" / "broken" / "config.pbtxt").write_text('name: "broken"\nmax_batch_size: oops\n')
+    with pytest.raises(ProcessStartError, match=r"triton helper exited with status 1(.|\n)*failed to load all models"):
+        TritonHelper(tmp_path / "repo", tmp_path / "helper.log").start(timeout_s=120)

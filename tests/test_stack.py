@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from eqface import contract
+from eqface.processes import same_process
 from eqface.stack import model as stack_model
 from eqface.stack.demo import ENROLL_IMAGES, DemoOptions, build_subjects
-from eqface.stack.processes import same_process
 from eqface.stack.stack import StackConfig, read_state
 from tests.conftest import REPO_ROOT, require_executable
 
@@ -276,3 +276,61 @@ def test_training_domain_is_read_from_the_run(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"data": {"source": "synthetic"}}))
     assert stack_model.training_data_source(tmp_path / "model.pt") == "synthetic"
     assert stack_model.training_data_source(tmp_path / "elsewhere" / "model.pt") == ""
+
+
+# ------------------------------------------------------------------------------------------------ stack modules
+def test_faces_dir_follows_the_shared_data_folder(tmp_path, monkeypatch):
+    from eqface.stack.demo import CELEBA_PACK, faces_dir
+
+    lines: list[str] = []
+    monkeypatch.setenv("EQFACE_SHARED_DATA", str(tmp_path))
+    assert faces_dir("synthetic", "npz", out=lines.append) is None
+    assert faces_dir("auto", "npz", out=lines.append) is None and CELEBA_PACK in lines[-1]
+    with pytest.raises(FileNotFoundError, match=CELEBA_PACK):
+        faces_dir("celeba", "npz")
+    (tmp_path / CELEBA_PACK).write_bytes(b"")
+    assert faces_dir("auto", "npz") == tmp_path
+    assert faces_dir("auto", "synthetic", out=lines.append) is None and "synthetic faces" in lines[-1]
+    assert faces_dir("celeba", "synthetic") == tmp_path  # asked for explicitly: the training domain does not matter
+    with pytest.raises(ValueError, match="valid: auto, celeba, synthetic"):
+        faces_dir("webcam", "npz")
+
+
+def test_resolve_refuses_a_missing_model_and_an_unknown_trainer(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model not found"):
+        stack_model.resolve(tmp_path / "none.onnx", tmp_path / "runs", tmp_path / "state")
+    with pytest.raises(ValueError, match="valid: train, pipeline"):
+        stack_model.resolve(None, tmp_path / "runs", tmp_path / "state", train_with="kfp")
+
+
+def test_daemon_without_a_stack(tmp_path):
+    from eqface.stack import daemon
+    from eqface.stack.stack import write_state
+
+    assert daemon.stop(tmp_path) is None
+    with pytest.raises(daemon.StackNotRunning, match="no stack running"):
+        daemon.status(tmp_path)
+    with pytest.raises(daemon.StackNotRunning, match="eqface stack up"):
+        daemon.running_state(tmp_path)
+    # a state left by a supervisor that is gone (its pid with another start time): not running, nothing to kill
+    me = {"pid": os.getpid(), "start_ticks": -1}
+    write_state(tmp_path, {"status": "ready", "supervisor": me, "endpoints": {"processes": {"triton": me}}})
+    assert not daemon.supervisor_alive(read_state(tmp_path))
+    with pytest.raises(daemon.StackNotRunning, match="last status: ready"):
+        daemon.status(tmp_path)
+    stopped = daemon.stop(tmp_path, out=lambda line: pytest.fail(f"nothing to stop, but: {line}"))
+    assert stopped.killed_leftovers == [] and stopped.describe().startswith("stack stopped: processes ended")
+
+
+def test_report_lines(tmp_path):
+    from eqface.processes import process_start_ticks
+    from eqface.stack.report import endpoint_lines, stopped_line
+    from eqface.stack.stack import Endpoints
+
+    endpoints = Endpoints(triton_grpc="h:1", triton_http="h:2", triton_metrics="h:3", aggregator_grpc="h:4")
+    lines = endpoint_lines(endpoints)
+    assert "gRPC h:4" in lines[0] and "HTTP http://h:2" in lines[1] and "not running" in lines[2]
+    endpoints.processes = {"me": {"pid": os.getpid(), "start_ticks": process_start_ticks(os.getpid())}}
+    assert stopped_line({"triton": 0}, endpoints) == "stopped: triton (exit 0); still running: me"
+    endpoints.processes = {}
+    assert stopped_line({}, endpoints) == "stopped: nothing was running; no child process left"

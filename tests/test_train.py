@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from eqface import processes
 from eqface.config import apply_overrides, preset
 from eqface.train import checkpoint
 from eqface.train.distributed import DistEnv
@@ -108,22 +107,26 @@ def _train_cmd(out: Path, *extra: str) -> list[str]:
     ]
 
 
-def _kill_when_checkpointed(proc: subprocess.Popen, ckpt: Path, min_iteration: int, timeout: float = 120) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _kill_when_checkpointed(child: processes.Child, ckpt: Path, min_iteration: int, timeout: float = 120) -> int:
+    """SIGKILLs the training run as soon as its checkpoint reaches ``min_iteration``; returns that iteration."""
+    seen = [-1]
+
+    def checkpointed() -> bool:
         if ckpt.exists():
             try:
-                iteration = checkpoint.load(ckpt)["iteration"]
+                seen[0] = checkpoint.load(ckpt)["iteration"]
             except (ValueError, KeyError):
-                iteration = -1  # caught mid-rename; try again
-            if iteration >= min_iteration:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return iteration
-        if proc.poll() is not None:
-            pytest.fail("training finished before it could be killed")
-        time.sleep(0.01)
-    pytest.fail("no checkpoint appeared in time")
+                pass  # caught mid-rename; try again
+        return seen[0] >= min_iteration
+
+    try:
+        processes.wait_until(
+            checkpointed, child, timeout, f"a checkpoint at iteration {min_iteration}", interval_s=0.01
+        )
+    except processes.ProcessStartError as exc:
+        pytest.fail(f"training could not be killed mid-run: {exc}")
+    child.stop(signal.SIGKILL)
+    return seen[0]
 
 
 @pytest.mark.slow
@@ -132,8 +135,8 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path: Path) -> No
     whole = tmp_path / "whole"
     subprocess.run(_train_cmd(whole), check=True, env=env, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    iteration = _kill_when_checkpointed(proc, killed / "step1" / "checkpoint.pt", min_iteration=3)
+    child = processes.start("train", _train_cmd(killed), tmp_path / "killed.log", env=env)
+    iteration = _kill_when_checkpointed(child, killed / "step1" / "checkpoint.pt", min_iteration=3)
     assert not (killed / "step1" / "final.pt").exists()
     assert iteration % 2 == 1 or iteration >= 3  # 2 batches per epoch: usually mid-epoch
     subprocess.run(_train_cmd(killed), check=True, env=env, capture_output=True)
@@ -148,9 +151,7 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_ddp_with_gloo_world_size_2(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = processes.free_port()
     cmd = [
         sys.executable,
         "-m",

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eqface.serving.launcher import free_port
+from eqface.processes import free_port
 from eqface.workflow import storage
 from eqface.workflow.configure import build_config, preset_form
 from eqface.workflow.dataset import data_config, prepare_dataset

@@ -5,6 +5,7 @@ crops and aggregates them with QWFAF)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,6 +13,9 @@ from eqface.camera.alignment import align_face
 from eqface.camera.detection import Detector
 from eqface.data.decode import FILE_LIMITS, decode_image
 from eqface.data.image_ops import encode_image
+
+if TYPE_CHECKING:
+    from eqface.service.client import AggregatorClient
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 PAD = 0.3  # margin added around a photo before detection: a tightly cropped face still has context to be found in
@@ -49,16 +53,10 @@ def read_gallery(folder: Path, detector: Detector) -> tuple[dict[str, list[bytes
     return gallery, missed
 
 
-def enroll(stub, gallery: dict[str, list[bytes]], reconnect_timeout_s: float = 60.0) -> dict[str, list[float]]:
+def enroll(client: AggregatorClient, gallery: dict[str, list[bytes]]) -> dict[str, list[float]]:
     """Enrolls (overwriting) every identity; returns each one's image qualities as the service measured them."""
-    from eqface.camera.uplink import retrying_call
-    from eqface.service.v1 import aggregator_pb2 as pb
-
     qualities = {}
     for identity, images in gallery.items():
-        request = pb.EnrollRequest(
-            identity_id=identity, display_name=identity, images=pb.ImageSet(images=images), overwrite=True
-        )
-        response = retrying_call(stub, "Enroll", request, 30.0, reconnect_timeout_s)
+        response = client.enroll(identity, identity, images)
         qualities[identity] = [round(float(q), 3) for q in response.image_qualities]
     return qualities

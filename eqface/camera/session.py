@@ -114,16 +114,13 @@ class StreamSession:
     def enroll_gallery(self, folder: Path) -> dict[str, list[float]]:
         """Enrolls ``folder``/<identity>/<photos> (see ``eqface.camera.gallery``) before the stream."""
         from eqface.camera.gallery import enroll, read_gallery
-        from eqface.camera.uplink import connect
+        from eqface.service.client import AggregatorClient
 
         gallery, missed = read_gallery(folder, self.detector)
         for photo in missed:
             self.out(f"  ! no face found in {photo}")
-        channel, stub = connect(self.options.server)
-        try:
-            qualities = enroll(stub, gallery, self.options.reconnect_timeout_s)
-        finally:
-            channel.close()
+        with AggregatorClient(self.options.server, reconnect_timeout_s=self.options.reconnect_timeout_s) as client:
+            qualities = enroll(client, gallery)
         for identity, q in qualities.items():
             self.out(f"  enrolled {identity} from {len(q)} photos (quality {', '.join(f'{v:.2f}' for v in q)})")
         return qualities

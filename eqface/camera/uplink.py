@@ -22,15 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-_RETRYABLE = ("UNAVAILABLE", "UNKNOWN", "INTERNAL", "ABORTED", "DEADLINE_EXCEEDED")
-_CHANNEL_OPTIONS = [
-    # find a restarted aggregator within a second (gRPC's default reconnect backoff grows to two minutes)
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
+import grpc
+
+from eqface.service.client import AggregatorClient, image_frame, is_retryable
+from eqface.service.v1 import aggregator_pb2 as pb
 
 
 @dataclass
@@ -91,14 +86,13 @@ class Uplink:
         self._generation = 0
         self._closing = False
         self._error: UplinkError | None = None
-        self._channel = None
-        self._stub = None
+        self._client: AggregatorClient | None = None
         self._call = None
         self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
 
     # ------------------------------------------------------------------------------------------ caller side
     def start(self) -> Uplink:
-        self._channel, self._stub = connect(self.target)
+        self._client = AggregatorClient(self.target, reconnect_timeout_s=self.reconnect_timeout_s)
         self._thread.start()
         return self
 
@@ -146,8 +140,8 @@ class Uplink:
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
-        if self._channel is not None:
-            self._channel.close()
+        if self._client is not None:
+            self._client.close()
         with self._cond:
             self._raise_if_failed()
 
@@ -166,7 +160,7 @@ class Uplink:
 
     def call(self, method: str, request, timeout_s: float = 10.0):
         """A unary Aggregator call, retried like the stream while the aggregator is unreachable."""
-        return retrying_call(self._stub, method, request, timeout_s, self.reconnect_timeout_s)
+        return self._client.call(method, request, timeout_s)
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -174,8 +168,6 @@ class Uplink:
 
     # ------------------------------------------------------------------------------------------ the stream
     def _requests(self, generation: int):
-        from eqface.service.v1 import aggregator_pb2 as pb
-
         while True:
             with self._cond:
                 self._cond.wait_for(
@@ -196,22 +188,20 @@ class Uplink:
                 for f in message:
                     self.stats.resent += f.sent
                     f.sent = True
-            frames = [pb.Frame(subject_id=f.subject_id, sequence=f.sequence, image=f.image) for f in message]
+            frames = [image_frame(f.subject_id, f.sequence, f.image) for f in message]
             yield pb.StreamFramesRequest(frames=frames, top_k=self.top_k)
 
     def _unanswered(self) -> int:
         return sum(len(m) for m in self._in_flight)
 
     def _run(self) -> None:
-        import grpc
-
         backoff, last_progress = 0.2, time.monotonic()
         while True:
             with self._cond:
                 if self._error is not None or (self._closing and not self._pending and not self._in_flight):
                     return
                 generation = self._generation
-            call = self._stub.StreamFrames(self._requests(generation))
+            call = self._client.stream_frames(self._requests(generation))
             with self._cond:
                 self._call = call
             failure = None
@@ -232,7 +222,7 @@ class Uplink:
             if failure is None:
                 continue
             code = failure.code().name
-            if code not in _RETRYABLE or time.monotonic() - last_progress > self.reconnect_timeout_s:
+            if not is_retryable(failure) or time.monotonic() - last_progress > self.reconnect_timeout_s:
                 self._fail(UplinkError(f"aggregator {self.target}: {code}: {failure.details()}"))
                 return
             self.stats.reconnects += 1
@@ -275,32 +265,6 @@ class Uplink:
             self._error = error
             self._cond.notify_all()
         self.answers.put(str(error))
-
-
-def connect(target: str):
-    """A channel to the aggregator and its stub."""
-    import grpc
-
-    from eqface.service.v1 import aggregator_pb2_grpc
-
-    channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
-    return channel, aggregator_pb2_grpc.AggregatorStub(channel)
-
-
-def retrying_call(stub, method: str, request, timeout_s: float, reconnect_timeout_s: float):
-    """``stub.<method>(request)``, retried with backoff while the error is transient, for ``reconnect_timeout_s``."""
-    import grpc
-
-    deadline = time.monotonic() + reconnect_timeout_s
-    backoff = 0.2
-    while True:
-        try:
-            return getattr(stub, method)(request, timeout=timeout_s)
-        except grpc.RpcError as exc:
-            if exc.code().name not in _RETRYABLE or time.monotonic() + backoff > deadline:
-                raise
-        time.sleep(backoff)
-        backoff = min(2 * backoff, 2.0)
 
 
 def drain(answers: queue.Queue, handle: Callable[[Answer | str], None]) -> int:

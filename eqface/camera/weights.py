@@ -18,6 +18,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from eqface import paths
+
 WEIGHTS_ENV = "EQFACE_DETECTOR_WEIGHTS"
 RETINAFACE_FILE = "retinaface_mnet025_photo_analyze.onnx"
 
@@ -49,9 +51,9 @@ def mtcnn_dir() -> Path:
 
 
 def retinaface_file() -> Path:
-    """RetinaFace's ONNX file: in $EQFACE_DETECTOR_WEIGHTS, else in ../shared/data/weights beside the checkout
-    (internal tests only: its terms are unknown)."""
-    root = weights_root() or Path(__file__).resolve().parents[3] / "shared" / "data" / "weights"
+    """RetinaFace's ONNX file: in $EQFACE_DETECTOR_WEIGHTS, else in the shared data folder's ``weights/``
+    (internal tests only: its terms are unknown); FileNotFoundError when neither exists."""
+    root = weights_root() or paths.require_shared_data_dir() / "weights"
     return root / RETINAFACE_FILE
 
 

@@ -11,10 +11,6 @@ from eqface.cli import config_cmd, export_cmd, pipeline_cmd, serve_cmd, stack_cm
 COMMANDS = [train_cmd, config_cmd, export_cmd, serve_cmd, pipeline_cmd, stack_cmd, stream_cmd]
 
 
-class UserError(Exception):
-    """A problem the user can fix (bad option, missing file): printed as one line, exit status 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eqface",
@@ -35,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.service_args = [*args.service_args, *extra]
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"eqface {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

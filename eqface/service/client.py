@@ -1,12 +1,114 @@
-"""Small helpers for clients of the service: building frames and reading templates in the wire format."""
+"""The one client of the aggregation service: a channel with the options every caller needs (fast reconnects, large
+messages, optional credentials), unary calls retried while the aggregator is unreachable, the frame stream, and
+helpers that build frames and read templates in the wire format.
+
+    with AggregatorClient("127.0.0.1:50051", reconnect_timeout_s=60) as client:
+        client.enroll("alice", "Alice", images)
+        for response in client.stream_frames(requests):
+            ...
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Sequence
+
+import grpc
 import numpy as np
 
 from eqface.service.v1 import aggregator_pb2 as pb
+from eqface.service.v1 import aggregator_pb2_grpc
+
+# Status codes after which the same request may succeed on a later try (the aggregator restarts, the network drops).
+RETRYABLE = frozenset({"UNAVAILABLE", "UNKNOWN", "INTERNAL", "ABORTED", "DEADLINE_EXCEEDED"})
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    # find a restarted aggregator within a second (gRPC's default reconnect backoff grows to two minutes)
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+_FIRST_BACKOFF_S, _MAX_BACKOFF_S = 0.2, 2.0
 
 
+def is_retryable(error: grpc.RpcError) -> bool:
+    return error.code().name in RETRYABLE
+
+
+def open_channel(target: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    """A channel to the aggregator at ``host:port``: TLS when ``credentials`` are given, plaintext otherwise."""
+    if credentials is not None:
+        return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+    return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+
+
+class AggregatorClient:
+    """A channel and stub to one aggregator; a context manager that closes the channel.
+
+    Args:
+        target: ``host:port``.
+        credentials: ``grpc.ssl_channel_credentials(...)`` for TLS; None for plaintext (loopback, in-cluster).
+        reconnect_timeout_s: how long unary calls are retried (backoff 0.2 s to 2 s) while the error is transient;
+            0 raises the first error.
+    """
+
+    def __init__(
+        self, target: str, *, credentials: grpc.ChannelCredentials | None = None, reconnect_timeout_s: float = 0.0
+    ) -> None:
+        self.target = target
+        self.reconnect_timeout_s = reconnect_timeout_s
+        self.channel = open_channel(target, credentials)
+        self.stub = aggregator_pb2_grpc.AggregatorStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> AggregatorClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def call(self, method: str, request, timeout_s: float = 10.0):
+        """``Aggregator.<method>(request)``, retried with backoff for ``reconnect_timeout_s`` while transient."""
+        deadline = time.monotonic() + self.reconnect_timeout_s
+        backoff = _FIRST_BACKOFF_S
+        while True:
+            try:
+                return getattr(self.stub, method)(request, timeout=timeout_s)
+            except grpc.RpcError as exc:
+                if not is_retryable(exc) or time.monotonic() + backoff > deadline:
+                    raise
+            time.sleep(backoff)
+            backoff = min(2 * backoff, _MAX_BACKOFF_S)
+
+    def enroll(
+        self,
+        identity_id: str,
+        display_name: str,
+        images: Sequence[bytes],
+        *,
+        overwrite: bool = True,
+        timeout_s: float = 30.0,
+    ) -> pb.EnrollResponse:
+        """Enrolls ``identity_id`` from encoded face images (the service measures each image's quality)."""
+        request = pb.EnrollRequest(
+            identity_id=identity_id, display_name=display_name, images=pb.ImageSet(images=images), overwrite=overwrite
+        )
+        return self.call("Enroll", request, timeout_s)
+
+    def stream_frames(self, requests: Iterable[pb.StreamFramesRequest], timeout_s: float | None = None):
+        """Opens ``StreamFrames``: the returned call yields one response per request and has ``cancel()``.
+
+        Not retried: a caller that must lose no frame resends the unanswered ones on a new call
+        (``eqface.camera.uplink``); the service answers frames it had already applied DUPLICATE.
+        """
+        return self.stub.StreamFrames(iter(requests), timeout=timeout_s)
+
+
+# ------------------------------------------------------------------------------------------------ wire format
 def embedding_bytes(embedding: np.ndarray) -> bytes:
     """The wire format of an embedding: raw little-endian float32."""
     return np.ascontiguousarray(embedding, dtype="<f4").tobytes()

@@ -12,31 +12,28 @@ nothing in the installed wheel is modified and several servers can run side by s
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
-import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
 
+from eqface import processes
+from eqface.processes import free_port
+
 ModelControlMode = Literal["none", "poll", "explicit"]
 MODEL_CONTROL_MODES: tuple[ModelControlMode, ...] = ("none", "poll", "explicit")
-_PR_SET_PDEATHSIG = 1
-_LOG_TAIL_CHARS = 4000
+__all__ = ["TritonServer", "TritonStartError", "find_distribution", "free_port"]
 
 
-class TritonStartError(RuntimeError):
+class TritonStartError(processes.ProcessStartError):
     """The server exited or did not become ready; the message ends with the tail of its log."""
 
 
@@ -59,24 +56,6 @@ def _stub_for_this_python(backends: Path) -> Path:
     if not stub.is_file():
         raise FileNotFoundError(f"nvidia-pytriton ships no python-backend stub for Python {version} ({stub})")
     return stub
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _parent_death_signal() -> Callable[[], None]:
-    """A preexec_fn after which the kernel sends the server SIGTERM if its parent dies without stopping it.
-
-    So a crashed or killed test run never leaves a server holding ports and shared memory. ``prctl`` is looked up
-    here, in the parent: between fork and exec only the call itself runs (no dlopen, no imports).
-    """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    sigterm = int(signal.SIGTERM)
-    return lambda: prctl(_PR_SET_PDEATHSIG, sigterm)
 
 
 class TritonServer:
@@ -130,7 +109,7 @@ class TritonServer:
         self.log_verbose = log_verbose
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = tuple(extra_args)
-        self._process: subprocess.Popen | None = None
+        self._child: processes.Child | None = None
         self._workdir: Path | None = None
 
     # ----------------------------------------------------------------------------------------------- endpoints
@@ -151,10 +130,10 @@ class TritonServer:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        return self._child.pid if self._child else None
 
     def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._child is not None and self._child.running()
 
     def models(self) -> list[dict[str, str]]:
         """The repository index: one ``{"name", "version", "state"}`` per model version the server knows."""
@@ -203,12 +182,6 @@ class TritonServer:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
         return code
-
-    def wait(self) -> int:
-        """Blocks until the server exits on its own; returns its exit code."""
-        if self._process is None:
-            raise RuntimeError("tritonserver was not started")
-        return self._process.wait()
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -268,47 +241,23 @@ class TritonServer:
         return env
 
     def _spawn(self, binary: Path, backend_dir: Path, libs: Path) -> None:
-        with open(self._log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                self.command(binary, backend_dir),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.environment(libs),
-                cwd=self._workdir,
-                start_new_session=True,  # Ctrl-C reaches us, and we stop the server in order
-                preexec_fn=_parent_death_signal(),
-            )
+        # Its own session: Ctrl-C reaches us, and we stop the server in order; it dies with the starting thread.
+        self._child = processes.start(
+            "tritonserver",
+            self.command(binary, backend_dir),
+            self._log_path,
+            env=self.environment(libs),
+            cwd=self._workdir,
+        )
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
         url = f"http://{self.host}:{self.http_port}/v2/health/ready"
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise TritonStartError(
-                    f"tritonserver exited with status {self._process.returncode} while starting:\n{self._log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(url, timeout=1.0) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.1)
-        raise TritonStartError(f"tritonserver not ready after {self.startup_timeout_s:.0f}s:\n{self._log_tail()}")
-
-    def _log_tail(self) -> str:
-        return self.logs()[-_LOG_TAIL_CHARS:]
+        try:
+            processes.wait_for_http(url, self._child, self.startup_timeout_s)
+        except processes.ProcessStartError as exc:
+            raise TritonStartError(str(exc)) from None
 
     def _terminate(self, timeout_s: float = 30.0) -> int | None:
-        process, self._process = self._process, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        child, self._child = self._child, None
+        # SIGINT: Triton finishes in-flight requests; the python-backend stubs in its group go with it.
+        return child.stop(signal.SIGINT, grace_s=timeout_s) if child is not None else None

@@ -11,12 +11,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from eqface import paths
 from eqface.data.augment import degrade
 from eqface.data.decode import decode_image
 from eqface.data.image_ops import encode_image
+
+if TYPE_CHECKING:
+    from eqface.service.client import AggregatorClient
 
 CELEBA_PACK = "celeba_wild_subset_rgb112.npz"
 DEGRADATIONS = ("blur", "resolution", "noise", "occlusion")
@@ -54,6 +59,34 @@ class DemoOptions:
 
 
 # ------------------------------------------------------------------------------------------------ faces
+FACES = ("auto", "celeba", "synthetic")
+
+
+def faces_dir(faces: str, trained_on: str, out=print) -> Path | None:
+    """The shared data folder to take the video's real faces from, None for synthetic ones.
+
+    ``auto`` streams real faces when the CelebA pack is there, unless the model was trained on synthetic faces only
+    (real faces are outside its domain: its quality scores them near 0); ``celeba`` insists on the pack.
+    """
+    if faces not in FACES:
+        raise ValueError(f"unknown faces {faces!r}; valid: {', '.join(FACES)}")
+    if faces == "synthetic":
+        return None
+    if faces == "auto" and trained_on == "synthetic":
+        out(
+            "the model was trained on synthetic faces (its run's config.json): streaming synthetic faces; "
+            "--faces celeba streams real ones"
+        )
+        return None
+    shared = paths.shared_data_dir()
+    if shared is not None and (shared / CELEBA_PACK).is_file():
+        return shared
+    if faces == "celeba":
+        raise FileNotFoundError(f"--faces celeba: {CELEBA_PACK} not found (../shared/data or ${paths.ENV_VAR})")
+    out(f"{CELEBA_PACK} not found (../shared/data or ${paths.ENV_VAR}): streaming synthetic faces")
+    return None
+
+
 def build_subjects(options: DemoOptions, data_dir: Path | None, prefix: str = "") -> tuple[list[Subject], str]:
     """The demo's subjects and a one-line description of where their faces come from; ``prefix`` starts every
     subject id (a stack that keeps its store answers a replayed id's frames DUPLICATE)."""
@@ -120,19 +153,9 @@ def _frame(image: bytes, degraded_fraction: float, rng: np.random.Generator) -> 
 
 
 # ------------------------------------------------------------------------------------------------ streaming
-def enroll(stub, subjects: list[Subject], out=print) -> None:
-    from eqface.service.v1 import aggregator_pb2 as pb
-
+def enroll(client: AggregatorClient, subjects: list[Subject], out=print) -> None:
     for s in (s for s in subjects if s.identity_id):
-        response = stub.Enroll(
-            pb.EnrollRequest(
-                identity_id=s.identity_id,
-                display_name=s.display_name,
-                images=pb.ImageSet(images=s.enroll_images),
-                overwrite=True,
-            ),
-            timeout=30,
-        )
+        response = client.enroll(s.identity_id, s.display_name, s.enroll_images)
         qualities = ", ".join(f"{q:.2f}" for q in response.image_qualities)
         out(
             f"  enrolled {s.identity_id:<14} from {len(s.enroll_images)} images (quality {qualities}); "
@@ -141,15 +164,12 @@ def enroll(stub, subjects: list[Subject], out=print) -> None:
 
 
 def _requests(subjects: list[Subject], fps: float) -> Iterator:
+    from eqface.service.client import image_frame
     from eqface.service.v1 import aggregator_pb2 as pb
 
     ticks = max(len(s.frames) for s in subjects)
     for t in range(ticks):
-        frames = [
-            pb.Frame(subject_id=s.subject_id, sequence=t + 1, image=s.frames[t].image)
-            for s in subjects
-            if t < len(s.frames)
-        ]
+        frames = [image_frame(s.subject_id, t + 1, s.frames[t].image) for s in subjects if t < len(s.frames)]
         yield pb.StreamFramesRequest(frames=frames, top_k=1)
         time.sleep(1.0 / fps)
 
@@ -165,14 +185,14 @@ def _width(subjects: list[Subject]) -> int:
     return max(13, *(len(s.subject_id) for s in subjects))
 
 
-def stream(stub, subjects: list[Subject], options: DemoOptions, out=print) -> None:
+def stream(client: AggregatorClient, subjects: list[Subject], options: DemoOptions, out=print) -> None:
     """Streams every subject's frames, one tick at a time, printing one line per frame as the answers come."""
     from eqface.service.v1 import aggregator_pb2 as pb
 
     by_id = {s.subject_id: s for s in subjects}
     width = _width(subjects)
     out(_header(width))
-    call = stub.StreamFrames(_requests(subjects, options.fps), timeout=600)
+    call = client.stream_frames(_requests(subjects, options.fps), timeout_s=600)
     try:
         for tick, response in enumerate(call, start=1):
             matches = {m.subject_id: m.matches[0] for m in response.matches if m.matches}
@@ -238,6 +258,21 @@ def summary(subjects: list[Subject], options: DemoOptions, out=print) -> dict[st
         f"{totals['mean_quality_clean']:.2f}, degraded frames {totals['mean_quality_degraded']:.2f}"
     )
     return totals
+
+
+def enroll_and_stream(aggregator: str, rounds: list[list[Subject]], options: DemoOptions, out=print, frames_out=None):
+    """Enrolls the first round's known subjects, streams each round's subjects (one line per frame to ``frames_out``,
+    default ``out``), prints the last round's summary and returns its totals."""
+    from eqface.service.client import AggregatorClient
+
+    with AggregatorClient(aggregator) as client:
+        out("\nenrolling the gallery (images → Triton → QWFAF template):")
+        enroll(client, rounds[0], out=out)
+        for subjects in rounds:
+            out(f"\nstreaming {len(subjects)} subjects at {options.fps:g} ticks/s:")
+            stream(client, subjects, options, out=frames_out or out)
+    out("\nsummary:")
+    return summary(rounds[-1], options, out=out)
 
 
 def _mean(values: list[float]) -> float:

@@ -82,6 +82,25 @@ def run_local_pipeline(runs_dir: Path, preset: str = "demo") -> Path:
     return repository
 
 
+def resolve(
+    model: Path | None, runs_dir: Path, state_dir: Path, train_with: str = "train", preset: str = "demo"
+) -> ServedModel:
+    """The model to serve prepared in ``state_dir``: ``model`` when given, else the newest one under ``runs_dir``,
+    else one trained now on ``preset`` by ``eqface train`` (``train_with="train"``) or the local pipeline."""
+    if train_with not in ("train", "pipeline"):
+        raise ValueError(f"unknown train_with {train_with!r}; valid: train, pipeline")
+    if model is None:
+        model = find_existing(runs_dir)
+    if model is None and train_with == "pipeline":
+        model = run_local_pipeline(runs_dir, preset)
+    elif model is None:
+        model = train_demo_model(runs_dir / preset, preset)
+    if not model.exists():
+        raise FileNotFoundError(f"model not found: {model}")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return prepare(model, state_dir)
+
+
 def prepare(model: Path, work_dir: Path) -> ServedModel:
     """A local-variant model repository for ``model`` (a model.pt, an .onnx file or a model repository)."""
     if model.is_dir():

@@ -1,139 +1,28 @@
-"""The monitoring half of ``manifests/``: the PrometheusRule's rule groups, the Grafana dashboard and every PromQL
-expression in them, ready to be loaded into a local Prometheus or run against its HTTP API."""
+"""The monitoring half of ``manifests/`` the local stack loads: the PrometheusRule's rule groups as a Prometheus rules
+file, and the job names its scrape configuration must use."""
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from eqface.stack import kustomize
+from eqface.stack.manifests import MANIFESTS_DIR, find, render
 
-# The manifests beside the package (editable install / source checkout).
-MANIFESTS_DIR = Path(__file__).resolve().parents[2] / "manifests"
-MONITORING_DIR = MANIFESTS_DIR / "base" / "monitoring"
-DASHBOARD_FILE = MONITORING_DIR / "dashboards" / "eqface-overview.json"
-ALERT_TESTS_FILE = MANIFESTS_DIR / "tests" / "alerts.test.yaml"
 RULE_NAME = "eqface"
 # Job names the ServiceMonitors produce (jobLabel: app.kubernetes.io/name); the local stack scrapes under the same.
 TRITON_JOB = "eqface-triton"
 AGGREGATOR_JOB = "eqface-aggregator"
 
 
-@dataclass(frozen=True)
-class Query:
-    """One PromQL expression and where it comes from (a dashboard panel's target, a recording rule, an alert)."""
-
-    source: str
-    expr: str
-
-
-def rule_groups(manifests: Path = MANIFESTS_DIR) -> list[dict[str, Any]]:
+def rule_groups(manifests_dir: Path = MANIFESTS_DIR) -> list[dict[str, Any]]:
     """``spec.groups`` of the PrometheusRule as the base renders it: a Prometheus rules file's ``groups``."""
-    rendered = kustomize.render(manifests / "base" / "monitoring")
-    return kustomize.find(rendered, "PrometheusRule", RULE_NAME)["spec"]["groups"]
+    rendered = render(manifests_dir / "base" / "monitoring")
+    return find(rendered, "PrometheusRule", RULE_NAME)["spec"]["groups"]
 
 
-def write_rules_file(path: Path, manifests: Path = MANIFESTS_DIR) -> Path:
+def write_rules_file(path: Path, manifests_dir: Path = MANIFESTS_DIR) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"groups": rule_groups(manifests)}, sort_keys=False))
+    path.write_text(yaml.safe_dump({"groups": rule_groups(manifests_dir)}, sort_keys=False))
     return path
-
-
-def load_dashboard(path: Path = DASHBOARD_FILE) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
-def iter_panels(dashboard: dict[str, Any]):
-    """Every panel, rows' nested panels included."""
-    for panel in dashboard.get("panels", []):
-        yield panel
-        yield from panel.get("panels", [])
-
-
-def dashboard_queries(dashboard: dict[str, Any] | None = None) -> list[Query]:
-    dashboard = dashboard or load_dashboard()
-    queries = []
-    for panel in iter_panels(dashboard):
-        for target in panel.get("targets", []):
-            label = target.get("legendFormat") or target.get("refId")
-            queries.append(Query(f"panel '{panel['title']}' [{label}]", target["expr"]))
-    return queries
-
-
-def rule_queries(groups: list[dict[str, Any]] | None = None) -> tuple[list[Query], list[Query]]:
-    """(recording rules, alerts) as queries."""
-    groups = groups if groups is not None else rule_groups()
-    records, alerts = [], []
-    for group in groups:
-        for rule in group["rules"]:
-            if "record" in rule:
-                records.append(Query(f"record {rule['record']}", rule["expr"].strip()))
-            else:
-                alerts.append(Query(f"alert {rule['alert']}", rule["expr"].strip()))
-    return records, alerts
-
-
-def grafana_substitute(expr: str, variables: dict[str, str], rate_interval: str, range_: str) -> str:
-    """``expr`` with Grafana's variables replaced as Grafana would before sending it to Prometheus."""
-    out = expr.replace("$__rate_interval", rate_interval).replace("$__range", range_)
-    for name, value in variables.items():
-        out = out.replace(f"${{{name}}}", value).replace(f"${name}", value)
-    if "$" in out:
-        raise ValueError(f"unresolved variable in {out!r}")
-    return out
-
-
-_BINARY_OPERATORS = re.compile(r"==|!=|>=|<=|>|<|\+|-|\*|/|%|\^|\b(?:and|or|unless)\b")
-_MODIFIER = re.compile(r"^\s*(?:bool\b|(?:on|ignoring)\s*\([^)]*\)|(?:group_left|group_right)(?:\s*\([^)]*\))?)\s*")
-_NUMBER = re.compile(r"^\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?\s*$", re.IGNORECASE)
-
-
-def split_operands(expr: str) -> list[str]:
-    """The operands of ``expr``'s top-level binary operators (comparison, arithmetic, and/or/unless), left to right.
-
-    Enough PromQL for the rules here: brackets, braces, parentheses and quoted strings are skipped over; a duration
-    like ``[5m]`` or a label matcher ``!~`` never splits. ``a > 0.5 and a > 1.5 * b`` gives ``a, 0.5, a, 1.5, b``.
-    """
-    operands, depth, start, i, quote = [], 0, 0, 0, ""
-    while i < len(expr):
-        ch = expr[i]
-        if quote:
-            quote = "" if ch == quote and expr[i - 1] != "\\" else quote
-        elif ch in "\"'`":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif depth == 0:
-            match = _BINARY_OPERATORS.match(expr, i)
-            # a sign right after another operator (or at the start) is unary, not a split
-            if match and expr[start:i].strip():
-                operands.append(expr[start:i].strip())
-                i = match.end()
-                while modifier := _MODIFIER.match(expr[i:]):  # bool, on(..), group_left, ...
-                    if not modifier.end():
-                        break
-                    i += modifier.end()
-                start = i
-                continue
-        i += 1
-    operands.append(expr[start:].strip())
-    return operands
-
-
-def signal_queries(alert_expr: str) -> list[str]:
-    """What an alert looks at, each of which must return series on a working system even while the alert is silent:
-    its non-literal operands, with ``absent(x)`` replaced by ``x``."""
-    signals = []
-    for operand in split_operands(alert_expr):
-        if _NUMBER.match(operand):
-            continue
-        inner = re.fullmatch(r"absent\((.*)\)", operand, flags=re.DOTALL)
-        signals.append(inner.group(1).strip() if inner else operand)
-    return signals

@@ -110,12 +110,3 @@ class PrometheusClient:
 
     def label_values(self, label: str, match: str) -> list[str]:
         return self._get(f"/api/v1/label/{label}/values", {"match[]": match})
-
-
-def finite_points(series: list[dict[str, Any]]) -> int:
-    """How many points of a query result (instant or range) are finite numbers (NaN shows as a gap in Grafana)."""
-    count = 0
-    for s in series:
-        for _, v in s.get("values", [s["value"]] if "value" in s else []):
-            count += math.isfinite(float(v))
-    return count

@@ -11,14 +11,14 @@ import json
 import os
 import shutil
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eqface import processes
+from eqface.processes import Child, free_port, process_start_ticks, wait_for_grpc_health, wait_for_http
 from eqface.stack import monitoring, prometheus
 from eqface.stack.model import ServedModel
-from eqface.stack.processes import Child, process_start_ticks, spawn, wait_for_http
 
 STATE_FILE = "state.json"
 
@@ -116,8 +116,6 @@ class LocalStack:
         e.processes["triton"] = _identity(self._triton.pid)
 
     def _spawn_aggregator(self) -> Child:
-        from eqface.serving.launcher import free_port
-
         c, e = self.config, self.endpoints
         store = c.state_dir / "aggregator.db"
         if c.fresh_store:
@@ -137,15 +135,15 @@ class LocalStack:
             f"--embedding-dim={c.model.embedding_size}",
             f"--active-window={c.active_window_s:g}",
         ]
-        child = spawn("aggregator", argv, self.logs_dir / "aggregator.log", env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        child = processes.start(
+            "aggregator", argv, self.logs_dir / "aggregator.log", env=dict(os.environ, PYTHONUNBUFFERED="1")
+        )
         self._children.append(child)
         e.aggregator_grpc, e.aggregator_metrics = f"{c.host}:{port}", f"{c.host}:{metrics_port}"
         e.processes["aggregator"] = _identity(child.pid)
         return child
 
     def _spawn_prometheus(self) -> Child | None:
-        from eqface.serving.launcher import free_port
-
         c, e = self.config, self.endpoints
         binary = prometheus.find_prometheus()
         if not c.prometheus or binary is None:
@@ -158,7 +156,7 @@ class LocalStack:
         if c.fresh_store:
             shutil.rmtree(data_dir, ignore_errors=True)
         port = c.prometheus_port or free_port(c.host)
-        child = spawn(
+        child = processes.start(
             "prometheus",
             prometheus.command(binary, config_path, data_dir, c.host, port),
             self.logs_dir / "prometheus.log",
@@ -170,29 +168,7 @@ class LocalStack:
 
     def _wait_aggregator(self, child: Child) -> None:
         """Until grpc.health.v1 says SERVING (store and Triton reachable)."""
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + self.config.startup_timeout_s
-        with grpc.insecure_channel(self.endpoints.aggregator_grpc) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if not child.running():
-                    raise RuntimeError(
-                        f"the aggregator exited with status {child.process.returncode} while "
-                        f"starting; its log ({child.log_path}) ends:\n{child.log_tail()}"
-                    )
-                try:
-                    status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0).status
-                    if status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        raise RuntimeError(
-            f"the aggregator was not SERVING after {self.config.startup_timeout_s:.0f}s; its log "
-            f"({child.log_path}) ends:\n{child.log_tail()}"
-        )
+        wait_for_grpc_health(self.endpoints.aggregator_grpc, child, self.config.startup_timeout_s)
 
     # ---------------------------------------------------------------------------------------------- running
     def failed_part(self) -> str | None:

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from eqface.stack.processes import process_start_ticks
+from eqface.processes import process_start_ticks
 from eqface.stack.stack import LocalStack, StackConfig, write_state
 
 CONFIG_FILE = "stack.json"

@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,18 +20,16 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from eqface import processes
+from eqface.processes import ProcessStartError, free_port, wait_for_grpc_health
+from eqface.service.client import AggregatorClient
 from eqface.service.config import ServiceConfig
 from eqface.service.server import AggregatorServer
 from eqface.service.v1 import aggregator_pb2_grpc as pb_grpc
+from eqface.serving.helper_process import TritonHelper
 from tests.conftest import REPO_ROOT, require_executable
 
 DIM = 512
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -58,7 +54,7 @@ class RedisServer:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.port = 0
-        self._process: subprocess.Popen[bytes] | None = None
+        self._child: processes.Child | None = None
 
     def start(self, port: int = 0) -> RedisServer:
         """Starts on ``port`` (0: a free one; a restart on the old port finds its data in the append-only file)."""
@@ -68,41 +64,31 @@ class RedisServer:
             self.port = port or free_port()
             args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
             args += ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no"]
-            log = open(self.directory / "redis.log", "ab")
-            self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            log.close()
-            if self._wait_ready(10.0):
+            self._child = processes.start("redis-server", args, self.directory / "redis.log", die_with_parent=False)
+            try:
+                processes.wait_until(self._ping, self._child, 10.0, f"redis-server answering PING on {self.port}")
                 return self
-            self.stop()
-        raise RuntimeError(f"redis-server did not start; log: {(self.directory / 'redis.log').read_text()[-2000:]}")
+            except ProcessStartError as exc:
+                error = exc
+                self.stop()
+        raise error
 
-    def _wait_ready(self, timeout_s: float) -> bool:
+    def _ping(self) -> bool:
         import redis
 
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._process is None or self._process.poll() is not None:
-                return False
-            try:
-                redis.Redis(port=self.port, socket_timeout=0.5).ping()
-                return True
-            except redis.RedisError:
-                time.sleep(0.05)
-        return False
+        try:
+            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
 
     def url(self, prefix: str = "") -> str:
         prefix = prefix or f"t{uuid.uuid4().hex[:10]}:"
         return f"redis://127.0.0.1:{self.port}/0?prefix={prefix}"
 
     def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop(grace_s=10)
 
 
 @pytest.fixture(scope="session")
@@ -123,24 +109,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- gRPC server
-def wait_serving(target: str, timeout_s: float, service: str = "", alive: object = None) -> None:
-    """Polls grpc.health.v1 until ``service`` is SERVING; ``alive()`` returning False aborts early."""
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if alive is not None and not alive():  # type: ignore[operator]
-                raise RuntimeError(f"server at {target} exited while starting")
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=0.5).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                last = status
-            except grpc.RpcError as exc:
-                last = exc.code()
-            time.sleep(0.05)
-    raise TimeoutError(f"{target} not SERVING after {timeout_s}s (last: {last})")
+def wait_serving(target: str, timeout_s: float, service: str = "") -> None:
+    """Until grpc.health.v1 says ``service`` is SERVING (a server in a thread: no child process to watch)."""
+    wait_for_grpc_health(target, None, timeout_s, service)
 
 
 def health_status(target: str, service: str = "") -> int:
@@ -196,8 +167,9 @@ def serve_in_thread(config: ServiceConfig, ready_timeout_s: float = 10.0) -> Ite
 
 @contextmanager
 def aggregator_stub(target: str) -> Iterator[pb_grpc.AggregatorStub]:
-    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
-        yield pb_grpc.AggregatorStub(channel)
+    """The package's client's stub (its channel options), no retries: the tests see every error."""
+    with AggregatorClient(target) as client:
+        yield client.stub
 
 
 class ServerProcess:
@@ -207,54 +179,50 @@ class ServerProcess:
         self.port = free_port()
         self.args = [sys.executable, "-m", "eqface.service", "--host", "127.0.0.1", "--port", str(self.port), *args]
         self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
+        self.child: processes.Child | None = None
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.child.process if self.child is not None else None
+
     def start(self, ready_timeout_s: float = 30.0) -> ServerProcess:
-        if self.process is not None and self.process.poll() is None:
-            raise RuntimeError(f"server already running (pid {self.process.pid})")
+        if self.child is not None and self.child.running():
+            raise RuntimeError(f"server already running (pid {self.child.pid})")
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                self.args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=REPO_ROOT,
-                # No preexec_fn: it forces fork() instead of vfork, and gRPC's fork handlers can then deadlock a
-                # test process that holds channels (seen here: the parent hung in futex_wait before the fork).
-            )
+        # No preexec_fn (die_with_parent): it forces fork() instead of vfork, and gRPC's fork handlers can then
+        # deadlock a test process that holds channels (seen here: the parent hung in futex_wait before the fork).
+        self.child = processes.start(
+            "aggregator", self.args, self.log_path, env=env, cwd=REPO_ROOT, die_with_parent=False
+        )
         try:
-            process = self.process
-            wait_serving(self.target, ready_timeout_s, alive=lambda: process.poll() is None)
+            wait_for_grpc_health(self.target, self.child, ready_timeout_s)
         except BaseException:
             self.kill()
-            raise RuntimeError(f"server did not start; log tail:\n{self.log_tail()}") from None
+            raise
         return self
 
     def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+        return self.child.log_tail(chars) if self.child is not None else ""
 
     def kill(self) -> None:
         """SIGKILL: no cleanup of any kind runs in the server."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
+        if self.child is not None:
+            self.child.stop(signal.SIGKILL, grace_s=10)
 
     def terminate(self, timeout_s: float = 20.0) -> int:
         """SIGTERM and wait for a graceful exit; returns the exit code."""
-        if self.process is None:
+        if self.child is None:
             raise RuntimeError("not started")
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout_s)
+        if self.child.running():
+            self.child.process.send_signal(signal.SIGTERM)
+        return self.child.process.wait(timeout_s)
 
     def __enter__(self) -> ServerProcess:
-        return self if self.process is not None else self.start()
+        return self if self.child is not None else self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.kill()
@@ -288,55 +256,12 @@ class StreamSession:
 
 
 # ---------------------------------------------------------------------------------------------------------- triton
-_TRITON_HELPER = r"""
-import json, sys
-from eqface.serving.launcher import TritonServer
-
-repository, grpc_port, http_port, metrics_port = sys.argv[1], *(int(p) for p in sys.argv[2:5])
-server = TritonServer(repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
-try:
-    server.start()
-    print(json.dumps({"grpc_port": server.grpc_port, "pid": server.pid}), flush=True)
-    sys.stdin.read()  # until the test closes stdin, or dies
-finally:
-    server.stop()
-"""
-
-
-class TritonProcess:
-    """The real Triton server (``eqface.serving.launcher.TritonServer``) run from a helper process, on fixed ports.
-
-    Why a helper: the launcher forks with a ``preexec_fn``, and fork() in a process that holds gRPC channels can
-    deadlock in gRPC's fork handlers; this test process only spawns the helper (vfork) and never forks itself.
-    ``stop()`` then ``start()`` brings Triton back on the same ports, as a restarted deployment would.
-    """
+class TritonProcess(TritonHelper):
+    """The real Triton server run from a helper process (this test process holds gRPC channels: see
+    ``eqface.serving.helper_process``), on fixed ports: ``stop()`` then ``start()`` brings it back on the same ones."""
 
     def __init__(self, repository: Path, log_path: Path) -> None:
-        self.repository = repository
-        self.log_path = log_path
-        self.ports = [free_port() for _ in range(3)]
-        self.pid: int | None = None
-        self._helper: subprocess.Popen[bytes] | None = None
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.ports[0]}"
-
-    def start(self, timeout_s: float = 240.0) -> TritonProcess:
-        import json
-        import select
-
-        args = [sys.executable, "-c", _TRITON_HELPER, str(self.repository), *map(str, self.ports)]
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        with open(self.log_path, "ab") as log:
-            self._helper = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
-        ready, _, _ = select.select([self._helper.stdout], [], [], timeout_s)
-        line = self._helper.stdout.readline() if ready else b""  # type: ignore[union-attr]
-        if not line:
-            self.stop()
-            raise RuntimeError(f"Triton did not start; helper log:\n{self.log_path.read_text()[-4000:]}")
-        self.pid = json.loads(line)["pid"]
-        return self
+        super().__init__(repository, log_path)
 
     def freeze(self) -> None:
         """SIGSTOP: Triton hangs (accepts connections, answers nothing), like an overloaded or stuck server."""
@@ -345,19 +270,10 @@ class TritonProcess:
     def thaw(self) -> None:
         os.kill(self.pid, signal.SIGCONT)  # type: ignore[arg-type]
 
-    def stop(self) -> None:
-        helper, self._helper = self._helper, None
-        if helper is None:
-            return
+    def stop(self, timeout_s: float = 60.0) -> None:
         if self.pid is not None:
             try:
                 os.kill(self.pid, signal.SIGCONT)  # a frozen server could not stop
             except ProcessLookupError:
                 pass
-        helper.stdin.close()  # type: ignore[union-attr]
-        try:
-            helper.wait(60)
-        except subprocess.TimeoutExpired:
-            helper.kill()
-            helper.wait()
-        self.pid = None
+        super().stop(timeout_s)
