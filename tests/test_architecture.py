@@ -19,7 +19,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Lowest first. An area is a top-level module of eqface (eqface.contract) or a sub-package (eqface.service), or
 # "components". Keep in step with docs/architecture.md.
 LAYERS: list[set[str]] = [
-    {"eqface", "eqface.contract", "eqface.registry", "eqface.paths", "eqface.config", "eqface.aggregation"},
+    {
+        "eqface",
+        "eqface.contract",
+        "eqface.registry",
+        "eqface.paths",
+        "eqface.processes",
+        "eqface.config",
+        "eqface.aggregation",
+    },
     {"eqface.eval", "eqface.losses", "eqface.models", "eqface.data"},
     {"eqface.train", "eqface.export"},
     {"eqface.byor", "eqface.serving", "eqface.service"},
