@@ -6,9 +6,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from eqface.cli import config_cmd, export_cmd, pipeline_cmd, serve_cmd, stack_cmd, stream_cmd, train_cmd
+from eqface.cli import (
+    config_cmd,
+    export_cmd,
+    import_onnx_cmd,
+    pipeline_cmd,
+    serve_cmd,
+    stack_cmd,
+    stream_cmd,
+    train_cmd,
+)
 
-COMMANDS = [train_cmd, config_cmd, export_cmd, serve_cmd, pipeline_cmd, stack_cmd, stream_cmd]
+COMMANDS = [train_cmd, config_cmd, export_cmd, import_onnx_cmd, serve_cmd, pipeline_cmd, stack_cmd, stream_cmd]
 
 
 class UserError(Exception):
