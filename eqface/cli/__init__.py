@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from eqface.cli import (
+    byor_cmd,
     config_cmd,
     export_cmd,
     import_onnx_cmd,
@@ -17,7 +18,17 @@ from eqface.cli import (
     train_cmd,
 )
 
-COMMANDS = [train_cmd, config_cmd, export_cmd, import_onnx_cmd, serve_cmd, pipeline_cmd, stack_cmd, stream_cmd]
+COMMANDS = [
+    train_cmd,
+    config_cmd,
+    export_cmd,
+    import_onnx_cmd,
+    byor_cmd,
+    serve_cmd,
+    pipeline_cmd,
+    stack_cmd,
+    stream_cmd,
+]
 
 
 class UserError(Exception):
