@@ -60,11 +60,11 @@ def test_all_pairs_auc_by_hand():
 
 
 def _check(stated: float, **alternatives: float) -> NormalisationCheck:
-    return NormalisationCheck("stated", stated, dict(alternatives), 300, min_auc=0.9, max_deficit=0.01)
+    return NormalisationCheck("stated", stated, dict(alternatives), 300, min_auc=0.9, max_deficit=0.02)
 
 
 def test_verdict():
-    assert _check(0.97, flip=0.965, other=0.975).failure is None  # within the margin: nearly invariant, passes
+    assert _check(0.97, flip=0.965, other=0.985).failure is None  # within the margin: nearly invariant, passes
     assert "below 0.9" in _check(0.66, flip=0.62).failure
-    message = _check(0.95, flip=0.97).failure
-    assert "flip gives 0.9700" in message and "check --mean/--std/--bgr" in message
+    message = _check(0.95, flip=0.975).failure
+    assert "flip gives 0.9750" in message and "check --mean/--std/--bgr" in message

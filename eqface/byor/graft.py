@@ -82,13 +82,15 @@ def graft(model: onnx.ModelProto, manifest: RecogniserManifest, head: QualityHea
     g.initializer.extend(numpy_helper.from_array(v, PREFIX + k) for k, v in consts.items())
     c = {k: PREFIX + k for k in consts}
     pixels = contract.INPUT_NAME
-    nodes = []
+    before = []  # the input conversion runs before the recogniser's nodes (ONNX wants them topologically sorted)
     if manifest.normalisation.flips_channels:
-        nodes.append(helper.make_node("Gather", [pixels, c["bgr"]], [PREFIX + "flipped"], axis=1))
+        before.append(helper.make_node("Gather", [pixels, c["bgr"]], [PREFIX + "flipped"], axis=1))
         pixels = PREFIX + "flipped"
-    nodes += [
+    before += [
         helper.make_node("Mul", [pixels, c["scale"]], [PREFIX + "scaled"]),
         helper.make_node("Add", [PREFIX + "scaled", c["bias"]], [rec_in]),
+    ]
+    after = [
         # ‖e‖ by a MatMul with ones: the same ops in every opset (ReduceSum's signature changed in opset 13).
         helper.make_node("Mul", [rec_emb, rec_emb], [PREFIX + "squares"]),
         helper.make_node("MatMul", [PREFIX + "squares", c["ones"]], [PREFIX + "sum_squares"]),
@@ -101,6 +103,8 @@ def graft(model: onnx.ModelProto, manifest: RecogniserManifest, head: QualityHea
         helper.make_node("Gemm", [PREFIX + "hidden_relu", c["w2"], c["b2"]], [PREFIX + "logit"], transB=1),
         helper.make_node("Sigmoid", [PREFIX + "logit"], [contract.QUALITY_NAME]),
     ]
+    nodes = [*before, *g.node, *after]
+    del g.node[:]
     g.node.extend(nodes)
     fp32 = onnx.TensorProto.FLOAT
     g.input.append(helper.make_tensor_value_info(contract.INPUT_NAME, fp32, [BATCH_PARAM, 3, h, w]))

@@ -16,10 +16,11 @@ import numpy as np
 from eqface.byor.normalisation import COMMON_SETTINGS, InputNormalisation
 from eqface.eval.roc import auc
 
-# Documented thresholds (README of this package's CLI): the shared photo_analyze MobileFaceNet scores 0.969 on 300
-# CelebA held-out faces with its correct setting, 0.67 on raw pixels and 0.958 on x/255.
+# Documented thresholds, measured with the shared photo_analyze MobileFaceNet on CelebA held-out faces: its correct
+# setting scores 0.969 (300 faces), raw pixels 0.67, x/255 0.958, BGR 0.968; on 150 faces an ImageNet-BGR setting
+# beat the correct one by 0.010 by chance, so the margin is twice that.
 DEFAULT_MIN_AUC = 0.90
-DEFAULT_MAX_DEFICIT = 0.01
+DEFAULT_MAX_DEFICIT = 0.02
 
 
 class NormalisationCheckError(ValueError):
