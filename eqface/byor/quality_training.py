@@ -102,7 +102,7 @@ def train_quality_head(
             loss.backward()
             optimizer.step()
             iteration += 1
-            sums += [float(loss) * len(flat), float(quality.sum()), len(flat)]
+            sums += [float(loss.detach()) * len(flat), float(quality.detach().sum()), len(flat)]
         result.history.append({"epoch": epoch + 1, "loss": sums[0] / sums[2], "mean_quality": sums[1] / sums[2]})
     result.seconds = time.perf_counter() - start
     head.eval()
