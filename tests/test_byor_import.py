@@ -19,6 +19,7 @@ from eqface.cli import main
 PHOTO_ANALYZE = "weights/mobilefacenet_photo_analyze.onnx"
 # Its documented setting (../shared/data/README.md): RGB, (x − 127)/128.
 PHOTO_ANALYZE_NORM = InputNormalisation(mean=127.0, std=128.0)
+pytestmark = pytest.mark.slow
 FEW_FACES = CheckOptions(faces=150)  # every pair of 150 held-out faces: enough to separate right from wrong
 
 

@@ -27,6 +27,8 @@ from eqface.models.quality import QualityHead
 from tests.support.byor import export_backbone, tiny_iresnet
 from tests.support.images import FACE_PACK
 
+pytestmark = pytest.mark.slow
+
 NO_CHECK = CheckOptions(enabled=False)
 
 
