@@ -70,3 +70,17 @@ def test_a_saved_head_loads_with_weights_only(tmp_path):
 def test_shapes_that_disagree_are_refused():
     with pytest.raises(ValueError, match="disagree"):
         train_quality_head(np.zeros((1, 4, 2), np.float32), np.zeros((1, 5, 3), np.float32), np.zeros(5, int))
+
+
+def test_step1_on_frozen_embeddings_fits_unit_class_weights():
+    from eqface.byor.quality_training import step2_cosines
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    emb = (np.eye(3, 8)[labels] * 5 + rng.normal(scale=0.8, size=(60, 8)))[None].astype(np.float32)
+    cfg = Step2Config(classifier="fitted", classifier_epochs=3, batch_size=16)
+    cos = step2_cosines(emb, labels, cfg)
+    assert cos.shape == (1, 60, 3) and np.abs(cos).max() <= 1 + 1e-6
+    assert (cos[0].argmax(1) == labels).mean() > 0.9
+    with pytest.raises(ValueError, match="classifier must be one of"):
+        Step2Config(classifier="svm")

@@ -18,9 +18,9 @@ from eqface.byor.evaluation import held_out_report
 from eqface.byor.features import FeatureSpec, cache_features
 from eqface.byor.quality_training import (
     Step2Config,
-    class_cosines,
     predict_quality,
     save_head,
+    step2_cosines,
     train_quality_head,
 )
 from eqface.byor.recogniser import Recogniser, write_json_atomic
@@ -58,7 +58,7 @@ def run_step2(import_dir: str | Path, run: Step2Run = Step2Run()) -> dict:
         eval_spec = dataclasses.replace(run.features, views=1)
         held = cache_features(recogniser, eval_source, out / "features" / "eval", eval_spec)
     t_features = time.perf_counter() - t0
-    cos = class_cosines(train.embedding, train.labels, run.train.leave_one_out)
+    cos = step2_cosines(train.embedding, train.labels, run.train)
     result = train_quality_head(cos, train.tap, train.labels, run.train)
     save_head(result.head, out / HEAD_FILE)
     train_quality = [float(predict_quality(result.head, train.tap[v][:2000]).mean()) for v in range(len(train.tap))]

@@ -21,22 +21,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     s.add_argument("import_dir", type=Path, metavar="DIR", help="the imported recogniser folder")
-    s.add_argument("--data", default="shared:celeba_wild_subset_rgb112.npz", metavar="PACK.npz")
+    s.add_argument(
+        "--data",
+        default="shared:celeba_wild_subset_rgb112.npz",
+        metavar="PACK.npz",
+        help="training faces (shared:<file> = ../shared/data); features are cached under DIR/step2/features",
+    )
     s.add_argument("--eval-identities", type=int, default=40, help="held-out identities (the last labels)")
     s.add_argument("--views", type=int, default=3, help="1 clean + (views − 1) degraded copies per training face")
-    s.add_argument("--epochs", type=int, default=4)
-    s.add_argument("--lr", type=float, default=0.01)
-    s.add_argument("--batch-size", type=int, default=128)
-    s.add_argument("--no-leave-one-out", action="store_true", help="let a face count in its own class centre")
+    s.add_argument("--epochs", type=int, default=4, help="Step 2 epochs over every (face, view)")
+    s.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of the quality branch (÷10 at epoch 3)")
+    s.add_argument("--batch-size", type=int, default=128, help="faces per Step 2 batch")
+    s.add_argument(
+        "--classifier",
+        choices=("loo-centres", "centres", "fitted"),
+        default="loo-centres",
+        help="what Eq. 6 scores against: class centres of the frozen embeddings (a face's own centre without "
+        "itself), plain centres, or a classifier fitted by Step 1 on the frozen embeddings",
+    )
+    s.add_argument("--classifier-epochs", type=int, default=3, help="Step 1 epochs for --classifier fitted")
     s.set_defaults(func=run_step2)
     e = byor.add_parser(
         "export",
         help="graft the trained head onto the recogniser: one contract ONNX, parity-checked on real faces",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    e.add_argument("import_dir", type=Path, metavar="DIR")
-    e.add_argument("--out", type=Path, required=True, metavar="FILE.onnx")
-    e.add_argument("--parity-data", default="shared:celeba_wild_subset_rgb112.npz", metavar="PACK.npz")
+    e.add_argument("import_dir", type=Path, metavar="DIR", help="imported recogniser folder after `byor step2`")
+    e.add_argument("--out", type=Path, required=True, metavar="FILE.onnx", help="where to write the served model")
+    e.add_argument(
+        "--parity-data",
+        default="shared:celeba_wild_subset_rgb112.npz",
+        metavar="PACK.npz",
+        help="real faces for the parity check (its first 64)",
+    )
     e.set_defaults(func=run_export)
 
 
@@ -54,7 +71,11 @@ def run_step2(args: argparse.Namespace) -> int:
         eval_identities=args.eval_identities,
         features=FeatureSpec(views=args.views),
         train=dataclasses.replace(
-            base, schedule=schedule, batch_size=args.batch_size, leave_one_out=not args.no_leave_one_out
+            base,
+            schedule=schedule,
+            batch_size=args.batch_size,
+            classifier=args.classifier,
+            classifier_epochs=args.classifier_epochs,
         ),
     )
     report = step2(args.import_dir, run)

@@ -28,11 +28,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bgr", action="store_true", help="the recogniser expects BGR channel order")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="input size, if the graph has none")
     check = p.add_argument_group("normalisation check")
-    check.add_argument("--check-data", default="shared:celeba_wild_subset_rgb112.npz", metavar="PACK.npz")
+    check.add_argument(
+        "--check-data",
+        default="shared:celeba_wild_subset_rgb112.npz",
+        metavar="PACK.npz",
+        help="face pack whose held-out identities the check uses (shared:<file> = ../shared/data)",
+    )
     check.add_argument("--eval-identities", type=int, default=40, help="held-out identities the faces come from")
     check.add_argument("--check-faces", type=int, default=300, help="faces used (every pair is compared)")
-    check.add_argument("--min-auc", type=float, default=DEFAULT_MIN_AUC)
-    check.add_argument("--max-deficit", type=float, default=DEFAULT_MAX_DEFICIT)
+    check.add_argument(
+        "--min-auc", type=float, default=DEFAULT_MIN_AUC, help="refuse below this genuine-vs-impostor AUC"
+    )
+    check.add_argument(
+        "--max-deficit",
+        type=float,
+        default=DEFAULT_MAX_DEFICIT,
+        help="refuse when the channel flip or a common setting beats the stated one by more than this AUC",
+    )
     check.add_argument("--no-check", action="store_true", help="skip the check (untrained or non-face models)")
     p.set_defaults(func=run)
 
