@@ -149,7 +149,10 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> None:
 
 def infer_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
     """Shape of every tensor onnx shape inference can find (symbolic batch axes stay symbols)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as exc:  # onnx raises InferenceError and others for graphs it cannot type
+        raise UnsupportedGraphError(f"onnx shape inference failed on the graph: {exc}") from None
     values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
     return {v.name: _dims(v) for v in values}
 

@@ -112,7 +112,10 @@ def import_onnx(
         batch_fixes=tuple(fixes),
     )
     model.metadata_props.add(key=METADATA_KEY, value=json.dumps(manifest.to_dict()))
-    onnx.checker.check_model(model)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise graph.UnsupportedGraphError(f"the imported graph is not valid ONNX: {exc}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{MODEL_FILE}.", suffix=".onnx")
     os.close(fd)
