@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from eqface.byor.recogniser import Recogniser, write_json_atomic
-from eqface.config import AugmentConfig
+from eqface.config import AugmentConfig, EQFaceConfig
 from eqface.data.augment import Augmenter
 from eqface.data.image_ops import fit_to_size
 from eqface.data.sources import FaceSource
@@ -34,7 +34,8 @@ class FeatureSpec:
     """What a cache holds; a cache written with another spec (or recogniser) is refused, never mixed."""
 
     views: int = 3
-    augment: AugmentConfig = AugmentConfig(blur_p=0.3, noise_p=0.2, occlusion_p=0.2, lighting_p=0.3)
+    # The project's Step-2 degradations (EQFaceConfig.quality_augment): one definition for both training paths.
+    augment: AugmentConfig = field(default_factory=lambda: EQFaceConfig().quality_augment)
     seed: int = 0
     chunk: int = 256
     tap_dtype: str = "float16"  # halves the disk and memory of the largest array; ample for a quality input
