@@ -115,3 +115,15 @@ def test_grafted_model_keeps_the_contract_and_the_parity(exported, images, tmp_p
     assert verify_onnx(tmp_path / "served.onnx") == contract.InferenceSpec((112, 112), 32)
     _, quality = run_onnx(onnx_session(tmp_path / "served.onnx"), contract.normalize_pixels(images))
     assert quality.std() > 1e-3  # the grafted head is live, not a constant
+
+
+def test_evaluate_pack_reports_verification_and_edc_figures(exported, tmp_path):
+    from eqface.byor.step2 import evaluate_pack
+
+    manifest = _import(exported, tmp_path)
+    torch.manual_seed(0)
+    save_head(QualityHead(manifest.tap_features, 8).eval(), tmp_path / STEP2_DIR / HEAD_FILE)
+    report = evaluate_pack(tmp_path, "shared:orl_att_faces.npz", max_faces=60)  # grey 112×92, fitted to 112×112
+    assert report["faces"] == 60 and report["impostor_pairs"] >= 1000
+    for key in ("auc", "pauc_quality", "pauc_embedding_norm", "pauc_random", "accuracy_10fold"):
+        assert np.isfinite(report[key]), key

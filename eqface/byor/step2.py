@@ -85,3 +85,30 @@ def held_out_qualities(import_dir: str | Path) -> np.ndarray:
     out = Path(import_dir) / STEP2_DIR
     tap = np.load(out / "features" / "eval" / "tap.npy", mmap_mode="r")[0]
     return predict_quality(load_head(out / HEAD_FILE), tap)
+
+
+def evaluate_pack(import_dir: str | Path, pack: str | Path, max_faces: int = 0) -> dict:
+    """Held-out figures (``held_out_report``) of the imported recogniser and its trained head on every face of a pack.
+
+    For packs the head never trained on (Yale, ORL); ``max_faces`` > 0 keeps an evenly spread subset.
+    """
+    from eqface import paths
+    from eqface.byor.quality_training import load_head
+    from eqface.data.image_ops import fit_to_size
+    from eqface.data.packs import load_pack
+
+    recogniser = Recogniser(import_dir)
+    head = load_head(Path(import_dir) / STEP2_DIR / HEAD_FILE)
+    source = load_pack(paths.resolve(pack))
+    picks = np.arange(len(source))
+    if 0 < max_faces < len(source):
+        picks = np.unique(np.linspace(0, len(source) - 1, max_faces).astype(np.int64))
+    size = recogniser.manifest.image_size
+    embeddings, qualities = [], []
+    for start in range(0, len(picks), 256):
+        images = np.stack([fit_to_size(source.image(int(i)), size) for i in picks[start : start + 256]])
+        raw, tap = recogniser.embed(images)
+        embeddings.append(raw)
+        qualities.append(predict_quality(head, tap.reshape(len(tap), -1)))
+    report = held_out_report(np.concatenate(embeddings), np.concatenate(qualities), source.labels[picks])
+    return {"pack": str(pack), **report.to_dict()}

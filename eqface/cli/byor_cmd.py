@@ -55,6 +55,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="real faces for the parity check (its first 64)",
     )
     e.set_defaults(func=run_export)
+    v = byor.add_parser(
+        "evaluate",
+        help="verification AUC / TAR@FAR 1e-3 and EDC pAUC (quality vs embedding norm vs random) on a face pack",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    v.add_argument("import_dir", type=Path, metavar="DIR", help="imported recogniser folder after `byor step2`")
+    v.add_argument("--data", required=True, metavar="PACK.npz", help="face pack, e.g. shared:orl_att_faces.npz")
+    v.add_argument("--max-faces", type=int, default=0, help="evenly spread subset of the pack (0: every face)")
+    v.set_defaults(func=run_evaluate)
 
 
 def run_step2(args: argparse.Namespace) -> int:
@@ -95,4 +104,11 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: input → embedding, quality (the contract); parity on {parity.faces} real faces:")
     print(f"  min cosine to {parity.reference}: {parity.min_cosine:.7f}")
     print(f"  max |quality − torch head|: {parity.max_quality_diff:.2e} (batch sizes {parity.batch_sizes})")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from eqface.byor.step2 import evaluate_pack
+
+    print(json.dumps(evaluate_pack(args.import_dir, args.data, args.max_faces), indent=2))
     return 0
