@@ -6,9 +6,29 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from eqface.cli import config_cmd, export_cmd, pipeline_cmd, serve_cmd, stack_cmd, stream_cmd, train_cmd
+from eqface.cli import (
+    byor_cmd,
+    config_cmd,
+    export_cmd,
+    import_onnx_cmd,
+    pipeline_cmd,
+    serve_cmd,
+    stack_cmd,
+    stream_cmd,
+    train_cmd,
+)
 
-COMMANDS = [train_cmd, config_cmd, export_cmd, serve_cmd, pipeline_cmd, stack_cmd, stream_cmd]
+COMMANDS = [
+    train_cmd,
+    config_cmd,
+    export_cmd,
+    import_onnx_cmd,
+    byor_cmd,
+    serve_cmd,
+    pipeline_cmd,
+    stack_cmd,
+    stream_cmd,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
