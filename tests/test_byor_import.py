@@ -49,7 +49,7 @@ def test_the_stated_normalisation_passed_the_check_on_real_faces(imported):
 
 
 def test_batch_of_seven_equals_seven_single_runs(imported, faces):
-    from eqface.data.image_ops import decode_image
+    from eqface.data.decode import decode_image
 
     recogniser = Recogniser(imported[0])
     images = np.stack([decode_image(b) for b in faces[:7]])

@@ -13,7 +13,7 @@ from eqface.byor.normalisation import InputNormalisation
 from eqface.byor.quality_training import save_head
 from eqface.byor.recogniser import Recogniser
 from eqface.byor.step2 import HEAD_FILE, STEP2_DIR
-from eqface.data.image_ops import decode_image
+from eqface.data.decode import decode_image
 from eqface.export.onnx import onnx_session
 from eqface.models.quality import QualityHead
 from eqface.serving.client import infer_images

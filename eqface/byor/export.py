@@ -105,7 +105,7 @@ def measure_parity(grafted: Path, recogniser: Recogniser, head, images_rgb: np.n
 def pack_faces(pack: str | Path, size: tuple[int, int], count: int = max(PARITY_BATCH_SIZES)) -> np.ndarray:
     """The first ``count`` faces of a pack (``shared:`` paths allowed), fitted to ``size``: uint8 [N, H, W, 3]."""
     from eqface import paths
-    from eqface.data.image_ops import fit_to_size
+    from eqface.contract import fit_to_size
     from eqface.data.packs import load_pack
 
     source = load_pack(paths.resolve(pack))

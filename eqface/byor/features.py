@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from eqface.byor.recogniser import Recogniser, write_json_atomic
 from eqface.config import AugmentConfig, EQFaceConfig
+from eqface.contract import fit_to_size
 from eqface.data.augment import Augmenter
-from eqface.data.image_ops import fit_to_size
 from eqface.data.sources import FaceSource
 
 EMBEDDING_FILE = "embedding.npy"  # float32 [V, N, D], before L2 normalisation

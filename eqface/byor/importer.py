@@ -58,7 +58,7 @@ def sha256_of(path: Path) -> str:
 def check_faces(options: CheckOptions, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """``options.faces`` held-out faces of the pack, evenly spread over its held-out identities: (uint8, labels)."""
     from eqface import paths
-    from eqface.data.image_ops import fit_to_size
+    from eqface.contract import fit_to_size
     from eqface.data.packs import load_pack
     from eqface.data.sources import split_identities
 

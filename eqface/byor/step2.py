@@ -94,7 +94,7 @@ def evaluate_pack(import_dir: str | Path, pack: str | Path, max_faces: int = 0) 
     """
     from eqface import paths
     from eqface.byor.quality_training import load_head
-    from eqface.data.image_ops import fit_to_size
+    from eqface.contract import fit_to_size
     from eqface.data.packs import load_pack
 
     recogniser = Recogniser(import_dir)
