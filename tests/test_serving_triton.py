@@ -79,7 +79,7 @@ def test_the_service_and_triton_preprocess_accept_the_same_images(grpc_client, m
     config, size = ServiceConfig(), mobilefacenet.spec.image_size
     limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
     for name, (data, error) in decode_cases().items():
-        (service,) = _decode_all([data], limits, "tensor", size)
+        (service,) = _decode_all([data], limits, size)
         if error is None:
             triton = grpc_client.infer(contract.PREPROCESS_MODEL_NAME, [image_input([data])])
             np.testing.assert_array_equal(triton.as_numpy(contract.INPUT_NAME)[0], service, err_msg=name)
