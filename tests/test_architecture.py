@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
     {"eqface.byor", "eqface.serving", "eqface.service"},
     {"eqface.camera", "eqface.workflow"},
     {"eqface.stack", "components"},
-    {"eqface.cli"},
+    {"eqface.cli", "eqface.__main__"},
 ]
 
 

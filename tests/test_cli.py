@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -87,3 +89,21 @@ def test_main_job_prints_accuracy_and_quality(tmp_path, capsys) -> None:
         == 0
     )
     assert (tmp_path / "step2" / "final.pt").is_file()
+
+
+def test_version_and_bare_command_print_instead_of_failing(capsys) -> None:
+    from eqface import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"eqface {__version__}"
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: eqface") and "COMMAND" in out and "train" in out
+
+
+def test_python_m_eqface_is_the_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "eqface", "--version"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0 and result.stdout.startswith("eqface "), result.stderr

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from eqface import __version__
 from eqface.cli import (
     byor_cmd,
     config_cmd,
@@ -36,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="eqface",
         description="EQFace: face recognition with an explicit quality score — training, evaluation, serving.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"eqface {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
         module.add_parser(sub)
     return parser
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command is None:  # bare `eqface`: show what it can do rather than an error
+        parser.print_help()
+        return 0
     if extra:
         if not hasattr(args, "service_args"):  # only `serve aggregator` hands its options on
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
