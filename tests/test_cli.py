@@ -107,3 +107,14 @@ def test_python_m_eqface_is_the_command() -> None:
         [sys.executable, "-m", "eqface", "--version"], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0 and result.stdout.startswith("eqface "), result.stderr
+
+
+def test_errors_show_the_sub_command_usage_and_argument_problems_come_first(capsys, tmp_path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--epochs", "3"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("usage: eqface train") and "--epochs 3" in err
+    # no --server and no running stack: the missing video is still what the user hears about
+    assert main(["stream", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "video not found" in err and "server" not in err

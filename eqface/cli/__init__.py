@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if extra:
         if not hasattr(args, "service_args"):  # only `serve aggregator` hands its options on
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
         args.service_args = [*args.service_args, *extra]
     try:
         return int(args.func(args) or 0)
@@ -62,6 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"eqface {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The sub-command's own parser, so that an error shows that command's usage, not the top-level one."""
+    for action in parser._actions:  # argparse keeps sub-parsers only there
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
 
 
 if __name__ == "__main__":

@@ -77,7 +77,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from eqface.camera.session import StreamOptions, StreamSession
+    from eqface.camera.video import SourceSpec
 
+    # Argument problems first: a missing video or gallery is reported before any question about the server.
+    SourceSpec.parse(args.source)
+    if args.gallery is not None and not args.gallery.is_dir():
+        raise FileNotFoundError(f"gallery folder not found: {args.gallery}")
     server = args.server or _stack_server()
     prefix = args.subject_prefix
     if prefix is None:
