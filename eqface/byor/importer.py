@@ -18,7 +18,14 @@ import numpy as np
 from eqface.byor import graph
 from eqface.byor.norm_check import DEFAULT_MAX_DEFICIT, DEFAULT_MIN_AUC, NormalisationCheckError, check_normalisation
 from eqface.byor.normalisation import InputNormalisation
-from eqface.byor.recogniser import MANIFEST_FILE, MODEL_FILE, RecogniserManifest, write_json_atomic
+from eqface.byor.recogniser import (
+    DEFAULT_EVAL_IDENTITIES,
+    DEFAULT_PACK,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    RecogniserManifest,
+    write_json_atomic,
+)
 
 PARITY_BATCH = 7
 # onnxruntime picks different kernels per batch size; differences are float32 rounding, relative to the output scale.
@@ -30,8 +37,8 @@ METADATA_KEY = "eqface.byor"
 class CheckOptions:
     """The normalisation check on real faces (``faces`` of the pack's ``eval_identities`` held-out identities)."""
 
-    pack: str = "shared:celeba_wild_subset_rgb112.npz"
-    eval_identities: int = 40
+    pack: str = DEFAULT_PACK
+    eval_identities: int = DEFAULT_EVAL_IDENTITIES
     faces: int = 300
     min_auc: float = DEFAULT_MIN_AUC
     max_deficit: float = DEFAULT_MAX_DEFICIT

@@ -19,6 +19,9 @@ from eqface.byor.normalisation import InputNormalisation
 
 MODEL_FILE = "recogniser.onnx"
 MANIFEST_FILE = "recogniser.json"
+# The real faces the normalisation check and Step 2 use by default, and how many identities they hold out.
+DEFAULT_PACK = "shared:celeba_wild_subset_rgb112.npz"
+DEFAULT_EVAL_IDENTITIES = 40
 
 
 @dataclass(frozen=True)

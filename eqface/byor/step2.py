@@ -23,7 +23,7 @@ from eqface.byor.quality_training import (
     step2_cosines,
     train_quality_head,
 )
-from eqface.byor.recogniser import Recogniser, write_json_atomic
+from eqface.byor.recogniser import DEFAULT_EVAL_IDENTITIES, DEFAULT_PACK, Recogniser, write_json_atomic
 
 STEP2_DIR = "step2"
 HEAD_FILE = "quality_head.pt"
@@ -32,8 +32,8 @@ REPORT_FILE = "step2.json"
 
 @dataclass(frozen=True)
 class Step2Run:
-    pack: str = "shared:celeba_wild_subset_rgb112.npz"
-    eval_identities: int = 40
+    pack: str = DEFAULT_PACK
+    eval_identities: int = DEFAULT_EVAL_IDENTITIES
     min_images_per_identity: int = 2
     features: FeatureSpec = FeatureSpec()
     train: Step2Config = Step2Config()

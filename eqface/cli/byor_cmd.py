@@ -9,6 +9,8 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from eqface.byor.recogniser import DEFAULT_EVAL_IDENTITIES, DEFAULT_PACK
+
     p = sub.add_parser(
         "byor",
         help="bring your own recogniser: Step 2 on its cached features, then one served ONNX",
@@ -23,11 +25,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("import_dir", type=Path, metavar="DIR", help="the imported recogniser folder")
     s.add_argument(
         "--data",
-        default="shared:celeba_wild_subset_rgb112.npz",
+        default=DEFAULT_PACK,
         metavar="PACK.npz",
         help="training faces (shared:<file> = ../shared/data); features are cached under DIR/step2/features",
     )
-    s.add_argument("--eval-identities", type=int, default=40, help="held-out identities (the last labels)")
+    s.add_argument(
+        "--eval-identities", type=int, default=DEFAULT_EVAL_IDENTITIES, help="held-out identities (the last labels)"
+    )
     s.add_argument("--views", type=int, default=3, help="1 clean + (views − 1) degraded copies per training face")
     s.add_argument("--epochs", type=int, default=4, help="Step 2 epochs over every (face, view)")
     s.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of the quality branch (÷10 at epoch 3)")
@@ -50,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", type=Path, required=True, metavar="FILE.onnx", help="where to write the served model")
     e.add_argument(
         "--parity-data",
-        default="shared:celeba_wild_subset_rgb112.npz",
+        default=DEFAULT_PACK,
         metavar="PACK.npz",
         help="real faces for the parity check (its first 64)",
     )

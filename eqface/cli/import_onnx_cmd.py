@@ -8,6 +8,7 @@ from pathlib import Path
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from eqface.byor.norm_check import DEFAULT_MAX_DEFICIT, DEFAULT_MIN_AUC
+    from eqface.byor.recogniser import DEFAULT_EVAL_IDENTITIES, DEFAULT_PACK
 
     p = sub.add_parser(
         "import-onnx",
@@ -30,11 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     check = p.add_argument_group("normalisation check")
     check.add_argument(
         "--check-data",
-        default="shared:celeba_wild_subset_rgb112.npz",
+        default=DEFAULT_PACK,
         metavar="PACK.npz",
         help="face pack whose held-out identities the check uses (shared:<file> = ../shared/data)",
     )
-    check.add_argument("--eval-identities", type=int, default=40, help="held-out identities the faces come from")
+    check.add_argument(
+        "--eval-identities", type=int, default=DEFAULT_EVAL_IDENTITIES, help="held-out identities the faces come from"
+    )
     check.add_argument("--check-faces", type=int, default=300, help="faces used (every pair is compared)")
     check.add_argument(
         "--min-auc", type=float, default=DEFAULT_MIN_AUC, help="refuse below this genuine-vs-impostor AUC"
