@@ -25,6 +25,9 @@ class ModelConfig:
     image_size: tuple[int, int] = contract.DEFAULT_IMAGE_SIZE  # (height, width)
     dropout: float = 0.0
     quality_hidden: int = 512
+    # 0: the quality branch flattens the whole pre-pooling map into its first FC (the official code); N > 0: a 1×1
+    # convolution to N channels first (MobileFaceNet, N = 32: 21,504 → 1,344 inputs, 11 M → 0.7 M parameters).
+    quality_reduce: int = 0
     pretrained: str = ""  # optional backbone weights (.npz state dict or an eqface model .pt; shared:<file> allowed)
 
 
@@ -112,7 +115,12 @@ class TrainConfig:
     step3_from_scratch: bool = False
     # Where Step 3 gets s_i: precomputed once per sample by the Step-2 network, online per augmented view, or
     # "none" (s_i = 1): the control arm of a QW experiment — the same retraining without quality weights.
-    step3_quality: Literal["precomputed", "online", "none"] = "precomputed"
+    # "mean" (every s_i = the mean of the precomputed s_i) and "shuffled" (the precomputed s_i permuted across samples,
+    # seeded) are E2's controls for QW's other effect: s_i < 1 also lowers the logit scale s·S and so the gradients.
+    step3_quality: Literal["precomputed", "online", "none", "mean", "shuffled"] = "precomputed"
+    # What Step 3 retrains: "all" (the paper) or "head" — only the embedding head after the pre-pooling map and the
+    # classifier; the feature extractor stays as Step 1 left it (the small-data presets' guard against forgetting).
+    step3_trainable: Literal["all", "head"] = "all"
     qwdf_threshold: float = 0.0  # QWDF: in Step 3, s_i < threshold counts as weight 0; 0 disables
     checkpoint_every: int = 50  # iterations between resumable checkpoints (and at every epoch end)
 

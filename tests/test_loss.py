@@ -11,7 +11,7 @@ import torch
 from eqface.config import MarginConfig, ModelConfig
 from eqface.losses import CombinedMarginLoss, NormalizedClassifier
 from eqface.models import build_model
-from eqface.train.steps import Step, StepModel
+from eqface.train.steps import Step, StepModel, control_weights
 
 PAPER = MarginConfig()  # m1 = 1.0, m2 = 0.3, m3 = 0.2, S = 64
 
@@ -126,3 +126,33 @@ def test_unweighted_step3_is_the_plain_margin_loss() -> None:
         out = model(x, y)
     assert out.quality.tolist() == [1.0] * 4
     torch.testing.assert_close(out.loss, expected)
+
+
+def test_step3_control_weights_keep_the_mean_or_the_distribution() -> None:
+    q = torch.tensor([0.1, 0.9, 0.4, 0.6, 0.2])
+    assert torch.equal(control_weights(q, "precomputed", 0), q)
+    mean = control_weights(q, "mean", 0)
+    torch.testing.assert_close(mean, torch.full_like(q, 0.44))
+    shuffled = control_weights(q, "shuffled", 0)
+    assert sorted(shuffled.tolist()) == sorted(q.tolist()) and not torch.equal(shuffled, q)
+    assert torch.equal(shuffled, control_weights(q, "shuffled", 0))  # seeded
+    with pytest.raises(ValueError, match="online"):
+        control_weights(q, "online", 0)
+
+
+def test_head_only_step3_leaves_the_feature_extractor_and_its_statistics_alone() -> None:
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(backbone="tiny", embedding_size=16, image_size=(32, 32), quality_hidden=8))
+    before = copy.deepcopy(net.state_dict())
+    model = StepModel(Step.THREE, net, NormalizedClassifier(16, 3), CombinedMarginLoss(PAPER), head_only=True)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.train()
+    for _ in range(3):
+        out = model(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]), sample_quality=torch.full((4,), 0.7))
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    head = {f"backbone.{name}." for name in net.backbone.head_modules}
+    changed = {k for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(any(k.startswith(h) for h in head) for k in changed), changed
+    assert not any(k.startswith("quality.") for k in changed)

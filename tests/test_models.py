@@ -81,3 +81,28 @@ def test_pretrained_mobilefacenet_separates_orl_identities(shared_data) -> None:
     iu = np.triu_indices(len(emb), 1)
     same = (source.labels[:, None] == source.labels[None, :])[iu]
     assert auc((emb @ emb.T)[iu], same) >= 0.95
+
+
+def test_a_reduced_quality_branch_keeps_the_map_layout_with_fewer_parameters() -> None:
+    cfg = ModelConfig(backbone="mobilefacenet", embedding_size=128, image_size=(112, 96))
+    flat, reduced = build_model(cfg), build_model(ModelConfig(**{**cfg.__dict__, "quality_reduce": 32}))
+    c, h, w = reduced.backbone.feature_shape
+    assert flat.quality.fc1.in_features == c * h * w == 21504
+    assert reduced.quality.fc1.in_features == 32 * h * w
+    count = [sum(p.numel() for p in net.quality.parameters()) for net in (flat, reduced)]
+    assert count[0] > 11_000_000 and count[1] < 800_000
+    reduced.eval()
+    with torch.no_grad():
+        _, q = reduced(torch.randn(3, 3, 112, 96))
+    assert q.shape == (3, 1) and ((q >= 0) & (q <= 1)).all()
+
+
+def test_every_backbone_names_its_embedding_head() -> None:
+    for name in BACKBONES.names():
+        backbone = build_model(ModelConfig(backbone=name, image_size=SIZES.get(name, (64, 64)))).backbone
+        head_params = {id(p) for m in backbone.head() for p in m.parameters()}
+        x = torch.randn(2, *backbone.feature_shape, requires_grad=True)
+        backbone.eval()
+        backbone.forward_head(x).sum().backward()
+        used = {id(p) for p in backbone.parameters() if p.grad is not None}
+        assert used and used <= head_params, name  # forward_head uses only the named head modules

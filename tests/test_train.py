@@ -66,6 +66,17 @@ def test_step2_leaves_backbone_and_classifier_bit_identical(finished_run: Path) 
     assert changed, "Step 2 must train the quality branch"
 
 
+def test_step2_fits_a_new_branch_of_another_shape_on_a_finished_step(finished_run: Path, tmp_path: Path) -> None:
+    """A quality-branch search re-runs Step 2 from one Step-2 (or Step-1) checkpoint with a differently shaped head."""
+    cfg = apply_overrides(preset("test"), ["model.quality_reduce=4"])
+    init = finished_run / "step2-1" / "final.pt"
+    state = train_one_step(Step.TWO, cfg, tmp_path / "step2", CPU, init_file=init)
+    before = checkpoint.load(init)
+    for key, value in _params(before, "backbone.").items():
+        assert torch.equal(value, state["net"][key]), key
+    assert state["net"]["quality.reduce.0.weight"].shape[0] == 4
+
+
 def test_step3_freezes_quality_and_retrains_backbone(finished_run: Path) -> None:
     step2 = checkpoint.load(finished_run / "step2-1" / "final.pt")
     step3 = checkpoint.load(finished_run / "step3-1" / "final.pt")

@@ -28,6 +28,8 @@ _NORM_EPS = 1e-12  # as torch.nn.functional.normalize
 
 def fold_head(head: QualityHead) -> dict[str, np.ndarray]:
     """The head's weights for ONNX, with the eval-mode BatchNorm folded into the first linear layer."""
+    if head.reduce is not None:
+        raise ValueError("grafting supports the flat quality head (no 1×1 channel reduction)")
     bn = head.bn
     with torch.no_grad():
         factor = (bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)).numpy()

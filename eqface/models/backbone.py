@@ -15,10 +15,12 @@ from eqface.registry import Registry
 
 
 class Backbone(nn.Module, abc.ABC):
-    """Base class: subclasses set ``feature_shape`` (C, h, w) and ``embedding_size`` and implement both halves."""
+    """Base class: subclasses set ``feature_shape`` (C, h, w) and ``embedding_size``, name the modules of
+    ``forward_head`` in ``head_modules`` and implement both halves."""
 
     feature_shape: tuple[int, int, int]
     embedding_size: int
+    head_modules: tuple[str, ...]
 
     @abc.abstractmethod
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -30,6 +32,10 @@ class Backbone(nn.Module, abc.ABC):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def head(self) -> list[nn.Module]:
+        """The modules of ``forward_head``: what learns when only the embedding head is trained."""
+        return [getattr(self, name) for name in self.head_modules]
 
     @property
     def feature_dim(self) -> int:

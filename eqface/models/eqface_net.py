@@ -14,10 +14,10 @@ from eqface.models.quality import QualityHead
 class EQFaceNet(nn.Module):
     """``forward`` returns the L2-normalised embedding [N, D] and the quality [N, 1], as exported and served."""
 
-    def __init__(self, backbone: Backbone, quality_hidden: int = 512) -> None:
+    def __init__(self, backbone: Backbone, quality_hidden: int = 512, quality_reduce: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
-        self.quality = QualityHead(backbone.feature_dim, quality_hidden)
+        self.quality = QualityHead(backbone.feature_dim, quality_hidden, backbone.feature_shape[0], quality_reduce)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fmap = self.backbone.forward_features(x)
@@ -35,4 +35,4 @@ def build_model(cfg: ModelConfig) -> EQFaceNet:
     backbone = BACKBONES.create(
         cfg.backbone, embedding_size=cfg.embedding_size, image_size=tuple(cfg.image_size), dropout=cfg.dropout
     )
-    return EQFaceNet(backbone, cfg.quality_hidden)
+    return EQFaceNet(backbone, cfg.quality_hidden, cfg.quality_reduce)

@@ -32,6 +32,8 @@ class IBasicBlock(nn.Module):
 class IResNet(Backbone):
     """Stem (3×3 conv, stride 1) + four stride-2 stages (64, 128, 256, 512) + BN → flatten → FC → BN1d."""
 
+    head_modules = ("dropout", "fc", "features")
+
     def __init__(
         self,
         layers: tuple[int, int, int, int],

@@ -49,6 +49,8 @@ class Bottleneck(nn.Module):
 class MobileFaceNet(Backbone):
     """Features: conv 3×3 s2 → dw 3×3 → bottlenecks → 1×1 conv 512; head: global depthwise conv → 1×1 linear."""
 
+    head_modules = ("linear7", "linear1")
+
     def __init__(self, embedding_size: int = 128, image_size: tuple[int, int] = (112, 96)) -> None:
         super().__init__()
         self.conv1 = ConvBlock(3, 64, 3, 2, 1)

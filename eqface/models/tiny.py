@@ -13,6 +13,8 @@ def _stage(inp: int, oup: int) -> nn.Sequential:
 
 
 class TinyNet(Backbone):
+    head_modules = ("dropout", "fc", "features")
+
     def __init__(
         self,
         embedding_size: int = 128,

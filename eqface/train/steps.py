@@ -9,6 +9,8 @@ Step 3: the quality branch is frozen; s_i comes from the frozen Step-2 network â
         learn. QWDF: samples with s_i < threshold leave the batch before the forward pass, so neither BatchNorm's
         statistics nor the loss mean see them; a batch that would keep fewer than two samples (BatchNorm needs two)
         keeps them all with s_i = 0 for the dropped ones, which zeroes their gradient in Eq. 6.
+        ``head_only``: the feature extractor stays frozen (eval mode, no gradients); only the embedding head
+        (``Backbone.head``) and the classifier learn.
 """
 
 from __future__ import annotations
@@ -56,12 +58,16 @@ class StepModel(nn.Module):
         train_backbone: bool = True,
         teacher: EQFaceNet | None = None,
         qwdf_threshold: float = 0.0,
+        head_only: bool = False,
     ) -> None:
         super().__init__()
         self.step, self.net, self.classifier, self.loss = step, net, classifier, loss
         self.teacher, self.qwdf_threshold = teacher, qwdf_threshold
         self.train_backbone = train_backbone and step is not Step.TWO
-        set_trainable(net.backbone, self.train_backbone)
+        self.head_only = self.train_backbone and head_only
+        set_trainable(net.backbone, self.train_backbone and not self.head_only)
+        for module in net.backbone.head() if self.head_only else ():
+            set_trainable(module, True)
         set_trainable(net.quality, step is Step.TWO)
         set_trainable(classifier, step is not Step.TWO)
         if teacher is not None:
@@ -71,7 +77,9 @@ class StepModel(nn.Module):
     def train(self, mode: bool = True) -> StepModel:
         super().train(mode)
         # Frozen parts stay in eval mode so their BatchNorm statistics do not move either.
-        self.net.backbone.train(mode and self.train_backbone)
+        self.net.backbone.train(mode and self.train_backbone and not self.head_only)
+        for module in self.net.backbone.head() if self.head_only else ():
+            module.train(mode)
         self.net.quality.train(mode and self.step is Step.TWO)
         if self.teacher is not None:
             self.teacher.eval()
@@ -89,12 +97,19 @@ class StepModel(nn.Module):
             quality = None
             if self.step is Step.THREE:
                 images, labels, quality = self._qwdf(images, labels, self._step3_quality(images, sample_quality))
-            with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
-                embedding, _ = self.net.embed_and_map(images)
+            embedding = self._embed(images)
             cos = self.classifier(embedding)
         loss = self.loss(cos, labels, quality)
         correct = (cos.argmax(dim=1) == labels).sum()
         return StepOutput(loss, correct, None if quality is None else quality.detach(), labels.numel())
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.head_only:
+            with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
+                return self.net.embed_and_map(images)[0]
+        with torch.no_grad():
+            fmap = self.net.backbone.forward_features(images)
+        return self.net.backbone.forward_head(fmap)
 
     def _step3_quality(self, images: torch.Tensor, sample_quality: torch.Tensor | None) -> torch.Tensor:
         if sample_quality is None:
@@ -114,3 +129,20 @@ class StepModel(nn.Module):
         if int(keep.sum()) >= MIN_KEPT:
             return images[keep], labels[keep], quality[keep]
         return images, labels, torch.where(keep, quality, torch.zeros_like(quality))
+
+
+def control_weights(quality: torch.Tensor, mode: str, seed: int) -> torch.Tensor:
+    """Step 3's per-sample s_i for ``train.step3_quality``, from the precomputed Step-2 qualities.
+
+    "precomputed": as they are. E2's controls keep what QW changes besides *which* samples weigh more: "mean" gives
+    every sample the mean s (the same average logit scale sÂ·S and gradient size, no per-sample information);
+    "shuffled" permutes the s_i across samples (the same distribution of weights, attached to the wrong faces).
+    """
+    if mode == "precomputed":
+        return quality
+    if mode == "mean":
+        return torch.full_like(quality, float(quality.mean()))
+    if mode == "shuffled":
+        generator = torch.Generator().manual_seed(seed)
+        return quality[torch.randperm(quality.numel(), generator=generator)]
+    raise ValueError(f"no precomputed Step-3 weights for step3_quality={mode!r}")

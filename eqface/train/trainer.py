@@ -26,10 +26,11 @@ from eqface.models.pretrained import load_backbone_weights
 from eqface.train import checkpoint
 from eqface.train.distributed import DistEnv, barrier, check_replicas_in_sync, sum_across
 from eqface.train.schedule import build_optimizer, lr_at, set_lr
-from eqface.train.steps import Step, StepModel
+from eqface.train.steps import Step, StepModel, control_weights
 
 FINAL = "final.pt"
 RESUME = "checkpoint.pt"
+PRECOMPUTED = ("precomputed", "mean", "shuffled")  # step3_quality modes that start from the Step-2 qualities
 LOG = "log.jsonl"
 
 
@@ -72,8 +73,8 @@ def run_step(
         (out_dir / "config.json").write_text(to_json(cfg))
     net, classifier, teacher = _prepare_networks(step, cfg, source, init, env)
     qualities = (
-        _precompute_qualities(teacher, source, cfg, env)
-        if step is Step.THREE and cfg.train.step3_quality == "precomputed"
+        control_weights(_precompute_qualities(teacher, source, cfg, env), cfg.train.step3_quality, cfg.train.seed)
+        if step is Step.THREE and cfg.train.step3_quality in PRECOMPUTED
         else None
     )
     model = StepModel(
@@ -84,6 +85,7 @@ def run_step(
         train_backbone=_trains_backbone(step, cfg),
         teacher=teacher if cfg.train.step3_quality == "online" else None,
         qwdf_threshold=cfg.train.qwdf_threshold,
+        head_only=step is Step.THREE and cfg.train.step3_trainable == "head",
     )
     model.to(env.device)
     optimizer = build_optimizer(model.parameters(), schedule_of(cfg, step))
@@ -117,7 +119,11 @@ def _prepare_networks(
     fresh_net, fresh_classifier = copy.deepcopy(net), copy.deepcopy(classifier)
     teacher = None
     if init is not None:
-        net.load_state_dict(init["net"])
+        if step is Step.TWO:  # each Step 2 fits a new branch (whose shape the config may change): backbone only
+            prefix = "backbone."
+            net.backbone.load_state_dict({k[len(prefix) :]: v for k, v in init["net"].items() if k.startswith(prefix)})
+        else:
+            net.load_state_dict(init["net"])
         classifier.load_state_dict(init["classifier"])
         if classifier.weight.shape[0] != source.num_classes:
             raise ValueError(
@@ -127,8 +133,6 @@ def _prepare_networks(
         raise ValueError(f"{step.value} starts from the previous step's final.pt (give an init checkpoint)")
     elif cfg.model.pretrained:
         load_backbone_weights(net.backbone, paths.resolve(cfg.model.pretrained))
-    if step is Step.TWO:
-        net.quality.load_state_dict(fresh_net.quality.state_dict())  # each Step 2 fits a new branch
     if step is Step.THREE:
         teacher = copy.deepcopy(net).to(env.device).eval()
         if cfg.train.step3_from_scratch:
