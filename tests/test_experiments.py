@@ -100,6 +100,16 @@ def test_e2_qw_training(tiny_run: Path, tiny_model: ModelRef, faces, tmp_path: P
     assert "`train.step3_quality`" in (tmp_path / "report.md").read_text()
 
 
+def test_e2_compares_every_arm_with_the_start_and_qw_with_each_control() -> None:
+    from experiments.e2_qw_training import ARMS, START, comparison_pairs
+
+    pairs = comparison_pairs([START, *ARMS.values()])
+    assert [(START, arm) for arm in ARMS.values()] == pairs[: len(ARMS)]
+    controls = {a for a, b in pairs[len(ARMS) :] if b == ARMS["qw"]}
+    assert controls == {ARMS["none"], ARMS["mean"], ARMS["shuffled"]}
+    assert (ARMS["qw"], ARMS["qwdf"]) in pairs
+
+
 def test_e3_templates(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
     from experiments.e3_templates import run_e3
 
