@@ -12,6 +12,7 @@ EQFace, random, embedding norm, Laplacian sharpness and SER-FIQ.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,7 +250,9 @@ def run_benchmark(
     passes: int = SERFIQ_PASSES,
     start_fmr: float = START_FMR,
     command: str | None = None,
+    attempts: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """``attempts``: earlier benchmark runs of other variants (``load_attempts``), tabled beside this one."""
     report = Report(out_dir, "FIQA benchmark — EDC pAUC with bootstrap confidence intervals over identities")
     report.add_models([ref])
     report.figures.update({"start_fmr": start_fmr, "replicates": replicates, "serfiq_passes": passes, "seed": seed})
@@ -262,6 +265,9 @@ def run_benchmark(
     report.figures["datasets"] = datasets
     report.figures["eqface_beats"] = {name: verdict(d["measures"]) for name, d in datasets.items()}
     _write_report(report, ref, datasets, replicates, passes, start_fmr)
+    if attempts:
+        report.figures["attempts"] = {name: attempt_summary(a) for name, a in attempts.items()}
+        _attempts_section(report, report.figures["attempts"])
     report.write(command)
     return report.figures
 
@@ -352,6 +358,49 @@ def _write_report(
     _figure(report, datasets)
 
 
+def load_attempts(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every ``<folder>/<name>/results.json`` with its ``note.md`` (what the attempt changed and why), by name."""
+    attempts = {}
+    for results in sorted(folder.glob("*/results.json")):
+        note = results.parent / "note.md"
+        if not note.is_file():
+            raise ValueError(f"attempt {results.parent.name} has no note.md saying what it changed and why")
+        attempts[results.parent.name] = {**json.loads(results.read_text()), "note": note.read_text().strip()}
+    return attempts
+
+
+def attempt_summary(attempt: dict[str, Any]) -> dict[str, Any]:
+    """What one attempt scored: EQFace's pAUC[0, 0.2] per dataset, its paired differences and wins."""
+    rows = {}
+    for name, d in attempt["datasets"].items():
+        rows[name] = {
+            "eqface": d["measures"]["eqface"]["pauc_0.2"],
+            "ci": d["measures"]["eqface"]["ci_0.2"],
+            "paired": {peer: d["paired_differences"][f"eqface-{peer}"]["ci_0.2"] for peer in PEERS},
+            "beats": verdict(d["measures"]),
+        }
+    return {"note": attempt["note"], "model_files": attempt.get("model_files", {}), "datasets": rows}
+
+
+def _attempts_section(report: Report, attempts: dict[str, dict[str, Any]]) -> None:
+    report.section("The search: every attempt, including the ones that failed")
+    report.text(
+        "Each attempt is one benchmark run of another Step-2 variant on the same data, seeds and replicates "
+        "(`experiments/results/fiqa_benchmark/attempts/<name>/`, with its own report). Cells: EQFace's pAUC[0, 0.2]; "
+        "then the paired 95 % interval of EQFace − embedding norm and EQFace − SER-FIQ (wholly below 0 = lower on "
+        "the same identities); **win** = the strict criterion (non-overlapping marginal intervals).",
+        *(f"- **{name}**: {a['note']}" for name, a in attempts.items()),
+    )
+    names = list(next(iter(attempts.values()))["datasets"])
+
+    def cell(d: dict[str, Any]) -> str:
+        paired = "; ".join(f"{p}: [{lo:+.4f}, {hi:+.4f}]" for p, (lo, hi) in d["paired"].items())
+        wins = [p for p, won in d["beats"].items() if won]
+        return f"{d['eqface']:.4f} ({paired}){' **win** over ' + ', '.join(wins) if wins else ''}"
+
+    report.table(["attempt", *names], [[n, *(cell(a["datasets"][k]) for k in names)] for n, a in attempts.items()])
+
+
 def _figure(report: Report, datasets: dict[str, Any]) -> None:
     fig = new_figure(5.0 * len(datasets), 4.0)
     for k, (name, d) in enumerate(datasets.items()):
@@ -388,7 +437,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates over identities")
     p.add_argument("--serfiq-passes", type=int, default=SERFIQ_PASSES, help="SER-FIQ stochastic passes")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline, degradations and bootstrap")
+    p.add_argument(
+        "--attempts",
+        type=Path,
+        help="folder of earlier runs of this benchmark on other variants (<name>/results.json + note.md), "
+        "tabled in this report as the search that led to the model",
+    )
     args = p.parse_args(argv)
+    attempts = load_attempts(args.attempts) if args.attempts else None
     ref = load_model_ref(args.model, args.model.parent.name)
     sets = load_sets(ref, args.data_dir, args.seed)
     run_benchmark(
@@ -399,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         replicates=args.replicates,
         passes=args.serfiq_passes,
         command=command_line(f"experiments.{NAME}"),
+        attempts=attempts,
     )
     print(f"report: {args.out / 'report.md'}")
     return 0

@@ -143,7 +143,7 @@ def test_fig4_quality_grid(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
 
 
 def test_fiqa_benchmark(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
-    from experiments.fiqa_benchmark import CLEAN, MEASURES, FaceSet, degraded_copy, run_benchmark
+    from experiments.fiqa_benchmark import CLEAN, MEASURES, FaceSet, degraded_copy, load_attempts, run_benchmark
 
     images, labels = faces
     clean = FaceSet("celeba_heldout", images, labels, np.full(len(labels), CLEAN), "synthetic stand-in")
@@ -159,6 +159,20 @@ def test_fiqa_benchmark(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
                 low, high = values[f"ci_{limit}"]
                 assert low <= values[f"pauc_{limit}"] <= high
         assert set(stored["eqface_beats"][name]) == {"embedding_norm", "ser_fiq"}
+    # The run becomes an attempt of a search; the next run tables it, and refuses an attempt without its note.
+    attempts = tmp_path / "attempts"
+    (attempts / "first").mkdir(parents=True)
+    (attempts / "first" / "results.json").write_text((tmp_path / "results.json").read_text())
+    with pytest.raises(ValueError, match="note.md"):
+        load_attempts(attempts)
+    (attempts / "first" / "note.md").write_text("the flat head, as the official code")
+    out = tmp_path / "second"
+    figures = run_benchmark(
+        tiny_model, [clean], out, replicates=20, passes=3, start_fmr=1e-2, attempts=load_attempts(attempts)
+    )
+    first = figures["attempts"]["first"]["datasets"]["celeba_heldout"]
+    assert first["eqface"] == stored["datasets"]["celeba_heldout"]["measures"]["eqface"]["pauc_0.2"]
+    assert "the flat head, as the official code" in (out / "report.md").read_text()
 
 
 def test_a_model_trained_on_a_shared_pack_finds_it_in_data_dir(tiny_model: ModelRef, tmp_path: Path) -> None:
