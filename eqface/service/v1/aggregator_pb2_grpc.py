@@ -28,7 +28,7 @@ if _version_not_supported:
 class AggregatorServiceStub:
     """Aggregates streams of face frames into one template per subject and identifies subjects against a gallery.
     Every rpc may also end UNAVAILABLE (the store or Triton is unreachable, or the server is shutting down: retry),
-    DEADLINE_EXCEEDED (nothing was applied), RESOURCE_EXHAUSTED (a message above the server's --max-message-bytes, or
+    DEADLINE_EXCEEDED (nothing was applied), RESOURCE_EXHAUSTED (a message above the server's --max-message-mib, or
     more concurrent calls than --max-concurrent-rpcs) or INTERNAL (a bug or a broken model; see the server log).
     """
 
@@ -88,7 +88,7 @@ class AggregatorServiceStub:
 class AggregatorServiceServicer:
     """Aggregates streams of face frames into one template per subject and identifies subjects against a gallery.
     Every rpc may also end UNAVAILABLE (the store or Triton is unreachable, or the server is shutting down: retry),
-    DEADLINE_EXCEEDED (nothing was applied), RESOURCE_EXHAUSTED (a message above the server's --max-message-bytes, or
+    DEADLINE_EXCEEDED (nothing was applied), RESOURCE_EXHAUSTED (a message above the server's --max-message-mib, or
     more concurrent calls than --max-concurrent-rpcs) or INTERNAL (a bug or a broken model; see the server log).
     """
 
@@ -101,7 +101,8 @@ class AggregatorServiceServicer:
         FRAME_STATUS_INVALID with a google.rpc.Status in FrameResult.error, and the subject's state is untouched. The
         stream itself ends with:
         INVALID_ARGUMENT    top_k above the server's --max-top-k;
-        RESOURCE_EXHAUSTED  a message above the server's size limit, or more frames in one message than allowed;
+        RESOURCE_EXHAUSTED  a message above the server's --max-message-mib, or more frames in one message than its
+        --max-frames-per-message;
         UNAVAILABLE         Triton or the store is unreachable, or the server is shutting down (every frame the server
         had read was answered first); reconnect and resend from the first unanswered frame;
         ABORTED             an earlier message of the stream failed; the frames after it were not applied;
@@ -234,7 +235,7 @@ def add_AggregatorServiceServicer_to_server(servicer, server):
 class AggregatorService:
     """Aggregates streams of face frames into one template per subject and identifies subjects against a gallery.
     Every rpc may also end UNAVAILABLE (the store or Triton is unreachable, or the server is shutting down: retry),
-    DEADLINE_EXCEEDED (nothing was applied), RESOURCE_EXHAUSTED (a message above the server's --max-message-bytes, or
+    DEADLINE_EXCEEDED (nothing was applied), RESOURCE_EXHAUSTED (a message above the server's --max-message-mib, or
     more concurrent calls than --max-concurrent-rpcs) or INTERNAL (a bug or a broken model; see the server log).
     """
 
