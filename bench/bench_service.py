@@ -45,7 +45,7 @@ from eqface.service.client import feature_frame, image_frame
 from eqface.service.v1 import aggregator_pb2 as pb
 from eqface.serving.helper_process import TritonHelper
 
-METHOD = "/eqface.service.v1.Aggregator/StreamFrames"
+METHOD = "/eqface.service.v1.AggregatorService/StreamFrames"
 _PIN_AND_RUN = (
     "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])}); "
     "from eqface.service.cli import main; raise SystemExit(main(sys.argv[2:]))"
@@ -257,7 +257,7 @@ def lockstep_latency(target: str, n: int, dim: int) -> dict:
     frames = _unit(identity + 0.05 * rng.normal(size=(n, dim)))
     latencies = []
     with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.AggregatorStub(channel)
+        stub = pb_grpc.AggregatorServiceStub(channel)
         import queue
 
         requests: queue.Queue = queue.Queue()

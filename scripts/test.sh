@@ -4,6 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ./scripts/gen_protos.sh --check  # committed gRPC stubs must match proto/
+.venv/bin/buf lint  # STANDARD + COMMENTS (buf.yaml)
+# The API against the last accepted one (a committed image: works on a shallow clone; proto/README.md says how to
+# accept an intentional break).
+.venv/bin/buf breaking proto --against proto/breaking-baseline.json
 .venv/bin/ruff format --check .  # one code style (the version is pinned in the dev extra)
 .venv/bin/ruff check .
 export EQFACE_REQUIRE_SERVICES=1

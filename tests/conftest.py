@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,12 @@ def shared_data() -> Path:
 
 
 def require_executable(name: str) -> str:
-    """Path of an external program a test needs; skips (or fails under EQFACE_REQUIRE_SERVICES=1) when missing."""
-    path = shutil.which(name)
+    """Path of an external program a test needs; skips (or fails under EQFACE_REQUIRE_SERVICES=1) when missing.
+
+    A program that a dev-extra wheel puts beside this interpreter (buf, grpcurl: .venv/bin) is found there too,
+    whether or not the venv is on PATH.
+    """
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if path is None:
         if os.environ.get("EQFACE_REQUIRE_SERVICES") == "1":
             pytest.fail(f"{name} is required (EQFACE_REQUIRE_SERVICES=1) but not installed")

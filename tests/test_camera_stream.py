@@ -196,7 +196,7 @@ def _server_counts(server: str, subjects: list[str]) -> dict[str, int]:
     code = (
         "import json, sys, grpc\n"
         "from eqface.service.v1 import aggregator_pb2 as pb, aggregator_pb2_grpc as g\n"
-        "stub = g.AggregatorStub(grpc.insecure_channel(sys.argv[1]))\n"
+        "stub = g.AggregatorServiceStub(grpc.insecure_channel(sys.argv[1]))\n"
         "print(json.dumps({s: stub.GetTemplate(pb.GetTemplateRequest(subject_id=s), timeout=10).subject.frame_count"
         " for s in sys.argv[2:]}))\n"
     )

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 
 from eqface.aggregation import progressive_templates
 from eqface.processes import free_port
-from eqface.service.client import embedding_bytes, feature_frame, image_frame, template_of
+from eqface.service.client import embedding_bytes, feature_frame, frame_error, image_frame, template_of
 from eqface.service.config import MiB, ServiceConfig
 from eqface.service.server import SERVICE_NAME, STORE_HEALTH
 from eqface.service.v1 import aggregator_pb2 as pb
@@ -143,12 +143,19 @@ def test_invalid_frames_are_answered_one_by_one_and_change_nothing(stub):
         "neither",
         "need Triton",
     ]
+    assert frame_error(results[0]) is None and not results[0].HasField("error")
     for result, message in zip(results[1:], messages):
         assert result.status == pb.FRAME_STATUS_INVALID and not result.accepted
-        assert message in result.detail
-    assert [r.error_code for r in results[1:]] == [CODE[grpc.StatusCode.INVALID_ARGUMENT]] * 8 + [
+        # the reason is a google.rpc.Status (code + message), not the free-text detail of rejections
+        assert message in result.error.message and not result.detail and not result.error.details
+    assert [r.error.code for r in results[1:]] == [CODE[grpc.StatusCode.INVALID_ARGUMENT]] * 8 + [
         CODE[grpc.StatusCode.FAILED_PRECONDITION]
     ]
+    assert [frame_error(r)[0] for r in results[-2:]] == [
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ]
+    assert frame_error(results[-1])[1] == results[-1].error.message
     after = _state(stub, "s")
     assert after.frame_count == before.frame_count + 1 and after.last_sequence == 2  # only the good frame counted
 

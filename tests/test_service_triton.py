@@ -184,7 +184,10 @@ def test_bad_images_fail_alone_and_enroll_identify_from_images(image_server, tri
         statuses = [r.status for r in response.results]
         assert statuses[0] == pb.FRAME_STATUS_SEEDED and statuses[4] != pb.FRAME_STATUS_INVALID
         assert statuses[1:4] == [pb.FRAME_STATUS_INVALID] * 3 and statuses[5] == pb.FRAME_STATUS_INVALID
-        assert "empty" in response.results[1].detail and "truncated" in response.results[2].detail
+        assert "empty" in response.results[1].error.message and "truncated" in response.results[2].error.message
+        assert {r.error.code for r in response.results if r.status == pb.FRAME_STATUS_INVALID} == {
+            grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        }
         assert stub.GetTemplate(pb.GetTemplateRequest(subject_id="s")).subject.frame_count == 2
 
         for name, images in people.items():

@@ -1,6 +1,6 @@
 """Enrolling a gallery from photos: one folder per identity (the folder's name is the identity id); the largest face
-of each photo is detected, aligned like the video's faces and sent to ``Aggregator.Enroll`` (the service embeds the
-crops and aggregates them with QWFAF)."""
+of each photo is detected, aligned like the video's faces and sent to ``AggregatorService.Enroll`` (the service embeds
+the crops and aggregates them with QWFAF)."""
 
 from __future__ import annotations
 

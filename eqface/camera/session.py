@@ -226,6 +226,7 @@ class StreamSession:
         return report.Box(detection.box, label, last.status if last else None)
 
     def _on_answer(self, item: Answer | str) -> None:
+        from eqface.service.client import frame_error
         from eqface.service.v1 import aggregator_pb2 as pb
 
         if isinstance(item, str):
@@ -244,10 +245,12 @@ class StreamSession:
         if item.matches:
             track.match = (item.matches[0].identity_id, float(item.matches[0].score))
         if self.options.verbose:
+            error = frame_error(r)  # an INVALID frame's google.rpc.Status
             self.out(
                 f"    {r.subject_id}#{r.sequence:<5} frame {record.frame_index:<6} quality {r.quality:.2f}  "
                 f"{status:<20} merged {r.accepted_count}/{r.frame_count}  "
                 f"{identity_label(track.match, self.options.match_threshold)}"
+                + (f"  ({error[0].name}: {error[1]})" if error else "")
             )
 
     def _end_tracks(self, ended: list[int], frame_index: int | None) -> None:

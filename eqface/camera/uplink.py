@@ -1,5 +1,5 @@
-"""The client's side of ``Aggregator.StreamFrames``: a bounded window of unanswered frames, a drop policy for when
-the aggregator cannot keep up, and reconnects that lose nothing.
+"""The client's side of ``AggregatorService.StreamFrames``: a bounded window of unanswered frames, a drop policy for
+when the aggregator cannot keep up, and reconnects that lose nothing.
 
 - **Window.** At most ``window`` frames are sent and unanswered; the rest wait in a queue of ``capacity`` frames.
   Frames go out in messages of up to ``batch`` frames (per-message cost dominates on the service).
@@ -159,7 +159,7 @@ class Uplink:
             call.cancel()
 
     def call(self, method: str, request, timeout_s: float = 10.0):
-        """A unary Aggregator call, retried like the stream while the aggregator is unreachable."""
+        """A unary AggregatorService call, retried like the stream while the aggregator is unreachable."""
         return self._client.call(method, request, timeout_s)
 
     def _raise_if_failed(self) -> None:

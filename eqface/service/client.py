@@ -31,6 +31,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
 _FIRST_BACKOFF_S, _MAX_BACKOFF_S = 0.2, 2.0
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def is_retryable(error: grpc.RpcError) -> bool:
@@ -60,7 +61,7 @@ class AggregatorClient:
         self.target = target
         self.reconnect_timeout_s = reconnect_timeout_s
         self.channel = open_channel(target, credentials)
-        self.stub = aggregator_pb2_grpc.AggregatorStub(self.channel)
+        self.stub = aggregator_pb2_grpc.AggregatorServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -72,7 +73,7 @@ class AggregatorClient:
         self.close()
 
     def call(self, method: str, request, timeout_s: float = 10.0):
-        """``Aggregator.<method>(request)``, retried with backoff for ``reconnect_timeout_s`` while transient."""
+        """``AggregatorService.<method>(request)``, retried with backoff for ``reconnect_timeout_s`` while transient."""
         deadline = time.monotonic() + self.reconnect_timeout_s
         backoff = _FIRST_BACKOFF_S
         while True:
@@ -121,6 +122,16 @@ def feature_frame(subject_id: str, sequence: int, embedding: np.ndarray, quality
 
 def image_frame(subject_id: str, sequence: int, image: bytes) -> pb.Frame:
     return pb.Frame(subject_id=subject_id, sequence=sequence, image=image)
+
+
+def frame_error(result: pb.FrameResult) -> tuple[grpc.StatusCode, str] | None:
+    """A FRAME_STATUS_INVALID frame's google.rpc.Status as (code, message); None for a frame the service used.
+
+    google.rpc.Code's numbers are grpc.StatusCode's, so the code compares with a failed call's ``error.code()``.
+    """
+    if not result.HasField("error"):
+        return None
+    return _STATUS_CODES.get(result.error.code, grpc.StatusCode.UNKNOWN), result.error.message
 
 
 def template_of(state: pb.SubjectState) -> np.ndarray | None:

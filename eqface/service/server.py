@@ -18,7 +18,7 @@ from eqface.service.v1 import aggregator_pb2 as pb
 from eqface.service.v1 import aggregator_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Aggregator"].full_name  # "eqface.service.v1.Aggregator"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AggregatorService"].full_name  # "eqface.service.v1.AggregatorService"
 # Health-checked names: "" and SERVICE_NAME are SERVING when every dependency is up (readiness); the component names
 # say which dependency is down.
 STORE_HEALTH = f"{SERVICE_NAME}/store"
@@ -52,7 +52,7 @@ class AggregatorServer:
                 ("grpc.so_reuseport", 0),  # a port already in use must fail, not be shared silently
             ],
         )
-        pb_grpc.add_AggregatorServicer_to_server(AggregatorServicer(service), server)
+        pb_grpc.add_AggregatorServiceServicer_to_server(AggregatorServicer(service), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)

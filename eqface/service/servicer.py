@@ -1,7 +1,8 @@
 """The gRPC servicer: translates protobuf messages to the domain API of ``AggregatorService`` and back.
 
-No logic lives here beyond that translation and mapping domain errors to status codes; a stream's flow control
-(read-ahead window, ordering, drain) is ``eqface.service.flow``.
+No logic lives here beyond that translation and mapping domain errors to status codes (a call's status, or an
+invalid frame's ``google.rpc.Status``); a stream's flow control (read-ahead window, ordering, drain) is
+``eqface.service.flow``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ def status_code(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def frame_error_code(outcome: FrameOutcome) -> int:
+    """The google.rpc.Code of an invalid frame: its validation error's code; INVALID_ARGUMENT when the frame failed
+    without one (a ValueError of the QWFA update, e.g. a stored template of another dimension).
+
+    grpc.StatusCode's numbers are google.rpc.Code's, so the call-level and per-frame codes agree.
+    """
+    code = grpc.StatusCode.INVALID_ARGUMENT if outcome.error is None else status_code(outcome.error)
+    return code.value[0]
+
+
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
@@ -77,7 +88,7 @@ def _unary(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     return wrapper
 
 
-class AggregatorServicer(pb_grpc.AggregatorServicer):
+class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
     def __init__(self, service: AggregatorService) -> None:
         self.service = service
 
@@ -165,12 +176,13 @@ def _source(request: pb.EnrollRequest | pb.IdentifyRequest, kind: str | None) ->
 
 def _add_frame_result(results: Any, o: FrameOutcome) -> None:
     # results.add() builds the message in place: half the cost of constructing it and copying it into the list.
+    invalid = o.status is FrameStatus.INVALID
     result = results.add(
         subject_id=o.subject_id,
         sequence=o.sequence,
         status=_STATUS[o.status],
         accepted=o.status.merged,
-        detail=o.detail,
+        detail="" if invalid else o.detail,
         quality=o.quality,
         s_sum=o.s_sum,
         frame_count=o.frames,
@@ -179,8 +191,10 @@ def _add_frame_result(results: Any, o: FrameOutcome) -> None:
     )
     if o.similarity is not None:
         result.similarity = o.similarity
-    if o.status is FrameStatus.INVALID:
-        result.error_code = status_code(o.error).value[0] if o.error else grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    if invalid:  # the reason travels as a google.rpc.Status: code + message, like a failed call's
+        error = result.error
+        error.code = frame_error_code(o)
+        error.message = o.detail
 
 
 def _response(result: MessageResult) -> pb.StreamFramesResponse:

@@ -166,7 +166,7 @@ def serve_in_thread(config: ServiceConfig, ready_timeout_s: float = 10.0) -> Ite
 
 
 @contextmanager
-def aggregator_stub(target: str) -> Iterator[pb_grpc.AggregatorStub]:
+def aggregator_stub(target: str) -> Iterator[pb_grpc.AggregatorServiceStub]:
     """The package's client's stub (its channel options), no retries: the tests see every error."""
     with AggregatorClient(target) as client:
         yield client.stub
@@ -233,7 +233,7 @@ class StreamSession:
 
     _END = object()
 
-    def __init__(self, stub: pb_grpc.AggregatorStub, timeout_s: float | None = 30.0) -> None:
+    def __init__(self, stub: pb_grpc.AggregatorServiceStub, timeout_s: float | None = 30.0) -> None:
         import queue
 
         self._requests: queue.Queue[object] = queue.Queue()

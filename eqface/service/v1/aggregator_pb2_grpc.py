@@ -25,8 +25,12 @@ if _version_not_supported:
     )
 
 
-class AggregatorStub:
-    """Missing associated documentation comment in .proto file."""
+class AggregatorServiceStub:
+    """Aggregates streams of face frames into one template per subject and identifies subjects against a gallery.
+    Every rpc may also end UNAVAILABLE (the store or Triton is unreachable, or the server is shutting down: retry),
+    DEADLINE_EXCEEDED (nothing was applied), RESOURCE_EXHAUSTED (a message above the server's --max-message-mib, or
+    more concurrent calls than --max-concurrent-rpcs) or INTERNAL (a bug or a broken model; see the server log).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -35,65 +39,73 @@ class AggregatorStub:
             channel: A grpc.Channel.
         """
         self.StreamFrames = channel.stream_stream(
-                '/eqface.service.v1.Aggregator/StreamFrames',
+                '/eqface.service.v1.AggregatorService/StreamFrames',
                 request_serializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.StreamFramesRequest.SerializeToString,
                 response_deserializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.StreamFramesResponse.FromString,
                 _registered_method=True)
         self.GetTemplate = channel.unary_unary(
-                '/eqface.service.v1.Aggregator/GetTemplate',
+                '/eqface.service.v1.AggregatorService/GetTemplate',
                 request_serializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.GetTemplateRequest.SerializeToString,
                 response_deserializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.GetTemplateResponse.FromString,
                 _registered_method=True)
         self.ResetSubject = channel.unary_unary(
-                '/eqface.service.v1.Aggregator/ResetSubject',
+                '/eqface.service.v1.AggregatorService/ResetSubject',
                 request_serializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.ResetSubjectRequest.SerializeToString,
                 response_deserializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.ResetSubjectResponse.FromString,
                 _registered_method=True)
         self.DeleteSubject = channel.unary_unary(
-                '/eqface.service.v1.Aggregator/DeleteSubject',
+                '/eqface.service.v1.AggregatorService/DeleteSubject',
                 request_serializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.DeleteSubjectRequest.SerializeToString,
                 response_deserializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.DeleteSubjectResponse.FromString,
                 _registered_method=True)
         self.ListSubjects = channel.unary_unary(
-                '/eqface.service.v1.Aggregator/ListSubjects',
+                '/eqface.service.v1.AggregatorService/ListSubjects',
                 request_serializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.ListSubjectsRequest.SerializeToString,
                 response_deserializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.ListSubjectsResponse.FromString,
                 _registered_method=True)
         self.Enroll = channel.unary_unary(
-                '/eqface.service.v1.Aggregator/Enroll',
+                '/eqface.service.v1.AggregatorService/Enroll',
                 request_serializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.EnrollResponse.FromString,
                 _registered_method=True)
         self.Identify = channel.unary_unary(
-                '/eqface.service.v1.Aggregator/Identify',
+                '/eqface.service.v1.AggregatorService/Identify',
                 request_serializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.IdentifyRequest.SerializeToString,
                 response_deserializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.IdentifyResponse.FromString,
                 _registered_method=True)
         self.RemoveIdentity = channel.unary_unary(
-                '/eqface.service.v1.Aggregator/RemoveIdentity',
+                '/eqface.service.v1.AggregatorService/RemoveIdentity',
                 request_serializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.RemoveIdentityRequest.SerializeToString,
                 response_deserializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.RemoveIdentityResponse.FromString,
                 _registered_method=True)
         self.ListIdentities = channel.unary_unary(
-                '/eqface.service.v1.Aggregator/ListIdentities',
+                '/eqface.service.v1.AggregatorService/ListIdentities',
                 request_serializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.ListIdentitiesRequest.SerializeToString,
                 response_deserializer=eqface_dot_service_dot_v1_dot_aggregator__pb2.ListIdentitiesResponse.FromString,
                 _registered_method=True)
 
 
-class AggregatorServicer:
-    """Missing associated documentation comment in .proto file."""
+class AggregatorServiceServicer:
+    """Aggregates streams of face frames into one template per subject and identifies subjects against a gallery.
+    Every rpc may also end UNAVAILABLE (the store or Triton is unreachable, or the server is shutting down: retry),
+    DEADLINE_EXCEEDED (nothing was applied), RESOURCE_EXHAUSTED (a message above the server's --max-message-mib, or
+    more concurrent calls than --max-concurrent-rpcs) or INTERNAL (a bug or a broken model; see the server log).
+    """
 
     def StreamFrames(self, request_iterator, context):
         """Frames in, one response per request message, in the same order. Frames of one subject are applied in the order
         they arrive. A response is sent only after every frame it acknowledges is durable in the store.
 
         Per-frame problems (corrupt image, wrong embedding length, NaN/inf, quality outside [0, 1], bad subject id or
-        sequence) do not end the stream: the frame is answered FRAME_STATUS_INVALID with an error_code and detail, and the
-        subject's state is untouched. The stream itself ends with:
-        RESOURCE_EXHAUSTED  a message above the server's size limit, or more frames in one message than allowed;
+        sequence, an image frame on a server without Triton) do not end the stream: the frame is answered
+        FRAME_STATUS_INVALID with a google.rpc.Status in FrameResult.error, and the subject's state is untouched. The
+        stream itself ends with:
+        INVALID_ARGUMENT    top_k above the server's --max-top-k;
+        RESOURCE_EXHAUSTED  a message above the server's --max-message-mib, or more frames in one message than its
+        --max-frames-per-message;
         UNAVAILABLE         Triton or the store is unreachable, or the server is shutting down (every frame the server
         had read was answered first); reconnect and resend from the first unanswered frame;
+        ABORTED             an earlier message of the stream failed; the frames after it were not applied;
         DEADLINE_EXCEEDED / CANCELLED  frames not yet committed when the call ends are not applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -101,7 +113,8 @@ class AggregatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTemplate(self, request, context):
-        """The subject's current template and counters. NOT_FOUND for an unknown subject.
+        """The subject's current template and counters. NOT_FOUND for an unknown subject, INVALID_ARGUMENT for a malformed
+        subject_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,7 +122,7 @@ class AggregatorServicer:
 
     def ResetSubject(self, request, context):
         """Forgets the subject's template and counters but keeps its last applied sequence, so replays of frames sent before
-        the reset stay duplicates. NOT_FOUND for an unknown subject.
+        the reset stay duplicates. NOT_FOUND for an unknown subject; ABORTED when concurrent writers kept changing it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,7 +136,7 @@ class AggregatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSubjects(self, request, context):
-        """Subject ids in byte order, paged.
+        """Subject ids in byte order, paged. INVALID_ARGUMENT for a page_size above 1000 or a foreign page_token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,14 +144,18 @@ class AggregatorServicer:
 
     def Enroll(self, request, context):
         """Adds an identity to the gallery from a subject's template, from images (embedded by Triton and aggregated with
-        QWFA, paper Eq. 7: quality-weighted mean), or from an embedding. ALREADY_EXISTS unless overwrite is set.
+        QWFA, paper Eq. 7: quality-weighted mean), or from an embedding. ALREADY_EXISTS unless overwrite is set;
+        INVALID_ARGUMENT for a bad id, display_name, embedding or image, or no source; NOT_FOUND for an unknown source
+        subject; FAILED_PRECONDITION for a source subject without a template, or images on a server without Triton;
+        RESOURCE_EXHAUSTED for more images than the server's --max-frames-per-message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Identify(self, request, context):
-        """1:N search of the gallery: the top-k identities by cosine similarity to the probe template.
+        """1:N search of the gallery: the top-k identities by cosine similarity to the probe template. The probe's errors
+        are Enroll's; INVALID_ARGUMENT for top_k above the server's --max-top-k.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,14 +169,15 @@ class AggregatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListIdentities(self, request, context):
-        """Gallery identities in byte order of their ids, paged.
+        """Gallery identities in byte order of their ids, paged. INVALID_ARGUMENT for a page_size above 1000 or a foreign
+        page_token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_AggregatorServicer_to_server(servicer, server):
+def add_AggregatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'StreamFrames': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamFrames,
@@ -208,14 +226,18 @@ def add_AggregatorServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'eqface.service.v1.Aggregator', rpc_method_handlers)
+            'eqface.service.v1.AggregatorService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('eqface.service.v1.Aggregator', rpc_method_handlers)
+    server.add_registered_method_handlers('eqface.service.v1.AggregatorService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Aggregator:
-    """Missing associated documentation comment in .proto file."""
+class AggregatorService:
+    """Aggregates streams of face frames into one template per subject and identifies subjects against a gallery.
+    Every rpc may also end UNAVAILABLE (the store or Triton is unreachable, or the server is shutting down: retry),
+    DEADLINE_EXCEEDED (nothing was applied), RESOURCE_EXHAUSTED (a message above the server's --max-message-mib, or
+    more concurrent calls than --max-concurrent-rpcs) or INTERNAL (a bug or a broken model; see the server log).
+    """
 
     @staticmethod
     def StreamFrames(request_iterator,
@@ -231,7 +253,7 @@ class Aggregator:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/eqface.service.v1.Aggregator/StreamFrames',
+            '/eqface.service.v1.AggregatorService/StreamFrames',
             eqface_dot_service_dot_v1_dot_aggregator__pb2.StreamFramesRequest.SerializeToString,
             eqface_dot_service_dot_v1_dot_aggregator__pb2.StreamFramesResponse.FromString,
             options,
@@ -258,7 +280,7 @@ class Aggregator:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/eqface.service.v1.Aggregator/GetTemplate',
+            '/eqface.service.v1.AggregatorService/GetTemplate',
             eqface_dot_service_dot_v1_dot_aggregator__pb2.GetTemplateRequest.SerializeToString,
             eqface_dot_service_dot_v1_dot_aggregator__pb2.GetTemplateResponse.FromString,
             options,
@@ -285,7 +307,7 @@ class Aggregator:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/eqface.service.v1.Aggregator/ResetSubject',
+            '/eqface.service.v1.AggregatorService/ResetSubject',
             eqface_dot_service_dot_v1_dot_aggregator__pb2.ResetSubjectRequest.SerializeToString,
             eqface_dot_service_dot_v1_dot_aggregator__pb2.ResetSubjectResponse.FromString,
             options,
@@ -312,7 +334,7 @@ class Aggregator:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/eqface.service.v1.Aggregator/DeleteSubject',
+            '/eqface.service.v1.AggregatorService/DeleteSubject',
             eqface_dot_service_dot_v1_dot_aggregator__pb2.DeleteSubjectRequest.SerializeToString,
             eqface_dot_service_dot_v1_dot_aggregator__pb2.DeleteSubjectResponse.FromString,
             options,
@@ -339,7 +361,7 @@ class Aggregator:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/eqface.service.v1.Aggregator/ListSubjects',
+            '/eqface.service.v1.AggregatorService/ListSubjects',
             eqface_dot_service_dot_v1_dot_aggregator__pb2.ListSubjectsRequest.SerializeToString,
             eqface_dot_service_dot_v1_dot_aggregator__pb2.ListSubjectsResponse.FromString,
             options,
@@ -366,7 +388,7 @@ class Aggregator:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/eqface.service.v1.Aggregator/Enroll',
+            '/eqface.service.v1.AggregatorService/Enroll',
             eqface_dot_service_dot_v1_dot_aggregator__pb2.EnrollRequest.SerializeToString,
             eqface_dot_service_dot_v1_dot_aggregator__pb2.EnrollResponse.FromString,
             options,
@@ -393,7 +415,7 @@ class Aggregator:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/eqface.service.v1.Aggregator/Identify',
+            '/eqface.service.v1.AggregatorService/Identify',
             eqface_dot_service_dot_v1_dot_aggregator__pb2.IdentifyRequest.SerializeToString,
             eqface_dot_service_dot_v1_dot_aggregator__pb2.IdentifyResponse.FromString,
             options,
@@ -420,7 +442,7 @@ class Aggregator:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/eqface.service.v1.Aggregator/RemoveIdentity',
+            '/eqface.service.v1.AggregatorService/RemoveIdentity',
             eqface_dot_service_dot_v1_dot_aggregator__pb2.RemoveIdentityRequest.SerializeToString,
             eqface_dot_service_dot_v1_dot_aggregator__pb2.RemoveIdentityResponse.FromString,
             options,
@@ -447,7 +469,7 @@ class Aggregator:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/eqface.service.v1.Aggregator/ListIdentities',
+            '/eqface.service.v1.AggregatorService/ListIdentities',
             eqface_dot_service_dot_v1_dot_aggregator__pb2.ListIdentitiesRequest.SerializeToString,
             eqface_dot_service_dot_v1_dot_aggregator__pb2.ListIdentitiesResponse.FromString,
             options,
