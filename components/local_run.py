@@ -1,7 +1,9 @@
 """``eqface pipeline run-local``: the whole Kubeflow pipeline on this machine with kfp's SubprocessRunner.
 
 Every component runs as a subprocess of this interpreter (``use_venv=False``: the current environment, where eqface
-and components are installed); resources, volumes and secrets are ignored locally.
+and components are installed); resources, volumes and secrets are ignored locally. With ``cache=True`` kfp.local keeps
+its task cache under the pipeline root and the data step is cached too (the local data does not change between
+runs): a second run with equal inputs reuses every finished step, as a cluster run with ``--cache-data`` does.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import Any
 from components.pipeline import ClusterSettings, build_pipeline
 
 
-def local_cluster() -> ClusterSettings:
+def local_cluster(cache_data: bool = False) -> ClusterSettings:
     """Cluster settings without volumes or secret: paths such as /mnt/work mean nothing on this machine."""
-    return ClusterSettings(data_pvc="", work_pvc="", models_pvc="", object_store_secret="")
+    return ClusterSettings(data_pvc="", work_pvc="", models_pvc="", object_store_secret="", cache_data=cache_data)
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class LocalRun:
     onnx: Path
     repository: Path
     deployed_version: int | None  # None when the evaluation gate held the deploy back
+    chosen_model: Path  # the recogniser evaluate chose (final or Step 1 → 2 model) and export exported
 
 
 def run_local(
@@ -43,15 +46,19 @@ def run_local(
     accuracy_threshold: float = 0.0,
     min_quality_std: float = 0.0,
     gpus: int = 1,
+    cache: bool = False,
 ) -> LocalRun:
-    """Runs the pipeline (form defaults from ``preset``) and returns where its results are."""
+    """Runs the pipeline (form defaults from ``preset``) and returns where its results are.
+
+    ``cache``: reuse the steps a previous run under ``root`` finished with equal inputs (kfp.local's task cache).
+    """
     from kfp import local
 
     from eqface.workflow.deploy import existing_versions
 
     root, repository = Path(root).resolve(), Path(repository).resolve()
-    pipeline = build_pipeline(iterations=iterations, preset=preset, cluster=local_cluster())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    pipeline = build_pipeline(iterations=iterations, preset=preset, cluster=local_cluster(cache_data=cache))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=cache)
     before = set(existing_versions(str(repository)))
     started = time.monotonic()
     with warnings.catch_warnings():
@@ -71,6 +78,7 @@ def run_local(
         onnx=Path(outputs["onnx_model"].path) / "model.onnx",
         repository=repository,
         deployed_version=new[-1] if new else None,
+        chosen_model=Path(outputs["model"].path),
     )
 
 

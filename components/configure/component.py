@@ -32,15 +32,33 @@ def configure(
     margin_scale: float,
     qwdf_threshold: float,
     batch_size: int,
+    serving_variant: str,
+    data_materialize: str,
 ) -> str:
     """Returns the resolved configuration as JSON: preset, then the form's values, then ``overrides``.
+
+    Checks the whole form first, so that a typo fails here, in seconds, rather than in a later step on a GPU: every
+    choice parameter (preset, backbone, data source, serving variant, materialize mode) against its allowed values,
+    then the resolved configuration.
 
     Args:
         preset: eqface preset filling everything the form does not show (``eqface config --preset NAME``).
         overrides: ``section.field=value`` strings applied last (e.g. ``augment.blur_p=0.3``).
         iterations: rounds of Step 3 → Step 2 after Step 1 → Step 2 (fixed when the pipeline is compiled).
+        serving_variant: checked here only (the deploy step uses it).
+        data_materialize: checked here only (the prepare-data step uses it).
     """
-    from eqface.workflow.configure import build_config, config_json
+    from eqface.workflow.configure import build_config, check_choices, config_json
+
+    check_choices(
+        {
+            "preset": preset,
+            "backbone": backbone,
+            "data_source": data_source,
+            "serving_variant": serving_variant,
+            "data_materialize": data_materialize,
+        }
+    )
 
     form = {
         "data_source": data_source,

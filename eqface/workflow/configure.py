@@ -37,6 +37,43 @@ FORM_FIELDS: dict[str, str] = {
 }
 
 
+def form_choices() -> dict[str, list[str]]:
+    """The allowed values of the form's choice parameters, read from where each choice is defined (presets, the
+    backbone and data-source registries, the serving variants, the dataset's materialize modes)."""
+    from eqface.config import PRESETS
+    from eqface.data.factory import SOURCES
+    from eqface.models import BACKBONES
+    from eqface.serving.model_configs import VARIANTS
+    from eqface.workflow.dataset import MATERIALIZE_MODES
+
+    return {
+        "preset": sorted(PRESETS),
+        "backbone": BACKBONES.names(),
+        "data_source": SOURCES.names(),
+        "serving_variant": list(VARIANTS),
+        "data_materialize": list(MATERIALIZE_MODES),
+    }
+
+
+def check_choices(values: Mapping[str, str]) -> None:
+    """Fails with every wrong choice and its allowed values (keys: names of :func:`form_choices`).
+
+    Raises:
+        ValueError: a value outside its choices, or a key that is not a choice parameter.
+    """
+    choices = form_choices()
+    unknown = sorted(set(values) - set(choices))
+    if unknown:
+        raise ValueError(f"{unknown} are not choice parameters; those are: {', '.join(choices)}")
+    wrong = [
+        f"{name}={value!r} is not one of: {', '.join(choices[name])}"
+        for name, value in values.items()
+        if value not in choices[name]
+    ]
+    if wrong:
+        raise ValueError("; ".join(wrong))
+
+
 def form_defaults(cfg: EQFaceConfig) -> dict[str, Any]:
     """The form's values that reproduce ``cfg`` (tuples become lists, as KFP list parameters are JSON lists)."""
     flat = to_dict(cfg)
