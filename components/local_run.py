@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ def run_local(
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=cache)
     before = set(existing_versions(str(repository)))
     started = time.monotonic()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _named_outputs_in_conditions():
         # The components' image is the cluster's; locally they run in this interpreter, which kfp warns about.
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*", category=RuntimeWarning)
         task = pipeline(**_arguments(repository, overrides, triton_url, accuracy_threshold, min_quality_std, gpus))
@@ -80,6 +81,35 @@ def run_local(
         deployed_version=new[-1] if new else None,
         chosen_model=Path(outputs["model"].path),
     )
+
+
+@contextmanager
+def _named_outputs_in_conditions() -> Iterator[None]:
+    """Lets kfp.local evaluate ``dsl.If`` on a named task output, as the KFP backend does.
+
+    kfp.local (2.17, and kubeflow/pipelines master in 2026-08) resolves a condition's ``<task>-<output>`` channel only
+    when the output is called ``Output``; any other name (the deploy gate's ``evaluate-deploy_approved``) is looked up
+    as a pipeline input, is not found, and the condition is taken as false: the deploy would never run locally. While
+    this context is open, such a channel resolves to the output of the first ``<task>`` prefix that has it.
+    """
+    from kfp.local.orchestrator.enhanced_dag_orchestrator import ConditionEvaluator
+
+    original = ConditionEvaluator._resolve_pipeline_channel
+
+    def resolve(channel_ref: str, io_store: Any) -> Any:
+        ref = channel_ref.removeprefix("pipelinechannel--")
+        for cut in (i for i, ch in enumerate(ref) if ch == "-"):
+            try:
+                return io_store.get_task_output(ref[:cut], ref[cut + 1 :])
+            except (KeyError, ValueError):
+                continue
+        return original(channel_ref, io_store)
+
+    ConditionEvaluator._resolve_pipeline_channel = staticmethod(resolve)
+    try:
+        yield
+    finally:
+        ConditionEvaluator._resolve_pipeline_channel = staticmethod(original)
 
 
 def _arguments(repository: Path, overrides, triton_url, accuracy_threshold, min_quality_std, gpus) -> dict[str, Any]:

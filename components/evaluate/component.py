@@ -43,6 +43,8 @@ def evaluate(
             thresholds); the deploy step runs only then.
         chosen: ``final`` or ``steps_1_2``.
     """
+    import json
+    import os
     from collections import namedtuple
 
     from eqface.workflow.configure import config_from_json
@@ -63,6 +65,13 @@ def evaluate(
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     roc.log_roc_curve(result.roc_fpr, result.roc_tpr, result.roc_thresholds)
+    # The UI reads both from the artifacts' metadata; the files make them downloadable, and kfp.local's cache
+    # counts an artifact without a file as missing (the step would never be reused locally).
+    curve = {"fpr": result.roc_fpr, "tpr": result.roc_tpr, "thresholds": result.roc_thresholds}
+    for artifact, content in ((metrics, result.metrics), (roc, curve)):
+        os.makedirs(os.path.dirname(artifact.path), exist_ok=True)
+        with open(artifact.path, "w") as f:
+            json.dump(content, f, indent=1)
     source = model if result.chosen == "final" else steps_1_2_model
     chosen_model.metadata.update({**source.metadata, "chosen": result.chosen})
     print(f"chosen: {result.chosen}")
