@@ -196,9 +196,11 @@ def build_pipeline(
             data_materialize=data_materialize,
         ).set_display_name("configure")
         _light(config, cluster, cpu="500m", memory="1Gi")
-        cfg = config.output
+        cfg = config.outputs["config_json"]  # evaluate and export read all of it; the others a view (task_config)
 
-        data = prepare_data(config_json=cfg, materialize=data_materialize).set_display_name("prepare data")
+        data = prepare_data(config_json=config.outputs["data_config"], materialize=data_materialize).set_display_name(
+            "prepare data"
+        )
         _light(data, cluster, cpu="4", memory="16Gi", cache=cluster.cache_data)
         _mount(data, cluster.data_pvc, cluster.data_mount)
         _object_store_secret(data, cluster)
@@ -208,7 +210,7 @@ def build_pipeline(
             extra = {} if init is None else {"init_model": init.outputs["model"]}
             task = component(
                 dataset=dataset,
-                config_json=cfg,
+                config_json=config.outputs[f"{stage.split('-')[0]}_config"],
                 gpus=gpus_per_step,
                 stage=stage,
                 checkpoint_root=cluster.checkpoint_root,

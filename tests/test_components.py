@@ -36,8 +36,13 @@ def root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def config_json() -> str:
+def configuration():
     return configure.python_func(preset="test", overrides=["train.seed=3"], iterations=1, **form())
+
+
+@pytest.fixture(scope="module")
+def config_json(configuration) -> str:
+    return configuration.config_json
 
 
 def form(**changes) -> dict:
@@ -103,6 +108,16 @@ def onnx_model(evaluated, dataset, config_json, root):
 def test_configure_resolves_the_form(config_json):
     cfg = json.loads(config_json)
     assert cfg["train"]["seed"] == 3 and cfg["train"]["iterations"] == 1 and cfg["model"]["backbone"] == "tiny"
+
+
+def test_configure_gives_each_training_step_only_its_schedule(configuration):
+    from eqface.workflow.configure import config_from_json, task_config
+
+    cfg = config_from_json(configuration.config_json)
+    for step in ("step1", "step2", "step3"):
+        view = config_from_json(getattr(configuration, f"{step}_config"))
+        assert view == task_config(cfg, step) and getattr(view.train, step) == getattr(cfg.train, step)
+    assert config_from_json(configuration.data_config) == task_config(cfg, None)
 
 
 def test_configure_rejects_a_form_that_would_fail_later():

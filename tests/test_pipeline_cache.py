@@ -9,6 +9,7 @@ import pytest
 import yaml
 from kfp import compiler, dsl
 
+from components.configure import configure
 from components.pipeline import ClusterSettings, compile_pipeline
 from tests.support.kfp_cache import (
     ServerCache,
@@ -26,6 +27,14 @@ KFP_MODEL_SCHEMA = (
     "title: kfp.Model\ntype: object\nproperties:\n  framework:\n    type: string\n"
     "  framework_version:\n    type: string\n"
 )
+
+
+def configure_body(**parameters) -> dict:
+    """The configure step's real body: its output values feed every other step's parameters."""
+    return configure.python_func(**parameters)._asdict()
+
+
+BODIES = {"configure": configure_body}
 
 
 def load(path: Path) -> tuple[dict, dict]:
@@ -115,8 +124,8 @@ def test_a_rerun_with_equal_inputs_has_equal_keys_and_reuses_every_cached_step(c
     (spec1, platform1), (spec2, platform2) = compiled_twice
     cache = ServerCache()
     arguments = {"step2_epochs": 3, "overrides": ["train.seed=7"]}
-    first = simulate_run(spec1, platform1, arguments, "3f1e-run-one", cache)
-    second = simulate_run(spec2, platform2, arguments, "9a0c-run-two", cache)
+    first = simulate_run(spec1, platform1, arguments, "3f1e-run-one", cache, BODIES)
+    second = simulate_run(spec2, platform2, arguments, "9a0c-run-two", cache, BODIES)
     cached = {name for name, task in root_tasks(spec1).items() if is_cached(task)}
     assert cached >= {"configure", "prepare-data", "train-backbone", "evaluate", "export-onnx"}
     assert not any(first[name].cached for name in first)
@@ -147,3 +156,18 @@ def test_with_data_re_read_each_run_only_the_configure_step_is_reused(tmp_path):
     second = simulate_run(spec, platform, {}, "run-two", cache)
     assert second["configure"].cached and second["prepare-data"].fingerprint is None
     assert not any(second[name].cached for name in second if name != "configure")
+
+
+def test_a_new_step_3_setting_reruns_step_3_and_what_follows_only(compiled_twice):
+    """Each training step takes the configuration without the other steps' schedules (task_config), so a new
+    Step 3 learning rate leaves the keys of the data step, Step 1 and the first Step 2 as they were."""
+    (spec, platform), _ = compiled_twice
+    cache = ServerCache()
+    simulate_run(spec, platform, {}, "run-one", cache, BODIES)
+    changed = simulate_run(spec, platform, {"step3_lr": 0.05}, "run-two", cache, BODIES)
+    by_stage = {t["taskInfo"]["name"].split(":")[0]: name for name, t in root_tasks(spec).items()}
+    reused = {name for name, task in changed.items() if task.cached}
+    assert reused == {"prepare-data", by_stage["step1"], by_stage["step2-1"]}
+    assert not changed["configure"].cached and not changed[by_stage["step3-1"]].cached
+    again = simulate_run(spec, platform, {"step1_epochs": 2}, "run-three", cache, BODIES)
+    assert {name for name, task in again.items() if task.cached} == {"prepare-data"}

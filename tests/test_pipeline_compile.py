@@ -51,6 +51,9 @@ def test_the_chain_is_1_2_then_3_2_per_iteration_then_evaluate_export(compiled):
         init = task["inputs"]["artifacts"]["init_model"]["taskOutputArtifact"]
         assert init["producerTask"] == by_display[previous][0]
         assert name.startswith(TRAINING_EXECUTORS[current.split("-")[0]])
+        # each step takes the configuration with only its own schedule (its cache key ignores the others')
+        source = task["inputs"]["parameters"]["config_json"]["taskOutputParameter"]
+        assert source == {"producerTask": "configure", "outputParameterKey": f"{current.split('-')[0]}_config"}
     final = by_display[plan[-1]][0]
     evaluate = tasks(spec)["evaluate"]["inputs"]["artifacts"]
     assert evaluate["model"]["taskOutputArtifact"]["producerTask"] == final

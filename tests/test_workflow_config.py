@@ -89,3 +89,26 @@ def test_a_wrong_choice_names_every_allowed_value():
     assert "serving_variant='gpu' is not one of: production, local" in message and "preset" not in message
     with pytest.raises(ValueError, match="not choice parameters"):
         check_choices({"batch_size": "64"})
+
+
+def test_a_training_task_sees_only_its_own_schedule():
+    from eqface.config import TrainConfig
+    from eqface.workflow.configure import task_config
+
+    cfg = build_config("test", {**preset_form("test"), "step1_epochs": 7, "step3_lr": 0.5}, iterations=3)
+    step1 = task_config(cfg, "step1")
+    assert step1.train.step1 == cfg.train.step1 and step1.train.step1.epochs == 7
+    assert step1.train.step3 == TrainConfig().step3 and step1.train.step2 == TrainConfig().step2
+    assert step1.train.iterations == TrainConfig().iterations
+    assert (
+        task_config(cfg, "step3").train.step3.lr == 0.5 and task_config(cfg, "step3").train.step1 == TrainConfig().step1
+    )
+    data = task_config(cfg, None)
+    assert all(getattr(data.train, s) == getattr(TrainConfig(), s) for s in ("step1", "step2", "step3"))
+    # everything else is untouched
+    assert (data.data, data.model, data.margin, data.train.seed) == (cfg.data, cfg.model, cfg.margin, cfg.train.seed)
+    assert task_config(build_config("test", {**preset_form("test"), "step3_lr": 0.9}), "step1") == task_config(
+        build_config("test", preset_form("test")), "step1"
+    )
+    with pytest.raises(ValueError, match="unknown step"):
+        task_config(cfg, "step4")

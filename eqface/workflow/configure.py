@@ -136,6 +136,31 @@ def check_pipeline_config(cfg: EQFaceConfig) -> None:
         raise ValueError(f"data.source={cfg.data.source} needs a dataset location (data.path)")
 
 
+TRAINING_STEPS = ("step1", "step2", "step3")
+
+
+def task_config(cfg: EQFaceConfig, step: str | None) -> EQFaceConfig:
+    """``cfg`` as a pipeline task that trains only ``step`` (None: no step, the data step) is given it: the other
+    steps' schedules and the number of 3 → 2 rounds, which the task never reads, are set to their defaults.
+
+    KFP's cache key holds every input value, the configuration included; without this, a new Step 3 learning rate
+    would change Step 1's key and retrain it. Only the schedules are dropped: the trainer reads ``train.<step>`` of
+    the step it runs and nothing else of them (``eqface.train.trainer``); every other setting stays.
+
+    Raises:
+        ValueError: ``step`` is not one of :data:`TRAINING_STEPS` or None.
+    """
+    from dataclasses import replace
+
+    from eqface.config import TrainConfig
+
+    if step is not None and step not in TRAINING_STEPS:
+        raise ValueError(f"unknown step {step!r}; valid: {', '.join(TRAINING_STEPS)} or None")
+    defaults = TrainConfig()
+    unread = {s: getattr(defaults, s) for s in TRAINING_STEPS if s != step}
+    return replace(cfg, train=replace(cfg.train, **unread, iterations=defaults.iterations))
+
+
 def config_json(cfg: EQFaceConfig) -> str:
     return to_json(cfg)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -192,12 +192,16 @@ def simulate_run(
     arguments: Mapping[str, Any],
     run_id: str,
     cache: ServerCache,
+    bodies: Mapping[str, Callable[..., Mapping[str, Any]]] | None = None,
 ) -> dict[str, TaskOutcome]:
     """One run of the root DAG's container tasks against ``cache``; returns, per task, its key and whether it hit.
 
-    An executed step's output parameters are modelled as a function of its fingerprint (a step that computes only
-    from its inputs); a step with caching off, or one that misses, gets new artifact ids, as MLMD gives them.
+    An executed task's output parameters are what ``bodies[task]`` returns for its input parameters (the real
+    component body, for a task whose outputs feed other tasks' parameters), else a function of its fingerprint (a
+    step that computes only from its inputs). A task with caching off, or one that misses, gets new artifact ids, as
+    MLMD gives them.
     """
+    bodies = bodies or {}
     root_params = {
         name: definition.get("defaultValue")
         for name, definition in spec["root"].get("inputDefinitions", {}).get("parameters", {}).items()
@@ -225,9 +229,14 @@ def simulate_run(
         hit = cache.entries.get(print_) if is_cached(task) else None
         if hit is None:
             outputs = component.get("outputDefinitions", {})
+            values = (
+                dict(bodies[name](**parameters))
+                if name in bodies
+                else {p: f"<{p} of {print_[:12]}>" for p in outputs.get("parameters", {})}
+            )
             hit = Execution(
                 print_,
-                {p: f"<{p} of {print_[:12]}>" for p in outputs.get("parameters", {})},
+                values,
                 {a: str(next(cache.ids)) for a in outputs.get("artifacts", {})},
             )
             if is_cached(task):
