@@ -139,6 +139,5 @@ def test_the_chosen_model_is_the_better_ones_copy_and_both_are_reported(setup, t
     digest = [hashlib.sha256((d / "final.pt").read_bytes()).hexdigest() for d in (source, tmp_path / "chosen")]
     assert digest[0] == digest[1]
     assert m["verification_accuracy"] == pytest.approx(evs[better].accuracy)
-    assert (
-        "| Model selection" in (tmp_path / "r.md").read_text() or "Model selection" in (tmp_path / "r.md").read_text()
-    )
+    markdown = (tmp_path / "r.md").read_text()
+    assert "Model selection" in markdown and f"{better} (deployed)" in markdown

@@ -151,24 +151,14 @@ def run_evaluation(
     if chosen_dir is not None:
         shutil.copytree(dirs[chosen], chosen_dir, dirs_exist_ok=True)
     passed, lines = gate(values, accuracy_threshold, min_quality_std)
-    run = {
-        "backbone": cfg.model.backbone,
-        "embedding size": cfg.model.embedding_size,
-        "image size": "×".join(map(str, cfg.model.image_size)),
-        "iterations (3 → 2)": cfg.train.iterations,
-        "epochs step 1 / 2 / 3": f"{cfg.train.step1.epochs} / {cfg.train.step2.epochs} / {cfg.train.step3.epochs}",
-        "margins m1, m2, m3, S": f"{cfg.margin.m1}, {cfg.margin.m2}, {cfg.margin.m3}, {cfg.margin.scale}",
-        "QWDF s_th": cfg.train.qwdf_threshold,
-        "data": f"{cfg.data.source} {cfg.data.path}".strip(),
-    }
-    tables = report.tables(ev, values, lines, run)
+    tables = report.tables(ev, values, lines, _run_settings(cfg))
     if len(evaluations) > 1:
         tables.insert(1, report.selection_table(evaluations, chosen, SELECTION_FAR))
     verdict = "PASSED" if passed else "FAILED"
     title = f"EQFace evaluation ({_LABELS[chosen]}): {100 * ev.accuracy:.2f}% verification accuracy, {verdict} gate"
     for path in (report_html, report_markdown):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(report_html).write_text(report.render_html(title, tables, report.figures(ev, read_history(dirs[chosen]))))
+    Path(report_html).write_text(report.render_html(title, tables, report.figures(ev, read_history(dirs[FINAL]))))
     Path(report_markdown).write_text(report.render_markdown(title, tables))
     keep = np.unique(np.linspace(1, len(ev.roc.far) - 1, num=min(roc_points, len(ev.roc.far) - 1)).astype(int))
     return EvaluationOutputs(
@@ -180,6 +170,19 @@ def run_evaluation(
         gate_lines=lines,
         chosen=chosen,
     )
+
+
+def _run_settings(cfg: EQFaceConfig) -> dict[str, object]:
+    return {
+        "backbone": cfg.model.backbone,
+        "embedding size": cfg.model.embedding_size,
+        "image size": "×".join(map(str, cfg.model.image_size)),
+        "iterations (3 → 2)": cfg.train.iterations,
+        "epochs step 1 / 2 / 3": f"{cfg.train.step1.epochs} / {cfg.train.step2.epochs} / {cfg.train.step3.epochs}",
+        "margins m1, m2, m3, S": f"{cfg.margin.m1}, {cfg.margin.m2}, {cfg.margin.m3}, {cfg.margin.scale}",
+        "QWDF s_th": cfg.train.qwdf_threshold,
+        "data": f"{cfg.data.source} {cfg.data.path}".strip(),
+    }
 
 
 _LABELS = {FINAL: "final model, Steps 1-2-(3-2)×N", STEPS_1_2: "Step 1 → 2 model"}
