@@ -1,5 +1,6 @@
-"""The EQFace training pipeline: configure → prepare data → Step 1 → Step 2 → (Step 3 → Step 2) × N → evaluate →
-export ONNX → deploy (only when the evaluation passes its gate).
+"""The EQFace training pipeline: configure → prepare data → Step 1 → Step 2 → (Step 3 → Step 2) × N → evaluate (the
+final model against the Step 1 → 2 model; the better recogniser goes on) → export ONNX → deploy (only when the
+evaluation passes its gate).
 
 KFP has no while-loops and ``dsl.ParallelFor`` runs its iterations side by side, so the sequential 3 → 2 rounds are
 unrolled when the pipeline is compiled: ``build_pipeline(iterations=N)`` (``eqface pipeline compile --iterations N``)
@@ -9,6 +10,8 @@ would nest every round one level deeper in the UI, and kfp 2.17's local runner c
 
 Kubernetes concerns are attached here, never in the components: GPUs, CPU/memory, /dev/shm, tolerations, retries,
 caching, PVCs and the object-store secret. The local runner ignores them; tests read them from the compiled YAML.
+No task takes a value of the run (run id, run name, task id) as an input: KFP's cache key holds every input value,
+so one such input would make every run miss the cache (components/README.md, "Caching").
 """
 
 from collections.abc import Callable
@@ -70,6 +73,7 @@ class Outputs(NamedTuple):
     metrics: dsl.Metrics
     report: dsl.HTML
     onnx_model: dsl.Model
+    model: dsl.Model
 
 
 def build_pipeline(
@@ -80,7 +84,7 @@ def build_pipeline(
     Raises:
         ValueError: ``iterations`` < 1 or an unknown preset.
     """
-    from eqface.workflow.configure import preset_form
+    from eqface.workflow.configure import form_choices, preset_form
 
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1 (the model ends on a Step 2 after a Step 3), got {iterations}")
@@ -88,11 +92,6 @@ def build_pipeline(
     form["eval_identities"] = form["eval_identities"] or DEFAULT_EVAL_IDENTITIES
     preset_name = preset
 
-    @dsl.pipeline(
-        name=PIPELINE_NAME,
-        description=f"EQFace: Step 1 → 2 → (3 → 2) × {iterations} → evaluate → export ONNX → deploy to Triton "
-        f"when the evaluation passes. Form defaults: preset {preset_name}.",
-    )
     def eqface_training(
         data_source: str = form["data_source"],
         data_location: str = form["data_location"],
@@ -124,6 +123,51 @@ def build_pipeline(
         preset: str = preset_name,
         overrides: List[str] = [],
     ) -> Outputs:
+        """EQFace training: Steps 1 → 2 → (3 → 2) × N, evaluation, ONNX export and the deploy to Triton.
+
+        Args:
+            data_source: where the faces come from: {data_source}.
+            data_location: the dataset: a path on the data volume (e.g. /mnt/data/ms1mv2/train.rec), an s3:// or
+                gs:// location, or shared:<file> for a pack; empty for synthetic faces.
+            eval_identities: identities held out of training for the evaluation (at least 2).
+            backbone: the recognition network: {backbone}.
+            embedding_size: length of the face embedding.
+            step1_epochs: epochs of Step 1 (backbone and classifier, every sample weight 1).
+            step1_lr: Step 1's initial learning rate.
+            step1_milestones: Step 1's epochs at which the learning rate is divided by 10 (a JSON list).
+            step2_epochs: epochs of each Step 2 (only the quality branch trains, through Eq. 6).
+            step2_lr: Step 2's initial learning rate.
+            step2_milestones: Step 2's epochs at which the learning rate is divided by 10 (a JSON list).
+            step3_epochs: epochs of each Step 3 (the backbone retrains with the quality as sample weight).
+            step3_lr: Step 3's initial learning rate.
+            step3_milestones: Step 3's epochs at which the learning rate is divided by 10 (a JSON list).
+            margin_m1: the combined margin's multiplicative angular margin m1 (1 for ArcFace).
+            margin_m2: the combined margin's additive angular margin m2 (ArcFace's m).
+            margin_m3: the combined margin's additive cosine margin m3 (CosFace's m).
+            margin_scale: the logit scale S.
+            qwdf_threshold: QWDF's s_th: Step 3 drops samples whose quality is below it (0 turns QWDF off).
+            batch_size: training batch size per process.
+            gpus_per_step: GPUs of each training step; above 1 the step trains with torchrun (DDP, NCCL).
+            model_repository: the Triton model repository the deploy step writes a new version into (a path on
+                the models volume, s3://bucket/path or gs://bucket/path).
+            serving_variant: the Triton models to write: {serving_variant} (production: onnxruntime on GPU; local:
+                the CPU python backend).
+            triton_url: a running Triton with --model-control-mode=explicit to load the new version into
+                (grpc://host:8001 or http://host:8000); empty: only write the version.
+            accuracy_threshold: deploy gate: the lowest 10-fold verification accuracy on the held-out identities.
+            min_quality_std: deploy gate: the lowest spread (std) of the held-out qualities.
+            data_materialize: how prepare-data hands the faces on: {data_materialize} (pack copies them into the
+                artifact, reference leaves them on the volume, auto packs small data).
+            preset: the eqface preset for every setting this form does not show: {preset}.
+            overrides: section.field=value settings applied last, as a JSON list (e.g. ["augment.blur_p=0.3"]; any
+                key of eqface config).
+
+        Returns:
+            metrics: the deployed model's held-out figures and both candidates' (final, Step 1 → 2).
+            report: the HTML evaluation report with its plots.
+            onnx_model: the exported model.onnx.
+            model: the PyTorch model it was exported from (final.pt, config.json, the training history).
+        """
         config = configure(
             preset=preset,
             overrides=overrides,
@@ -148,11 +192,15 @@ def build_pipeline(
             margin_scale=margin_scale,
             qwdf_threshold=qwdf_threshold,
             batch_size=batch_size,
+            serving_variant=serving_variant,
+            data_materialize=data_materialize,
         ).set_display_name("configure")
         _light(config, cluster, cpu="500m", memory="1Gi")
-        cfg = config.output
+        cfg = config.outputs["config_json"]  # evaluate and export read all of it; the others a view (task_config)
 
-        data = prepare_data(config_json=cfg, materialize=data_materialize).set_display_name("prepare data")
+        data = prepare_data(config_json=config.outputs["data_config"], materialize=data_materialize).set_display_name(
+            "prepare data"
+        )
         _light(data, cluster, cpu="4", memory="16Gi", cache=cluster.cache_data)
         _mount(data, cluster.data_pvc, cluster.data_mount)
         _object_store_secret(data, cluster)
@@ -162,19 +210,19 @@ def build_pipeline(
             extra = {} if init is None else {"init_model": init.outputs["model"]}
             task = component(
                 dataset=dataset,
-                config_json=cfg,
+                config_json=config.outputs[f"{stage.split('-')[0]}_config"],
                 gpus=gpus_per_step,
                 stage=stage,
                 checkpoint_root=cluster.checkpoint_root,
-                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 **extra,
             )
             _gpu_training(task.set_display_name(f"{stage}: {title}"), cluster, gpus_per_step)
             return task
 
-        model = trained(
+        steps_1_2 = trained(
             train_quality, "step2-1", "train quality branch", trained(train_backbone, "step1", "train backbone")
         )
+        model = steps_1_2
         for i in range(1, iterations + 1):
             weighted = trained(train_weighted, f"step3-{i}", "quality-weighted retraining", model)
             model = trained(train_quality, f"step2-{i + 1}", "train quality branch", weighted)
@@ -183,6 +231,7 @@ def build_pipeline(
         scores = evaluate(
             dataset=dataset,
             model=final,
+            steps_1_2_model=steps_1_2.outputs["model"],
             config_json=cfg,
             accuracy_threshold=accuracy_threshold,
             min_quality_std=min_quality_std,
@@ -191,11 +240,12 @@ def build_pipeline(
         _mount(scores, cluster.data_pvc, cluster.data_mount)
         scores.set_env_variable("TQDM_MININTERVAL", "60")
 
-        onnx = export_onnx(model=final, dataset=dataset, config_json=cfg).set_display_name("export ONNX")
+        chosen = scores.outputs["chosen_model"]  # the better recogniser of the final and the Step 1 → 2 model
+        onnx = export_onnx(model=chosen, dataset=dataset, config_json=cfg).set_display_name("export ONNX")
         _light(onnx, cluster, cpu="2", memory="8Gi")
         _mount(onnx, cluster.data_pvc, cluster.data_mount)
 
-        with dsl.If(scores.outputs["Output"] == True, name="evaluation-passed"):  # noqa: E712 (a KFP condition)
+        with dsl.If(scores.outputs["deploy_approved"] == True, name="evaluation-passed"):  # noqa: E712 (a KFP condition)
             release = deploy_triton(
                 onnx_model=onnx.outputs["onnx_model"],
                 repository=model_repository,
@@ -210,10 +260,20 @@ def build_pipeline(
             kubernetes.add_pod_label(release, TRITON_CLIENT_LABEL, "true")
 
         return Outputs(
-            metrics=scores.outputs["metrics"], report=scores.outputs["report"], onnx_model=onnx.outputs["onnx_model"]
+            metrics=scores.outputs["metrics"],
+            report=scores.outputs["report"],
+            onnx_model=onnx.outputs["onnx_model"],
+            model=chosen,
         )
 
-    return eqface_training
+    # The choices in the form's descriptions come from where they are defined (one source: form_choices).
+    eqface_training.__doc__ = eqface_training.__doc__.format(**{k: ", ".join(v) for k, v in form_choices().items()})
+    return dsl.pipeline(
+        name=PIPELINE_NAME,
+        description=f"EQFace: Step 1 → 2 → (3 → 2) × {iterations} → evaluate (the final model against the Step 1 → 2 "
+        f"model; the better recogniser goes on) → export ONNX → deploy to Triton when the evaluation passes. Form "
+        f"defaults: preset {preset_name}.",
+    )(eqface_training)
 
 
 TRITON_CLIENT_LABEL = "eqface.io/triton-client"

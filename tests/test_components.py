@@ -36,8 +36,18 @@ def root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def config_json() -> str:
-    return configure.python_func(preset="test", overrides=["train.seed=3"], iterations=1, **preset_form("test"))
+def configuration():
+    return configure.python_func(preset="test", overrides=["train.seed=3"], iterations=1, **form())
+
+
+@pytest.fixture(scope="module")
+def config_json(configuration) -> str:
+    return configuration.config_json
+
+
+def form(**changes) -> dict:
+    """The configure step's form parameters: the test preset's, the two checked-only choices, then ``changes``."""
+    return {**preset_form("test"), "serving_variant": "local", "data_materialize": "auto", **changes}
 
 
 @pytest.fixture(scope="module")
@@ -61,27 +71,37 @@ def chain(dataset, config_json, root) -> dict[str, dsl.Model]:
     return models
 
 
+def evaluation_outputs(root: Path) -> dict:
+    kinds = (
+        ("metrics", dsl.Metrics),
+        ("roc", dsl.ClassificationMetrics),
+        ("report", dsl.HTML),
+        ("summary", dsl.Markdown),
+        ("chosen_model", dsl.Model),
+    )
+    return {name: artifact(kind, root, name) for name, kind in kinds}
+
+
 @pytest.fixture(scope="module")
 def evaluated(dataset, chain, config_json, root):
-    outputs = {
-        name: artifact(kind, root, name)
-        for name, kind in (
-            ("metrics", dsl.Metrics),
-            ("roc", dsl.ClassificationMetrics),
-            ("report", dsl.HTML),
-            ("summary", dsl.Markdown),
-        )
-    }
-    passed = evaluate.python_func(
-        dataset=dataset, model=chain["step2-2"], config_json=config_json, accuracy_threshold=0.0, **outputs
+    outputs = evaluation_outputs(root)
+    result = evaluate.python_func(
+        dataset=dataset,
+        model=chain["step2-2"],
+        steps_1_2_model=chain["step2-1"],
+        config_json=config_json,
+        accuracy_threshold=0.0,
+        **outputs,
     )
-    return passed, outputs
+    return result, outputs
 
 
 @pytest.fixture(scope="module")
-def onnx_model(chain, dataset, config_json, root):
+def onnx_model(evaluated, dataset, config_json, root):
     out = artifact(dsl.Model, root, "onnx_model")
-    export_onnx.python_func(model=chain["step2-2"], dataset=dataset, config_json=config_json, onnx_model=out)
+    export_onnx.python_func(
+        model=evaluated[1]["chosen_model"], dataset=dataset, config_json=config_json, onnx_model=out
+    )
     return out
 
 
@@ -90,10 +110,24 @@ def test_configure_resolves_the_form(config_json):
     assert cfg["train"]["seed"] == 3 and cfg["train"]["iterations"] == 1 and cfg["model"]["backbone"] == "tiny"
 
 
+def test_configure_gives_each_training_step_only_its_schedule(configuration):
+    from eqface.workflow.configure import config_from_json, task_config
+
+    cfg = config_from_json(configuration.config_json)
+    for step in ("step1", "step2", "step3"):
+        view = config_from_json(getattr(configuration, f"{step}_config"))
+        assert view == task_config(cfg, step) and getattr(view.train, step) == getattr(cfg.train, step)
+    assert config_from_json(configuration.data_config) == task_config(cfg, None)
+
+
 def test_configure_rejects_a_form_that_would_fail_later():
     with pytest.raises(ValueError, match="held-out"):
-        form = {**preset_form("test"), "eval_identities": 0}
-        configure.python_func(preset="test", overrides=[], iterations=1, **form)
+        configure.python_func(preset="test", overrides=[], iterations=1, **form(eval_identities=0))
+
+
+def test_configure_rejects_a_wrong_choice_with_the_allowed_values():
+    with pytest.raises(ValueError, match="data_materialize='copy' is not one of: auto, pack, reference"):
+        configure.python_func(preset="test", overrides=[], iterations=1, **form(data_materialize="copy"))
 
 
 def test_prepare_data_writes_the_dataset_and_its_metadata(dataset):
@@ -126,34 +160,54 @@ def test_steps_2_and_3_continue_from_their_init_model(chain):
 
 
 def test_evaluate_logs_metrics_a_roc_and_reports_with_plots(evaluated):
-    passed, outputs = evaluated
+    result, outputs = evaluated
     metrics = outputs["metrics"].metadata
-    assert passed is True
+    assert result.deploy_approved is True
     assert 0.0 <= metrics["verification_accuracy"] <= 1.0 and 0.0 <= metrics["quality_mean"] <= 1.0
     assert {"verification_auc", "quality_std", "quality_mean_blur", "spearman_quality_vs_degradation"} <= set(metrics)
     roc = outputs["roc"].metadata["confidenceMetrics"]
     assert len(roc) > 10 and all(0 <= p["falsePositiveRate"] <= 1 for p in roc)
     html = Path(outputs["report"].path).read_text()
-    assert html.count("data:image/png;base64,") >= 4 and "Deployment gate" in html
+    assert html.count("data:image/png;base64,") >= 4 and "Deployment gate" in html and "Model selection" in html
     assert "| 10-fold verification accuracy |" in Path(outputs["summary"].path).read_text()
 
 
-def test_evaluate_fails_the_gate_below_the_threshold(dataset, chain, config_json, root):
-    outputs = {
-        name: artifact(kind, root / "strict", name)
-        for name, kind in (
-            ("metrics", dsl.Metrics),
-            ("roc", dsl.ClassificationMetrics),
-            ("report", dsl.HTML),
-            ("summary", dsl.Markdown),
-        )
+def test_evaluate_passes_on_the_better_recogniser_of_the_two(evaluated, chain):
+    """Both models' figures are in Metrics; the chosen model is a byte copy of the one with the better metric."""
+    import hashlib
+
+    result, outputs = evaluated
+    metrics = outputs["metrics"].metadata
+    for candidate in ("final", "steps_1_2"):
+        assert {f"{candidate}_verification_accuracy", f"{candidate}_verification_auc"} <= set(metrics)
+    rank = {
+        c: (metrics.get(f"{c}_tar_at_far_1e-3", -1.0), metrics[f"{c}_verification_accuracy"])
+        for c in ("final", "steps_1_2")
     }
-    assert (
-        evaluate.python_func(
-            dataset=dataset, model=chain["step2-2"], config_json=config_json, accuracy_threshold=1.01, **outputs
-        )
-        is False
+    better = "final" if rank["final"] >= rank["steps_1_2"] else "steps_1_2"
+    assert result.chosen == better and metrics["chosen_final"] == float(better == "final")
+    assert metrics["verification_accuracy"] == metrics[f"{better}_verification_accuracy"]
+    source = chain["step2-2" if better == "final" else "step2-1"]
+
+    def digest(model) -> str:
+        return hashlib.sha256((Path(model.path) / "final.pt").read_bytes()).hexdigest()
+
+    assert digest(outputs["chosen_model"]) == digest(source)
+    assert outputs["chosen_model"].metadata["chosen"] == better
+    assert outputs["chosen_model"].metadata["stage"] == source.metadata["stage"]
+
+
+def test_evaluate_fails_the_gate_below_the_threshold(dataset, chain, config_json, root):
+    outputs = evaluation_outputs(root / "strict")
+    result = evaluate.python_func(
+        dataset=dataset,
+        model=chain["step2-2"],
+        steps_1_2_model=chain["step2-1"],
+        config_json=config_json,
+        accuracy_threshold=1.01,
+        **outputs,
     )
+    assert result.deploy_approved is False
     assert "FAIL: verification accuracy" in Path(outputs["report"].path).read_text()
 
 
@@ -182,21 +236,28 @@ def test_a_step_under_torchrun_trains_with_ddp_on_cpu(dataset, config_json, root
 
 
 def test_a_retried_step_reuses_its_work_folder_on_the_checkpoint_volume(dataset, config_json, root):
-    from eqface.workflow.training import work_folder
-
     checkpoints = root / "work"
     first = artifact(dsl.Model, root, "try1")
-    train_backbone.python_func(
-        dataset=dataset, config_json=config_json, model=first, checkpoint_root=str(checkpoints), run_id="run-1"
-    )
-    work = work_folder(str(checkpoints), "run-1", "step1")
-    assert (work / "final.pt").is_file()
-    # A second attempt of the same task (same run id and stage) finds the finished step instead of retraining.
+    train_backbone.python_func(dataset=dataset, config_json=config_json, model=first, checkpoint_root=str(checkpoints))
+    [work] = list(checkpoints.iterdir())
+    assert work.name.startswith("step1-") and (work / "final.pt").is_file()
+    # A second attempt of the same task (same inputs and stage) finds the finished step instead of retraining.
     stamp = (work / "final.pt").stat().st_mtime_ns
     retry = artifact(dsl.Model, root, "try2")
-    train_backbone.python_func(
-        dataset=dataset, config_json=config_json, model=retry, checkpoint_root=str(checkpoints), run_id="run-1"
-    )
-    assert (work / "final.pt").stat().st_mtime_ns == stamp
+    train_backbone.python_func(dataset=dataset, config_json=config_json, model=retry, checkpoint_root=str(checkpoints))
+    assert (work / "final.pt").stat().st_mtime_ns == stamp and len(list(checkpoints.iterdir())) == 1
     assert (Path(retry.path) / "final.pt").read_bytes() == (Path(first.path) / "final.pt").read_bytes()
     assert np.isclose(retry.metadata["final_loss"], first.metadata["final_loss"])
+
+
+def test_the_checkpoint_folder_is_named_after_the_steps_inputs_not_the_run():
+    from eqface.workflow.training import work_folder
+
+    inputs = {"step": "step2", "config": "{}", "dataset": "s3://b/run-a/dataset", "init_model": "s3://b/m", "gpus": 1}
+    folder = work_folder("/mnt/work", "step2-1", inputs)
+    assert folder == work_folder("/mnt/work", "step2-1", dict(reversed(list(inputs.items()))))
+    assert folder.parent == Path("/mnt/work") and folder.name.startswith("step2-1-")
+    for changed in ({"dataset": "s3://b/run-b/dataset"}, {"config": '{"x": 1}'}, {"gpus": 2}):
+        assert work_folder("/mnt/work", "step2-1", {**inputs, **changed}) != folder, changed
+    assert work_folder("/mnt/work", "step2-2", inputs) != folder
+    assert work_folder("", "step2-1", inputs) is None

@@ -51,9 +51,16 @@ def test_the_chain_is_1_2_then_3_2_per_iteration_then_evaluate_export(compiled):
         init = task["inputs"]["artifacts"]["init_model"]["taskOutputArtifact"]
         assert init["producerTask"] == by_display[previous][0]
         assert name.startswith(TRAINING_EXECUTORS[current.split("-")[0]])
+        # each step takes the configuration with only its own schedule (its cache key ignores the others')
+        source = task["inputs"]["parameters"]["config_json"]["taskOutputParameter"]
+        assert source == {"producerTask": "configure", "outputParameterKey": f"{current.split('-')[0]}_config"}
     final = by_display[plan[-1]][0]
-    for consumer in ("evaluate", "export-onnx"):
-        assert tasks(spec)[consumer]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == final
+    evaluate = tasks(spec)["evaluate"]["inputs"]["artifacts"]
+    assert evaluate["model"]["taskOutputArtifact"]["producerTask"] == final
+    assert evaluate["steps_1_2_model"]["taskOutputArtifact"]["producerTask"] == by_display["step2-1"][0]
+    # export takes the recogniser evaluate chose (the final or the Step 1 → 2 model), not the final one blindly
+    export = tasks(spec)["export-onnx"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
+    assert export == {"producerTask": "evaluate", "outputArtifactKey": "chosen_model"}
 
 
 def test_every_training_step_asks_for_gpus_cpu_memory_and_retries(compiled):
@@ -99,10 +106,32 @@ def test_the_ui_form_exposes_every_training_and_deployment_parameter(compiled):
     assert params["model_repository"]["defaultValue"] == "/mnt/models/eqface"
 
 
+def test_every_form_parameter_has_a_description_and_choices_name_their_values(compiled):
+    """The Kubeflow UI shows these beside each field (KFP reads them from the pipeline docstring's Args)."""
+    from eqface.workflow.configure import form_choices
+
+    _, spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    missing = [name for name, p in params.items() if not p.get("description", "").strip()]
+    assert not missing
+    for name, allowed in form_choices().items():
+        assert all(value in params[name]["description"] for value in allowed), name
+        assert params[name]["defaultValue"] in allowed, name
+    outputs = spec["root"]["outputDefinitions"]["artifacts"]
+    assert all(o.get("description") for o in outputs.values())
+
+
+def test_the_gate_output_is_named(compiled):
+    _, spec, _ = compiled
+    outputs = spec["components"]["comp-evaluate"]["outputDefinitions"]["parameters"]
+    assert set(outputs) == {"deploy_approved", "chosen"}
+    assert outputs["deploy_approved"]["parameterType"] == "BOOLEAN" and outputs["deploy_approved"]["description"]
+
+
 def test_deploy_runs_only_when_evaluate_passes(compiled):
     _, spec, platform = compiled
     condition = tasks(spec)["condition-1"]
-    gate = "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
+    gate = "inputs.parameter_values['pipelinechannel--evaluate-deploy_approved'] == true"
     assert condition["triggerPolicy"]["condition"] == gate
     assert condition["dependentTasks"] == ["evaluate", "export-onnx"]
     inner = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
@@ -144,6 +173,7 @@ def test_cluster_settings_change_the_image_and_leave_out_volumes(tmp_path):
     assert not any("pvcMount" in e for name, e in executors.items() if name != "exec-deploy-triton")
     assert tasks(spec)["prepare-data"]["cachingOptions"]["enableCache"] is True
     assert tasks(spec)["train-backbone"]["inputs"]["parameters"]["checkpoint_root"]["runtimeValue"]["constant"] == ""
+    assert "run_id" not in tasks(spec)["train-backbone"]["inputs"]["parameters"]
 
 
 def test_iterations_below_one_are_refused(tmp_path):

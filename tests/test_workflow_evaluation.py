@@ -85,3 +85,59 @@ def test_history_plot_spans_all_stages():
     ]
     fig = report._history(history)
     assert [line.get_label() for line in fig.axes[0].lines] == ["step1", "step2-1"]
+
+
+def test_the_better_recogniser_is_chosen_by_tar_then_accuracy(setup):
+    from dataclasses import replace
+
+    from eqface.workflow.evaluation import FINAL, STEPS_1_2, choose_recogniser
+
+    root, cfg, _ = setup
+    ev = evaluate_model(root / "model" / "final.pt", cfg)
+
+    def model(tar, accuracy):
+        return replace(ev, tar={**ev.tar, 1e-3: tar}, accuracy=accuracy)
+
+    assert choose_recogniser(model(0.50, 0.90), model(0.40, 0.99)) == FINAL  # TAR first
+    assert choose_recogniser(model(0.40, 0.99), model(0.50, 0.90)) == STEPS_1_2
+    assert choose_recogniser(model(0.50, 0.90), model(0.50, 0.91)) == STEPS_1_2  # tie: accuracy
+    assert choose_recogniser(model(0.50, 0.90), model(0.50, 0.90)) == FINAL  # tie again: the paper's full method
+    assert choose_recogniser(model(None, 0.90), model(0.01, 0.80)) == STEPS_1_2  # a reached TAR beats none
+    assert choose_recogniser(model(None, 0.92), model(None, 0.91)) == FINAL
+
+
+def test_the_chosen_model_is_the_better_ones_copy_and_both_are_reported(setup, tmp_path):
+    import hashlib
+
+    root, cfg, _ = setup
+    torch.manual_seed(1)  # a second, different network: one of the two scores better
+    other = tmp_path / "other"
+    other.mkdir()
+    net = build_model(cfg.model)
+    torch.save({"net": net.state_dict(), "model_config": json.dumps(asdict(cfg.model))}, other / "final.pt")
+    out = run_evaluation(
+        root / "model",
+        cfg,
+        tmp_path / "r.html",
+        tmp_path / "r.md",
+        accuracy_threshold=0.0,
+        steps_1_2_dir=other,
+        chosen_dir=tmp_path / "chosen",
+    )
+    m = out.metrics
+    evs = {
+        "final": evaluate_model(root / "model" / "final.pt", cfg),
+        "steps_1_2": evaluate_model(other / "final.pt", cfg),
+    }
+    for name, ev in evs.items():
+        assert m[f"{name}_verification_accuracy"] == pytest.approx(ev.accuracy)
+        assert m[f"{name}_verification_auc"] == pytest.approx(ev.auc)
+    rank = {n: (-1.0 if ev.tar[1e-3] is None else ev.tar[1e-3], ev.accuracy) for n, ev in evs.items()}
+    better = max(rank, key=lambda n: (rank[n], n == "final"))
+    assert out.chosen == better and m["chosen_final"] == float(better == "final")
+    source = root / "model" if better == "final" else other
+    digest = [hashlib.sha256((d / "final.pt").read_bytes()).hexdigest() for d in (source, tmp_path / "chosen")]
+    assert digest[0] == digest[1]
+    assert m["verification_accuracy"] == pytest.approx(evs[better].accuracy)
+    markdown = (tmp_path / "r.md").read_text()
+    assert "Model selection" in markdown and f"{better} (deployed)" in markdown

@@ -1,6 +1,7 @@
-"""Resolve the pipeline's form into one EQFaceConfig (JSON), validated before any GPU is requested."""
+"""Resolve the pipeline's form into one EQFaceConfig (JSON), validated before any GPU is requested, and the views of
+it that the data and training steps take (so that their cache keys hold only what they read)."""
 
-from typing import List
+from typing import List, NamedTuple
 
 from kfp import dsl
 
@@ -32,15 +33,45 @@ def configure(
     margin_scale: float,
     qwdf_threshold: float,
     batch_size: int,
-) -> str:
-    """Returns the resolved configuration as JSON: preset, then the form's values, then ``overrides``.
+    serving_variant: str,
+    data_materialize: str,
+) -> NamedTuple(
+    "Configuration",
+    [("config_json", str), ("data_config", str), ("step1_config", str), ("step2_config", str), ("step3_config", str)],
+):
+    """Resolves the configuration: preset, then the form's values, then ``overrides``.
+
+    Checks the whole form first, so that a typo fails here, in seconds, rather than in a later step on a GPU: every
+    choice parameter (preset, backbone, data source, serving variant, materialize mode) against its allowed values,
+    then the resolved configuration.
 
     Args:
         preset: eqface preset filling everything the form does not show (``eqface config --preset NAME``).
         overrides: ``section.field=value`` strings applied last (e.g. ``augment.blur_p=0.3``).
         iterations: rounds of Step 3 → Step 2 after Step 1 → Step 2 (fixed when the pipeline is compiled).
+        serving_variant: checked here only (the deploy step uses it).
+        data_materialize: checked here only (the prepare-data step uses it).
+
+    Returns:
+        config_json: the resolved configuration (evaluate and export read all of it).
+        data_config: the same without the training schedules, for prepare-data.
+        step1_config: the same with only Step 1's schedule (the other steps' at their defaults).
+        step2_config: the same with only Step 2's schedule.
+        step3_config: the same with only Step 3's schedule.
     """
-    from eqface.workflow.configure import build_config, config_json
+    from collections import namedtuple
+
+    from eqface.workflow.configure import TRAINING_STEPS, build_config, check_choices, config_json, task_config
+
+    check_choices(
+        {
+            "preset": preset,
+            "backbone": backbone,
+            "data_source": data_source,
+            "serving_variant": serving_variant,
+            "data_materialize": data_materialize,
+        }
+    )
 
     form = {
         "data_source": data_source,
@@ -64,6 +95,10 @@ def configure(
         "qwdf_threshold": qwdf_threshold,
         "batch_size": batch_size,
     }
-    text = config_json(build_config(preset, form, overrides, iterations))
-    print(text)
-    return text
+    cfg = build_config(preset, form, overrides, iterations)
+    views = [config_json(task_config(cfg, step)) for step in (None, *TRAINING_STEPS)]
+    print(config_json(cfg))
+    outputs = namedtuple(
+        "Configuration", ["config_json", "data_config", "step1_config", "step2_config", "step3_config"]
+    )
+    return outputs(config_json(cfg), *views)

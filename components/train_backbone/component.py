@@ -13,19 +13,19 @@ def train_backbone(
     gpus: int = 1,
     stage: str = "step1",
     checkpoint_root: str = "",
-    run_id: str = "",
 ):
     """Step 1: train the backbone and classifier with s_i = 1 (no init model).
 
     Args:
         gpus: training processes; above 1 the step runs under torchrun --nproc_per_node=gpus (DDP).
         stage: the step's name in the training history (step1, step2-1, step3-1, ...).
-        checkpoint_root: a persistent volume path; the step trains in <root>/<run_id>/<stage> so that a retried pod
-            resumes from its last checkpoint ("" trains in the output artifact).
+        checkpoint_root: a persistent volume path; the step trains in <root>/<stage>-<hash of its inputs> so that a
+            retried pod resumes from its last checkpoint ("" trains in the output artifact).
     """
     from eqface.workflow.configure import config_from_json
     from eqface.workflow.training import train_step, work_folder
 
+    inputs = {"step": "step1", "config": config_json, "dataset": dataset.uri, "gpus": gpus}
     metadata = train_step(
         "step1",
         config_from_json(config_json),
@@ -33,6 +33,6 @@ def train_backbone(
         model.path,
         gpus=gpus,
         stage=stage,
-        work_dir=work_folder(checkpoint_root, run_id, stage),
+        work_dir=work_folder(checkpoint_root, stage, inputs),
     )
     model.metadata.update({**metadata, "framework": "pytorch", "file": "final.pt"})

@@ -78,6 +78,11 @@ def _add_run_local_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--accuracy-threshold", type=float, default=0.0, help="deploy gate: minimum verification accuracy")
     p.add_argument("--min-quality-std", type=float, default=0.0, help="deploy gate: minimum quality std")
     p.add_argument("--gpus", type=int, default=1, help="processes per training step (>1: torchrun, gloo on CPU)")
+    p.add_argument(
+        "--cache",
+        action="store_true",
+        help="reuse the steps an earlier run under --root finished with equal inputs (kfp.local's task cache)",
+    )
     p.set_defaults(func=run_local)
 
 
@@ -119,6 +124,7 @@ def run_local(args: argparse.Namespace) -> int:
         accuracy_threshold=args.accuracy_threshold,
         min_quality_std=args.min_quality_std,
         gpus=args.gpus,
+        cache=args.cache,
     )
     m = result.metrics
     print(f"\npipeline finished in {result.seconds:.0f}s")
@@ -132,6 +138,9 @@ def run_local(args: argparse.Namespace) -> int:
 
     conditions = "  ".join(f"{kind} {m[f'quality_mean_{kind}']:.3f}" for kind in ("clean", *DEGRADATIONS))
     print(f"  quality mean {m['quality_mean']:.3f} std {m['quality_std']:.3f}; by condition: {conditions}")
+    chosen = "final model" if m["chosen_final"] else "Step 1 → 2 model"
+    print(f"  chosen  {chosen}: {_candidates(m)}")
+    print(f"  model   {result.chosen_model}")
     print(f"  report  {result.report} (HTML)  {result.summary} (Markdown)")
     print(f"  ONNX    {result.onnx}")
     if result.deployed_version is None:
@@ -142,3 +151,12 @@ def run_local(args: argparse.Namespace) -> int:
         if not args.triton_url:
             print(f"          serve it: eqface serve triton --model-repository {result.repository}")
     return 0
+
+
+def _candidates(m: dict[str, float]) -> str:
+    def figures(name: str) -> str:
+        tar = m.get(f"{name}_tar_at_far_1e-3")
+        tar_text = "n/r" if tar is None else f"{100 * tar:.2f}%"
+        return f"accuracy {100 * m[f'{name}_verification_accuracy']:.2f}%, TAR@FAR 1e-3 {tar_text}"
+
+    return f"final ({figures('final')}) vs Step 1 → 2 ({figures('steps_1_2')})"

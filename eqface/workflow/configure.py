@@ -37,6 +37,43 @@ FORM_FIELDS: dict[str, str] = {
 }
 
 
+def form_choices() -> dict[str, list[str]]:
+    """The allowed values of the form's choice parameters, read from where each choice is defined (presets, the
+    backbone and data-source registries, the serving variants, the dataset's materialize modes)."""
+    from eqface.config import PRESETS
+    from eqface.data.factory import SOURCES
+    from eqface.models import BACKBONES
+    from eqface.serving.model_configs import VARIANTS
+    from eqface.workflow.dataset import MATERIALIZE_MODES
+
+    return {
+        "preset": sorted(PRESETS),
+        "backbone": BACKBONES.names(),
+        "data_source": SOURCES.names(),
+        "serving_variant": list(VARIANTS),
+        "data_materialize": list(MATERIALIZE_MODES),
+    }
+
+
+def check_choices(values: Mapping[str, str]) -> None:
+    """Fails with every wrong choice and its allowed values (keys: names of :func:`form_choices`).
+
+    Raises:
+        ValueError: a value outside its choices, or a key that is not a choice parameter.
+    """
+    choices = form_choices()
+    unknown = sorted(set(values) - set(choices))
+    if unknown:
+        raise ValueError(f"{unknown} are not choice parameters; those are: {', '.join(choices)}")
+    wrong = [
+        f"{name}={value!r} is not one of: {', '.join(choices[name])}"
+        for name, value in values.items()
+        if value not in choices[name]
+    ]
+    if wrong:
+        raise ValueError("; ".join(wrong))
+
+
 def form_defaults(cfg: EQFaceConfig) -> dict[str, Any]:
     """The form's values that reproduce ``cfg`` (tuples become lists, as KFP list parameters are JSON lists)."""
     flat = to_dict(cfg)
@@ -97,6 +134,31 @@ def check_pipeline_config(cfg: EQFaceConfig) -> None:
         raise ValueError(f"train.qwdf_threshold (QWDF s_th) must lie in [0, 1), got {cfg.train.qwdf_threshold}")
     if cfg.data.source != "synthetic" and not cfg.data.path:
         raise ValueError(f"data.source={cfg.data.source} needs a dataset location (data.path)")
+
+
+TRAINING_STEPS = ("step1", "step2", "step3")
+
+
+def task_config(cfg: EQFaceConfig, step: str | None) -> EQFaceConfig:
+    """``cfg`` as a pipeline task that trains only ``step`` (None: no step, the data step) is given it: the other
+    steps' schedules and the number of 3 → 2 rounds, which the task never reads, are set to their defaults.
+
+    KFP's cache key holds every input value, the configuration included; without this, a new Step 3 learning rate
+    would change Step 1's key and retrain it. Only the schedules are dropped: the trainer reads ``train.<step>`` of
+    the step it runs and nothing else of them (``eqface.train.trainer``); every other setting stays.
+
+    Raises:
+        ValueError: ``step`` is not one of :data:`TRAINING_STEPS` or None.
+    """
+    from dataclasses import replace
+
+    from eqface.config import TrainConfig
+
+    if step is not None and step not in TRAINING_STEPS:
+        raise ValueError(f"unknown step {step!r}; valid: {', '.join(TRAINING_STEPS)} or None")
+    defaults = TrainConfig()
+    unread = {s: getattr(defaults, s) for s in TRAINING_STEPS if s != step}
+    return replace(cfg, train=replace(cfg.train, **unread, iterations=defaults.iterations))
 
 
 def config_json(cfg: EQFaceConfig) -> str:

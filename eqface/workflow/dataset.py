@@ -16,7 +16,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -32,6 +32,7 @@ PACK = "faces.npz"
 DEFAULT_PACK_MAX_IMAGES = 200_000
 KEPT_EXTRAS = ("degradation",)  # per-sample arrays worth carrying (synthetic ground truth for the quality report)
 Materialize = Literal["auto", "pack", "reference"]
+MATERIALIZE_MODES: tuple[str, ...] = get_args(Materialize)
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,8 @@ def prepare_dataset(
         ValueError: an unknown ``materialize``, data that cannot be split for evaluation, or unreadable images.
         FileNotFoundError: nothing at the location.
     """
-    if materialize not in ("auto", "pack", "reference"):
-        raise ValueError(f"materialize must be auto, pack or reference, got {materialize!r}")
+    if materialize not in MATERIALIZE_MODES:
+        raise ValueError(f"materialize must be one of {', '.join(MATERIALIZE_MODES)}, got {materialize!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = cfg.data

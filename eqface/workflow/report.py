@@ -73,6 +73,23 @@ def tables(
     ]
 
 
+def selection_table(evaluations: dict[str, HeldOutEvaluation], chosen: str, far: float) -> Table:
+    """The candidate models side by side, the deployed one marked (rule: eqface.workflow.evaluation)."""
+    rows = []
+    for name, ev in evaluations.items():
+        tar = ev.tar.get(far)
+        rows.append(
+            (
+                name + (" (deployed)" if name == chosen else ""),
+                f"{100 * ev.accuracy:.2f}%",
+                "n/r" if tar is None else f"{100 * tar:.2f}%",
+                f"{ev.auc:.4f}",
+            )
+        )
+    header = ("model", "10-fold accuracy", f"TAR @ FAR {far:g}", "ROC AUC")
+    return Table(f"Model selection (higher TAR @ FAR {far:g}, ties: accuracy)", header, rows)
+
+
 def figures(ev: HeldOutEvaluation, history: list[dict[str, Any]]) -> dict[str, Figure]:
     out = {"ROC on held-out pairs": _roc(ev), "Quality by condition": _quality(ev)}
     if ev.edc is not None:

@@ -1,19 +1,22 @@
 """One training step as a pipeline component runs it: in this process, or under torchrun (DDP) for several GPUs.
 
 The step trains in a work folder — the output artifact itself, or a folder on a persistent volume named after the
-run and the stage, so that a retried pod resumes mid-epoch from ``checkpoint.pt`` instead of starting over — and
+stage and a hash of the step's inputs, so that a retried pod (or a later run of the same step on the same inputs)
+resumes mid-epoch from ``checkpoint.pt`` instead of starting over — and
 leaves in the output artifact ``final.pt``, ``config.json``, the step's ``log.jsonl`` and ``history.jsonl``: every
 epoch record of every step so far, each tagged with its stage (``step1``, ``step2-1``, ``step3-1``, …).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +30,19 @@ CONFIG = "config.json"
 _CLI_STEP = {Step.ONE: "1", Step.TWO: "2", Step.THREE: "3"}
 
 
-def work_folder(checkpoint_root: str, run_id: str, stage: str) -> Path | None:
-    """Where a step trains when checkpoints must outlive the pod: ``<root>/<run id>/<stage>``; None without a root."""
+def work_folder(checkpoint_root: str, stage: str, inputs: Mapping[str, Any]) -> Path | None:
+    """Where a step trains when checkpoints must outlive the pod: ``<root>/<stage>-<hash of inputs>``; None without
+    a root.
+
+    ``inputs`` is everything the step computes from (the configuration, the input artifacts' URIs, the process
+    count): a retried pod finds its own checkpoints, a step on other inputs never does. The folder is not named after
+    the run, because the run id would then have to be a task input, and KFP's cache key includes every input value:
+    no step would ever be reused by a later run.
+    """
     if not checkpoint_root:
         return None
-    if not run_id:
-        raise ValueError("a checkpoint root needs the run id (so that two runs never share a folder)")
-    return Path(checkpoint_root) / run_id / stage
+    digest = hashlib.sha256(json.dumps(dict(inputs), sort_keys=True).encode()).hexdigest()[:16]
+    return Path(checkpoint_root) / f"{stage}-{digest}"
 
 
 def train_step(
