@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from eqface.aggregation import Thresholds, check_features
-from eqface.eval.roc import max_false_accepts
 
 DEFAULT_FMR = 1e-3
 DEFAULT_MAX_FNMR = 0.5
@@ -104,6 +103,8 @@ def similarity_threshold(impostor_scores: np.ndarray, fmr: float) -> float:
     Raises:
         ValueError: fewer than 1/fmr impostor scores (the FMR cannot be measured) or non-finite scores.
     """
+    from eqface.eval.roc import max_false_accepts  # roc imports scikit-learn: kept out of `eqface export --help`
+
     scores = np.asarray(impostor_scores, dtype=np.float64).ravel()
     if not np.all(np.isfinite(scores)):
         raise ValueError("impostor scores contain NaN or inf")
@@ -166,7 +167,7 @@ def calibrate(
     labels = np.asarray(identities)
     if labels.shape != (len(qualities),):
         raise ValueError(f"identities must have shape [{len(qualities)}], got {labels.shape}")
-    keep = _subset(len(labels), settings.max_images)
+    keep = evenly_spaced(len(labels), settings.max_images)
     f = np.asarray(embeddings, dtype=np.float64)[keep]
     f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     s, labels = np.asarray(qualities, dtype=np.float64)[keep], labels[keep]
@@ -191,7 +192,7 @@ def calibrate(
     )
 
 
-def _subset(n: int, limit: int) -> np.ndarray:
+def evenly_spaced(n: int, limit: int) -> np.ndarray:
     """Evenly spaced indices when n exceeds ``limit`` (keeps every part of an identity-sorted set)."""
     if n <= limit:
         return np.arange(n)
