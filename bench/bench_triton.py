@@ -4,11 +4,14 @@ Phases, side by side in one run (repeat with --rounds; the report gives the medi
   ort             raw onnxruntime in this process at every batch size of --batch-sizes, with intra-op spinning on
                   (onnxruntime's default) and off; the best of all counts
   triton dyn on   --clients closed-loop clients, each sending one image per request to eqface_onnx and waiting for
-                  the answer, against the local (python-backend) repository with dynamic batching
+                  the answer, against the local (python-backend) repository with Triton's plain
+                  `dynamic_batching {}` (no preferred sizes, no queue delay: the shipped default)
+  triton dyn pref the same load, dynamic batching with --preferred-batch-sizes and --max-queue-delay-us
   triton dyn off  the same load, dynamic batching off (every request executes alone)
   ensemble        (--ensemble) the same load of JPEG files through the bytes-in ensemble eqface, dynamic batching on
 
-Reported: images/s of each phase, Triton(on) ÷ best raw onnxruntime (target ≥ 0.9), on ÷ off, the average batch Triton
+Reported: images/s of each phase, Triton(on) ÷ best raw onnxruntime (target ≥ 0.9), on ÷ off, pref ÷ on (what
+preferred batch sizes add over `dynamic_batching {}`; the shipped config follows it), the average batch Triton
 formed (nv_inference_count ÷ nv_inference_exec_count from its /metrics; target ≥ 8 at 32 clients), p50/p99 latency.
 The model is MobileFaceNet (112×96, 128-d) with its pretrained backbone; clients are asyncio coroutines (one gRPC
 channel each) in this process, so they share the machine's cores with the server, as co-located cameras would not.
@@ -162,15 +165,21 @@ def summarise(rounds: list[dict[str, object]]) -> dict[str, float]:
     best = [max(r["ort"].values()) for r in rounds]
     best_batch = [max(r["ort"], key=r["ort"].get) for r in rounds]
     on = [r["dyn_on"] for r in rounds]
+    pref = [r["dyn_pref"] for r in rounds]
     off = [r["dyn_off"] for r in rounds]
     summary = {
         "ort_best_images_per_s": med(best),
         "ort_best_batch": statistics.mode(best_batch),
         "ort_batch1_images_per_s": med(max(v for k, v in r["ort"].items() if k.endswith(" b1")) for r in rounds),
         "triton_on_images_per_s": med(o.images_per_s for o in on),
+        "triton_pref_images_per_s": med(p.images_per_s for p in pref),
         "triton_off_images_per_s": med(o.images_per_s for o in off),
         "ratio_triton_on_vs_ort_best": med(o.images_per_s / b for o, b in zip(on, best, strict=True)),
         "ratio_on_vs_off": med(o.images_per_s / f.images_per_s for o, f in zip(on, off, strict=True)),
+        "ratio_pref_vs_on": med(p.images_per_s / o.images_per_s for p, o in zip(pref, on, strict=True)),
+        "average_batch_pref": med(p.average_batch for p in pref),
+        "p50_ms_pref": med(p.p50_ms for p in pref),
+        "p99_ms_pref": med(p.p99_ms for p in pref),
         "average_batch_on": med(o.average_batch for o in on),
         "average_batch_off": med(f.average_batch for f in off),
         "p50_ms_on": med(o.p50_ms for o in on),
@@ -192,7 +201,7 @@ def report(args, rounds, summary) -> None:
     for i, r in enumerate(rounds, 1):
         ort = "  ".join(f"{k}:{v:.0f}" for k, v in r["ort"].items())
         print(f"round {i}: ort img/s {ort}")
-        for name in ("dyn_on", "dyn_off", "ensemble"):
+        for name in ("dyn_on", "dyn_pref", "dyn_off", "ensemble"):
             if name in r:
                 o = r[name]
                 print(
@@ -214,6 +223,11 @@ def report(args, rounds, summary) -> None:
         f"p99 {s['p99_ms_on']:.1f} ms, average batch {s['average_batch_on']:.1f}"
     )
     print(
+        f"  triton dyn pref  {s['triton_pref_images_per_s']:.1f} img/s, p50 {s['p50_ms_pref']:.1f} ms, "
+        f"p99 {s['p99_ms_pref']:.1f} ms, average batch {s['average_batch_pref']:.1f} (preferred "
+        f"{' '.join(map(str, args.preferred_batch_sizes))}, delay {args.max_queue_delay_us} µs)"
+    )
+    print(
         f"  triton dyn off   {s['triton_off_images_per_s']:.1f} img/s, p50 {s['p50_ms_off']:.1f} ms, "
         f"p99 {s['p99_ms_off']:.1f} ms, average batch {s['average_batch_off']:.1f}"
     )
@@ -224,6 +238,7 @@ def report(args, rounds, summary) -> None:
         )
     print(f"  ratio triton(on) / ort(best) = {s['ratio_triton_on_vs_ort_best']:.2f}   (target ≥ 0.9)")
     print(f"  ratio on / off               = {s['ratio_on_vs_off']:.2f}")
+    print(f"  ratio pref / on              = {s['ratio_pref_vs_on']:.2f}   (> 1: preferred sizes help)")
     print(f"  average batch (on)           = {s['average_batch_on']:.1f}    (target ≥ 8)")
 
 
@@ -236,7 +251,10 @@ def main() -> None:
     parser.add_argument("--ort-seconds", type=float, default=1.5, help="seconds per onnxruntime batch size")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every phase")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64])
-    parser.add_argument("--max-queue-delay-us", type=int, default=2000)
+    parser.add_argument(
+        "--preferred-batch-sizes", type=int, nargs="+", default=[16, 32, 64], help="the dyn pref arm's sizes"
+    )
+    parser.add_argument("--max-queue-delay-us", type=int, default=2000, help="the dyn pref arm's queue delay")
     parser.add_argument("--ensemble", action="store_true", help="also measure the bytes-in ensemble")
     parser.add_argument("--spinning", action="store_true", help="let Triton's onnxruntime threads spin (default off)")
     parser.add_argument(
@@ -260,8 +278,14 @@ def main() -> None:
         }
         runtime = OnnxRuntimeSettings(threads=args.threads, spinning=args.spinning)
         servers = {}
-        for name, dynamic in (("dyn_on", True), ("dyn_off", False)):
-            batching = Batching(dynamic=dynamic, max_queue_delay_us=args.max_queue_delay_us)
+        arms = {
+            "dyn_on": Batching(),  # Triton's `dynamic_batching {}`
+            "dyn_pref": Batching(
+                preferred_batch_sizes=tuple(args.preferred_batch_sizes), max_queue_delay_us=args.max_queue_delay_us
+            ),
+            "dyn_off": Batching(dynamic=False),
+        }
+        for name, batching in arms.items():
             write_model_repository(onnx_path, tmp / name, batching=batching, runtime=runtime)
             servers[name] = TritonServer(tmp / name).start()
         try:

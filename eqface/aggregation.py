@@ -11,13 +11,64 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from eqface import contract
+
 PAPER_F_TH = 0.5
 PAPER_S_TH = 0.3
 _EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The aggregation thresholds of one model: progressive QWFA's gates (Eq. 8-9) and QWFAF's quality filter.
+
+    Calibrated per model at export (``eqface.eval.calibration``) and carried with it: ONNX metadata_props, then the
+    Triton model-config parameters, under the keys of ``eqface.contract.THRESHOLD_KEYS``.
+    """
+
+    f_th: float
+    s_th: float
+    qwfaf_s_th: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.f_th) and -1.0 <= self.f_th <= 1.0):
+            raise ValueError(f"f_th is a cosine similarity threshold in [-1, 1], got {self.f_th}")
+        for name in ("s_th", "qwfaf_s_th"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} is a quality threshold in [0, 1], got {value}")
+
+    def as_metadata(self) -> dict[str, str]:
+        """``{contract key: decimal string}``, as stored in the ONNX file and the Triton config."""
+        return {
+            contract.F_TH_KEY: repr(float(self.f_th)),
+            contract.S_TH_KEY: repr(float(self.s_th)),
+            contract.QWFAF_S_TH_KEY: repr(float(self.qwfaf_s_th)),
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> Thresholds | None:
+        """Reads the thresholds back; None when the mapping holds none of the keys (an uncalibrated model).
+
+        Raises:
+            ValueError: only some of the keys are present, or a value is not a number in range.
+        """
+        present = [key for key in contract.THRESHOLD_KEYS if key in metadata]
+        if not present:
+            return None
+        missing = [key for key in contract.THRESHOLD_KEYS if key not in metadata]
+        if missing:
+            raise ValueError(f"model metadata has {present} but lacks {missing}: calibrate the model again")
+        try:
+            values = [float(metadata[key]) for key in contract.THRESHOLD_KEYS]
+        except ValueError:
+            raise ValueError(f"model metadata thresholds are not numbers: {dict(metadata)}") from None
+        return cls(*values)
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:

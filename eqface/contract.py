@@ -35,6 +35,16 @@ ONNX_MODEL_NAME = "eqface_onnx"  # tensor in, (embedding, quality) out
 PREPROCESS_MODEL_NAME = "preprocess"  # encoded image bytes in, normalised tensor out
 ENSEMBLE_MODEL_NAME = "eqface"  # encoded image bytes in, (embedding, quality) out
 
+# Aggregation thresholds calibrated for one model at export (``eqface.eval.calibration``). The same names are the
+# keys of the ONNX file's metadata_props and of the parameters in its Triton model configs, where the aggregation
+# service reads them (``eqface.aggregation.Thresholds``). Values are decimal strings; CALIBRATION_KEY holds a JSON
+# description of how they were derived (rule, FMR, calibration set).
+F_TH_KEY = "eqface_f_th"  # progressive QWFA similarity gate (Eq. 8-9)
+S_TH_KEY = "eqface_s_th"  # progressive QWFA quality gate (Eq. 8-9)
+QWFAF_S_TH_KEY = "eqface_qwfaf_s_th"  # QWFAF's quality filter
+CALIBRATION_KEY = "eqface_calibration"
+THRESHOLD_KEYS = (F_TH_KEY, S_TH_KEY, QWFAF_S_TH_KEY)
+
 
 @dataclass(frozen=True)
 class InferenceSpec:

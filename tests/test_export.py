@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -10,8 +12,10 @@ import onnx
 import pytest
 
 from eqface import contract
+from eqface.eval.calibration import CalibrationSettings
 from eqface.export.onnx import OnnxContractError, onnx_session, run_onnx, verify_onnx
 from eqface.export.parity import PARITY_TOLERANCE, parity_by_batch_size
+from eqface.export.thresholds import calibrate_onnx, model_metadata, pack_faces, read_thresholds, write_thresholds
 from tests.support.images import FACE_PACK, preprocess_like_training
 
 
@@ -92,6 +96,8 @@ def test_cli_exports_a_trained_model(tmp_path, shared_data):
             str(out),
             "--parity-data",
             str(shared_data / FACE_PACK),
+            "--calibration-fmr",  # the test preset holds out few faces: ~200 impostor pairs
+            "0.01",
         ],
         capture_output=True,
         text=True,
@@ -100,6 +106,34 @@ def test_cli_exports_a_trained_model(tmp_path, shared_data):
     assert done.returncode == 0, done.stderr
     assert "batch 64: max |torch − onnxruntime|" in done.stdout
     assert verify_onnx(out).embedding_size == 32
+    # Calibrated by default on the held-out identities the model's training config names.
+    thresholds = read_thresholds(out)
+    assert thresholds is not None and f"s_th {thresholds.s_th:.4f}" in done.stdout
+    assert "held-out ids" in json.loads(model_metadata(out)[contract.CALIBRATION_KEY])["calibration_set"]
+
+
+def test_calibrated_thresholds_are_stored_in_the_onnx_metadata(mobilefacenet, shared_data, tmp_path):
+    path = tmp_path / "model.onnx"
+    shutil.copyfile(mobilefacenet.onnx_path, path)
+    assert read_thresholds(path) is None
+    faces = pack_faces(shared_data / FACE_PACK)
+    calibration = calibrate_onnx(path, faces, CalibrationSettings(fmr=1e-3, max_images=300))
+    write_thresholds(path, calibration, faces.description)
+
+    stored = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert {k: stored[k] for k in contract.THRESHOLD_KEYS} == calibration.thresholds.as_metadata()
+    assert read_thresholds(path) == calibration.thresholds
+    note = json.loads(stored[contract.CALIBRATION_KEY])
+    assert note["fmr"] == 1e-3 and note["images"] == 300 and note["calibration_set"] == faces.description
+    # The model itself is untouched: still the contract, same outputs as before.
+    assert verify_onnx(path) == mobilefacenet.spec
+    x = np.random.default_rng(0).uniform(-1, 1, (2, *mobilefacenet.spec.input_shape)).astype(np.float32)
+    for a, b in zip(run_onnx(onnx_session(path), x), run_onnx(onnx_session(mobilefacenet.onnx_path), x)):
+        np.testing.assert_array_equal(a, b)
+    # A second calibration replaces the first instead of adding duplicate keys.
+    write_thresholds(path, calibration, "again")
+    keys = [p.key for p in onnx.load(str(path)).metadata_props]
+    assert sorted(keys) == sorted([*contract.THRESHOLD_KEYS, contract.CALIBRATION_KEY])
 
 
 def test_cli_rejects_a_missing_model(tmp_path):

@@ -134,3 +134,18 @@ def test_store_outage_fails_batches_then_recovers(tmp_path):
         engine.store.close()
     finally:
         redis.stop()
+
+
+def test_new_thresholds_apply_to_cached_subjects_too(tmp_path):
+    """A redeployed model's thresholds reach subjects already decoded in the cache, not only new ones."""
+    f, q = face_stream(8, 10)
+    engine = _engine(f"sqlite:///{tmp_path}/state.db")
+    asyncio.run(_commit_all(engine, [_frames("s", f[:5], q[:5])]))
+    assert engine.cache.get("s") is not None  # the next frames meet the cached record
+    engine.params = AggregationParams(f_th=0.5, s_th=1.0)  # no quality passes: every frame is rejected
+    (result,) = asyncio.run(_commit_all(engine, [_frames("s", f[5:], q[5:], first_seq=6)]))
+    assert {o.status for o in result.outcomes} == {FrameStatus.REJECTED_QUALITY}
+    record = _read(engine, "s")
+    np.testing.assert_allclose(record.aggregate.template, progressive_templates(f[:5], q[:5])[-1], atol=1e-6)
+    assert record.aggregate.s_th == 1.0
+    engine.store.close()

@@ -23,6 +23,7 @@ from eqface.service.inputs import (
 from eqface.service.metrics import ActiveSubjects
 from eqface.service.state import AggregationParams, SubjectRecord, decode_record, encode_record, reset_record
 from eqface.service.store import IdentityRecord
+from eqface.service.thresholds import resolve_thresholds
 from tests.support.service import face_stream, unit
 
 PARAMS = AggregationParams(PAPER_F_TH, PAPER_S_TH)
@@ -35,9 +36,11 @@ def _record(features: np.ndarray, qualities: np.ndarray, subject: str = "s") -> 
     return record
 
 
-def test_paper_defaults_are_the_config_defaults():
+def test_without_flags_or_a_calibrated_model_the_paper_defaults_apply():
     config = ServiceConfig()
-    assert (config.f_th, config.s_th) == (0.5, 0.3) == (PAPER_F_TH, PAPER_S_TH)
+    assert (config.f_th, config.s_th) == (None, None)  # no override: the served model's calibration decides
+    used = resolve_thresholds(config.f_th, config.s_th, None)
+    assert (used.f_th, used.s_th) == (0.5, 0.3) == (PAPER_F_TH, PAPER_S_TH)
 
 
 def test_record_round_trips_exactly_and_fits_3_kib():

@@ -7,26 +7,32 @@ metadata against the contract without a server.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import numpy as np
+import onnx
 import pytest
 from grpc_health.v1 import health_pb2
 
 from eqface import contract
-from eqface.aggregation import progressive_templates, qwfa
+from eqface.aggregation import PAPER_F_TH, PAPER_S_TH, Thresholds, progressive_templates, qwfa
+from eqface.eval.calibration import CalibrationSettings
+from eqface.export.thresholds import calibrate_onnx, pack_faces, write_thresholds
 from eqface.service.client import feature_frame, image_frame, template_of
 from eqface.service.config import ServiceConfig, TritonConfig
 from eqface.service.errors import FailedPrecondition
 from eqface.service.server import SERVICE_NAME, TRITON_HEALTH
 from eqface.service.triton import ServedModel, served_model
 from eqface.service.v1 import aggregator_pb2 as pb
+from eqface.serving.repository import write_model_repository
 from tests.conftest import REPO_ROOT
 from tests.support.images import FACE_PACK
 from tests.support.service import (
@@ -307,3 +313,82 @@ def _sample(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def _with_thresholds(source: Path, target: Path, thresholds: Thresholds) -> Path:
+    """A copy of an exported model whose metadata carries ``thresholds`` (as `eqface export` stores them)."""
+    model = onnx.load(str(source))
+    for key, value in {**thresholds.as_metadata(), contract.CALIBRATION_KEY: '{"rule": "test"}'}.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, target)
+    return target
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_aggregator_takes_its_thresholds_from_the_served_model(tmp_path, mobilefacenet, shared_data, people):
+    """Export-time calibration → ONNX metadata → Triton config parameters → the service's gates, also after a
+    redeployment; a flag overrides only its own threshold."""
+    images = people["person0"]
+    calibrated = tmp_path / "calibrated.onnx"
+    shutil.copyfile(mobilefacenet.onnx_path, calibrated)
+    faces = pack_faces(shared_data / FACE_PACK)
+    calibration = calibrate_onnx(calibrated, faces, CalibrationSettings(max_images=400))
+    write_thresholds(calibrated, calibration, faces.description)
+    thresholds = calibration.thresholds
+    repository = tmp_path / "repository"
+    write_model_repository(calibrated, repository, variant="local")
+    triton = TritonProcess(repository, tmp_path / "triton.log")
+    try:
+        triton.start()
+        embeddings, qualities = _direct(triton, images)
+        config = _config(tmp_path, triton, mobilefacenet)
+        with serve_in_thread(config) as server, aggregator_stub(server.target) as stub:
+            wait_serving(server.target, 30)
+            service = server.server.service
+            used = service.thresholds
+            assert dict(used.sources) == {"f_th": "model", "s_th": "model", "qwfaf_s_th": "model"}
+            assert Thresholds(used.f_th, used.s_th, used.qwfaf_s_th) == thresholds
+            text = service.metrics.exposition().decode()
+            gauge = 'eqface_aggregator_aggregation_threshold{{source="model",threshold="{}"}}'
+            assert _sample(text, gauge.format("f_th")) == pytest.approx(thresholds.f_th)
+            assert _sample(text, gauge.format("s_th")) == pytest.approx(thresholds.s_th)
+            _stream_images(stub, "cam", images)
+            state = stub.GetTemplate(pb.GetTemplateRequest(subject_id="cam")).subject
+            gated = progressive_templates(embeddings, np.clip(qualities, 0, 1), thresholds.f_th, thresholds.s_th)
+            np.testing.assert_allclose(template_of(state), gated[-1], atol=1e-4)
+
+            # Redeployed with other thresholds: the probe reads them, no restart of the service.
+            strict = Thresholds(f_th=thresholds.f_th, s_th=0.999, qwfaf_s_th=0.999)
+            triton.stop()
+            write_model_repository(
+                _with_thresholds(mobilefacenet.onnx_path, tmp_path / "strict.onnx", strict),
+                repository,
+                variant="local",
+                overwrite=True,
+            )
+            triton.start()
+            deadline = time.monotonic() + 60
+            while service.thresholds.s_th != strict.s_th:
+                assert time.monotonic() < deadline, f"still {service.thresholds}"
+                time.sleep(0.1)
+            _wait_health(server.target, "", SERVING, timeout_s=30)
+            _stream_images(stub, "cam2", images)
+            state = stub.GetTemplate(pb.GetTemplateRequest(subject_id="cam2")).subject
+            np.testing.assert_allclose(template_of(state), embeddings[0], atol=1e-4)  # every later frame rejected
+
+        with serve_in_thread(replace(config, s_th=0.05)) as server:
+            wait_serving(server.target, 30)
+            used = server.server.service.thresholds
+            assert (used.s_th, used.sources["s_th"]) == (0.05, "flag")
+            assert (used.f_th, used.sources["f_th"]) == (strict.f_th, "model")
+    finally:
+        triton.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_an_uncalibrated_model_falls_back_to_the_paper_thresholds(image_server):
+    used = image_server.server.service.thresholds
+    assert (used.f_th, used.s_th) == (PAPER_F_TH, PAPER_S_TH)
+    assert set(used.sources.values()) == {"paper_default"}

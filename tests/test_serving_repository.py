@@ -8,9 +8,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from eqface import contract
+from eqface.aggregation import Thresholds
 from eqface.config import ModelConfig
 from eqface.contract import InferenceSpec
 from eqface.export.onnx import export_onnx
@@ -95,8 +97,15 @@ def test_configs_onnx_and_contract_agree(repository, default_size_onnx):
     for config in (onnx_model, preprocess, ensemble):
         assert config.max_batch_size == 64
     for config in (onnx_model, preprocess):
-        assert list(config.dynamic_batching.preferred_batch_size) == [16, 32, 64]
-        assert config.dynamic_batching.max_queue_delay_microseconds > 0
+        # Triton's plain `dynamic_batching {}`: preferred sizes measured no better (serving/README.md).
+        assert config.HasField("dynamic_batching")
+        assert list(config.dynamic_batching.preferred_batch_size) == []
+        assert config.dynamic_batching.max_queue_delay_microseconds == 0
+    # Warm-up with one all-zero input of the contract's shape, on the model that runs the network.
+    (warmup,) = onnx_model.model_warmup
+    assert warmup.batch_size == 1 and list(warmup.inputs) == [contract.INPUT_NAME]
+    zeros = warmup.inputs[contract.INPUT_NAME]
+    assert (zeros.data_type, list(zeros.dims), zeros.zero_data) == (FP32, list(spec.input_shape), True)
 
 
 def test_variants_differ_only_in_where_the_model_runs(repository):
@@ -104,9 +113,10 @@ def test_variants_differ_only_in_where_the_model_runs(repository):
     config = _load(root, contract.ONNX_MODEL_NAME)
     (group,) = config.instance_group
     if variant == "production":
-        assert (config.platform, config.backend) == ("onnxruntime_onnx", "")
+        assert (config.platform, config.backend) == ("", "onnxruntime")
         assert group.kind == mc.ModelInstanceGroup.KIND_GPU
         assert dict(config.parameters) == {}
+        assert not config.HasField("optimization")  # TensorRT only when asked for
     else:
         assert (config.platform, config.backend) == ("", "python")
         assert group.kind == mc.ModelInstanceGroup.KIND_CPU
@@ -148,6 +158,44 @@ def test_onnxruntime_settings_reach_the_config():
     assert local.parameters[SPINNING_PARAMETER].string_value == "1"
     production = model_configs(InferenceSpec(), "production", runtime=runtime)[contract.ONNX_MODEL_NAME]
     assert dict(production.parameters).keys() == {THREADS_PARAMETER}
+
+
+def test_the_tensorrt_fp16_block_follows_tritons_schema():
+    """The production GPU variant's optional accelerator: rendered, then parsed back with Triton's ModelConfig."""
+    runtime = OnnxRuntimeSettings(tensorrt_fp16=True)
+    config = model_configs(InferenceSpec(), "production", runtime=runtime)[contract.ONNX_MODEL_NAME]
+    parsed = parse(render(config, "production"))
+    (accelerator,) = parsed.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt" and dict(accelerator.parameters) == {"precision_mode": "FP16"}
+    assert not parsed.optimization.execution_accelerators.cpu_execution_accelerator
+    text = render(config, "production")
+    assert 'name: "tensorrt"' in text and 'key: "precision_mode"' in text and 'value: "FP16"' in text
+    # A typo in a field name is an error of the schema, not a silently ignored setting.
+    with pytest.raises(text_format.ParseError, match="gpu_execution_acelerator"):
+        parse(text.replace("gpu_execution_accelerator", "gpu_execution_acelerator"))
+    with pytest.raises(ValueError, match="only in the production"):
+        model_configs(InferenceSpec(), "local", runtime=runtime)
+
+
+def test_calibrated_thresholds_become_config_parameters(tmp_path, default_size_onnx):
+    calibrated = tmp_path / "calibrated.onnx"
+    model = onnx.load(str(default_size_onnx))
+    values = {**Thresholds(0.31, 0.12, 0.12).as_metadata(), contract.CALIBRATION_KEY: '{"fmr": 0.001}'}
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, calibrated)
+    for variant in VARIANTS:
+        write_model_repository(calibrated, tmp_path / variant, variant=variant)
+        for name in (contract.ONNX_MODEL_NAME, contract.ENSEMBLE_MODEL_NAME):
+            params = _load(tmp_path / variant, name).parameters
+            assert {k: params[k].string_value for k in values} == values
+        assert not set(values) & set(_load(tmp_path / variant, contract.PREPROCESS_MODEL_NAME).parameters)
+    del model.metadata_props[1:]
+    onnx.save(model, tmp_path / "partial.onnx")
+    with pytest.raises(ValueError, match="lacks"):
+        write_model_repository(tmp_path / "partial.onnx", tmp_path / "partial")
+    with pytest.raises(ValueError, match="not a calibration key"):
+        model_configs(InferenceSpec(), "local", calibration={"other": "1"})
 
 
 def test_dynamic_batching_can_be_switched_off():

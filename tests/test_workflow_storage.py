@@ -173,7 +173,7 @@ def test_deploy_writes_a_new_version_to_an_object_store(bucket, tiny_onnx, tmp_p
     assert existing_versions(repository) == [1, 2]
     copy = storage.download(repository, tmp_path)
     assert (copy / "eqface_onnx" / "2" / "model.onnx").read_bytes() == Path(tiny_onnx).read_bytes()
-    assert 'platform: "onnxruntime_onnx"' in (copy / "eqface_onnx" / "config.pbtxt").read_text()
+    assert 'backend: "onnxruntime"' in (copy / "eqface_onnx" / "config.pbtxt").read_text()
     assert storage.list_children(f"{repository}/eqface") == ["1", "2"]  # the ensemble's empty version folders
     with pytest.raises(FileExistsError):
         deploy(tiny_onnx, repository, version=2)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from eqface.eval.calibration import DEFAULT_FMR
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -12,7 +14,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="export a trained model to ONNX (dynamic batch, weights inside) and check it",
         description="Exports MODEL_PT (a model.pt/final.pt written by `eqface train`) to one ONNX file with the "
         "contract's names (input → embedding, quality) and a dynamic batch axis. The file is checked with "
-        "onnx.checker and run with onnxruntime; --parity-data also compares onnxruntime with torch on real images.",
+        "onnx.checker and run with onnxruntime; --parity-data also compares onnxruntime with torch on real images. "
+        "The aggregation thresholds (progressive QWFA's s_th and f_th, QWFAF's threshold) are calibrated on faces the "
+        "model did not train on (eqface.eval.calibration) and stored in the file's metadata; the Triton repository "
+        "writer copies them into the model configs, where the aggregation service reads them.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", type=Path, metavar="MODEL_PT", help="trained model file (model.pt or final.pt)")
@@ -24,6 +29,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PACK.npz",
         help="a face pack (e.g. ../shared/data/celeba_wild_subset_rgb112.npz): compare torch and "
         "onnxruntime on its first images at batch sizes 1, 7 and 64; fail above 1e-4",
+    )
+    cal = p.add_argument_group("threshold calibration")
+    cal.add_argument(
+        "--calibration-data",
+        type=Path,
+        metavar="PACK.npz",
+        help="calibrate on every face of this pack (identities the model did not train on); default: the held-out "
+        "identities of the data the model was trained on, as its model.pt records them",
+    )
+    cal.add_argument(
+        "--calibration-fmr",
+        type=float,
+        default=DEFAULT_FMR,
+        help="deployment false match rate the thresholds are calibrated for",
+    )
+    cal.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="store no thresholds (the aggregation service then uses its flags or the paper's values)",
     )
     p.set_defaults(func=run)
 
@@ -39,9 +63,27 @@ def run(args: argparse.Namespace) -> int:
     print(f"  input  float32 [N, 3, {spec.image_size[0]}, {spec.image_size[1]}]")
     print(f"  output embedding float32 [N, {spec.embedding_size}], quality float32 [N, 1]")
     print("  onnx.checker: ok; onnxruntime: ok (batch 1 and 3, unit-norm embeddings, quality in [0, 1])")
+    if not args.no_calibration:
+        _calibrate(args.model, result.path, args.calibration_data, args.calibration_fmr)
     if args.parity_data is not None:
         return _report_parity(args.model, result.path, args.parity_data)
     return 0
+
+
+def _calibrate(model_pt: Path, onnx_path: Path, pack: Path | None, fmr: float) -> None:
+    from eqface.eval.calibration import CalibrationSettings
+    from eqface.export.thresholds import calibrate_onnx, pack_faces, training_faces, write_thresholds
+
+    faces = pack_faces(pack) if pack is not None else training_faces(model_pt)
+    calibration = calibrate_onnx(onnx_path, faces, CalibrationSettings(fmr=fmr))
+    write_thresholds(onnx_path, calibration, faces.description)
+    th = calibration.thresholds
+    print(
+        f"  thresholds (FMR {fmr:g}, {calibration.images} faces of {calibration.identities} ids, "
+        f"{faces.description}): f_th {th.f_th:.4f}, s_th {th.s_th:.4f}, qwfaf_s_th {th.qwfaf_s_th:.4f}"
+        f"{' (s_th capped at the median quality)' if calibration.capped else ''}; FNMR at f_th "
+        f"{calibration.fnmr_at_threshold:.3f}"
+    )
 
 
 def _report_parity(model_pt: Path, onnx_path: Path, pack: Path) -> int:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from eqface import contract
+from eqface.serving.model_configs import DEFAULT_BATCHING
 
 _DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's own defaults
 
@@ -61,15 +62,31 @@ def _add_repository_parser(serve: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--version", type=int, default=1, help="version folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
-    p.add_argument("--max-batch-size", type=int, default=64, help="largest batch Triton accepts per request/execution")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=DEFAULT_BATCHING.max_batch_size,
+        help="largest batch Triton accepts per request/execution",
+    )
     p.add_argument(
         "--preferred-batch-sizes",
         type=int,
-        nargs="+",
-        default=[16, 32, 64],
-        help="batch sizes the dynamic batcher tries to form",
+        nargs="*",
+        default=list(DEFAULT_BATCHING.preferred_batch_sizes),
+        help="batch sizes the dynamic batcher tries to form (none: Triton's plain dynamic_batching {}, which "
+        "bench/bench_triton.py measured as good or better; serving/README.md)",
     )
-    p.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching queue delay")
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=DEFAULT_BATCHING.max_queue_delay_us,
+        help="dynamic batching queue delay",
+    )
+    p.add_argument(
+        "--tensorrt-fp16",
+        action="store_true",
+        help="production variant: run eqface_onnx through onnxruntime's TensorRT execution provider at FP16",
+    )
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request on its own")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     p.add_argument(
@@ -136,7 +153,7 @@ def run_repository(args: argparse.Namespace) -> int:
         preferred_batch_sizes=tuple(args.preferred_batch_sizes),
         max_queue_delay_us=args.max_queue_delay_us,
     )
-    runtime = OnnxRuntimeSettings(threads=args.threads, spinning=args.spinning)
+    runtime = OnnxRuntimeSettings(threads=args.threads, spinning=args.spinning, tensorrt_fp16=args.tensorrt_fp16)
     if args.onnx is None:
         spec = InferenceSpec(image_size=tuple(args.image_size), embedding_size=args.embedding_size)
         for path in write_configs(args.out, spec, args.variant, batching, runtime).values():

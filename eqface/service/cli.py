@@ -83,8 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="most frames applied in one group-commit transaction (%(default)s)",
     )
     agg = p.add_argument_group("aggregation (paper Eq. 8-9)")
-    agg.add_argument("--f-th", type=float, default=defaults.f_th, help="similarity gate f_th (default %(default)s)")
-    agg.add_argument("--s-th", type=float, default=defaults.s_th, help="quality gate s_th (default %(default)s)")
+    agg.add_argument(
+        "--f-th",
+        type=float,
+        help="similarity gate f_th; overrides the served model's calibrated value (without both: the paper's 0.5)",
+    )
+    agg.add_argument(
+        "--s-th",
+        type=float,
+        help="quality gate s_th; overrides the served model's calibrated value (without both: the paper's 0.3)",
+    )
     agg.add_argument(
         "--strict-first-frame",
         dest="reseed_low_quality",

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from eqface.aggregation import PAPER_F_TH, PAPER_S_TH
 from eqface.contract import DEFAULT_EMBEDDING_SIZE
 from eqface.service.store import STORES, url_scheme
 
@@ -57,6 +56,8 @@ class ServiceConfig:
         store_url: ``sqlite:///path.db`` (default, durable, nothing to set up) or ``redis://host:port/db``.
         triton: image mode; None serves feature mode only (image frames are then FAILED_PRECONDITION).
         f_th, s_th: progressive QWFA gates (paper Eq. 8-9): similarity > f_th and quality > s_th to merge a frame.
+            None (the default): the served model's calibrated values, else the paper's (``eqface.service.thresholds``
+            states the rule); a number overrides both.
         reseed_low_quality: a first frame with quality <= s_th is a provisional seed that the first frame with
             quality > s_th replaces (see ``ProgressiveQWFA``); False keeps the paper's strict F_1 = f_1.
         embedding_dim: the embedding size D of feature frames, templates and the gallery; in image mode the served
@@ -82,8 +83,8 @@ class ServiceConfig:
     metrics_port: int = 9464
     store_url: str = "sqlite:///eqface-aggregator.db"
     triton: TritonConfig | None = None
-    f_th: float = PAPER_F_TH
-    s_th: float = PAPER_S_TH
+    f_th: float | None = None
+    s_th: float | None = None
     reseed_low_quality: bool = True
     embedding_dim: int = DEFAULT_EMBEDDING_SIZE
     top_k: int = 5
@@ -100,9 +101,9 @@ class ServiceConfig:
     shutdown_grace_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if not -1.0 <= self.f_th <= 1.0:
+        if self.f_th is not None and not -1.0 <= self.f_th <= 1.0:
             raise ValueError(f"f_th is a cosine similarity threshold in [-1, 1], got {self.f_th}")
-        if not 0.0 <= self.s_th <= 1.0:
+        if self.s_th is not None and not 0.0 <= self.s_th <= 1.0:
             raise ValueError(f"s_th is a quality threshold in [0, 1], got {self.s_th}")
         for name in ("port", "metrics_port"):
             value = getattr(self, name)

@@ -192,6 +192,7 @@ class SubjectEngine:
         writes = []
         for sid in pending:
             record = records[sid]
+            self.params.gate(record.aggregate)  # cached records may predate a threshold change
             changed = False
             positions = order[sid]
             for i, (b, f) in enumerate(positions):

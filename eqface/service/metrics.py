@@ -152,6 +152,13 @@ class ServiceMetrics:
         self.dependency_up = Gauge(
             "dependency_up", "1 when a dependency (triton, store) answered its last check.", ["dependency"], **ns
         )
+        self.threshold = Gauge(
+            "aggregation_threshold",
+            "Aggregation threshold in use (f_th, s_th, qwfaf_s_th) and where it came from: flag, model (the served "
+            "model's calibration) or paper_default.",
+            ["threshold", "source"],
+            **ns,
+        )
         self.active = ActiveSubjects(active_window_s, max_tracked_subjects)
         self.active_subjects.set_function(self.active.count)
         self._http = None

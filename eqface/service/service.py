@@ -57,7 +57,8 @@ from eqface.service.inputs import (
 from eqface.service.metrics import ServiceMetrics
 from eqface.service.state import AggregationParams, SubjectRecord
 from eqface.service.store import IdentityRecord, SubjectStore
-from eqface.service.triton import TritonEmbedder
+from eqface.service.thresholds import ResolvedThresholds, resolve_thresholds
+from eqface.service.triton import ServedModel, TritonEmbedder
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,8 +110,9 @@ class AggregatorService:
     def __init__(self, config: ServiceConfig, store: SubjectStore, metrics: ServiceMetrics | None = None) -> None:
         self.config = config
         self.store = store
-        self.params = AggregationParams(config.f_th, config.s_th, config.reseed_low_quality)
         self.metrics = metrics or ServiceMetrics(config.active_window_s, max(config.cache_subjects, 100_000))
+        self.thresholds = self._use_thresholds(resolve_thresholds(config.f_th, config.s_th, None), None)
+        self.params = AggregationParams(self.thresholds.f_th, self.thresholds.s_th, config.reseed_low_quality)
         self.io = StoreThread()
         self.engine = SubjectEngine(store, self.params, config.cache_subjects, self.io, self.metrics)
         self.committer = GroupCommitter(self.engine, config.max_commit_frames, self.metrics)
@@ -122,7 +124,9 @@ class AggregatorService:
         self.embedder: TritonEmbedder | None = None
         if config.triton is not None:
             self.readiness["triton"] = False
-            self.embedder = TritonEmbedder(config.triton, config.embedding_dim, self.metrics, self._triton_ready)
+            self.embedder = TritonEmbedder(
+                config.triton, config.embedding_dim, self.metrics, self._triton_ready, self._served_model_changed
+            )
         for name in self.readiness:
             self.metrics.dependency_up.labels(name).set(0)
         self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="eqface-decode")
@@ -162,6 +166,32 @@ class AggregatorService:
 
     def _triton_ready(self, ready: bool) -> None:
         self._set_readiness("triton", ready)
+
+    def _served_model_changed(self, served: ServedModel) -> None:
+        """A served model was read (start-up or a redeployment): its calibrated thresholds apply from now on."""
+        resolved = resolve_thresholds(self.config.f_th, self.config.s_th, served.thresholds)
+        if resolved != self.thresholds:
+            self.thresholds = self._use_thresholds(resolved, served)
+            self.params = AggregationParams(resolved.f_th, resolved.s_th, self.config.reseed_low_quality)
+            self.engine.params = self.params
+
+    def _use_thresholds(self, resolved: ResolvedThresholds, served: ServedModel | None) -> ResolvedThresholds:
+        """Logs the thresholds and their sources and exports them as the aggregation_threshold gauge."""
+        if served is None:
+            origin = "feature mode: no served model" if self.config.triton is None else "until Triton's model is read"
+        else:
+            origin = f"served model, calibration {served.calibration or 'not recorded'}"
+        if served is None and self.config.triton is not None:
+            level = logging.DEBUG  # provisional: replaced once the probe has read the model
+        elif "paper_default" in resolved.sources.values():
+            level = logging.WARNING
+        else:
+            level = logging.INFO
+        log.log(level, "aggregation thresholds: %s [%s]", resolved.describe(), origin)
+        self.metrics.threshold.clear()
+        for name, source in resolved.sources.items():
+            self.metrics.threshold.labels(name, source).set(getattr(resolved, name))
+        return resolved
 
     async def _check_store(self) -> None:
         try:

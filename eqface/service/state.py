@@ -32,6 +32,10 @@ class AggregationParams:
     def new_aggregate(self) -> ProgressiveQWFA:
         return ProgressiveQWFA(f_th=self.f_th, s_th=self.s_th, reseed_low_quality=self.reseed_low_quality)
 
+    def gate(self, aggregate: ProgressiveQWFA) -> None:
+        """Gives an existing aggregate these gates (thresholds can change while the service runs: a new model)."""
+        aggregate.f_th, aggregate.s_th, aggregate.reseed_low_quality = self.f_th, self.s_th, self.reseed_low_quality
+
 
 @dataclass(slots=True)
 class SubjectRecord:

@@ -9,7 +9,8 @@ re-checks readiness every ``probe_interval_s`` and marks it ready again once Tri
 The shapes come from the served model itself (Triton's model metadata, re-read by every probe, so a redeployed model
 is followed): H and W of the tensor model's input, and D, which must equal the service's ``embedding_dim`` (feature
 frames, templates and the gallery all have that size). A model that disagrees keeps Triton not ready and fails image
-requests with ``FailedPrecondition`` naming both sizes; at start-up it is an error.
+requests with ``FailedPrecondition`` naming both sizes; at start-up it is an error. The model config's parameters
+give the model's calibrated aggregation thresholds (``eqface.contract.THRESHOLD_KEYS``; ``eqface.service.thresholds``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from eqface import contract
+from eqface.aggregation import Thresholds
 from eqface.service.batching import MicroBatcher
 from eqface.service.config import TritonConfig
 from eqface.service.errors import FailedPrecondition, Internal, ServiceError, Unavailable
@@ -44,10 +46,12 @@ _CHANNEL_ARGS = [
 @dataclass(frozen=True, slots=True)
 class ServedModel:
     """What the served model declares: per-item input shape [3, H, W] (tensor model; None for the bytes-in
-    ensemble) and embedding size D."""
+    ensemble), embedding size D, and its calibrated thresholds (None: exported without calibration)."""
 
     input_shape: tuple[int, int, int] | None
     embedding_size: int
+    thresholds: Thresholds | None = None
+    calibration: str | None = None  # how they were derived (JSON), when the config says
 
     @property
     def image_size(self) -> tuple[int, int] | None:
@@ -106,6 +110,7 @@ class TritonEmbedder:
         embedding_size: int,
         metrics: ServiceMetrics | None = None,
         on_ready_change: Callable[[bool], None] | None = None,
+        on_model_change: Callable[[ServedModel], None] | None = None,
     ) -> None:
         self.config = config
         self.embedding_size = embedding_size
@@ -114,6 +119,7 @@ class TritonEmbedder:
         self.model = contract.ENSEMBLE_MODEL_NAME if config.input_kind == "bytes" else contract.ONNX_MODEL_NAME
         self._metrics = metrics
         self._on_ready_change = on_ready_change or (lambda ready: None)
+        self._on_model_change = on_model_change or (lambda served: None)
         self._client: Any = None
         self._batcher = MicroBatcher(self._infer, config.max_batch, config.max_wait_s, config.max_concurrent_batches)
         self._probe_task: asyncio.Task[None] | None = None
@@ -173,8 +179,9 @@ class TritonEmbedder:
         if problem != self.problem and problem is not None:
             log.error("%s", problem)
         self.problem = problem
-        if served is not None:
+        if served is not None and served != self.served:
             self.served = served
+            self._on_model_change(served)
         self._set_ready(bool(ok))
         return self.ready
 
@@ -182,7 +189,15 @@ class TritonEmbedder:
         meta = await self._client.get_model_metadata(self.model, client_timeout=self.config.timeout_s)
         inputs = {t.name: [int(d) for d in t.shape] for t in meta.inputs}
         outputs = {t.name: [int(d) for d in t.shape] for t in meta.outputs}
-        return served_model(self.model, inputs, outputs, self.embedding_size)
+        served = served_model(self.model, inputs, outputs, self.embedding_size)
+        config = (await self._client.get_model_config(self.model, client_timeout=self.config.timeout_s)).config
+        parameters = {key: p.string_value for key, p in config.parameters.items()}
+        try:
+            thresholds = Thresholds.from_metadata(parameters)
+        except ValueError as exc:
+            raise FailedPrecondition(f"Triton's model {self.model!r} has broken threshold parameters: {exc}") from None
+        note = parameters.get(contract.CALIBRATION_KEY)
+        return ServedModel(served.input_shape, served.embedding_size, thresholds, note)
 
     def _set_ready(self, ready: bool) -> None:
         if ready != self.ready:

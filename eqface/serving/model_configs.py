@@ -4,10 +4,16 @@ Two variants share names, dtypes and shapes: ``production`` runs the ONNX file o
 ``local`` runs the same file through onnxruntime inside a python-backend model, the only backend that the server in
 the nvidia-pytriton wheel has. Both put the ``preprocess`` python model and the ``eqface`` ensemble (encoded image
 bytes in, embedding and quality out) in front of it.
+
+The model's calibrated aggregation thresholds (ONNX metadata, ``eqface.contract.THRESHOLD_KEYS``) are copied into the
+``parameters`` of ``eqface_onnx`` and of the ensemble, where the aggregation service reads them from whichever of the
+two it calls. Batching defaults follow Triton's guidance and the measurement in serving/README.md
+(``bench/bench_triton.py``): plain ``dynamic_batching {}``; preferred sizes did not help.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,8 +51,8 @@ class Batching:
 
     max_batch_size: int = 64
     dynamic: bool = True
-    preferred_batch_sizes: tuple[int, ...] = (16, 32, 64)
-    max_queue_delay_us: int = 2000
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -72,6 +78,7 @@ class OnnxRuntimeSettings:
 
     threads: int = 0  # intra-op threads; 0: onnxruntime's default (every core)
     spinning: bool = False
+    tensorrt_fp16: bool = False  # production only: onnxruntime's TensorRT execution provider at FP16 on the GPU
 
     def __post_init__(self) -> None:
         if self.threads < 0:
@@ -88,14 +95,44 @@ def _tensor(name: str, data_type: int, dims: tuple[int, ...]) -> dict:
 def _batched(config: mc.ModelConfig, batching: Batching) -> None:
     config.max_batch_size = batching.max_batch_size
     if batching.dynamic:
+        config.dynamic_batching.SetInParent()  # `dynamic_batching {}` even with every field at its default
         config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
         config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
 
 
+def _warmup(config: mc.ModelConfig, spec: InferenceSpec) -> None:
+    # One all-zero input of the contract's shape: the first real request then does not pay for onnxruntime's
+    # (or TensorRT's) first-run allocations and kernel selection.
+    warmup = config.model_warmup.add(name="zeros", batch_size=1)
+    tensor = warmup.inputs[contract.INPUT_NAME]
+    tensor.data_type, tensor.zero_data = _FP32, True
+    tensor.dims.extend(spec.input_shape)
+
+
+def _tensorrt_fp16(config: mc.ModelConfig) -> None:
+    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+    accelerator.parameters["precision_mode"] = "FP16"
+
+
+def _calibrated(config: mc.ModelConfig, calibration: Mapping[str, str] | None) -> None:
+    for key, value in (calibration or {}).items():
+        if key not in (*contract.THRESHOLD_KEYS, contract.CALIBRATION_KEY):
+            raise ValueError(f"{key!r} is not a calibration key of eqface.contract")
+        config.parameters[key].string_value = value
+
+
 def onnx_model_config(
-    spec: InferenceSpec, variant: Variant, batching: Batching, runtime: OnnxRuntimeSettings = DEFAULT_RUNTIME
+    spec: InferenceSpec,
+    variant: Variant,
+    batching: Batching,
+    runtime: OnnxRuntimeSettings = DEFAULT_RUNTIME,
+    calibration: Mapping[str, str] | None = None,
 ) -> mc.ModelConfig:
-    """``eqface_onnx``: float32 [N, 3, H, W] → embedding [N, D], quality [N, 1]."""
+    """``eqface_onnx``: float32 [N, 3, H, W] → embedding [N, D], quality [N, 1].
+
+    ``calibration``: the model's threshold metadata (``contract.THRESHOLD_KEYS`` and ``CALIBRATION_KEY``), copied
+    into ``parameters``.
+    """
     config = mc.ModelConfig(
         name=contract.ONNX_MODEL_NAME,
         input=[mc.ModelInput(**_tensor(contract.INPUT_NAME, _FP32, spec.input_shape))],
@@ -105,16 +142,22 @@ def onnx_model_config(
         ],
     )
     _batched(config, batching)
+    if runtime.tensorrt_fp16 and variant != "production":
+        raise ValueError("the TensorRT FP16 accelerator exists only in the production (GPU) variant")
     if variant == "production":
-        config.platform = "onnxruntime_onnx"
+        config.backend = "onnxruntime"
         config.default_model_filename = ONNX_FILE
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=1)
+        if runtime.tensorrt_fp16:
+            _tensorrt_fp16(config)
     else:
         config.backend = "python"
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
         config.parameters[SPINNING_PARAMETER].string_value = str(int(runtime.spinning))
     if runtime.threads:
         config.parameters[THREADS_PARAMETER].string_value = str(runtime.threads)
+    _calibrated(config, calibration)
+    _warmup(config, spec)
     return config
 
 
@@ -132,7 +175,9 @@ def preprocess_model_config(spec: InferenceSpec, variant: Variant, batching: Bat
     return config
 
 
-def ensemble_config(spec: InferenceSpec, batching: Batching) -> mc.ModelConfig:
+def ensemble_config(
+    spec: InferenceSpec, batching: Batching, calibration: Mapping[str, str] | None = None
+) -> mc.ModelConfig:
     """``eqface``: encoded image bytes [N, 1] → embedding [N, D], quality [N, 1] (preprocess → eqface_onnx)."""
     config = mc.ModelConfig(
         name=contract.ENSEMBLE_MODEL_NAME,
@@ -157,6 +202,7 @@ def ensemble_config(spec: InferenceSpec, batching: Batching) -> mc.ModelConfig:
         input_map={contract.INPUT_NAME: _PREPROCESSED},
         output_map={contract.EMBEDDING_NAME: contract.EMBEDDING_NAME, contract.QUALITY_NAME: contract.QUALITY_NAME},
     )
+    _calibrated(config, calibration)
     return config
 
 
@@ -165,14 +211,15 @@ def model_configs(
     variant: Variant,
     batching: Batching = DEFAULT_BATCHING,
     runtime: OnnxRuntimeSettings = DEFAULT_RUNTIME,
+    calibration: Mapping[str, str] | None = None,
 ) -> dict[str, mc.ModelConfig]:
-    """The three model configs of one repository, by model name."""
+    """The three model configs of one repository, by model name (``calibration``: see ``onnx_model_config``)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
     configs = [
-        onnx_model_config(spec, variant, batching, runtime),
+        onnx_model_config(spec, variant, batching, runtime, calibration),
         preprocess_model_config(spec, variant, batching),
-        ensemble_config(spec, batching),
+        ensemble_config(spec, batching, calibration),
     ]
     return {c.name: c for c in configs}
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from eqface import contract
+from eqface.aggregation import Thresholds
 from eqface.contract import InferenceSpec
 from eqface.serving.model_configs import (
     DEFAULT_BATCHING,
@@ -54,11 +56,12 @@ def write_configs(
     variant: Variant,
     batching: Batching = DEFAULT_BATCHING,
     runtime: OnnxRuntimeSettings = DEFAULT_RUNTIME,
+    calibration: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """Writes only ``<model>/config.pbtxt`` for the three models; returns their paths by model name."""
     root = Path(repository)
     paths = {}
-    for name, config in model_configs(spec, variant, batching, runtime).items():
+    for name, config in model_configs(spec, variant, batching, runtime, calibration).items():
         path = root / name / CONFIG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(config, variant))
@@ -79,8 +82,10 @@ def write_model_repository(
     """Writes configs and version ``version`` of every model into ``repository``, ready for ``tritonserver``.
 
     The ONNX file is checked against the contract first (:func:`eqface.export.onnx.verify_onnx`) and its declared
-    image and embedding sizes are what the configs declare. Each version folder is assembled beside its final place
-    and renamed into it, so a server polling the repository never sees half a version.
+    image and embedding sizes are what the configs declare; its calibrated aggregation thresholds (ONNX metadata, see
+    :mod:`eqface.export.thresholds`) become parameters of ``eqface_onnx`` and of the ensemble. Each version folder
+    is assembled beside its final place and renamed into it, so a server polling the repository never sees half a
+    version.
 
     Args:
         onnx_path: the exported model (``eqface export``).
@@ -94,8 +99,10 @@ def write_model_repository(
     Raises:
         FileExistsError: the version exists and ``overwrite`` is False.
         eqface.export.onnx.OnnxContractError: the ONNX file does not follow the contract.
+        ValueError: the file holds only some of the threshold keys.
     """
     from eqface.export.onnx import verify_onnx
+    from eqface.export.thresholds import model_metadata
 
     if version < 1:
         raise ValueError(f"version must be a positive integer, got {version}")
@@ -103,14 +110,21 @@ def write_model_repository(
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
     spec = verify_onnx(onnx_path)
+    calibration = calibration_parameters(model_metadata(onnx_path))
     repo = ModelRepository(Path(repository), variant, version, spec)
     existing = [str(repo.version_dir(m)) for m in model_configs(spec, variant) if repo.version_dir(m).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"version {version} already exists ({', '.join(existing)}); pass overwrite=True")
-    paths = write_configs(repo.root, spec, variant, batching, runtime)
+    paths = write_configs(repo.root, spec, variant, batching, runtime, calibration)
     for name in paths:
         _write_version(repo.version_dir(name), _version_files(name, variant, onnx_path))
     return repo
+
+
+def calibration_parameters(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The calibration entries of an ONNX file's metadata (empty for an uncalibrated model); checked to be whole."""
+    Thresholds.from_metadata(metadata)  # raises on a partial or out-of-range set
+    return {k: metadata[k] for k in (*contract.THRESHOLD_KEYS, contract.CALIBRATION_KEY) if k in metadata}
 
 
 def _version_files(model: str, variant: Variant, onnx_path: Path) -> dict[str, Path]:
