@@ -159,6 +159,9 @@ def test_fiqa_benchmark(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
                 low, high = values[f"ci_{limit}"]
                 assert low <= values[f"pauc_{limit}"] <= high
         assert set(stored["eqface_beats"][name]) == {"embedding_norm", "ser_fiq"}
+        oracle, measures = stored["datasets"][name]["image_oracle"], stored["datasets"][name]["measures"]
+        assert oracle["pauc_0.2"] <= min(m["pauc_0.2"] for m in measures.values())  # it reads the answers
+        assert set(stored["attainable"][name]) == {"embedding_norm", "ser_fiq"}
     # The run becomes an attempt of a search; the next run tables it, and refuses an attempt without its note.
     attempts = tmp_path / "attempts"
     (attempts / "first").mkdir(parents=True)
@@ -197,3 +200,14 @@ def test_data_dir_defaults_to_the_shared_data_folder(monkeypatch: pytest.MonkeyP
     with pytest.raises(SystemExit):  # no shared folder: --data-dir must be given
         experiment_parser(None, "x").parse_args([])
     assert experiment_parser(None, "x").parse_args(["--data-dir", "d"]).data_dir == Path("d")
+
+
+def test_the_image_oracle_ranks_images_by_their_failing_genuine_comparisons() -> None:
+    from experiments.fiqa_benchmark import image_oracle_quality
+
+    # images 0, 1, 2 of one identity, 3 of another; pairs (0,1) fails, (0,2) passes, (1,2) fails
+    a, b = np.array([0, 0, 1, 0]), np.array([1, 2, 2, 3])
+    same = np.array([True, True, True, False])
+    scores = np.array([0.1, 0.9, 0.2, 0.95])
+    q = image_oracle_quality(scores, same, a, b, threshold=0.5, n_images=4)
+    np.testing.assert_allclose(q, [0.5, 0.0, 0.5, 1.0])
