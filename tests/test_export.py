@@ -146,3 +146,25 @@ def test_cli_rejects_a_missing_model(tmp_path):
     assert done.returncode == 2
     assert "checkpoint not found" in done.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_reduced_quality_branch_exports_with_parity(shared_data, real_faces, tmp_path):
+    import dataclasses
+
+    import torch
+
+    from eqface.contract import InferenceSpec
+    from eqface.export.onnx import export_onnx
+    from eqface.models import build_model
+    from eqface.models.pretrained import load_backbone_weights
+    from tests.support.models import MOBILEFACENET, MOBILEFACENET_WEIGHTS
+
+    torch.manual_seed(0)
+    net = build_model(dataclasses.replace(MOBILEFACENET, quality_reduce=32))
+    load_backbone_weights(net.backbone, shared_data / MOBILEFACENET_WEIGHTS)
+    net.eval()
+    path = tmp_path / "model.onnx"
+    export_onnx(net, InferenceSpec(tuple(MOBILEFACENET.image_size), MOBILEFACENET.embedding_size), path)
+    diff = parity_by_batch_size(net, onnx_session(path), real_faces, (1, 16))
+    assert max(diff.values()) <= PARITY_TOLERANCE
+    assert path.stat().st_size < 8_000_000  # the flat branch alone is 44 MB of float32 weights
