@@ -12,11 +12,16 @@ cd "$(dirname "$0")/.."
 START=${1:-runs/mfn-celeba/step2-1/final.pt}
 OUT=${2:-runs/e2}
 EQFACE=${EQFACE:-.venv/bin/eqface}
+PYTHON=${PYTHON:-.venv/bin/python}
+# Step 3 keeps the start's (frozen) quality branch, so the arms build it in the start's shape, whatever the preset says.
+REDUCE=$("$PYTHON" -c "import json, sys; from eqface.train import checkpoint
+print(json.loads(checkpoint.load(sys.argv[1])['model_config']).get('quality_reduce', 0))" "$START")
 arm() {
     local name=$1
     shift
     echo "== E2 arm ${name}"
-    "$EQFACE" train --preset mobilefacenet-celeba --step 3 --init "$START" --out "$OUT/$name" --no-summary "$@"
+    "$EQFACE" train --preset mobilefacenet-celeba --step 3 --init "$START" --out "$OUT/$name" --no-summary \
+        --set "model.quality_reduce=$REDUCE" "$@"
 }
 arm qw --set train.step3_quality=precomputed
 arm none --set train.step3_quality=none
