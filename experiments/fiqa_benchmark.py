@@ -134,7 +134,7 @@ def image_oracle_quality(
     """Per image: the fraction of its genuine comparisons that pass the threshold (1 for an image with none).
 
     It cheats — it reads the labels and the scores it is judged on — so it is not a quality measure but the
-    reference for what *any* per-image quality could reach here: discarding by it removes first the images whose
+    reference for roughly what a per-image quality could reach here: discarding by it removes first the images whose
     comparisons fail. If even its pAUC interval overlaps a peer's, no per-image quality can beat that peer by the
     non-overlap criterion on this dataset.
     """
