@@ -13,7 +13,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Exports MODEL_PT (a model.pt/final.pt written by `eqface train`) to one ONNX file with the "
         "contract's names (input → embedding, quality) and a dynamic batch axis. The file is checked with "
         "onnx.checker and run with onnxruntime; --parity-data also compares onnxruntime with torch on real images.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", type=Path, metavar="MODEL_PT", help="trained model file (model.pt or final.pt)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.onnx", help="where to write the ONNX file")
