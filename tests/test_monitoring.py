@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -73,6 +74,35 @@ def test_every_alert_has_a_firing_and_a_silent_case():
             (firing if case["exp_alerts"] else silent).add(case["alertname"])
     assert firing == names, f"no firing case: {names - firing}"
     assert silent == names, f"no silent case: {names - silent}"
+
+
+RUNBOOK = Path(__file__).resolve().parents[1] / "docs" / "runbook.md"
+RUNBOOK_URL = "https://github.com/eqface-mlops/eqface/blob/main/docs/runbook.md#"
+
+
+def _runbook_sections() -> dict[str, str]:
+    """GitHub's anchor of each ``## `` heading of docs/runbook.md → the section's text."""
+    sections, anchor = {}, None
+    for line in RUNBOOK.read_text().splitlines():
+        if line.startswith("## "):
+            anchor = re.sub(r"[^a-z0-9 _-]", "", line[3:].strip().lower()).replace(" ", "-")
+            sections[anchor] = ""
+        elif anchor is not None:
+            sections[anchor] += line + "\n"
+    return sections
+
+
+def test_every_alert_links_its_runbook_section():
+    sections = _runbook_sections()
+    alerts = [r for g in monitoring.rule_groups() for r in g["rules"] if "alert" in r]
+    for alert in alerts:
+        url = alert["annotations"].get("runbook_url", "")
+        assert url.startswith(RUNBOOK_URL), (alert["alert"], url)
+        anchor = url.removeprefix(RUNBOOK_URL)
+        assert anchor == alert["alert"].lower() and anchor in sections, (alert["alert"], url)
+        for part in ("**What it means**", "**How to check**", "**How to fix**"):
+            assert part in sections[anchor], (alert["alert"], part)
+    assert set(sections) == {a["alert"].lower() for a in alerts}  # no section for an alert that does not exist
 
 
 def test_quality_drift_reads_the_frame_quality_histogram():
