@@ -15,17 +15,16 @@ so one such input would make every run miss the cache (components/README.md, "Ca
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import List, NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 
+from components.cluster import ClusterSettings
 from components.configure import configure
 from components.deploy_triton import deploy_triton
 from components.evaluate import evaluate
 from components.export_onnx import export_onnx
-from components.images import TRAINING_IMAGE
 from components.prepare_data import prepare_data
 from components.train_backbone import train_backbone
 from components.train_quality import train_quality
@@ -39,34 +38,6 @@ SECRET_MOUNT = "/var/run/secrets/eqface-object-store"
 GCS_KEY_FILE = "gcs-credentials.json"
 # The evaluate step needs held-out identities; a preset that holds out none (paper: all of MS1MV2 trains) gets these.
 DEFAULT_EVAL_IDENTITIES = 200
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    """Where the pipeline runs: image, volumes, secret, resources. Fixed at compile time (``eqface pipeline compile``
-    flags); an empty PVC or secret name leaves that mount out."""
-
-    image: str = TRAINING_IMAGE
-    data_pvc: str = "eqface-data"  # datasets (read by prepare-data, and by training when data is referenced)
-    data_mount: str = "/mnt/data"
-    work_pvc: str = "eqface-work"  # training checkpoints, so a retried pod resumes mid-epoch
-    work_mount: str = "/mnt/work"
-    models_pvc: str = "eqface-models"  # the Triton model repository, when it is a volume
-    models_mount: str = "/mnt/models"
-    object_store_secret: str = "eqface-object-store"
-    train_cpu: str = "8"
-    train_memory: str = "64Gi"
-    shm_size: str = "16Gi"  # DataLoader workers and NCCL use /dev/shm; Kubernetes gives 64 MiB by default
-    train_retries: int = 2  # with the work volume, a retry resumes from the last checkpoint (preempted GPU nodes)
-    cache_data: bool = False  # the data at a location may change behind the same name: re-read it every run
-
-    @property
-    def default_repository(self) -> str:
-        return f"{self.models_mount}/eqface" if self.models_pvc else ""
-
-    @property
-    def checkpoint_root(self) -> str:
-        return f"{self.work_mount}/checkpoints" if self.work_pvc else ""
 
 
 class Outputs(NamedTuple):

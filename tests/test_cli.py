@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
+from components.cluster import ClusterSettings
 from eqface.cli import build_parser, main
+from eqface.cli.options import has_default
 
 
 def _all_parsers(parser=None, prefix="eqface"):
@@ -118,3 +123,57 @@ def test_errors_show_the_sub_command_usage_and_argument_problems_come_first(caps
     assert main(["stream", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "video not found" in err and "server" not in err
+
+
+_SHOWN_DEFAULT = re.compile(r"\(default:?\s+([^;)]*)")
+
+
+def _option_help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    """The option's help text as `--help` prints it, on one line."""
+    return " ".join(parser._get_formatter()._expand_help(action).split())
+
+
+def test_every_option_shows_the_default_argparse_uses_once() -> None:
+    checked = 0
+    for name, parser in _all_parsers():
+        for action in parser._actions:
+            if not action.help or action.help is argparse.SUPPRESS or isinstance(action.choices, dict):
+                continue
+            text, where = _option_help(parser, action), f"{name} {'/'.join(action.option_strings) or action.dest}"
+            shown = _SHOWN_DEFAULT.findall(text)
+            assert len(shown) <= 1, f"{where} shows {len(shown)} defaults: {text}"
+            if has_default(action):
+                value = str(action.default)
+                assert value in text, f"{where} does not show its default {value!r}: {text}"
+                assert not shown or shown[0].startswith(value), f"{where} shows {shown[0]!r}, uses {value!r}"
+                checked += 1
+            else:  # nothing to show, or a default decided at run time and described in words
+                assert not shown or shown[0].split(",")[0].strip() not in ("None", "False", "[]"), (where, text)
+    assert checked >= 60
+
+
+def test_pipeline_compile_shows_and_uses_the_cluster_defaults() -> None:
+    parser = dict(_all_parsers())["eqface pipeline compile"]
+    args = parser.parse_args([])
+    cluster = ClusterSettings()
+    by_dest = {a.dest: a for a in parser._actions}
+    for field in dataclasses.fields(ClusterSettings):
+        if field.name in by_dest:
+            assert getattr(args, field.name) == getattr(cluster, field.name), field.name
+            shown = _SHOWN_DEFAULT.findall(_option_help(parser, by_dest[field.name]))
+            assert by_dest[field.name].nargs == 0 or shown == [str(getattr(cluster, field.name))], (field.name, shown)
+    assert {"image", "data_pvc", "work_pvc", "models_pvc", "train_memory", "train_cpu", "train_retries"} <= set(by_dest)
+
+
+def test_the_help_formatter_shows_one_true_default() -> None:
+    from eqface.cli.options import CommandParser
+
+    parser = CommandParser(prog="x")
+    parser.add_argument("--a", default=3, help="plain")
+    parser.add_argument("--b", help="decided later (default: the newest run)")
+    parser.add_argument("--c", default="v", help="named already (default: %(default)s)")
+    parser.add_argument("--d", action="store_true", help="flag")
+    parser.add_argument("--e", help="no default")
+    text = " ".join(parser.format_help().split())
+    assert "plain (default: 3)" in text and "decided later (default: the newest run)" in text
+    assert text.count("(default: v)") == 1 and "flag --e" in text and "None" not in text and "False" not in text

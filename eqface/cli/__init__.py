@@ -18,6 +18,7 @@ from eqface.cli import (
     stream_cmd,
     train_cmd,
 )
+from eqface.cli.options import CommandParser
 
 COMMANDS = [
     train_cmd,
@@ -33,7 +34,7 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="eqface",
         description="EQFace: face recognition with an explicit quality score — training, evaluation, serving.",
     )

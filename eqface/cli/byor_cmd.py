@@ -20,7 +20,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s = byor.add_parser(
         "step2",
         help="cache embeddings + tap features (resumable), train the quality branch with Eq. 6, evaluate held-out",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     s.add_argument("import_dir", type=Path, metavar="DIR", help="the imported recogniser folder")
     s.add_argument(
@@ -48,7 +47,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = byor.add_parser(
         "export",
         help="graft the trained head onto the recogniser: one contract ONNX, parity-checked on real faces",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     e.add_argument("import_dir", type=Path, metavar="DIR", help="imported recogniser folder after `byor step2`")
     e.add_argument("--out", type=Path, required=True, metavar="FILE.onnx", help="where to write the served model")
@@ -62,7 +60,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v = byor.add_parser(
         "evaluate",
         help="verification AUC / TAR@FAR 1e-3 and EDC pAUC (quality vs embedding norm vs random) on a face pack",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     v.add_argument("import_dir", type=Path, metavar="DIR", help="imported recogniser folder after `byor step2`")
     v.add_argument("--data", required=True, metavar="PACK.npz", help="face pack, e.g. shared:orl_att_faces.npz")

@@ -18,7 +18,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "The aggregation thresholds (progressive QWFA's s_th and f_th, QWFAF's threshold) are calibrated on faces the "
         "model did not train on (eqface.eval.calibration) and stored in the file's metadata; the Triton repository "
         "writer copies them into the model configs, where the aggregation service reads them.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", type=Path, metavar="MODEL_PT", help="trained model file (model.pt or final.pt)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.onnx", help="where to write the ONNX file")

@@ -18,7 +18,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "second output, and checks the stated input normalisation on real faces: the import is refused when the "
         "genuine-vs-impostor AUC is below --min-auc, or when the channel flip or a common setting beats it by more "
         "than --max-deficit. Writes DIR/recogniser.onnx and DIR/recogniser.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", type=Path, metavar="MODEL.onnx", help="the pretrained recogniser")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the imported recogniser")

@@ -1,12 +1,43 @@
-"""Options shared by several commands: choosing and overriding a configuration."""
+"""Options shared by several commands (choosing and overriding a configuration) and how every command's help shows
+its defaults."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from eqface.config import PRESETS, EQFaceConfig, apply_overrides, config_from_dict, preset
+
+_SHOWS_DEFAULT = re.compile(r"%\(default\)|\(default\b")
+
+
+def has_default(action: argparse.Action) -> bool:
+    """Whether ``action`` has a default value worth showing: not None, not a flag's False, not an empty list."""
+    if action.nargs == 0 or action.default is None or action.default is argparse.SUPPRESS:
+        return False
+    return action.default != []
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default once, as argparse will use it: appended when the help text names none, left out
+    when there is no value to show (argparse's ArgumentDefaultsHelpFormatter prints "(default: None)" for options
+    whose default is decided later, and a second default after help texts that already name one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if _SHOWS_DEFAULT.search(text) or not has_default(action):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of ``eqface`` and, through ``add_subparsers`` (which builds sub-parsers of the parent's class), of
+    every sub-command: all of them format their help with ``HelpFormatter`` unless a command asks otherwise."""
+
+    def __init__(self, *args, formatter_class: type[argparse.HelpFormatter] = HelpFormatter, **kwargs) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
 
 def add_config_options(parser: argparse.ArgumentParser, default_preset: str = "demo") -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from components.cluster import ClusterSettings
 from eqface.config import PRESETS
 
 DEFAULT_YAML = Path("runs/pipeline/eqface-pipeline.yaml")
@@ -27,19 +28,33 @@ def _add_compile_parser(commands: argparse._SubParsersAction) -> None:
         help="write the pipeline YAML to upload in the Kubeflow UI",
         description="Compiles the pipeline with its Kubernetes settings (GPUs, volumes, secret, image) fixed; the "
         "training, data and deployment parameters stay editable in the UI, with defaults from --preset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", type=Path, default=DEFAULT_YAML, help="YAML file to write")
     p.add_argument("--iterations", type=int, default=1, help="rounds of Step 3 → Step 2 (unrolled when compiling)")
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="defaults of the UI form")
-    p.add_argument("--image", help="container image of every step (default: components/images.py TRAINING_IMAGE)")
-    p.add_argument("--data-pvc", help="PVC with datasets, mounted at /mnt/data ('' for none)")
-    p.add_argument("--work-pvc", help="PVC for training checkpoints, mounted at /mnt/work ('' for none)")
-    p.add_argument("--models-pvc", help="PVC holding the Triton model repository, mounted at /mnt/models ('' for none)")
-    p.add_argument("--object-store-secret", help="secret with AWS_*/gcs-credentials.json keys ('' for none)")
-    p.add_argument("--train-memory", help="memory request and limit of each training step")
-    p.add_argument("--train-cpu", help="CPU request of each training step")
-    p.add_argument("--retries", dest="train_retries", type=int, help="retries of each training step")
+    cluster = ClusterSettings()  # the defaults shown are the ones compile_pipeline uses
+    p.add_argument("--image", default=cluster.image, help="container image of every step")
+    p.add_argument("--data-pvc", default=cluster.data_pvc, help="PVC with datasets, mounted at /mnt/data ('' for none)")
+    p.add_argument(
+        "--work-pvc", default=cluster.work_pvc, help="PVC for training checkpoints, mounted at /mnt/work ('' for none)"
+    )
+    p.add_argument(
+        "--models-pvc",
+        default=cluster.models_pvc,
+        help="PVC holding the Triton model repository, mounted at /mnt/models ('' for none)",
+    )
+    p.add_argument(
+        "--object-store-secret",
+        default=cluster.object_store_secret,
+        help="secret with AWS_*/gcs-credentials.json keys ('' for none)",
+    )
+    p.add_argument(
+        "--train-memory", default=cluster.train_memory, help="memory request and limit of each training step"
+    )
+    p.add_argument("--train-cpu", default=cluster.train_cpu, help="CPU request of each training step")
+    p.add_argument(
+        "--retries", dest="train_retries", type=int, default=cluster.train_retries, help="retries of each training step"
+    )
     p.add_argument(
         "--cache-data",
         action="store_true",
@@ -55,7 +70,6 @@ def _add_run_local_parser(commands: argparse._SubParsersAction) -> None:
         description="Runs configure → prepare data → Step 1 → 2 → (3 → 2) × N → evaluate → export → deploy with "
         "kfp.local in this Python environment, on the form defaults of --preset (test: synthetic 32×32 faces, "
         "seconds per step), and deploys the local (CPU, python-backend) Triton variant into --repository.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--iterations", type=int, default=1, help="rounds of Step 3 → Step 2")
     p.add_argument("--preset", default="test", choices=sorted(PRESETS), help="form defaults")
@@ -87,9 +101,7 @@ def _add_run_local_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_compile(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from components.pipeline import ClusterSettings, compile_pipeline
+    from components.pipeline import compile_pipeline
 
     names = (
         "image",
@@ -101,8 +113,7 @@ def run_compile(args: argparse.Namespace) -> int:
         "train_cpu",
         "train_retries",
     )
-    changes = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    cluster = replace(ClusterSettings(), cache_data=args.cache_data, **changes)
+    cluster = ClusterSettings(cache_data=args.cache_data, **{k: getattr(args, k) for k in names})
     path = compile_pipeline(args.out, iterations=args.iterations, preset=args.preset, cluster=cluster)
     print(
         f"wrote {path} ({args.iterations} iteration{'s' if args.iterations != 1 else ''} of Step 3 → Step 2, "

@@ -50,7 +50,6 @@ def _add_repository_parser(serve: argparse._SubParsersAction) -> None:
         description="Writes the models eqface_onnx, preprocess and the ensemble eqface. With MODEL_ONNX, also "
         "writes version --version of each (the ONNX file is checked against the contract first); without it, "
         "writes only the configs for --image-size/--embedding-size.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("onnx", type=Path, nargs="?", metavar="MODEL_ONNX", help="file written by `eqface export`")
     p.add_argument("--out", type=Path, required=True, help="model repository folder")
@@ -117,7 +116,6 @@ def _add_triton_parser(serve: argparse._SubParsersAction) -> None:
         help="run the Triton server from the nvidia-pytriton wheel until Ctrl-C/SIGTERM",
         description="Starts tritonserver on --model-repository, waits until every model is ready, prints the "
         "endpoints and serves until Ctrl-C or SIGTERM, then shuts down cleanly (in-flight requests finish).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model-repository", type=Path, required=True, help="folder written by `eqface serve repository`")
     for name, port in _DEFAULT_PORTS.items():

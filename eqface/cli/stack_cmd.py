@@ -27,7 +27,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "enrolls a gallery, streams a video of several subjects with some frames degraded, prints each subject's "
         "quality, QWFA decision and identification as the answers come, then a summary and what Prometheus saw. "
         "Ctrl-C stops everything cleanly at any point.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_stack_options(demo, default_state=DEFAULT_RUNS / "stack-demo")
     _add_video_options(demo)
@@ -37,7 +36,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="stream the demo video into a stack started by `up` (traffic for the dashboards)",
         description="Enrolls the demo gallery and streams the demo video --rounds times into the aggregator of a "
         "running stack (subject ids get a per-run prefix, so the stack's stored state is never replayed).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     stream.add_argument("--state-dir", type=Path, default=DEFAULT_RUNS / "stack", help="the folder `up` used")
     stream.add_argument("--rounds", type=int, default=1, help="times to stream the video (new subject ids each)")
@@ -47,7 +45,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     up = stack.add_parser(
         "up",
         help="start the stack in the background and print its ports",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_stack_options(up, default_state=DEFAULT_RUNS / "stack")
     up.set_defaults(func=run_up)
@@ -55,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ("down", run_down, "stop a stack started by `up` (every process it started)"),
         ("status", run_status, "show a stack started by `up`: ports, processes, targets"),
     ):
-        q = stack.add_parser(name, help=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        q = stack.add_parser(name, help=text)
         q.add_argument("--state-dir", type=Path, default=DEFAULT_RUNS / "stack", help="the folder `up` used")
         q.set_defaults(func=func)
 

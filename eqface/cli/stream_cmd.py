@@ -22,7 +22,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "A file is processed frame by frame; a camera or URL (or --live) drops frames when the client falls behind "
         "(lowest client-side quality proxy first). Survives an aggregator restart: unanswered frames are resent with "
         "their (subject, sequence) and the service counts each once.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("source", help="video file (mp4, avi, …), camera (0 or /dev/video0) or URL (rtsp://…)")
     p.add_argument("--server", help="aggregator HOST:PORT (default: the one `eqface stack up` started)")
@@ -55,9 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--detector-weights",
         type=Path,
-        help="mtcnn: the folder of pnet.pt, rnet.pt, onet.pt (default: "
-        "$EQFACE_DETECTOR_WEIGHTS/mtcnn, else <venv>/share/eqface/mtcnn); retinaface: the .onnx file "
-        "(default: in $EQFACE_DETECTOR_WEIGHTS, else ../shared/data/weights)",
+        help="mtcnn: the folder of pnet.pt, rnet.pt, onet.pt; retinaface: the .onnx file (default: for mtcnn "
+        "$EQFACE_DETECTOR_WEIGHTS/mtcnn, else <venv>/share/eqface/mtcnn; for retinaface in $EQFACE_DETECTOR_WEIGHTS, "
+        "else ../shared/data/weights)",
     )
     p.add_argument("--min-face", type=float, default=24.0, help="smallest face (pixels) to track")
     p.add_argument("--window", type=int, default=64, help="frames sent and not answered, at most")

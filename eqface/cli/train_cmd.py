@@ -18,7 +18,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Trains the EQFace steps into --out. Re-running the same command resumes an interrupted run "
         "(mid-epoch, from the last checkpoint). Under torchrun it trains with DistributedDataParallel "
         "(NCCL on GPUs, gloo on CPU).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_config_options(p)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (checkpoints, logs, model.pt)")

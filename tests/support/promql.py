@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eqface.stack.dashboard import DASHBOARD_FILE
 from eqface.stack.manifests import MANIFESTS_DIR
 from eqface.stack.monitoring import rule_groups
 
 MONITORING_DIR = MANIFESTS_DIR / "base" / "monitoring"
-DASHBOARD_FILE = MONITORING_DIR / "dashboards" / "eqface-overview.json"
 ALERT_TESTS_FILE = MANIFESTS_DIR / "tests" / "alerts.test.yaml"
 
 
