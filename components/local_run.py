@@ -1,4 +1,5 @@
-"""``eqface pipeline run-local``: the whole Kubeflow pipeline on this machine with kfp's SubprocessRunner.
+"""``eqface pipeline run-local`` (and ``run-local-byor``): a whole Kubeflow pipeline on this machine with kfp's
+SubprocessRunner.
 
 Every component runs as a subprocess of this interpreter (``use_venv=False``: the current environment, where eqface
 and components are installed); resources, volumes and secrets are ignored locally.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,19 +46,33 @@ def run_local(
     gpus: int = 1,
 ) -> LocalRun:
     """Runs the pipeline (form defaults from ``preset``) and returns where its results are."""
+    pipeline = build_pipeline(iterations=iterations, preset=preset, cluster=local_cluster())
+    arguments = _arguments(Path(repository).resolve(), overrides, triton_url, accuracy_threshold, min_quality_std, gpus)
+    return _run(pipeline, root, repository, arguments)
+
+
+def run_local_byor(root: str | Path, repository: str | Path, arguments: Mapping[str, Any]) -> LocalRun:
+    """Runs the bring-your-own-recogniser pipeline with ``arguments`` (``model_uri`` and any other form value)
+    and the local serving variant; returns where its results are."""
+    from components.byor_pipeline import build_byor_pipeline
+
+    arguments = {"model_repository": str(Path(repository).resolve()), "serving_variant": "local", **arguments}
+    return _run(build_byor_pipeline(local_cluster()), root, repository, arguments)
+
+
+def _run(pipeline, root: str | Path, repository: str | Path, arguments: dict[str, Any]) -> LocalRun:
     from kfp import local
 
     from eqface.workflow.deploy import existing_versions
 
     root, repository = Path(root).resolve(), Path(repository).resolve()
-    pipeline = build_pipeline(iterations=iterations, preset=preset, cluster=local_cluster())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     before = set(existing_versions(str(repository)))
     started = time.monotonic()
     with warnings.catch_warnings():
         # The components' image is the cluster's; locally they run in this interpreter, which kfp warns about.
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*", category=RuntimeWarning)
-        task = pipeline(**_arguments(repository, overrides, triton_url, accuracy_threshold, min_quality_std, gpus))
+        task = pipeline(**arguments)
     seconds = time.monotonic() - started
     new = sorted(set(existing_versions(str(repository))) - before)
     outputs = task.outputs
