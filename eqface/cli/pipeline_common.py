@@ -9,12 +9,16 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     """The Kubernetes settings fixed when compiling (``ClusterSettings``), shared by both pipelines' commands."""
     p.add_argument("--image", help="container image of every step (default: components/images.py TRAINING_IMAGE)")
     p.add_argument("--data-pvc", help="PVC with datasets, mounted at /mnt/data ('' for none)")
-    p.add_argument("--work-pvc", help="PVC for training checkpoints, mounted at /mnt/work ('' for none)")
+    p.add_argument(
+        "--work-pvc", help="PVC for training checkpoints and BYOR feature caches, mounted at /mnt/work ('' for none)"
+    )
     p.add_argument("--models-pvc", help="PVC holding the Triton model repository, mounted at /mnt/models ('' for none)")
     p.add_argument("--object-store-secret", help="secret with AWS_*/gcs-credentials.json keys ('' for none)")
     p.add_argument("--train-memory", help="memory request and limit of each training step")
     p.add_argument("--train-cpu", help="CPU request of each training step")
-    p.add_argument("--retries", dest="train_retries", type=int, help="retries of each training step")
+    p.add_argument(
+        "--retries", dest="train_retries", type=int, help="retries of each training step (and of BYOR Step 2)"
+    )
     p.add_argument(
         "--cache-data",
         action="store_true",
