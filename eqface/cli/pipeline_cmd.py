@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from eqface.cli import byor_pipeline_cmd
+from eqface.cli.byor_pipeline_cmd import add_parsers as add_byor_parsers
 from eqface.cli.pipeline_common import add_cluster_arguments, cluster_settings, print_outputs
 from eqface.config import PRESETS
 
@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     commands = p.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
     _add_compile_parser(commands)
     _add_run_local_parser(commands)
-    byor_pipeline_cmd.add_parsers(commands)
+    add_byor_parsers(commands)
 
 
 def _add_compile_parser(commands: argparse._SubParsersAction) -> None:
