@@ -53,7 +53,6 @@ def split_pack(run: Step2Run) -> tuple[FaceSource, FaceSource | None]:
 
 def run_step2(import_dir: str | Path, run: Step2Run = Step2Run()) -> dict:
     """Runs Step 2 on the imported recogniser in ``import_dir`` and returns the report written to ``step2.json``."""
-
     import_dir = Path(import_dir)
     out = import_dir / STEP2_DIR
     recogniser = Recogniser(import_dir, threads=run.threads)
