@@ -1,4 +1,5 @@
-"""``eqface pipeline run-local``: the whole Kubeflow pipeline on this machine with kfp's SubprocessRunner.
+"""``eqface pipeline run-local`` (and ``run-local-byor``): a whole Kubeflow pipeline on this machine with kfp's
+SubprocessRunner.
 
 Every component runs as a subprocess of this interpreter (``use_venv=False``: the current environment, where eqface
 and components are installed); resources, volumes and secrets are ignored locally. With ``cache=True`` kfp.local keeps
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ class LocalRun:
     onnx: Path
     repository: Path
     deployed_version: int | None  # None when the evaluation gate held the deploy back
-    chosen_model: Path  # the recogniser evaluate chose (final or Step 1 → 2 model) and export exported
+    chosen_model: Path | None  # the recogniser evaluate chose (final or Step 1 → 2 model) and export exported
 
 
 def run_local(
@@ -53,19 +54,35 @@ def run_local(
 
     ``cache``: reuse the steps a previous run under ``root`` finished with equal inputs (kfp.local's task cache).
     """
+    pipeline = build_pipeline(iterations=iterations, preset=preset, cluster=local_cluster(cache_data=cache))
+    arguments = _arguments(Path(repository).resolve(), overrides, triton_url, accuracy_threshold, min_quality_std, gpus)
+    return _run(pipeline, root, repository, arguments, cache)
+
+
+def run_local_byor(root: str | Path, repository: str | Path, arguments: Mapping[str, Any]) -> LocalRun:
+    """Runs the bring-your-own-recogniser pipeline with ``arguments`` (``model_uri`` and any other form value)
+    and the local serving variant; returns where its results are."""
+    from components.byor_pipeline import build_byor_pipeline
+
+    arguments = {"model_repository": str(Path(repository).resolve()), "serving_variant": "local", **arguments}
+    return _run(build_byor_pipeline(local_cluster()), root, repository, arguments)
+
+
+def _run(
+    pipeline, root: str | Path, repository: str | Path, arguments: dict[str, Any], cache: bool = False
+) -> LocalRun:
     from kfp import local
 
     from eqface.workflow.deploy import existing_versions
 
     root, repository = Path(root).resolve(), Path(repository).resolve()
-    pipeline = build_pipeline(iterations=iterations, preset=preset, cluster=local_cluster(cache_data=cache))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=cache)
     before = set(existing_versions(str(repository)))
     started = time.monotonic()
     with warnings.catch_warnings(), _named_outputs_in_conditions():
         # The components' image is the cluster's; locally they run in this interpreter, which kfp warns about.
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*", category=RuntimeWarning)
-        task = pipeline(**_arguments(repository, overrides, triton_url, accuracy_threshold, min_quality_std, gpus))
+        task = pipeline(**arguments)
     seconds = time.monotonic() - started
     new = sorted(set(existing_versions(str(repository))) - before)
     outputs = task.outputs
@@ -79,7 +96,7 @@ def run_local(
         onnx=Path(outputs["onnx_model"].path) / "model.onnx",
         repository=repository,
         deployed_version=new[-1] if new else None,
-        chosen_model=Path(outputs["model"].path),
+        chosen_model=Path(outputs["model"].path) if "model" in outputs else None,
     )
 
 

@@ -8,6 +8,7 @@ is the production code path: boto3 and google-cloud-storage clients, no patching
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +194,37 @@ def tiny_onnx(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     export_onnx(build_model(cfg), InferenceSpec(tuple(cfg.image_size), cfg.embedding_size), path)
     return path
+
+
+def test_fetch_gives_every_location_form_as_a_local_path(bucket, tmp_path, monkeypatch):
+    """One function for the pipelines' URIs: object stores are downloaded, local and shared: paths used in place."""
+    (tmp_path / "models").mkdir()
+    onnx = tmp_path / "models" / "arcface.onnx"
+    onnx.write_bytes(b"\x00onnx")
+    storage.upload_tree(tmp_path / "models", f"{bucket}/weights")
+    fetched = storage.fetch(f"{bucket}/weights/arcface.onnx", tmp_path / "work")
+    assert fetched == tmp_path / "work" / "arcface.onnx" and fetched.read_bytes() == b"\x00onnx"
+    assert storage.fetch(str(onnx), tmp_path / "unused") == onnx
+    monkeypatch.setenv("EQFACE_SHARED_DATA", str(tmp_path))
+    assert storage.fetch("shared:models/arcface.onnx", tmp_path / "unused") == onnx
+    assert not (tmp_path / "unused").exists()
+    for missing in (str(tmp_path / "none.onnx"), f"{bucket}/weights/none.onnx"):
+        with pytest.raises(FileNotFoundError, match="none.onnx"):
+            storage.fetch(missing, tmp_path / "work")
+
+
+def test_the_byor_import_step_reads_its_recogniser_from_an_object_store(s3_bucket, tmp_path):
+    from eqface.byor.recogniser import Recogniser
+    from eqface.config import config_from_dict
+    from eqface.workflow.byor import ByorForm, data_config_json, import_step
+    from tests.support.byor import export_backbone, tiny_iresnet
+
+    (tmp_path / "up").mkdir()
+    export_backbone(tiny_iresnet(), tmp_path / "up" / "tiny.onnx")
+    storage.upload_tree(tmp_path / "up", f"{s3_bucket}/recognisers")
+    cfg = config_from_dict(json.loads(data_config_json("synthetic", "", 0, 2)))
+    prepare_dataset(cfg, tmp_path / "dataset", "pack")
+    uri = f"{s3_bucket}/recognisers/tiny.onnx"
+    metadata = import_step(uri, tmp_path / "dataset", ByorForm(check_normalisation=False), tmp_path / "imported")
+    assert metadata["source_uri"] == uri and metadata["embedding_size"] == 32
+    assert Recogniser(tmp_path / "imported").manifest.tap_shape == (16, 7, 7)

@@ -13,6 +13,7 @@ centres is trained with the margin loss (s = 1) on every view for ``classifier_e
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -44,6 +45,24 @@ class Step2Config:
         valid = ("loo-centres", "centres", "fitted")
         if self.classifier not in valid:
             raise ValueError(f"classifier must be one of {valid}, got {self.classifier!r}")
+
+
+def step2_config(
+    epochs: int, lr: float, batch_size: int, classifier: str = "loo-centres", classifier_epochs: int = 3
+) -> Step2Config:
+    """The defaults with these settings; learning-rate milestones at or beyond ``epochs`` are dropped.
+
+    Raises:
+        ValueError: ``epochs``, ``batch_size`` or ``lr`` not positive, or an unknown ``classifier``.
+    """
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
+    base = Step2Config()
+    milestones = tuple(m for m in base.schedule.milestones if m < epochs)
+    schedule = dataclasses.replace(base.schedule, epochs=epochs, lr=lr, milestones=milestones)
+    return dataclasses.replace(
+        base, schedule=schedule, batch_size=batch_size, classifier=classifier, classifier_epochs=classifier_epochs
+    )
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -69,24 +68,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_step2(args: argparse.Namespace) -> int:
     from eqface.byor.features import FeatureSpec
-    from eqface.byor.quality_training import Step2Config
+    from eqface.byor.quality_training import step2_config
     from eqface.byor.step2 import Step2Run
     from eqface.byor.step2 import run_step2 as step2
 
-    base = Step2Config()
-    milestones = tuple(m for m in base.schedule.milestones if m < args.epochs)
-    schedule = dataclasses.replace(base.schedule, epochs=args.epochs, lr=args.lr, milestones=milestones)
     run = Step2Run(
         pack=args.data,
         eval_identities=args.eval_identities,
         features=FeatureSpec(views=args.views),
-        train=dataclasses.replace(
-            base,
-            schedule=schedule,
-            batch_size=args.batch_size,
-            classifier=args.classifier,
-            classifier_epochs=args.classifier_epochs,
-        ),
+        train=step2_config(args.epochs, args.lr, args.batch_size, args.classifier, args.classifier_epochs),
     )
     report = step2(args.import_dir, run)
     report.pop("run")

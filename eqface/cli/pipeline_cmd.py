@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from components.cluster import ClusterSettings
+from eqface.cli.byor_pipeline_cmd import add_parsers as add_byor_parsers
+from eqface.cli.pipeline_common import add_cluster_arguments, cluster_settings, print_outputs
 from eqface.config import PRESETS
 
 DEFAULT_YAML = Path("runs/pipeline/eqface-pipeline.yaml")
@@ -20,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     commands = p.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
     _add_compile_parser(commands)
     _add_run_local_parser(commands)
+    add_byor_parsers(commands)
 
 
 def _add_compile_parser(commands: argparse._SubParsersAction) -> None:
@@ -32,34 +34,7 @@ def _add_compile_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_YAML, help="YAML file to write")
     p.add_argument("--iterations", type=int, default=1, help="rounds of Step 3 → Step 2 (unrolled when compiling)")
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="defaults of the UI form")
-    cluster = ClusterSettings()  # the defaults shown are the ones compile_pipeline uses
-    p.add_argument("--image", default=cluster.image, help="container image of every step")
-    p.add_argument("--data-pvc", default=cluster.data_pvc, help="PVC with datasets, mounted at /mnt/data ('' for none)")
-    p.add_argument(
-        "--work-pvc", default=cluster.work_pvc, help="PVC for training checkpoints, mounted at /mnt/work ('' for none)"
-    )
-    p.add_argument(
-        "--models-pvc",
-        default=cluster.models_pvc,
-        help="PVC holding the Triton model repository, mounted at /mnt/models ('' for none)",
-    )
-    p.add_argument(
-        "--object-store-secret",
-        default=cluster.object_store_secret,
-        help="secret with AWS_*/gcs-credentials.json keys ('' for none)",
-    )
-    p.add_argument(
-        "--train-memory", default=cluster.train_memory, help="memory request and limit of each training step"
-    )
-    p.add_argument("--train-cpu", default=cluster.train_cpu, help="CPU request of each training step")
-    p.add_argument(
-        "--retries", dest="train_retries", type=int, default=cluster.train_retries, help="retries of each training step"
-    )
-    p.add_argument(
-        "--cache-data",
-        action="store_true",
-        help="let KFP cache the prepare-data step (only for immutable, versioned data locations)",
-    )
+    add_cluster_arguments(p)
     p.set_defaults(func=run_compile)
 
 
@@ -103,17 +78,7 @@ def _add_run_local_parser(commands: argparse._SubParsersAction) -> None:
 def run_compile(args: argparse.Namespace) -> int:
     from components.pipeline import compile_pipeline
 
-    names = (
-        "image",
-        "data_pvc",
-        "work_pvc",
-        "models_pvc",
-        "object_store_secret",
-        "train_memory",
-        "train_cpu",
-        "train_retries",
-    )
-    cluster = ClusterSettings(cache_data=args.cache_data, **{k: getattr(args, k) for k in names})
+    cluster = cluster_settings(args)
     path = compile_pipeline(args.out, iterations=args.iterations, preset=args.preset, cluster=cluster)
     print(
         f"wrote {path} ({args.iterations} iteration{'s' if args.iterations != 1 else ''} of Step 3 → Step 2, "
@@ -151,16 +116,7 @@ def run_local(args: argparse.Namespace) -> int:
     print(f"  quality mean {m['quality_mean']:.3f} std {m['quality_std']:.3f}; by condition: {conditions}")
     chosen = "final model" if m["chosen_final"] else "Step 1 → 2 model"
     print(f"  chosen  {chosen}: {_candidates(m)}")
-    print(f"  model   {result.chosen_model}")
-    print(f"  report  {result.report} (HTML)  {result.summary} (Markdown)")
-    print(f"  ONNX    {result.onnx}")
-    if result.deployed_version is None:
-        print(f"  deploy  skipped: the evaluation did not pass the gate ({result.repository} unchanged)")
-    else:
-        loaded = f", loaded into {args.triton_url}" if args.triton_url else ""
-        print(f"  deploy  version {result.deployed_version} in {result.repository} (local variant){loaded}")
-        if not args.triton_url:
-            print(f"          serve it: eqface serve triton --model-repository {result.repository}")
+    print_outputs(result, args.triton_url)
     return 0
 
 

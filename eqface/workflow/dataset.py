@@ -158,9 +158,9 @@ def _as_dict(data: DataConfig) -> dict[str, Any]:
 
 def _fetch(data: DataConfig, tmp: Path) -> Path:
     """Downloads object-store data; a RecordIO file comes with its ``.idx`` beside it."""
-    local = storage.download(data.path, tmp)
+    local = storage.fetch(data.path, tmp)
     if data.source == "rec":
-        storage.download(data.path.removesuffix(".rec") + ".idx", tmp)
+        storage.fetch(data.path.removesuffix(".rec") + ".idx", tmp)
     return local
 
 

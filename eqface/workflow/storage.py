@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from eqface import paths
+
 REMOTE_SCHEMES = ("s3", "gs")
 GCS_CREDENTIALS_ENV = "EQFACE_GCS_CREDENTIALS"
 
@@ -204,6 +206,21 @@ def download(source: str, destination: str | Path) -> Path:
         local.parent.mkdir(parents=True, exist_ok=True)
         store.download(key, local)
     return target
+
+
+def fetch(location: str, workdir: str | Path) -> Path:
+    """A location as a local path: an object-store URI is downloaded (see :func:`download`) under ``workdir``; a
+    local path (a PVC mount included) or ``shared:<file>`` (:func:`eqface.paths.resolve`) is used where it lies.
+
+    Raises:
+        FileNotFoundError: nothing exists at ``location``.
+    """
+    if is_remote(location):
+        return download(location, workdir)
+    local = paths.resolve(location)
+    if not local.exists():
+        raise FileNotFoundError(f"nothing found at {location}")
+    return local
 
 
 def list_children(location: str) -> list[str]:

@@ -1,0 +1,3 @@
+from components.byor_configure.component import configure_byor
+
+__all__ = ["configure_byor"]

@@ -1,0 +1,3 @@
+from components.byor_evaluate.component import evaluate_byor
+
+__all__ = ["evaluate_byor"]
