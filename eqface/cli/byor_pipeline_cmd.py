@@ -18,7 +18,6 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description="Compiles the pipeline that takes a pretrained ONNX recogniser (the model_uri parameter: a path "
         "on the data volume, s3:// or gs://) through import → Step 2 on the frozen recogniser → evaluate → export "
         "→ deploy; Steps 1 and 3 are skipped. Kubernetes settings are fixed here, the rest stays editable in the UI.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", type=Path, default=DEFAULT_BYOR_YAML, help="YAML file to write")
     add_cluster_arguments(p)
@@ -36,7 +35,6 @@ def _add_run_local_parser(commands: argparse._SubParsersAction) -> None:
         "this Python environment and deploys the local (CPU, python-backend) Triton variant into --repository. "
         "Any other parameter of the pipeline's form is set with --set NAME=VALUE (JSON values: "
         "--set input_mean='[127.0]' --set epochs=2 --set channel_order=BGR).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, metavar="URI", help="the ONNX recogniser: a path, s3://… or gs://…")
     p.add_argument("--data", default=DEFAULT_PACK, help="face pack: a path, shared:<file>, s3://… or gs://…")
