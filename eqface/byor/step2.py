@@ -24,6 +24,7 @@ from eqface.byor.quality_training import (
     train_quality_head,
 )
 from eqface.byor.recogniser import DEFAULT_EVAL_IDENTITIES, DEFAULT_PACK, Recogniser, write_json_atomic
+from eqface.data.sources import FaceSource
 
 STEP2_DIR = "step2"
 HEAD_FILE = "quality_head.pt"
@@ -40,17 +41,23 @@ class Step2Run:
     threads: int = 0  # onnxruntime intra-op threads; 0: every core
 
 
+def split_pack(source: FaceSource, run: Step2Run) -> tuple[FaceSource, FaceSource | None]:
+    """The training and held-out faces of ``run.pack`` as Step 2 splits them (identities with too few faces dropped,
+    then the last ``run.eval_identities`` held out); None when nothing is held out."""
+    from eqface.data.sources import filter_identities, split_identities
+
+    return split_identities(filter_identities(source, run.min_images_per_identity), run.eval_identities)
+
+
 def run_step2(import_dir: str | Path, run: Step2Run = Step2Run()) -> dict:
     """Runs Step 2 on the imported recogniser in ``import_dir`` and returns the report written to ``step2.json``."""
     from eqface import paths
     from eqface.data.packs import load_pack
-    from eqface.data.sources import filter_identities, split_identities
 
     import_dir = Path(import_dir)
     out = import_dir / STEP2_DIR
     recogniser = Recogniser(import_dir, threads=run.threads)
-    source = filter_identities(load_pack(paths.resolve(run.pack)), run.min_images_per_identity)
-    train_source, eval_source = split_identities(source, run.eval_identities)
+    train_source, eval_source = split_pack(load_pack(paths.resolve(run.pack)), run)
     t0 = time.perf_counter()
     train = cache_features(recogniser, train_source, out / "features" / "train", run.features)
     held = None
