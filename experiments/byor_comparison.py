@@ -12,6 +12,9 @@ The imported model is measured as it is served: the grafted ONNX of `eqface byor
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from eqface.data.sources import FaceSource
 from eqface.eval.pairs import every_pair
 from experiments.common import (
     Report,
+    _relative,
     command_line,
     diff_verdict,
     experiment_parser,
@@ -72,6 +76,38 @@ def shared_held_out(own: FaceSource, imported: FaceSource) -> tuple[FaceSource, 
     return shared, {**info, "used_faces": len(shared), "used_identities": shared.num_classes}
 
 
+def check_stored_fiqa(
+    stored: dict[str, Any],
+    network: MeasuredNetwork,
+    sets: Sequence[FaceSet],
+    *,
+    seed: int,
+    replicates: int,
+    passes: int,
+    start_fmr: float,
+) -> None:
+    """Refuses a stored FIQA run unless it measured ``network`` (same file hash) on the same sets and settings."""
+    problems = []
+    described = list(stored.get("model_files", {}).values())
+    want = re.search(r"sha256 ([0-9a-f]{12})", network.describe())
+    got = [re.search(r"sha256 ([0-9a-f]{12})", d) for d in described]
+    if want is None or len(got) != 1 or got[0] is None or got[0].group(1) != want.group(1):
+        problems.append(f"it measured {described}, not {network.describe()} (compared by file hash)")
+    wanted = {"seed": seed, "replicates": replicates, "serfiq_passes": passes, "start_fmr": start_fmr}
+    problems += [f"{k} {stored.get(k)} ≠ {v}" for k, v in wanted.items() if stored.get(k) != v]
+    names = [s.name for s in sets]
+    if list(stored.get("datasets", {})) != names:
+        problems.append(f"its datasets {list(stored.get('datasets', {}))} ≠ {names}")
+    else:
+        problems += [
+            f"{s.name}: {stored['datasets'][s.name]['images']} images ≠ {len(s.labels)}"
+            for s in sets
+            if stored["datasets"][s.name]["images"] != len(s.labels)
+        ]
+    if problems:
+        raise ValueError("the stored FIQA run of the own network does not match: " + "; ".join(problems))
+
+
 def recognition(
     networks: dict[str, MeasuredNetwork], sets: Sequence[FaceSet], seed: int, fars: Sequence[float] = FARS
 ) -> dict[str, Any]:
@@ -100,9 +136,16 @@ def run_comparison(
     start_fmr: float = START_FMR,
     fars: Sequence[float] = FARS,
     extra: dict[str, Any] | None = None,
+    own_fiqa: dict[str, Any] | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Both parts into ``out_dir`` (report.md, results.json, PNGs; the FIQA reports in ``fiqa_<network>/``)."""
+    """Both parts into ``out_dir`` (report.md, results.json, PNGs; the FIQA reports in ``fiqa_<network>/``).
+
+    ``own_fiqa``: a stored FIQA benchmark run of the own network (its results.json, checked by ``check_stored_fiqa``)
+    used instead of measuring it again.
+    """
+    if own_fiqa is not None:
+        check_stored_fiqa(own_fiqa, own, sets, seed=seed, replicates=replicates, passes=passes, start_fmr=start_fmr)
     out_dir = Path(out_dir)
     report = Report(out_dir, "Imported pretrained recogniser (BYOR) vs this project's own MobileFaceNet")
     networks = {IMPORTED: imported, OWN: own}
@@ -112,7 +155,11 @@ def run_comparison(
     clean = [s for s in sets if s.threshold_from is None]
     report.figures["recognition"] = recognition(networks, clean, seed, fars)
     fiqa = {}
+    if own_fiqa is not None:
+        fiqa[OWN] = own_fiqa
     for key, network in networks.items():
+        if key in fiqa:
+            continue
         fiqa[key] = run_benchmark(
             network,
             sets,
@@ -262,6 +309,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--replicates", type=int, default=1000, help="FIQA bootstrap replicates over identities")
     p.add_argument("--serfiq-passes", type=int, default=SERFIQ_PASSES, help="SER-FIQ stochastic passes")
     p.add_argument("--seed", type=int, default=0, help="seed of pairs, degradations, dropout masks and bootstrap")
+    p.add_argument(
+        "--own-fiqa",
+        type=Path,
+        help="results.json of a FIQA benchmark run of --own with the same settings (checked), reused instead of "
+        "measuring the own network again",
+    )
     args = p.parse_args(argv)
     imported = GraftedOnnxNetwork(args.byor, IMPORTED, args.byor_model)
     own = TorchNetwork(load_model_ref(args.own, OWN))
@@ -276,7 +329,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({info['used_identities']} identities) both held out."
         )
     )
-    extra = {"held_out": info, "parity": _parity(imported, held), "byor_build": _build(imported)}
+    extra: dict[str, Any] = {"held_out": info, "parity": _parity(imported, held), "byor_build": _build(imported)}
+    own_fiqa = None
+    if args.own_fiqa is not None:
+        if not info["identical"]:
+            raise SystemExit("--own-fiqa needs the same CelebA held-out faces for both networks; they differ")
+        own_fiqa = json.loads(args.own_fiqa.read_text())
+        stored = args.own_fiqa.parent
+        copy = args.out / f"fiqa_{OWN}"
+        copy.mkdir(parents=True, exist_ok=True)
+        for name in ("report.md", "results.json", *own_fiqa.get("pngs", [])):
+            shutil.copyfile(stored / name, copy / name)  # the reused run's report travels with this one
+        extra["fiqa_reports"] = {
+            OWN: f"[`fiqa_{OWN}/report.md`](fiqa_{OWN}/report.md) (a copy of the stored run `{_relative(stored)}`, "
+            f"git {own_fiqa['environment']['git_head']}, reused: same model file, settings and sets)"
+        }
     run_comparison(
         imported,
         own,
@@ -287,6 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         replicates=args.replicates,
         passes=args.serfiq_passes,
         extra=extra,
+        own_fiqa=own_fiqa,
         command=command_line(f"experiments.{NAME}"),
     )
     print((args.out / "report.md").read_text())

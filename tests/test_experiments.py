@@ -323,16 +323,9 @@ def test_byor_comparison(tiny_byor, tiny_model: ModelRef, tmp_path: Path) -> Non
     labels = np.arange(len(images)) // 10
     clean = FaceSet("celeba_heldout", list(images), labels, np.full(len(labels), CLEAN), "synthetic stand-in")
     imported, own = GraftedOnnxNetwork(folder, IMPORTED), TorchNetwork(tiny_model)
-    figures = run_comparison(
-        imported,
-        own,
-        [clean, degraded_copy(clean, seed=3)],
-        tmp_path,
-        held_out_note="synthetic",
-        replicates=20,
-        passes=3,
-        start_fmr=1e-2,
-    )
+    sets = [clean, degraded_copy(clean, seed=3)]
+    settings = {"held_out_note": "synthetic", "replicates": 20, "passes": 3, "start_fmr": 1e-2}
+    figures = run_comparison(imported, own, sets, tmp_path, **settings)
     stored = _check_outputs(tmp_path, figures, pngs=2)
     assert set(stored["recognition"]) == {"celeba_heldout"}  # recognition on the clean sets only
     r = stored["recognition"]["celeba_heldout"]
@@ -347,3 +340,13 @@ def test_byor_comparison(tiny_byor, tiny_model: ModelRef, tmp_path: Path) -> Non
         )
     report = (tmp_path / "report.md").read_text()
     assert "grafted BYOR ONNX" in report and "## Recognition" in report
+    # A stored FIQA run of the own network is reused, but only for the same network, settings and sets.
+    stored = json.loads((tmp_path / f"fiqa_{OWN}" / "results.json").read_text())
+    again = run_comparison(imported, own, sets, tmp_path / "again", own_fiqa=stored, **settings)
+    assert again["fiqa"][OWN]["datasets"] == stored["datasets"] and not (tmp_path / "again" / f"fiqa_{OWN}").exists()
+    with pytest.raises(ValueError, match="replicates 20 ≠ 30"):
+        run_comparison(imported, own, sets, tmp_path / "x", own_fiqa=stored, **{**settings, "replicates": 30})
+    with pytest.raises(ValueError, match="datasets"):
+        run_comparison(imported, own, sets[:1], tmp_path / "x", own_fiqa=stored, **settings)
+    with pytest.raises(ValueError, match="file hash"):
+        run_comparison(imported, imported, sets, tmp_path / "x", own_fiqa=stored, **settings)
