@@ -19,29 +19,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from eqface import contract
 from eqface.data.packs import load_pack
+from eqface.data.sources import FaceSource
 from eqface.eval import conditions
 from eqface.eval.bootstrap import Interval, ThresholdSet, pauc_intervals
 from eqface.eval.edc import SortedComparisons, pair_quality, random_quality
 from eqface.eval.pairs import every_pair
 from eqface.eval.serfiq import serfiq_quality
 from eqface.eval.sharpness import sharpness_quality
-from eqface.models.stochastic import stochastic_embeddings
 from experiments.common import (
     DEFAULT_RUN,
     ModelRef,
     Report,
     command_line,
     experiment_parser,
-    held_out_source,
     load_model_ref,
     new_figure,
     source_images,
 )
+from experiments.networks import MeasuredNetwork, as_network, fitted_batches
 
 NAME = "fiqa_benchmark"
 MEASURES = ("eqface", "random", "embedding_norm", "sharpness", "ser_fiq")
@@ -102,30 +100,32 @@ def degraded_copy(faces: FaceSet, seed: int, fraction: float = DEGRADED_FRACTION
     return FaceSet(f"{faces.name}_degraded", images, faces.labels, np.array(tags), note, threshold_from=faces.name)
 
 
-@torch.no_grad()
-def measure(ref: ModelRef, images: Sequence[np.ndarray], seed: int, passes: int, batch: int = 64) -> Measured:
-    """Embeddings and the five quality measures of ``images`` on one network, in eval mode."""
-    net = ref.net.eval()
-    generator = torch.Generator().manual_seed(seed)
-    embs, eq, norms, ser, sharp = [], [], [], [], []
-    for start in tqdm(range(0, len(images), batch), desc="embedding", unit="batch", leave=False):
-        fitted = np.stack([contract.fit_to_size(img, ref.image_size) for img in images[start : start + batch]])
-        x = torch.from_numpy(contract.normalize_pixels(fitted))  # = contract.preprocess; sharpness needs the pixels
-        raw, fmap = net.embed_and_map(x)
-        eq.append(net.quality(fmap).squeeze(1).numpy())
-        norm = raw.norm(dim=1)
-        norms.append(norm.numpy())
-        embs.append((raw / norm.clamp_min(1e-12)[:, None]).numpy())
-        ser.append(serfiq_quality(stochastic_embeddings(net.backbone, x, passes, generator=generator).numpy()))
+def measure(
+    model: ModelRef | MeasuredNetwork, images: Sequence[np.ndarray], seed: int, passes: int, batch: int = 64
+) -> Measured:
+    """Embeddings and the five quality measures of ``images`` on one network (torch ``ModelRef`` or any
+    ``MeasuredNetwork``, e.g. a grafted BYOR ONNX), deterministic for ``seed``."""
+    network = as_network(model)
+    stochastic = network.stochastic(seed)
+    raws, eq, ser, sharp = [], [], [], []
+    batches = fitted_batches(images, network.image_size, batch)
+    total = -(-len(images) // batch)
+    for fitted, x in tqdm(batches, total=total, desc="embedding", unit="batch", leave=False):
+        raw, quality = network.embed(x)
+        raws.append(raw.astype(np.float64))
+        eq.append(quality)
+        ser.append(serfiq_quality(stochastic(x, passes)))
         sharp.append(sharpness_quality(fitted))
+    raw = np.concatenate(raws)
+    norms = np.linalg.norm(raw, axis=1)
     qualities = {
         "eqface": np.concatenate(eq).astype(np.float64),
         "random": random_quality(len(images), seed),
-        "embedding_norm": np.concatenate(norms).astype(np.float64),
+        "embedding_norm": norms,
         "sharpness": np.concatenate(sharp),
         "ser_fiq": np.concatenate(ser),
     }
-    return Measured(np.concatenate(embs).astype(np.float64), qualities)
+    return Measured(raw / np.maximum(norms, 1e-12)[:, None], qualities)
 
 
 def image_oracle_quality(
@@ -159,7 +159,7 @@ def comparisons(labels: np.ndarray, seed: int, max_impostors: int = MAX_IMPOSTOR
 
 
 def benchmark_set(
-    ref: ModelRef,
+    ref: ModelRef | MeasuredNetwork,
     faces: FaceSet,
     *,
     seed: int,
@@ -244,8 +244,18 @@ def attainable(dataset: dict[str, Any], limit: float = 0.2) -> dict[str, bool]:
     return {peer: high < dataset["measures"][peer][f"ci_{limit:g}"][0] for peer in PEERS}
 
 
-def load_sets(ref: ModelRef, data_dir: Path, seed: int, limit: int | None = None) -> list[FaceSet]:
-    """Yale (all normal illuminations), ORL, the model's held-out CelebA identities, and those degraded."""
+def load_sets(
+    ref: ModelRef | MeasuredNetwork,
+    data_dir: Path,
+    seed: int,
+    limit: int | None = None,
+    held_out: FaceSource | None = None,
+) -> list[FaceSet]:
+    """Yale (all normal illuminations), ORL, the model's held-out CelebA identities, and those degraded.
+
+    ``held_out``: the CelebA faces to use instead of the model's own held-out set (e.g. the identities two compared
+    networks both held out).
+    """
     sets = []
     yale = load_pack(data_dir / "extended_yale_b_cropped.npz")
     sets.append(
@@ -253,7 +263,7 @@ def load_sets(ref: ModelRef, data_dir: Path, seed: int, limit: int | None = None
     )
     orl = load_pack(data_dir / "orl_att_faces.npz")
     sets.append(_face_set("orl", orl, "ORL / AT&T, all 400 images (grey, 112×92, fitted to the input).", limit))
-    held = held_out_source(ref, data_dir)
+    held = held_out if held_out is not None else as_network(ref).held_out(data_dir)
     celeba = _face_set(
         "celeba_heldout", held, "CelebA identities the model's training run held out (data.eval_identities).", limit
     )
@@ -270,7 +280,7 @@ def _face_set(name: str, source, note: str, limit: int | None) -> FaceSet:
 
 
 def run_benchmark(
-    ref: ModelRef,
+    ref: ModelRef | MeasuredNetwork,
     sets: Sequence[FaceSet],
     out_dir: Path,
     *,
@@ -303,7 +313,12 @@ def run_benchmark(
 
 
 def _write_report(
-    report: Report, ref: ModelRef, datasets: dict[str, Any], replicates: int, passes: int, start_fmr: float
+    report: Report,
+    ref: ModelRef | MeasuredNetwork,
+    datasets: dict[str, Any],
+    replicates: int,
+    passes: int,
+    start_fmr: float,
 ) -> None:
     report.section("Protocol")
     report.text(

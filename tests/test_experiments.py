@@ -211,3 +211,156 @@ def test_the_image_oracle_ranks_images_by_their_failing_genuine_comparisons() ->
     scores = np.array([0.1, 0.9, 0.2, 0.95])
     q = image_oracle_quality(scores, same, a, b, threshold=0.5, n_images=4)
     np.testing.assert_allclose(q, [0.5, 0.0, 0.5, 1.0])
+
+
+# --- The imported (BYOR) recogniser as a measured network, and the BYOR vs own comparison ---------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_byor(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """A tiny IResNet exported to ONNX, imported, Step 2 on a synthetic 112×112 pack (6 identities held out) and
+    grafted to ``model.onnx``; with the pack's images (identity = index // 10)."""
+    from eqface.byor.export import export_grafted
+    from eqface.byor.features import FeatureSpec
+    from eqface.byor.importer import CheckOptions, ImportOptions, import_onnx
+    from eqface.byor.quality_training import Step2Config
+    from eqface.byor.step2 import Step2Run, run_step2
+    from eqface.config import ScheduleConfig
+    from tests.support.byor import export_backbone, tiny_iresnet
+
+    folder = tmp_path_factory.mktemp("tiny_byor")
+    source = generate_synthetic(
+        SyntheticConfig(identities=12, images_per_identity=10, degraded_fraction=0.3), image_size=(112, 112), seed=2
+    )
+    images = np.stack([source.image(i) for i in range(len(source))])
+    pack = folder / "pack.npz"
+    np.savez(pack, images=images, identity=source.labels, filename=[f"{i:04d}.png" for i in range(len(images))])
+    onnx_file = export_backbone(tiny_iresnet(), folder / "iresnet.onnx")
+    import_onnx(onnx_file, folder / "byor", ImportOptions(check=CheckOptions(enabled=False)))
+    train = Step2Config(schedule=ScheduleConfig(epochs=1, lr=0.01, milestones=()), batch_size=16, hidden=8)
+    run_step2(folder / "byor", Step2Run(pack=str(pack), eval_identities=6, features=FeatureSpec(views=2), train=train))
+    export_grafted(folder / "byor", folder / "byor" / "model.onnx", images)
+    return folder / "byor", images
+
+
+def test_byor_network_measures_what_the_served_model_and_the_recogniser_give(tiny_byor, tmp_path: Path) -> None:
+    from eqface import contract
+    from eqface.byor.recogniser import Recogniser
+    from eqface.export.onnx import onnx_session, run_onnx
+    from experiments.networks import GraftedOnnxNetwork, unit_embeddings
+
+    folder, images = tiny_byor
+    network = GraftedOnnxNetwork(folder, "imported")
+    assert network.image_size == (112, 112) and "grafted BYOR ONNX" in network.describe()
+    x = contract.normalize_pixels(images[:10])
+    raw, quality = network.embed(x)
+    served_emb, served_q = run_onnx(onnx_session(folder / "model.onnx"), x)  # the served file, run as it is
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), served_emb, atol=1e-6)
+    np.testing.assert_allclose(quality, served_q[:, 0], atol=1e-7)
+    own_raw, tap = Recogniser(folder).embed(images[:10])  # the imported recogniser: same raw embedding and tap
+    np.testing.assert_allclose(raw, own_raw, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(network.head(tap), own_raw, rtol=1e-4, atol=1e-5)  # the extracted tap → embedding
+    np.testing.assert_allclose(unit_embeddings(network, list(images[:10]), batch=3), served_emb, atol=1e-6)
+    held = network.held_out(folder.parent)  # Step 2 held out the last 6 of 12 identities of the pack
+    assert held.num_classes == 6 and len(held) == 60 and held.names[0].endswith("0060.png")
+    with pytest.raises(FileNotFoundError, match="byor export"):
+        GraftedOnnxNetwork(folder, "x", tmp_path / "absent.onnx")
+
+
+def test_byor_serfiq_is_seeded_and_is_not_the_embedding_norm(tiny_byor) -> None:
+    from scipy.stats import spearmanr
+
+    from eqface import contract
+    from eqface.eval.serfiq import serfiq_quality
+    from experiments.fiqa_benchmark import measure
+    from experiments.networks import GraftedOnnxNetwork
+
+    folder, images = tiny_byor
+    network = GraftedOnnxNetwork(folder, "imported")
+    x = contract.normalize_pixels(images[:20])
+    first, again, other = (network.stochastic(seed)(x, 4) for seed in (1, 1, 2))
+    assert first.shape == (20, 4, 32)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+    assert not np.allclose(first[:, 0], first[:, 1])  # every pass draws its own mask
+    measured = measure(network, list(images), seed=1, passes=6, batch=16)
+    q = measured.qualities
+    np.testing.assert_array_equal(
+        q["ser_fiq"], measure(network, list(images), seed=1, passes=6, batch=16).qualities["ser_fiq"]
+    )
+    assert np.all((q["ser_fiq"] > 0) & (q["ser_fiq"] <= 1)) and q["ser_fiq"].std() > 0
+    assert abs(spearmanr(q["ser_fiq"], q["embedding_norm"]).statistic) < 0.99
+    first_batch = contract.normalize_pixels(images[:16])  # measure's masks: one seeded stream, batch after batch
+    np.testing.assert_allclose(q["ser_fiq"][:16], serfiq_quality(network.stochastic(1)(first_batch, 6)), rtol=1e-12)
+
+
+def test_torch_network_measures_as_the_model_embeds(tiny_model: ModelRef, faces) -> None:
+    import torch
+
+    from eqface import contract
+    from eqface.eval.serfiq import serfiq_quality
+    from eqface.models.stochastic import stochastic_embeddings
+    from experiments.common import embed_images
+    from experiments.fiqa_benchmark import measure
+
+    images, _ = faces
+    measured = measure(tiny_model, images, seed=4, passes=3, batch=len(images))
+    want = embed_images(tiny_model.net, images, tiny_model.image_size)
+    np.testing.assert_allclose(measured.emb, want.emb, atol=1e-6)
+    np.testing.assert_allclose(measured.qualities["eqface"], want.quality, atol=1e-7)
+    np.testing.assert_allclose(measured.qualities["embedding_norm"], want.raw_norm, rtol=1e-6)
+    x = torch.from_numpy(contract.preprocess(images, tiny_model.image_size))
+    generator = torch.Generator().manual_seed(4)
+    ser = serfiq_quality(stochastic_embeddings(tiny_model.net.backbone, x, 3, generator=generator).numpy())
+    np.testing.assert_allclose(measured.qualities["ser_fiq"], ser, rtol=1e-12)
+
+
+def test_byor_comparison_shares_the_held_out_faces() -> None:
+    from experiments.byor_comparison import shared_held_out
+
+    source = generate_synthetic(SyntheticConfig(identities=4, images_per_identity=3), image_size=(16, 16), seed=1)
+    same, info = shared_held_out(source, source)
+    assert same is source and info["identical"] and info["used_faces"] == 12
+    part, info = shared_held_out(source.subset(np.arange(3, 12)), source)  # the own run held out 3 ids of the 4
+    assert not info["identical"] and info["used_faces"] == 9 and info["used_identities"] == 3
+    assert list(part.names) == list(source.names[3:])
+    with pytest.raises(ValueError, match="no face in common"):
+        shared_held_out(source.subset(np.arange(0, 3)), source.subset(np.arange(3, 12)))
+
+
+def test_byor_comparison(tiny_byor, tiny_model: ModelRef, tmp_path: Path) -> None:
+    from experiments.byor_comparison import IMPORTED, OWN, run_comparison
+    from experiments.fiqa_benchmark import CLEAN, FaceSet, degraded_copy
+    from experiments.networks import GraftedOnnxNetwork, TorchNetwork
+
+    folder, images = tiny_byor
+    labels = np.arange(len(images)) // 10
+    clean = FaceSet("celeba_heldout", list(images), labels, np.full(len(labels), CLEAN), "synthetic stand-in")
+    imported, own = GraftedOnnxNetwork(folder, IMPORTED), TorchNetwork(tiny_model)
+    sets = [clean, degraded_copy(clean, seed=3)]
+    settings = {"held_out_note": "synthetic", "replicates": 20, "passes": 3, "start_fmr": 1e-2}
+    figures = run_comparison(imported, own, sets, tmp_path, **settings)
+    stored = _check_outputs(tmp_path, figures, pngs=2)
+    assert set(stored["recognition"]) == {"celeba_heldout"}  # recognition on the clean sets only
+    r = stored["recognition"]["celeba_heldout"]
+    assert 0.5 <= r[IMPORTED]["accuracy"] <= 1 and 0 <= r[OWN]["auc"] <= 1
+    assert r["imported_minus_own"]["auc_diff"] == pytest.approx(r[IMPORTED]["auc"] - r[OWN]["auc"])
+    for key in (IMPORTED, OWN):
+        sub = json.loads((tmp_path / f"fiqa_{key}" / "results.json").read_text())
+        assert set(sub["datasets"]) == {"celeba_heldout", "celeba_heldout_degraded"}
+        assert (
+            stored["fiqa"][key]["datasets"]["celeba_heldout"]["measures"]
+            == sub["datasets"]["celeba_heldout"]["measures"]
+        )
+    report = (tmp_path / "report.md").read_text()
+    assert "grafted BYOR ONNX" in report and "## Recognition" in report
+    # A stored FIQA run of the own network is reused, but only for the same network, settings and sets.
+    stored = json.loads((tmp_path / f"fiqa_{OWN}" / "results.json").read_text())
+    again = run_comparison(imported, own, sets, tmp_path / "again", own_fiqa=stored, **settings)
+    assert again["fiqa"][OWN]["datasets"] == stored["datasets"] and not (tmp_path / "again" / f"fiqa_{OWN}").exists()
+    with pytest.raises(ValueError, match="replicates 20 ≠ 30"):
+        run_comparison(imported, own, sets, tmp_path / "x", own_fiqa=stored, **{**settings, "replicates": 30})
+    with pytest.raises(ValueError, match="datasets"):
+        run_comparison(imported, own, sets[:1], tmp_path / "x", own_fiqa=stored, **settings)
+    with pytest.raises(ValueError, match="file hash"):
+        run_comparison(imported, imported, sets, tmp_path / "x", own_fiqa=stored, **settings)

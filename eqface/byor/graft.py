@@ -66,7 +66,7 @@ def graft(model: onnx.ModelProto, manifest: RecogniserManifest, head: QualityHea
     for name in (contract.INPUT_NAME, contract.EMBEDDING_NAME, contract.QUALITY_NAME):
         if name in taken:  # the recogniser's own tensors give way to the contract's names
             _rename(g, name, RENAMED + name)
-    rec_in, rec_emb, tap = (RENAMED + n if n in _contract_names() else n for n in (rec_in, rec_emb, tap))
+    rec_in, rec_emb, tap = (grafted_name(n) for n in (rec_in, rec_emb, tap))
     del g.input[:]
     del g.output[:]
     del g.value_info[:]
@@ -129,3 +129,8 @@ def graft(model: onnx.ModelProto, manifest: RecogniserManifest, head: QualityHea
 
 def _contract_names() -> tuple[str, ...]:
     return (contract.INPUT_NAME, contract.EMBEDDING_NAME, contract.QUALITY_NAME)
+
+
+def grafted_name(name: str) -> str:
+    """What the recogniser's tensor ``name`` is called inside the grafted graph (contract names give way)."""
+    return RENAMED + name if name in _contract_names() else name

@@ -177,8 +177,8 @@ def _check_outputs(embedding: np.ndarray, quality: np.ndarray, batch: int, spec:
         raise OnnxContractError(f"{path}: quality outside [0, 1] ({quality.min():.4f}..{quality.max():.4f})")
 
 
-def onnx_session(path: str | Path, threads: int = 0, spinning: bool = True):
-    """An onnxruntime CPU session; ``threads`` = 0 lets onnxruntime use every core.
+def onnx_session(path: str | Path | bytes, threads: int = 0, spinning: bool = True):
+    """An onnxruntime CPU session of a file (or a serialised model); ``threads`` = 0 lets onnxruntime use every core.
 
     ``spinning`` (onnxruntime's default) lets idle intra-op threads busy-wait for the next operator.
     """
@@ -188,7 +188,8 @@ def onnx_session(path: str | Path, threads: int = 0, spinning: bool = True):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
