@@ -89,6 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--original", default=ORIGINAL, help="the pretrained recogniser as shipped")
     parser.add_argument("--grafted", type=Path, help="the BYOR served model (default: the demo's cached build)")
+    parser.add_argument("--imported", type=Path, help="the imported recogniser.onnx (default: found beside it)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="onnxruntime intra-op threads, all sides")
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per phase and batch size")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every phase")
@@ -98,7 +99,10 @@ def main() -> None:
     if grafted is None or not grafted.is_file():
         parser.error("no BYOR model: pass --grafted FILE.onnx or build the demo's (./scripts/demo.sh)")
     original = paths.resolve(args.original)
-    imported = grafted.parent / "recogniser" / "recogniser.onnx"
+    # the demo's build keeps the imported recogniser in recogniser/; `eqface byor export` users often beside the model
+    candidates = [args.imported] if args.imported else []
+    candidates += [grafted.parent / "recogniser" / "recogniser.onnx", grafted.parent / "recogniser.onnx"]
+    imported = next((c for c in candidates if c.is_file()), candidates[0])
 
     faces = pack_faces("shared:celeba_wild_subset_rgb112.npz", (112, 112), count=max(BATCHES))
     x_contract = contract.preprocess(list(faces), (112, 112))

@@ -160,6 +160,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing(tiny_model, tmp_path):
         "1",
         "--faces",
         "synthetic",
+        "--no-clip",  # the camera clip has its own test (tests/test_camera_clip.py)
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr

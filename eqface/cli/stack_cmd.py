@@ -123,6 +123,7 @@ def _add_stack_options(p: argparse.ArgumentParser, default_state: Path) -> None:
     p.add_argument("--prometheus-port", type=int, default=0, help="Prometheus port (0: a free one)")
     p.add_argument("--no-prometheus", action="store_true", help="run without Prometheus even when installed")
     p.add_argument("--scrape-interval", type=float, default=5.0, help="Prometheus scrape/evaluation interval, s")
+    p.add_argument("--triton-timeout", type=float, default=30.0, help="the aggregator's deadline per Triton call, s")
 
 
 def _stack_config(args: argparse.Namespace, fresh: bool):
@@ -139,6 +140,7 @@ def _stack_config(args: argparse.Namespace, fresh: bool):
         prometheus_port=args.prometheus_port,
         prometheus=not args.no_prometheus,
         scrape_interval_s=args.scrape_interval,
+        triton_timeout_s=args.triton_timeout,
         fresh_store=fresh,
     )
 
