@@ -5,6 +5,7 @@ commands' own tests' subject; here its three commands are checked for the settin
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,14 @@ def test_only_a_complete_build_is_reused(build, tmp_path):
     assert cached_model(runs, build) == folder / byor_model.MODEL_FILE
     lines: list[str] = []
     assert ensure_model(runs, build, out=lines.append) == folder / byor_model.MODEL_FILE
-    assert "reusing" in lines[-1] and "--rebuild" in lines[-1]
+    assert "reusing" in lines[0] and "--rebuild" in lines[0]
+    assert "no Step 2 report" in lines[1]
+    step2 = folder / byor_model.IMPORT_DIR / "step2"
+    step2.mkdir()
+    held_out = {"identities": 40, "faces": 710, "accuracy_10fold": 0.9507, "auc": 0.9773, "tar_at_far_1e3": 0.851}
+    held_out |= {"pauc_quality": 0.0196, "pauc_embedding_norm": 0.0207, "pauc_random": 0.0306}
+    (step2 / "step2.json").write_text(json.dumps({"held_out": held_out}))
+    assert "verification accuracy 0.951" in byor_model.held_out_line(folder)
     assert cached_model(runs, dataclasses.replace(build, views=2)) is None  # another setting: another folder
 
 

@@ -99,6 +99,7 @@ def ensure_model(runs_dir: Path, build: ByorBuild = ByorBuild(), rebuild: bool =
         shutil.rmtree(folder)
     if (folder / BUILD_FILE).is_file():
         out(f"model: reusing the BYOR build {folder} (--rebuild builds it again)")
+        out(held_out_line(folder))
         return folder / MODEL_FILE
     out(
         f"building the model by the bring-your-own-recogniser path into {folder} (once; a few minutes on 2 cores):\n"
@@ -116,4 +117,18 @@ def ensure_model(runs_dir: Path, build: ByorBuild = ByorBuild(), rebuild: bool =
     record = {"settings": asdict(build), "key": folder.name, "wall_s": timings}
     (folder / BUILD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     out(f"built {folder / MODEL_FILE} in {sum(timings.values()):.0f} s ({timings})")
+    out(held_out_line(folder))
     return folder / MODEL_FILE
+
+
+def held_out_line(folder: Path) -> str:
+    """One line from Step 2's report: how the recogniser and its quality do on the held-out identities."""
+    try:
+        h = json.loads((folder / IMPORT_DIR / "step2" / "step2.json").read_text())["held_out"]
+    except (FileNotFoundError, KeyError, ValueError):
+        return "  (no Step 2 report with held-out figures in this build)"
+    return (
+        f"  held out ({h['identities']} identities, {h['faces']} faces, never seen by Step 2): verification accuracy "
+        f"{h['accuracy_10fold']:.3f}, AUC {h['auc']:.4f}, TAR@FAR 1e-3 {h['tar_at_far_1e3']:.3f}; EDC pAUC quality "
+        f"{h['pauc_quality']:.4f} vs embedding norm {h['pauc_embedding_norm']:.4f} vs random {h['pauc_random']:.4f}"
+    )
