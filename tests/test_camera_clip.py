@@ -15,7 +15,7 @@ from eqface.camera.video import open_video
 from eqface.data.decode import decode_image
 from eqface.stack.demo import DemoOptions, build_subjects
 from tests.test_camera import mtcnn_weights  # noqa: F401 (a fixture: the default detector's weights, installed)
-from tests.test_stack import assert_all_gone, eqface_cli
+from tests.test_stack import assert_all_gone, eqface_cli, tiny_model  # noqa: F401 (a fixture: the tiny served model)
 
 SPEC = ClipSpec(frames_per_person=12, gap_frames=3, photo_every=4, seed=3)
 
@@ -116,12 +116,12 @@ def test_demo_streams_the_clip_through_the_camera_client(tiny_model, shared_data
         "celeba",
         "--no-prometheus",
         "--clip-frames",
-        "12",
+        "20",
         timeout=600,
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    assert "camera clip:" in out and "people.mp4 (45 frames at 10 fps, 640×360" in out, out
+    assert "camera clip:" in out and "people.mp4 (72 frames at 10 fps, 640×360" in out, out
     summary = json.loads((state_dir / "clip" / "stream" / "summary.json").read_text())
     truth = json.loads((state_dir / "clip" / "people.mp4.json").read_text())
     people = [a["identity"] for a in truth["appearances"]]
