@@ -160,6 +160,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing(tiny_model, tmp_path):
         "1",
         "--faces",
         "synthetic",
+        "--no-clip",  # the camera clip has its own test (tests/test_camera_clip.py)
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
@@ -299,7 +300,7 @@ def test_faces_dir_follows_the_shared_data_folder(tmp_path, monkeypatch):
 def test_resolve_refuses_a_missing_model_and_an_unknown_trainer(tmp_path):
     with pytest.raises(FileNotFoundError, match="model not found"):
         stack_model.resolve(tmp_path / "none.onnx", tmp_path / "runs", tmp_path / "state")
-    with pytest.raises(ValueError, match="valid: train, pipeline"):
+    with pytest.raises(ValueError, match="valid: byor, train, pipeline"):
         stack_model.resolve(None, tmp_path / "runs", tmp_path / "state", train_with="kfp")
 
 

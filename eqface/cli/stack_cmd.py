@@ -23,13 +23,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     demo = stack.add_parser(
         "demo",
         help="start the stack, stream a demo video of several subjects, print what happens, stop",
-        description="Brings up the stack (reusing the newest trained model, else training the demo preset), "
-        "enrolls a gallery, streams a video of several subjects with some frames degraded, prints each subject's "
-        "quality, QWFA decision and identification as the answers come, then a summary and what Prometheus saw. "
-        "Ctrl-C stops everything cleanly at any point.",
+        description="Brings up the stack (by default on the model built once by the bring-your-own-recogniser "
+        "path from the shared pretrained recogniser and the CelebA pack, then reused), enrolls a gallery of "
+        "held-out identities, streams their faces with some frames degraded, prints each subject's quality, QWFA "
+        "decision and identification as the answers come, then streams a real video clip of the same people "
+        "through the camera client and scores each track, then a summary and what Prometheus saw. Ctrl-C stops "
+        "everything cleanly at any point.",
     )
     _add_stack_options(demo, default_state=DEFAULT_RUNS / "stack-demo")
     _add_video_options(demo)
+    demo.add_argument(
+        "--no-clip", action="store_true", help="skip the camera clip (detect, align, track) after the image stream"
+    )
+    demo.add_argument("--clip-frames", type=int, default=30, help="camera clip: frames per person crossing the scene")
     demo.set_defaults(func=run_demo)
     stream = stack.add_parser(
         "stream",
@@ -62,7 +68,10 @@ def _add_video_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--visitors", type=int, default=1, help="subjects in the video who are not enrolled")
     p.add_argument("--frames", type=int, default=16, help="frames per subject")
     p.add_argument(
-        "--degraded", type=float, default=0.4, help="share of frames degraded (blur, low resolution, noise, occlusion)"
+        "--degraded",
+        type=float,
+        default=0.4,
+        help="share of frames degraded (held-out families: JPEG, motion blur, exposure, rescale)",
     )
     p.add_argument("--fps", type=float, default=4.0, help="video ticks per second (one frame per subject each)")
     p.add_argument("--match-threshold", type=float, default=0.5, help="cosine below which a match is unknown")
@@ -71,7 +80,7 @@ def _add_video_options(p: argparse.ArgumentParser) -> None:
         choices=("auto", "celeba", "synthetic"),  # eqface.stack.demo.FACES
         default="auto",
         help="auto: real CelebA faces when ../shared/data has them and the model was not trained on "
-        "synthetic faces only; synthetic otherwise",
+        "synthetic faces only, synthetic otherwise (with --train-with byor: real faces or an error)",
     )
 
 
@@ -92,30 +101,33 @@ def _add_stack_options(p: argparse.ArgumentParser, default_state: Path) -> None:
     p.add_argument(
         "--model",
         type=Path,
-        help="model.pt, .onnx or a local-variant model repository (default: the "
-        "newest runs/*/model.pt or runs/kfp-local/model_repository, else train --preset demo)",
+        help="model.pt, .onnx or a local-variant model repository (default: the BYOR build, see --train-with)",
     )
     p.add_argument("--runs", type=Path, default=DEFAULT_RUNS, help="where to look for (and train) a model")
     p.add_argument("--train-preset", default="demo", help="preset to train when no model exists")
     p.add_argument(
         "--train-with",
-        choices=("train", "pipeline"),
-        default="train",
-        help="when no model exists: `eqface train` (fast) or the whole Kubeflow pipeline run locally "
-        "(`eqface pipeline run-local`: train, evaluate, export, deploy into runs/kfp-local)",
+        choices=("byor", "train", "pipeline"),  # eqface.stack.model.TRAIN_WITH
+        default="byor",
+        help="byor: the model built once (cached in RUNS/byor-demo/<hash of its inputs>) by import-onnx → byor "
+        "step2 → byor export from ../shared/data/weights/mobilefacenet_photo_analyze.onnx and the CelebA pack; "
+        "train / pipeline: the newest runs/*/model.pt or runs/kfp-local/model_repository, else `eqface train "
+        "--preset TRAIN_PRESET` or the whole Kubeflow pipeline run locally (`eqface pipeline run-local`)",
     )
+    p.add_argument("--rebuild", action="store_true", help="byor: build the model again even when cached")
     p.add_argument("--state-dir", type=Path, default=default_state, help="model repository, store, logs, state")
     p.add_argument("--aggregator-port", type=int, default=0, help="aggregator gRPC port (0: a free one)")
     p.add_argument("--prometheus-port", type=int, default=0, help="Prometheus port (0: a free one)")
     p.add_argument("--no-prometheus", action="store_true", help="run without Prometheus even when installed")
     p.add_argument("--scrape-interval", type=float, default=5.0, help="Prometheus scrape/evaluation interval, s")
+    p.add_argument("--triton-timeout", type=float, default=30.0, help="the aggregator's deadline per Triton call, s")
 
 
 def _stack_config(args: argparse.Namespace, fresh: bool):
     from eqface.stack.model import resolve
     from eqface.stack.stack import StackConfig
 
-    served = resolve(args.model, args.runs, args.state_dir, args.train_with, args.train_preset)
+    served = resolve(args.model, args.runs, args.state_dir, args.train_with, args.train_preset, args.rebuild)
     h, w = served.image_size
     _print(f"model: {served.origin} (input {h}×{w}, embedding {served.embedding_size})")
     return StackConfig(
@@ -125,6 +137,7 @@ def _stack_config(args: argparse.Namespace, fresh: bool):
         prometheus_port=args.prometheus_port,
         prometheus=not args.no_prometheus,
         scrape_interval_s=args.scrape_interval,
+        triton_timeout_s=args.triton_timeout,
         fresh_store=fresh,
     )
 
@@ -139,9 +152,15 @@ def run_demo(args: argparse.Namespace) -> int:
 
     options = _video_options(args)
     config = _stack_config(args, fresh=True)
-    subjects, source = build_subjects(options, faces_dir(args.faces, config.model.trained_on, out=_print))
+    # the BYOR model is built from the CelebA pack: real faces or a clear error, never a silent synthetic fallback
+    faces = "celeba" if args.train_with == "byor" and args.faces == "auto" else args.faces
+    subjects, source = build_subjects(options, faces_dir(faces, config.model.trained_on, out=_print))
     _print(f"video: {len(subjects)} subjects × {options.frames} frames, {source}")
-    return run(config, subjects, options, out=_print)
+    from eqface.camera.clip import ClipSpec
+
+    clip_dir = None if args.no_clip else args.state_dir / "clip"
+    clip_spec = ClipSpec(frames_per_person=args.clip_frames, photo_every=max(1, args.clip_frames // 3))
+    return run(config, subjects, options, out=_print, clip_dir=clip_dir, clip_spec=clip_spec)
 
 
 def run_stream(args: argparse.Namespace) -> int:

@@ -1,8 +1,11 @@
 """The demo "video": several subjects in front of cameras, some frames degraded, streamed to the aggregator of a running
 stack; prints each subject's evolving quality, QWFA decision and identification, then a summary.
 
-Faces are real when the CelebA pack is present (identities from the end of the pack, which every preset holds out of
-training), synthetic otherwise. Known subjects are enrolled first from a few clean images; one visitor is not.
+Faces are real when the CelebA pack is present (identities among the pack's last ``held_out`` labels, which every
+preset and the BYOR Step 2 hold out of training), synthetic otherwise (tests). Known subjects are enrolled first from a
+few clean images; one visitor is not. Degraded frames use the held-out families of ``eqface.eval.conditions`` (JPEG,
+motion blur, exposure, rescale), never the training augmentation. Each subject keeps a few more photos for the camera
+clip (``eqface.stack.clip_demo``).
 """
 
 from __future__ import annotations
@@ -16,15 +19,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from eqface import paths
-from eqface.data.augment import degrade
 from eqface.data.decode import decode_image
 from eqface.data.image_ops import encode_image
+from eqface.eval import conditions
 
 if TYPE_CHECKING:
     from eqface.service.client import AggregatorClient
 
 CELEBA_PACK = "celeba_wild_subset_rgb112.npz"
-DEGRADATIONS = ("blur", "resolution", "noise", "occlusion")
+DEGRADATIONS = ("jpeg", "motion_blur", "exposure", "rescale")  # held-out families (eqface.eval.conditions)
 ENROLL_IMAGES = 3
 
 
@@ -43,6 +46,7 @@ class Subject:
     display_name: str
     enroll_images: list[bytes]
     frames: list[Frame]
+    clip_images: list[bytes] = field(default_factory=list)  # photos for the camera clip, used nowhere else
     results: list[tuple[str, float, bool]] = field(default_factory=list)  # (status, quality, degraded)
     top_match: tuple[str, float] | None = None
 
@@ -56,6 +60,8 @@ class DemoOptions:
     fps: float = 4.0  # ticks per second; each tick carries one frame of every subject
     match_threshold: float = 0.5  # below it the best gallery match is reported as "unknown"
     seed: int = 0
+    clip_photos: int = 3  # photos per subject kept for the camera clip
+    held_out: int = 40  # the pack's last labels every model here was trained without (DEFAULT_EVAL_IDENTITIES)
 
 
 # ------------------------------------------------------------------------------------------------ faces
@@ -101,7 +107,10 @@ def build_subjects(options: DemoOptions, data_dir: Path | None, prefix: str = ""
     subjects = []
     for i, (name, images) in enumerate(people):
         known = i < options.known
-        frames = [_frame(img, options.degraded_fraction, rng) for img in images[ENROLL_IMAGES:]]
+        frames = [
+            _frame(img, options.degraded_fraction, rng)
+            for img in images[ENROLL_IMAGES : ENROLL_IMAGES + options.frames]
+        ]
         subjects.append(
             Subject(
                 subject_id=f"{prefix}cam{1 + i % 2}/track-{i + 1:02d}",
@@ -109,6 +118,7 @@ def build_subjects(options: DemoOptions, data_dir: Path | None, prefix: str = ""
                 display_name=name if known else f"visitor ({name})",
                 enroll_images=images[:ENROLL_IMAGES] if known else [],
                 frames=frames,
+                clip_images=images[ENROLL_IMAGES + options.frames :],
             )
         )
     return subjects, source
@@ -118,12 +128,17 @@ def _celeba_people(pack: Path, options: DemoOptions, rng: np.random.Generator) -
     with np.load(pack) as npz:
         data, offsets = npz["jpeg_bytes"], npz["jpeg_offsets"]
         identity, celeba_id, faces = npz["identity"], npz["celeba_identity"], npz["n_faces_detected"]
-    need = ENROLL_IMAGES + options.frames
-    # the last identities are every preset's held-out ones (eqface.data.split_identities); one face per photo only
-    usable = [int(i) for i in np.unique(identity)[::-1] if np.sum((identity == i) & (faces == 1)) >= need]
+    need = ENROLL_IMAGES + options.frames + options.clip_photos
+    # the last labels are every preset's and the BYOR Step 2's held-out identities (eqface.data.split_identities,
+    # eqface.byor DEFAULT_EVAL_IDENTITIES); one face per photo only
+    held_out = np.unique(identity)[::-1][: options.held_out]
+    usable = [int(i) for i in held_out if np.sum((identity == i) & (faces == 1)) >= need]
     chosen = usable[: options.known + options.visitors]
     if len(chosen) < options.known + options.visitors:
-        raise ValueError(f"{pack} has only {len(chosen)} identities with {need} single-face images")
+        raise ValueError(
+            f"{pack}: only {len(chosen)} of its {options.held_out} held-out identities have {need} single-face "
+            f"images ({options.known + options.visitors} needed); ask for fewer --frames or subjects"
+        )
     people = []
     for ident in chosen:
         idx = np.flatnonzero((identity == ident) & (faces == 1))[:need]
@@ -138,7 +153,8 @@ def _synthetic_people(options: DemoOptions, rng: np.random.Generator) -> list[tu
     people = []
     for i in range(options.known + options.visitors):
         proto = identity_prototype(np.random.default_rng([options.seed, 7000 + i]), (112, 112))  # unseen in training
-        images = [encode_image(render_sample(proto, rng), quality=92) for _ in range(ENROLL_IMAGES + options.frames)]
+        count = ENROLL_IMAGES + options.frames + options.clip_photos
+        images = [encode_image(render_sample(proto, rng), quality=92) for _ in range(count)]
         people.append((f"synthetic-{i + 1:02d}", images))
     return people
 
@@ -147,9 +163,8 @@ def _frame(image: bytes, degraded_fraction: float, rng: np.random.Generator) -> 
     if rng.random() >= degraded_fraction:
         return Frame(image, "clean")
     kind = DEGRADATIONS[rng.integers(len(DEGRADATIONS))]
-    strength = float(rng.uniform(0.6, 1.0))
-    degraded = degrade(decode_image(image, "demo frame"), kind, strength, rng)
-    return Frame(encode_image(degraded, quality=90), f"{kind} {strength:.1f}")
+    degraded = conditions.apply(decode_image(image, "demo frame"), kind, rng)
+    return Frame(encode_image(degraded, quality=90), kind)
 
 
 # ------------------------------------------------------------------------------------------------ streaming

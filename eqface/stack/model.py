@@ -82,13 +82,27 @@ def run_local_pipeline(runs_dir: Path, preset: str = "demo") -> Path:
     return repository
 
 
+TRAIN_WITH = ("byor", "train", "pipeline")
+
+
 def resolve(
-    model: Path | None, runs_dir: Path, state_dir: Path, train_with: str = "train", preset: str = "demo"
+    model: Path | None,
+    runs_dir: Path,
+    state_dir: Path,
+    train_with: str = "train",
+    preset: str = "demo",
+    rebuild: bool = False,
 ) -> ServedModel:
-    """The model to serve prepared in ``state_dir``: ``model`` when given, else the newest one under ``runs_dir``,
+    """The model to serve prepared in ``state_dir``: ``model`` when given; with ``train_with="byor"`` the main job's
+    model built (once, cached by its inputs) by the bring-your-own-recogniser path from the shared pretrained
+    recogniser (``eqface.stack.byor_model``; ``rebuild`` builds it again); else the newest one under ``runs_dir``,
     else one trained now on ``preset`` by ``eqface train`` (``train_with="train"``) or the local pipeline."""
-    if train_with not in ("train", "pipeline"):
-        raise ValueError(f"unknown train_with {train_with!r}; valid: train, pipeline")
+    if train_with not in TRAIN_WITH:
+        raise ValueError(f"unknown train_with {train_with!r}; valid: {', '.join(TRAIN_WITH)}")
+    if model is None and train_with == "byor":
+        from eqface.stack.byor_model import ensure_model
+
+        model = ensure_model(runs_dir, rebuild=rebuild)
     if model is None:
         model = find_existing(runs_dir)
     if model is None and train_with == "pipeline":

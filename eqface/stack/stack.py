@@ -38,6 +38,9 @@ class StackConfig:
     fresh_store: bool = False  # start from an empty SQLite store (the demo); `up` keeps subjects and gallery
     active_window_s: float = 60.0
     startup_timeout_s: float = 120.0
+    # the aggregator's deadline per Triton call: the local stack shares its CPU with everything else on the machine
+    # (the service's own default, 2 s, is for a dedicated server)
+    triton_timeout_s: float = 30.0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -132,6 +135,7 @@ class LocalStack:
             f"--metrics-port={metrics_port}",
             f"--store=sqlite:///{store.resolve()}",
             f"--triton-url={e.triton_grpc}",
+            f"--triton-timeout={c.triton_timeout_s:g}",
             f"--embedding-dim={c.model.embedding_size}",
             f"--active-window={c.active_window_s:g}",
         ]
