@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +278,41 @@ def _compare(split: SplitResult, fars: Sequence[float], seed: int) -> dict[str, 
     return out
 
 
+def evaluate_family(
+    ref: ModelRef,
+    images: Sequence[np.ndarray],
+    labels: np.ndarray,
+    clean: Embeddings,
+    subsets: Sequence[np.ndarray],
+    cfg: DrawSettings,
+    repeats: int,
+    fars: Sequence[float],
+    select_far: float,
+    given: tuple[float, float] | None,
+) -> tuple[dict[str, Any], SplitResult]:
+    """The sweep on the validation images (``subsets[0]``), then the chosen pair on the test images only."""
+
+    def run(split: int, variants: dict[str, Variant]) -> SplitResult:
+        idx = subsets[split]
+        return evaluate_split(
+            ref,
+            [images[i] for i in idx],
+            labels[idx],
+            clean.take(idx),
+            replace(cfg, split=split),
+            variants,
+            repeats,
+            fars,
+            select_far,
+        )
+
+    validation = run(0, sweep_variants())
+    chosen = choose_pair(validation.figures["results"], validation.figures["merged_fraction"], select_far)
+    test = run(1, reported_variants(chosen, given))  # the test split is evaluated after the choice, never before
+    test.figures["comparisons"] = _compare(test, fars, cfg.seed)
+    return {"chosen": chosen, "validation": validation.figures, "test": test.figures}, test
+
+
 def run_e4(
     ref: ModelRef,
     images: Sequence[np.ndarray],
@@ -307,21 +342,10 @@ def run_e4(
     subsets = [np.flatnonzero(np.isin(labels, ids)) for ids in (val_ids, test_ids)]
     by_family, curves = {}, {}
     for family in families:
-        splits = []
-        for split, idx in enumerate(subsets):
-            cfg = DrawSettings(family, split, refs, queries, degrade_p, strength, seed)
-            if split == 0:
-                variants = sweep_variants()
-            else:
-                chosen = choose_pair(splits[0].figures["results"], splits[0].figures["merged_fraction"], select_far)
-                variants = reported_variants(chosen, given)
-            sub_images = [images[i] for i in idx]
-            splits.append(
-                evaluate_split(ref, sub_images, labels[idx], clean.take(idx), cfg, variants, repeats, fars, select_far)
-            )
-        validation, test = splits
-        test.figures["comparisons"] = _compare(test, fars, seed)
-        by_family[family] = {"chosen": chosen, "validation": validation.figures, "test": test.figures}
+        cfg = DrawSettings(family, 0, refs, queries, degrade_p, strength, seed)
+        by_family[family], test = evaluate_family(
+            ref, images, labels, clean, subsets, cfg, repeats, fars, select_far, given
+        )
         curves[family] = (test.pooled, test.issame)
     report.figures.update(
         {
