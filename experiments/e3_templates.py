@@ -429,7 +429,10 @@ def _write_paper(report: Report, fars: Sequence[float]) -> None:
                 for x in fars
             ]
         rows.append([m, *cells])
-    report.text("Ours: TAR difference from the plain mean, points (CelebA held-out identities, 5-frame templates):")
+    report.text(
+        "Ours: TAR difference from the plain mean, points (CelebA held-out identities, "
+        f"{f['frames_per_template']}-frame templates):"
+    )
     report.table(["method", *(f"{fam} {fmt_far(x)}" for fam in f["families"] for x in fars)], rows)
     report.text(
         "Reading: the paper's gains from quality aggregation on real video are fractions of a point (largest at "
