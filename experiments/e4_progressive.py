@@ -259,11 +259,12 @@ def evaluate_split(
 
 def comparison_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
     """(a, b) test rows reported as b − a: chosen, paper and given pairs against no fusion, the chosen pair against
-    the paper's, quality weighting within ungated fusion, and the strict seed against the re-seeding one."""
+    the paper's and against fusion without quality (what quality adds), quality weighting within ungated fusion, and
+    the strict seed against the re-seeding one."""
     chosen = next(n for n in names if n.startswith(CHOSEN_PREFIX))
     given = [n for n in names if n.startswith(GIVEN_PREFIX)]
     pairs = [(BASELINE, chosen), (BASELINE, paper_name()), (paper_name(), chosen)]
-    pairs += [(BASELINE, g) for g in given] + [(RUNNING_MEAN, NO_GATES), (paper_name(), STRICT)]
+    pairs += [(BASELINE, g) for g in given] + [(RUNNING_MEAN, chosen), (RUNNING_MEAN, NO_GATES), (paper_name(), STRICT)]
     return pairs
 
 

@@ -180,6 +180,7 @@ def test_e4_progressive_chooses_on_validation_identities_and_reports_on_disjoint
         }
         assert fig["chosen"] == choose_pair(val_results, val["merged_fraction"], 1e-1)
         assert f"{chosen_name(fig['chosen'])} vs {BASELINE}" in test["comparisons"]
+        assert f"{chosen_name(fig['chosen'])} vs {RUNNING_MEAN}" in test["comparisons"]  # what quality adds
         assert f"## {FAMILY_LABELS[family]} — validation identities" in report
         assert f"## {FAMILY_LABELS[family]} — test identities" in report
     assert f"## {SECTION}" in report and "f_th = 0.5, and s_th = 0.3" in report
