@@ -1,7 +1,14 @@
-"""Video-like frames for E3/E4: real faces, some of them hit by a seeded realistic degradation, embedded once.
+"""Video-like frames for E3/E4: real faces, some of them hit by a seeded degradation of one family, embedded once.
 
-A frame is (image index, degradation kind or clean, strength). Clean frames reuse the cached clean embeddings; only the
-degraded frames of a draw are embedded, so a repeat costs one forward pass per degraded frame.
+Two degradation families, always reported apart:
+
+- ``training``: ``eqface.data.augment.degrade`` (resolution, blur, noise, occlusion), the generator and ranges that
+  Step 2 trained the quality branch on (``quality_augment``); a gain here can be in-distribution artefact detection.
+- ``held_out``: ``eqface.eval.conditions`` (JPEG, motion blur, exposure, rescale, misalign), which no training code
+  generates; a gain here is evidence that the quality predicts recognition errors it never saw.
+
+A frame is (image index, kind within the family or clean, strength). Clean frames reuse the cached clean embeddings;
+only the degraded frames of a draw are embedded, so a repeat costs one forward pass per degraded frame.
 """
 
 from __future__ import annotations
@@ -13,30 +20,71 @@ import numpy as np
 
 from eqface import contract
 from eqface.data.augment import degrade
+from eqface.eval import conditions
 from experiments.common import Embeddings, ModelRef, embed_images
 
-KINDS = ("resolution", "blur", "noise", "occlusion")  # the degradations a camera stream typically shows
+TRAINING = "training"
+HELD_OUT = "held_out"
+FAMILIES: dict[str, tuple[str, ...]] = {
+    TRAINING: ("resolution", "blur", "noise", "occlusion"),  # the kinds of `degrade` a camera stream typically shows
+    HELD_OUT: tuple(conditions.FAMILIES),
+}
+FAMILY_LABELS = {
+    TRAINING: "training-distribution degradations (the generator Step 2 trained on)",
+    HELD_OUT: "held-out degradations (`eqface.eval.conditions`; no training code generates them)",
+}
+FAMILY_SOURCES = {
+    TRAINING: "`eqface.data.augment.degrade` at a strength uniform in the given range",
+    HELD_OUT: "`eqface.eval.conditions.apply`, each family drawing its own strength within its fixed ranges "
+    "(JPEG quality 5–20, motion kernel 7–21 px, gain 1.8–3.0 or gamma 0.25–0.45, Lanczos down to 14–28 px and up, "
+    "a 3–8 px / 3–10° / 4–10 % similarity warp)",
+}
+KINDS = FAMILIES[TRAINING]  # kept for callers that only know the training family
 CLEAN = -1
+
+
+def family_kinds(family: str) -> tuple[str, ...]:
+    """The degradation kinds of ``family``; an unknown family raises ValueError listing the valid ones."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown degradation family {family!r}; valid: {', '.join(FAMILIES)}")
+    return FAMILIES[family]
 
 
 @dataclass(frozen=True)
 class FrameSpec:
     """Which frames a draw uses and how each was degraded (parallel arrays)."""
 
+    family: str  # a key of FAMILIES
     image_index: np.ndarray  # [F] index into the image set
-    kind: np.ndarray  # [F] index into KINDS, CLEAN (-1) for an untouched frame
-    strength: np.ndarray  # [F] in [0, 1]; 0 for clean frames
+    kind: np.ndarray  # [F] index into family_kinds(family), CLEAN (-1) for an untouched frame
+    strength: np.ndarray  # [F] in [0, 1]; 0 for clean frames; unused by the held-out family (it draws its own)
 
 
 def draw_degradations(
-    image_index: np.ndarray, p: float, strength_range: tuple[float, float], rng: np.random.Generator
+    image_index: np.ndarray,
+    p: float,
+    strength_range: tuple[float, float],
+    rng: np.random.Generator,
+    family: str = TRAINING,
 ) -> FrameSpec:
-    """Each frame is degraded with probability ``p`` by a kind drawn uniformly from KINDS, at a uniform strength."""
+    """Each frame is degraded with probability ``p`` by a kind drawn uniformly from the family, at a uniform strength.
+
+    The hit mask is drawn first, so two families drawn from equally seeded generators degrade the same frames.
+    """
+    kinds = family_kinds(family)
     n = len(image_index)
     hit = rng.random(n) < p
-    kind = np.where(hit, rng.integers(len(KINDS), size=n), CLEAN)
+    kind = np.where(hit, rng.integers(len(kinds), size=n), CLEAN)
     strength = np.where(hit, rng.uniform(*strength_range, size=n), 0.0)
-    return FrameSpec(np.asarray(image_index, dtype=np.int64), kind.astype(np.int64), strength)
+    return FrameSpec(family, np.asarray(image_index, dtype=np.int64), kind.astype(np.int64), strength)
+
+
+def degrade_frame(img: np.ndarray, family: str, kind: int, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """One degraded frame: the common interface over both families (uint8 network-sized RGB in and out)."""
+    name = family_kinds(family)[kind]
+    if family == TRAINING:
+        return degrade(img, name, strength, rng)
+    return conditions.apply(img, name, rng)
 
 
 def embed_frames(
@@ -51,9 +99,10 @@ def embed_frames(
     if len(hit) == 0:
         return out
     frames = [
-        degrade(
+        degrade_frame(
             contract.fit_to_size(images[spec.image_index[k]], ref.image_size),
-            KINDS[spec.kind[k]],
+            spec.family,
+            int(spec.kind[k]),
             float(spec.strength[k]),
             np.random.default_rng([*seed, int(k)]),
         )
@@ -65,10 +114,10 @@ def embed_frames(
     return Embeddings(emb, quality, raw)
 
 
-def quality_by_condition(quality: np.ndarray, kind: np.ndarray) -> dict[str, dict[str, float]]:
-    """Mean/std/count of the quality of clean frames and of each degradation kind."""
+def quality_by_condition(quality: np.ndarray, kind: np.ndarray, family: str = TRAINING) -> dict[str, dict[str, float]]:
+    """Mean/std/count of the quality of clean frames and of each degradation kind of ``family``."""
     out = {}
-    for k, name in [(CLEAN, "clean"), *enumerate(KINDS)]:
+    for k, name in [(CLEAN, "clean"), *enumerate(family_kinds(family))]:
         q = quality[kind == k]
         if q.size:
             out[name] = {"n": int(q.size), "mean": float(q.mean()), "std": float(q.std())}

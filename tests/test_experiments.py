@@ -110,26 +110,124 @@ def test_e2_compares_every_arm_with_the_start_and_qw_with_each_control() -> None
     assert (ARMS["qw"], ARMS["qwdf"]) in pairs
 
 
-def test_e3_templates(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
+def test_e3_templates_reports_both_families_and_the_paper_beside_ours(
+    tiny_model: ModelRef, faces, tmp_path: Path
+) -> None:
+    from experiments.degraded_frames import FAMILY_LABELS, HELD_OUT, TRAINING, family_kinds
     from experiments.e3_templates import run_e3
+    from experiments.paper_claims import SECTION
 
     images, labels = faces
-    figures = run_e3(tiny_model, images, labels, tmp_path, frames=2, repeats=2)
-    stored = _check_outputs(tmp_path, figures, pngs=1)
-    assert stored["templates"] == 2 * 6 * 4
-    assert "| QWFAF, s_th=0.3 |" in stored["table_markdown"] and "n/r" in stored["table_markdown"]
+    figures = run_e3(tiny_model, images, labels, tmp_path, frames=2, repeats=2, qwfaf_th=0.25)
+    stored = _check_outputs(tmp_path, figures, pngs=2)  # one ROC per family
+    report = (tmp_path / "report.md").read_text()
+    assert set(stored["families"]) == {TRAINING, HELD_OUT}
+    for family, fig in stored["families"].items():
+        assert fig["label"] == FAMILY_LABELS[family] and f"## {FAMILY_LABELS[family]} —" in report
+        assert fig["templates"] == 2 * 6 * 4
+        table = fig["table_markdown"]
+        assert "| QWFAF, s_th=0.3 |" in table and "| QWFAF, s_th=0.25 (calibrated) |" in table and "n/r" in table
+        seen = set(fig["quality_by_condition"]) - {"clean"}
+        assert seen and seen <= set(family_kinds(family))  # each family's frames carry its own kinds only
+    assert set(stored["held_out_verdict"]["QWFA"]) == {TRAINING, HELD_OUT}
+    assert f"## {SECTION}" in report and "98.18" in report and "90.22" in report  # YTF and IJB-C figures quoted
+    assert "training-distribution degradations (the generator Step 2 trained on)" in report
 
 
-def test_e4_progressive(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
-    from experiments.e4_progressive import F_THS, S_THS, run_e4
+def test_e4_progressive_chooses_on_validation_identities_and_reports_on_disjoint_test_ones(
+    tiny_model: ModelRef, faces, tmp_path: Path
+) -> None:
+    from experiments.degraded_frames import FAMILY_LABELS, HELD_OUT, TRAINING
+    from experiments.e4_progressive import choose_pair, run_e4, sweep_variants
+    from experiments.e4_rows import (
+        BASELINE,
+        NO_GATES,
+        RUNNING_MEAN,
+        STRICT,
+        chosen_name,
+        given_name,
+        paper_name,
+    )
+    from experiments.paper_claims import SECTION
 
     images, labels = faces
     figures = run_e4(
-        tiny_model, images, labels, tmp_path, refs=2, queries=3, repeats=2, fars=(1e-2, 1e-1), select_far=1e-1
+        tiny_model,
+        images,
+        labels,
+        tmp_path,
+        refs=2,
+        queries=3,
+        repeats=2,
+        fars=(1e-2, 1e-1),
+        select_far=1e-1,
+        given=(0.4, 0.25),
     )
-    stored = _check_outputs(tmp_path, figures, pngs=1)
-    assert len(stored["results"]) == 1 + len(F_THS) * len(S_THS) + 3
-    assert stored["best_by_tar"].startswith("f_th=")
+    stored = _check_outputs(tmp_path, figures, pngs=2)  # one test ROC per family
+    report = (tmp_path / "report.md").read_text()
+    val_ids, test_ids = set(stored["split"]["validation_ids"]), set(stored["split"]["test_ids"])
+    assert val_ids and test_ids and not val_ids & test_ids and val_ids | test_ids == set(labels.tolist())
+    assert set(stored["families"]) == {TRAINING, HELD_OUT}
+    for family, fig in stored["families"].items():
+        val, test = fig["validation"], fig["test"]
+        assert set(val["identities"]) == val_ids and set(test["identities"]) == test_ids
+        assert set(val["results"]) == {BASELINE, *sweep_variants()}  # the sweep runs on validation only
+        expected = {BASELINE, chosen_name(fig["chosen"]), paper_name(), given_name(0.4, 0.25)}
+        assert set(test["results"]) == expected | {NO_GATES, RUNNING_MEAN, STRICT}
+        val_results = {
+            n: {"tar_at_far": {float(k): v for k, v in r["tar_at_far"].items()}, "auc": r["auc"]}
+            for n, r in val["results"].items()
+        }
+        assert fig["chosen"] == choose_pair(val_results, val["merged_fraction"], 1e-1)
+        assert f"{chosen_name(fig['chosen'])} vs {BASELINE}" in test["comparisons"]
+        assert f"{chosen_name(fig['chosen'])} vs {RUNNING_MEAN}" in test["comparisons"]  # what quality adds
+        assert f"## {FAMILY_LABELS[family]} — validation identities" in report
+        assert f"## {FAMILY_LABELS[family]} — test identities" in report
+    assert f"## {SECTION}" in report and "f_th = 0.5, and s_th = 0.3" in report
+
+
+def test_e4_choice_breaks_ties_by_fewer_fusions_and_ranks_unreachable_last() -> None:
+    from experiments.e4_progressive import choose_pair, sweep_variants
+
+    names = list(sweep_variants())
+    results = {n: {"tar_at_far": {1e-3: 0.5}, "auc": 0.9} for n in names}
+    merged = {n: 0.5 for n in names}
+    results[names[0]]["tar_at_far"][1e-3] = None  # unreachable: never chosen over a reachable TAR
+    results[names[1]]["auc"] = 0.99  # higher AUC but merges more …
+    merged[names[1]] = 0.6
+    merged[names[2]] = 0.1  # … than the pair that fuses the fewest frames at equal TAR
+    assert choose_pair(results, merged, 1e-3) == names[2]
+    results[names[3]]["tar_at_far"][1e-3] = 0.51
+    assert choose_pair(results, merged, 1e-3) == names[3]
+
+
+def test_e4_identity_split_is_disjoint_seeded_and_needs_four_identities() -> None:
+    from experiments.e4_progressive import split_identities
+
+    labels = np.repeat(np.arange(10), 3)
+    val, test = split_identities(labels, 0.5, np.random.default_rng(7))
+    assert len(val) == len(test) == 5 and not set(val) & set(test) and set(val) | set(test) == set(range(10))
+    again = split_identities(labels, 0.5, np.random.default_rng(7))
+    assert np.array_equal(val, again[0]) and np.array_equal(test, again[1])
+    with pytest.raises(ValueError, match="at least 4 identities"):
+        split_identities(np.repeat(np.arange(3), 2), 0.5, np.random.default_rng(0))
+
+
+def test_degraded_frames_draw_the_same_frames_in_both_families_and_degrade_them_differently() -> None:
+    from eqface.eval import conditions
+    from experiments.degraded_frames import CLEAN, HELD_OUT, TRAINING, degrade_frame, draw_degradations, family_kinds
+
+    idx = np.arange(200)
+    train = draw_degradations(idx, 0.5, (0.4, 1.0), np.random.default_rng(3), TRAINING)
+    held = draw_degradations(idx, 0.5, (0.4, 1.0), np.random.default_rng(3), HELD_OUT)
+    assert np.array_equal(train.kind == CLEAN, held.kind == CLEAN) and (held.kind != CLEAN).any()
+    assert set(held.kind[held.kind != CLEAN]) == set(range(len(family_kinds(HELD_OUT))))
+    img = np.random.default_rng(0).integers(0, 256, (112, 96, 3), dtype=np.uint8)
+    jpeg = family_kinds(HELD_OUT).index("jpeg")
+    out = degrade_frame(img, HELD_OUT, jpeg, 0.0, np.random.default_rng(1))
+    assert np.array_equal(out, conditions.apply(img, "jpeg", np.random.default_rng(1))) and not np.array_equal(out, img)
+    with pytest.raises(ValueError, match="unknown degradation family"):
+        draw_degradations(idx, 0.5, (0.4, 1.0), np.random.default_rng(3), "camera")
 
 
 def test_fig4_quality_grid(tiny_model: ModelRef, faces, tmp_path: Path) -> None:
