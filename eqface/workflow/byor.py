@@ -245,7 +245,7 @@ def evaluate_step(
     from eqface.contract import fit_to_size
     from eqface.eval.roc import roc_curve
     from eqface.workflow import report
-    from eqface.workflow.evaluation import EvaluationOutputs, gate
+    from eqface.workflow.evaluation import FINAL, EvaluationOutputs, gate
 
     pack, eval_identities = dataset_pack(dataset_dir)
     _, held = split_pack(Step2Run(pack=pack, eval_identities=eval_identities))
@@ -294,6 +294,7 @@ def evaluate_step(
         roc_thresholds=np.clip(roc.thresholds[keep], -1.0, 1.0).tolist(),
         passed=passed,
         gate_lines=lines,
+        chosen=FINAL,  # one candidate: the imported recogniser with its quality head is the final model
     )
 
 
