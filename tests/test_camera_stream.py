@@ -186,6 +186,7 @@ def _aggregator(port: int, store: Path, triton: str, log: Path) -> processes.Chi
         f"--store=sqlite:///{store}",
         f"--triton-url={triton}",
         "--embedding-dim=128",
+        "--triton-timeout=30",  # as the local stack: after a restart a busy 2-core Triton serves the resent backlog
     ]
     # no preexec_fn: nothing of this process runs between fork and exec
     return processes.start("aggregator", argv, log, cwd=REPO_ROOT, die_with_parent=False)
