@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -110,7 +111,12 @@ def test_dynamic_batching_batches_concurrent_single_image_requests(triton_server
     for t in threads:
         t.join(timeout=120)
     assert not errors
-    window = scrape_inference_counts(triton_server.metrics_url, contract.ONNX_MODEL_NAME) - before
+    deadline = time.monotonic() + 20  # Triton refreshes its metrics periodically: wait for the last executions
+    while True:
+        window = scrape_inference_counts(triton_server.metrics_url, contract.ONNX_MODEL_NAME) - before
+        if window.inferences >= clients * per_client or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
     print(
         f"{window.inferences} requests in {window.executions} executions, average batch {window.average_batch_size:.1f}"
     )
