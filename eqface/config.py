@@ -99,6 +99,25 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class ClassifierConfig:
+    """Eq. 6's class centres: one full matrix on every rank, or Partial FC (``eqface.losses.partial_fc``).
+
+    ``partial_fc`` shards the centres across the DDP ranks (a 2 M × 512 fp32 matrix is 4 GB per rank when full)
+    and puts ``sample_rate`` of each shard in a batch's softmax: the batch's positive classes always, random
+    negatives for the rest. ``sample_rate = 1`` is the exact full softmax, only sharded.
+    """
+
+    kind: Literal["full", "partial_fc"] = "full"
+    sample_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ValueError(f"classifier.sample_rate must be in (0, 1], got {self.sample_rate}")
+        if self.kind == "full" and self.sample_rate != 1.0:
+            raise ValueError("classifier.sample_rate < 1 samples negatives, which needs classifier.kind=partial_fc")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The three-step pipeline 1 → 2 → (3 → 2) × iterations."""
 
@@ -111,6 +130,7 @@ class TrainConfig:
     step3: ScheduleConfig = field(default_factory=ScheduleConfig)
     step1_train_backbone: bool = True  # False: only fit the classifier on a pretrained backbone (paper §5.2)
     classifier_init: Literal["random", "centers"] = "random"  # centers: class means of the backbone's embeddings
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     iterations: int = 1  # rounds of (Step 3 → Step 2) after 1 → 2
     step3_from_scratch: bool = False
     # Where Step 3 gets s_i: precomputed once per sample by the Step-2 network, online per augmented view, or

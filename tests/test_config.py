@@ -38,8 +38,11 @@ def test_overrides_coerce_types() -> None:
             "data.on_error=skip",
             "train.qwdf_threshold=0.2",
             "model.backbone=iresnet50",
+            "train.classifier.kind=partial_fc",
+            "train.classifier.sample_rate=0.1",
         ],
     )
+    assert cfg.train.classifier.kind == "partial_fc" and cfg.train.classifier.sample_rate == 0.1
     assert cfg.train.step1.lr == 0.05 and cfg.train.step1.milestones == (3, 5)
     assert cfg.model.image_size == (112, 96) and cfg.train.step3_from_scratch is True
     assert cfg.data.on_error == "skip" and cfg.train.qwdf_threshold == 0.2 and cfg.model.backbone == "iresnet50"
@@ -56,6 +59,10 @@ def test_overrides_coerce_types() -> None:
         ("model.image_size=[1,2,3]", "needs 2 values"),
         ("train=3", "train is a section"),
         ("novalue", "must look like section.field=value"),
+        ("train.classifier.kind=sharded", "kind must be one of"),
+        ("train.classifier.sample_rate=0", r"sample_rate must be in \(0, 1\]"),
+        ("train.classifier.sample_rate=1.5", r"sample_rate must be in \(0, 1\]"),
+        ("train.classifier.sample_rate=0.2", "needs classifier.kind=partial_fc"),
     ],
 )
 def test_bad_overrides_say_what_is_wrong(override: str, message: str) -> None:

@@ -19,6 +19,7 @@ bf16's 8-bit mantissa would move a logit by up to 0.25, and the sums of exponent
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -162,6 +163,19 @@ class PartialFC(nn.Module):
         """Takes this rank's shard of the full centres [C, D] (from a full classifier, a checkpoint, class means)."""
         with torch.no_grad():
             self.weight.copy_(self.shard_of(weight))
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state of the equivalent full classifier ({"weight": [C, D]}); collective when W > 1."""
+        return {"weight": self.gather_full()}
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Files hold the full [C, D] centres (``full_state_dict``), so any world size can load them: re-sharding is
+        # slicing. A tensor of this shard's size (a copy within one process) loads as it is.
+        key = prefix + "weight"
+        stored = state_dict.get(key)
+        if isinstance(stored, torch.Tensor) and stored.shape[0] != self.num_local:
+            state_dict = {**state_dict, key: self.shard_of(stored)}
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def gather_full(self, shard: torch.Tensor | None = None) -> torch.Tensor:
         """The full [C, …] tensor on CPU on every rank, one shard in flight at a time (collective when W > 1)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from eqface.losses import CombinedMarginLoss, NormalizedClassifier
+from eqface.losses import CombinedMarginLoss, NormalizedClassifier, PartialFC
 from eqface.models import EQFaceNet
 
 MIN_KEPT = 2  # BatchNorm in training mode needs two samples
@@ -53,7 +53,7 @@ class StepModel(nn.Module):
         self,
         step: Step,
         net: EQFaceNet,
-        classifier: NormalizedClassifier,
+        classifier: NormalizedClassifier | PartialFC,
         loss: CombinedMarginLoss,
         train_backbone: bool = True,
         teacher: EQFaceNet | None = None,
@@ -91,17 +91,24 @@ class StepModel(nn.Module):
         if self.step is Step.TWO:
             with torch.no_grad():
                 embedding, fmap = self.net.embed_and_map(images)
-                cos = self.classifier(embedding)
             quality = self.net.quality(fmap).squeeze(1)
         else:
             quality = None
             if self.step is Step.THREE:
                 images, labels, quality = self._qwdf(images, labels, self._step3_quality(images, sample_quality))
             embedding = self._embed(images)
-            cos = self.classifier(embedding)
-        loss = self.loss(cos, labels, quality)
-        correct = (cos.argmax(dim=1) == labels).sum()
+        loss, correct = self._eq6(embedding, labels, quality)
         return StepOutput(loss, correct, None if quality is None else quality.detach(), labels.numel())
+
+    def _eq6(
+        self, embedding: torch.Tensor, labels: torch.Tensor, quality: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss and the number of correct arg-max classes, with the full or the sharded (Partial FC) centres."""
+        if isinstance(self.classifier, PartialFC):
+            out = self.classifier(embedding, labels, quality)
+            return out.loss, out.correct
+        cos = self.classifier(embedding)  # Step 2: no graph (frozen classifier, embedding computed without grad)
+        return self.loss(cos, labels, quality), (cos.argmax(dim=1) == labels).sum()
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         if not self.head_only:

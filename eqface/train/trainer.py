@@ -20,10 +20,17 @@ from eqface.config import EQFaceConfig, ScheduleConfig, to_json
 from eqface.data.augment import Augmenter
 from eqface.data.dataset import AugmentedFaces, EpochBatchSampler, collate
 from eqface.data.sources import FaceSource
-from eqface.losses import CombinedMarginLoss, NormalizedClassifier
+from eqface.losses import CombinedMarginLoss, PartialFC
 from eqface.models import EQFaceNet, build_model
 from eqface.models.pretrained import load_backbone_weights
 from eqface.train import checkpoint
+from eqface.train.classifier_state import (
+    Classifier,
+    build_classifier,
+    classifier_state,
+    optimizer_state,
+    shard_classifier_momentum,
+)
 from eqface.train.distributed import DistEnv, barrier, check_replicas_in_sync, sum_across
 from eqface.train.schedule import build_optimizer, lr_at, set_lr
 from eqface.train.steps import Step, StepModel, control_weights
@@ -71,7 +78,8 @@ def run_step(
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(to_json(cfg))
-    net, classifier, teacher = _prepare_networks(step, cfg, source, init, env)
+    margin = CombinedMarginLoss(cfg.margin)
+    net, classifier, teacher = _prepare_networks(step, cfg, source, init, env, margin)
     qualities = (
         control_weights(_precompute_qualities(teacher, source, cfg, env), cfg.train.step3_quality, cfg.train.seed)
         if step is Step.THREE and cfg.train.step3_quality in PRECOMPUTED
@@ -81,7 +89,7 @@ def run_step(
         step,
         net,
         classifier,
-        CombinedMarginLoss(cfg.margin),
+        margin,
         train_backbone=_trains_backbone(step, cfg),
         teacher=teacher if cfg.train.step3_quality == "online" else None,
         qwdf_threshold=cfg.train.qwdf_threshold,
@@ -90,13 +98,17 @@ def run_step(
     model.to(env.device)
     optimizer = build_optimizer(model.parameters(), schedule_of(cfg, step))
     pos = _restore(out_dir / RESUME, model, optimizer, step)
+    sharded = isinstance(classifier, PartialFC)
+    if sharded and env.distributed:
+        # Each rank's centres are its own shard: DDP must neither broadcast nor average them.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["classifier.weight"])
     wrapped = (
         DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
         if env.distributed
         else model
     )
     _train_loop(step, cfg, source, out_dir, env, model, wrapped, optimizer, pos, qualities)
-    check_replicas_in_sync(env, model)
+    check_replicas_in_sync(env, model.net if sharded else model)
     final = _final_state(step, cfg, model, source)
     if env.is_main:
         checkpoint.save_atomic(final, out_dir / FINAL)
@@ -110,12 +122,20 @@ def _trains_backbone(step: Step, cfg: EQFaceConfig) -> bool:
 
 
 def _prepare_networks(
-    step: Step, cfg: EQFaceConfig, source: FaceSource, init: dict[str, Any] | None, env: DistEnv
-) -> tuple[EQFaceNet, NormalizedClassifier, EQFaceNet | None]:
-    """Builds the step's starting point: fresh, pretrained or from the previous step, with seeded re-inits."""
+    step: Step,
+    cfg: EQFaceConfig,
+    source: FaceSource,
+    init: dict[str, Any] | None,
+    env: DistEnv,
+    margin: CombinedMarginLoss,
+) -> tuple[EQFaceNet, Classifier, EQFaceNet | None]:
+    """Builds the step's starting point: fresh, pretrained or from the previous step, with seeded re-inits.
+
+    Classifier files always hold the full [C, D] centres, which Partial FC slices to this rank's shard on loading.
+    """
     torch.manual_seed(cfg.train.seed + {Step.ONE: 1, Step.TWO: 2, Step.THREE: 3}[step])
     net = build_model(cfg.model)
-    classifier = NormalizedClassifier(cfg.model.embedding_size, source.num_classes)
+    classifier = build_classifier(cfg, source.num_classes, margin)
     fresh_net, fresh_classifier = copy.deepcopy(net), copy.deepcopy(classifier)
     teacher = None
     if init is not None:
@@ -124,11 +144,12 @@ def _prepare_networks(
             net.backbone.load_state_dict({k[len(prefix) :]: v for k, v in init["net"].items() if k.startswith(prefix)})
         else:
             net.load_state_dict(init["net"])
-        classifier.load_state_dict(init["classifier"])
-        if classifier.weight.shape[0] != source.num_classes:
+        if init["classifier"]["weight"].shape[0] != source.num_classes:
             raise ValueError(
-                f"the initial classifier has {classifier.weight.shape[0]} classes, the data {source.num_classes}"
+                f"the initial classifier has {init['classifier']['weight'].shape[0]} classes, "
+                f"the data {source.num_classes}"
             )
+        classifier.load_state_dict(init["classifier"])
     elif step is not Step.ONE:
         raise ValueError(f"{step.value} starts from the previous step's final.pt (give an init checkpoint)")
     elif cfg.model.pretrained:
@@ -139,7 +160,7 @@ def _prepare_networks(
             net.backbone.load_state_dict(fresh_net.backbone.state_dict())
             classifier.load_state_dict(fresh_classifier.state_dict())
     if step is Step.ONE and init is None and cfg.train.classifier_init == "centers":
-        classifier.weight.data.copy_(class_centers(net, source, cfg.model.image_size, env.device))
+        classifier.load_state_dict({"weight": class_centers(net, source, cfg.model.image_size, env.device)})
     return net, classifier, teacher
 
 
@@ -194,13 +215,20 @@ def _restore(path: Path, model: StepModel, optimizer: torch.optim.Optimizer, ste
     model.net.load_state_dict(state["net"])
     model.classifier.load_state_dict(state["classifier"])
     optimizer.load_state_dict(state["optimizer"])
+    shard_classifier_momentum(model.classifier, optimizer)
     torch.set_rng_state(state["rng_torch"])
     if torch.cuda.is_available() and "rng_cuda" in state:
         torch.cuda.set_rng_state_all(state["rng_cuda"])
     return Position(state["epoch"], state["batch"], state["iteration"], json.loads(state["sums"]))
 
 
-def _save_resume(path: Path, step: Step, model: StepModel, optimizer: torch.optim.Optimizer, pos: Position) -> None:
+def _save_resume(
+    path: Path, step: Step, model: StepModel, optimizer: torch.optim.Optimizer, pos: Position, env: DistEnv
+) -> None:
+    """Every rank calls it (Partial FC gathers its shards); rank 0 writes."""
+    classifier, optimizer_saved = classifier_state(model.classifier), optimizer_state(model.classifier, optimizer)
+    if not env.is_main:
+        return
     state = {
         "step": step.value,
         "epoch": pos.epoch,
@@ -208,8 +236,8 @@ def _save_resume(path: Path, step: Step, model: StepModel, optimizer: torch.opti
         "iteration": pos.iteration,
         "sums": json.dumps(pos.sums),
         "net": model.net.state_dict(),
-        "classifier": model.classifier.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "classifier": classifier,
+        "optimizer": optimizer_saved,
         "rng_torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -221,7 +249,7 @@ def _final_state(step: Step, cfg: EQFaceConfig, model: StepModel, source: FaceSo
     return {
         "step": step.value,
         "net": model.net.state_dict(),
-        "classifier": model.classifier.state_dict(),
+        "classifier": classifier_state(model.classifier),
         "model_config": json.dumps(json.loads(to_json(cfg.model))),
         "config": to_json(cfg),
         "num_classes": source.num_classes,
@@ -273,13 +301,12 @@ def _train_loop(
             pos.batch += 1
             pos.iteration += 1
             bar.set_postfix(loss=f"{pos.sums['loss'] / max(pos.sums['n'], 1):.3f}", lr=f"{lr:.2g}")
-            if cfg.train.checkpoint_every and pos.iteration % cfg.train.checkpoint_every == 0 and env.is_main:
-                _save_resume(out_dir / RESUME, step, model, optimizer, pos)
+            if cfg.train.checkpoint_every and pos.iteration % cfg.train.checkpoint_every == 0:
+                _save_resume(out_dir / RESUME, step, model, optimizer, pos, env)
         _end_epoch(
             step, sched, out_dir, env, pos, time.monotonic() - started, lr_at(sched, pos.iteration - 1, per_epoch)
         )
-        if env.is_main:
-            _save_resume(out_dir / RESUME, step, model, optimizer, pos)
+        _save_resume(out_dir / RESUME, step, model, optimizer, pos, env)
         barrier(env)
 
 

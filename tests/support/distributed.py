@@ -131,3 +131,52 @@ def sampling_case(rank: int, sample_rate: float, classes: int) -> dict[str, Any]
     emb = p["x"][mine] @ p["proj"].T
     out = pfc(emb, p["labels"][mine])
     return {"loss": out.loss.detach(), "classes": out.classes, "num_local": pfc.num_local}
+
+
+def training_worker(rank: int, world_size: int, out_dir: Path, overrides: list[str]) -> None:
+    """Step 1 then Step 2 of the ``test`` preset through the step runner, on this rank of a gloo group.
+
+    Also writes, after one Step-1 batch of its own, a resumable checkpoint (every rank calls the save; rank 0
+    writes), and saves this rank's shard and momentum to check that the checkpoint holds them in class order.
+    """
+    from eqface.config import apply_overrides, preset
+    from eqface.train.distributed import DistEnv
+    from eqface.train.plan import train_one_step
+    from eqface.train.steps import Step
+
+    env = DistEnv(rank=rank, world_size=world_size)
+    cfg = apply_overrides(preset("test"), overrides)
+    step1 = train_one_step(Step.ONE, cfg, out_dir / "step1", env)
+    step2 = train_one_step(Step.TWO, cfg, out_dir / "step2", env, out_dir / "step1" / "final.pt")
+    torch.save(
+        {
+            "step1": step1["classifier"]["weight"],
+            "step2": step2["classifier"]["weight"],
+            **_one_saved_batch(env, cfg, out_dir),
+        },
+        out_dir / f"rank{rank}.pt",
+    )
+
+
+def _one_saved_batch(env: Any, cfg: Any, out_dir: Path) -> dict[str, Any]:
+    from eqface.losses import CombinedMarginLoss
+    from eqface.models import build_model
+    from eqface.train.classifier_state import build_classifier
+    from eqface.train.schedule import build_optimizer
+    from eqface.train.steps import Step, StepModel
+    from eqface.train.trainer import Position, _save_resume
+
+    torch.manual_seed(0)
+    margin = CombinedMarginLoss(cfg.margin)
+    model = StepModel(Step.ONE, build_model(cfg.model), build_classifier(cfg, 5, margin), margin)
+    optimizer = build_optimizer(model.parameters(), cfg.train.step1)
+    images = torch.randn(4, 3, *cfg.model.image_size)
+    labels = torch.tensor([0, 1, 3, 4]) if env.rank == 0 else torch.tensor([2, 2, 4, 1])
+    model(images, labels).loss.backward()
+    optimizer.step()
+    _save_resume(out_dir / "resume.pt", Step.ONE, model, optimizer, Position(), env)
+    return {
+        "shard": model.classifier.weight.detach().clone(),
+        "momentum": optimizer.state[model.classifier.weight]["momentum_buffer"].clone(),
+        "class_start": model.classifier.class_start,
+    }
