@@ -113,6 +113,7 @@ def gloo_runs(tmp_path_factory) -> dict[str, list[dict]]:
 
 
 @pytest.mark.parametrize("form", ["step1", "step2", "step3"])
+@pytest.mark.slow
 def test_gloo_2_rate_1_loss_and_gradients_equal_full_eq6(gloo_runs: dict, form: str) -> None:
     ref, ranks = _reference(form), gloo_runs[form]
     sizes = [6, 6] if form != "step3" else [7, 5]
@@ -143,6 +144,7 @@ def test_gloo_2_rate_1_loss_and_gradients_equal_full_eq6(gloo_runs: dict, form: 
     assert ranks[0]["class_start"] == 0 and ranks[1]["class_start"] == 5
 
 
+@pytest.mark.slow
 def test_gloo_2_sampling_keeps_positives_and_normalises_over_the_sampled_classes(gloo_runs: dict) -> None:
     classes, rate, ranks = SAMPLED_CLASSES, SAMPLE_RATE, gloo_runs["sampling"]
     p = problem(seed=1, n=8, classes=classes)

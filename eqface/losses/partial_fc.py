@@ -199,8 +199,8 @@ class PartialFC(nn.Module):
             return positive
         # One draw over all C classes, sliced per shard: the ranks' global RNGs stay in step and their samples are
         # independent of each other (a per-shard draw would pick the same local indices on every rank).
-        scores = torch.rand(self.num_classes)[self.class_start : self.class_start + self.num_local]
-        scores = scores.to(local_labels.device)
+        scores = torch.rand(self.num_classes, device=local_labels.device)
+        scores = scores[self.class_start : self.class_start + self.num_local]
         scores[positive] = 2.0
         return scores.topk(self.num_sample).indices.sort().values
 
@@ -222,10 +222,14 @@ class PartialFC(nn.Module):
         )
         index = self.sample(local_labels)
         target = torch.where(local_labels >= 0, torch.searchsorted(index, local_labels.clamp_min(0)), -1)
-        cos = F.linear(F.normalize(emb, dim=1), F.normalize(self.weight.float()[index], dim=1))
+        # At sample_rate 1 the shard is used as it is: indexing would copy it (and route its gradient through a copy).
+        centres = self.weight if index.numel() == self.num_local else self.weight[index]
+        cos = F.linear(F.normalize(emb, dim=1), F.normalize(centres.float(), dim=1))
         logits = self._margin_logits(cos, target)
-        scale = self.margin.scale if quality is None else self.margin.scale * all_gather_rows(quality, sizes, self.rank)
-        logits = logits * (scale[:, None] if isinstance(scale, torch.Tensor) else scale)
+        if quality is None:
+            logits = logits * self.margin.scale
+        else:  # Eq. 6: s_i·S scales every logit of sample i (as in CombinedMarginLoss.logits)
+            logits = logits * (self.margin.scale * all_gather_rows(quality, sizes, self.rank))[:, None]
         loss = _DistributedCrossEntropy.apply(logits, target, self.world_size > 1)
         start = sum(sizes[: self.rank])
         correct = self._correct(cos.detach(), target)[start : start + sizes[self.rank]].sum()

@@ -134,7 +134,7 @@ def sampling_case(rank: int, sample_rate: float, classes: int) -> dict[str, Any]
 
 
 def training_worker(rank: int, world_size: int, out_dir: Path, overrides: list[str]) -> None:
-    """Step 1 then Step 2 of the ``test`` preset through the step runner, on this rank of a gloo group.
+    """Steps 1 → 2 → 3 of the ``test`` preset through the step runner, on this rank of a gloo group.
 
     Also writes, after one Step-1 batch of its own, a resumable checkpoint (every rank calls the save; rank 0
     writes), and saves this rank's shard and momentum to check that the checkpoint holds them in class order.
@@ -148,10 +148,12 @@ def training_worker(rank: int, world_size: int, out_dir: Path, overrides: list[s
     cfg = apply_overrides(preset("test"), overrides)
     step1 = train_one_step(Step.ONE, cfg, out_dir / "step1", env)
     step2 = train_one_step(Step.TWO, cfg, out_dir / "step2", env, out_dir / "step1" / "final.pt")
+    step3 = train_one_step(Step.THREE, cfg, out_dir / "step3", env, out_dir / "step2" / "final.pt")
     torch.save(
         {
             "step1": step1["classifier"]["weight"],
             "step2": step2["classifier"]["weight"],
+            "step3": step3["classifier"]["weight"],
             **_one_saved_batch(env, cfg, out_dir),
         },
         out_dir / f"rank{rank}.pt",
