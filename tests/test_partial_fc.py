@@ -107,6 +107,7 @@ def gloo_runs(tmp_path_factory) -> dict[str, list[dict]]:
         "step2": ("equality", "step2", [6, 6]),
         "step3": ("equality", "step3", [7, 5]),
         "sampling": ("sampling", SAMPLE_RATE, SAMPLED_CLASSES),
+        "gather": ("gather", 11),
     }
     ranks = run_gloo(partial_fc_worker, 2, tmp_path_factory.mktemp("gloo"), cases)
     return {name: [r[name] for r in ranks] for name in cases}
@@ -163,3 +164,11 @@ def test_gloo_2_sampling_keeps_positives_and_normalises_over_the_sampled_classes
     expected = CombinedMarginLoss(MARGIN)(cos, torch.searchsorted(union, p["labels"]))
     for got in ranks:
         torch.testing.assert_close(got["loss"], expected, **TOL)
+
+
+@pytest.mark.slow
+def test_gloo_2_gather_reassembles_the_shards_in_class_order(gloo_runs: dict) -> None:
+    first, second = gloo_runs["gather"]
+    for rank in (first, second):
+        assert torch.equal(rank["everyone"], rank["expected"])  # 11 classes: shards of 6 and 5
+    assert torch.equal(first["to_0"], first["expected"]) and second["to_0"] is None

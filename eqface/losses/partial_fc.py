@@ -164,9 +164,10 @@ class PartialFC(nn.Module):
         with torch.no_grad():
             self.weight.copy_(self.shard_of(weight))
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state of the equivalent full classifier ({"weight": [C, D]}); collective when W > 1."""
-        return {"weight": self.gather_full()}
+    def full_state_dict(self, dst: int | None = None) -> dict[str, torch.Tensor] | None:
+        """The state of the equivalent full classifier ({"weight": [C, D]}); see ``gather_full`` for ``dst``."""
+        full = self.gather_full(dst=dst)
+        return None if full is None else {"weight": full}
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Files hold the full [C, D] centres (``full_state_dict``), so any world size can load them: re-sharding is
@@ -177,17 +178,23 @@ class PartialFC(nn.Module):
             state_dict = {**state_dict, key: self.shard_of(stored)}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def gather_full(self, shard: torch.Tensor | None = None) -> torch.Tensor:
-        """The full [C, …] tensor on CPU on every rank, one shard in flight at a time (collective when W > 1)."""
+    def gather_full(self, shard: torch.Tensor | None = None, dst: int | None = None) -> torch.Tensor | None:
+        """The full [C, …] tensor (of the centres, or of ``shard``: e.g. their momentum) on CPU.
+
+        Collective when W > 1, one shard in flight at a time. Every rank gets it, or only rank ``dst`` (the others
+        return None and never hold the full matrix: 4 GB at 2 M × 512 fp32).
+        """
         shard = (self.weight if shard is None else shard).detach()
         if self.world_size == 1:
             return shard.cpu().clone()
-        full = torch.empty((self.num_classes, *shard.shape[1:]), dtype=shard.dtype)
+        keep = dst is None or dst == self.rank
+        full = torch.empty((self.num_classes, *shard.shape[1:]), dtype=shard.dtype) if keep else None
         for r in range(self.world_size):
             start, count = shard_range(self.num_classes, self.world_size, r)
             buf = shard.contiguous() if r == self.rank else shard.new_empty((count, *shard.shape[1:]))
             dist.broadcast(buf, src=r)
-            full[start : start + count] = buf.cpu()
+            if full is not None:
+                full[start : start + count] = buf.cpu()
         return full
 
     def sample(self, local_labels: torch.Tensor) -> torch.Tensor:

@@ -25,13 +25,16 @@ def build_classifier(cfg: EQFaceConfig, num_classes: int, margin: CombinedMargin
     return NormalizedClassifier(cfg.model.embedding_size, num_classes)
 
 
-def classifier_state(classifier: Classifier) -> dict[str, torch.Tensor]:
-    """The full classifier's state dict (Partial FC gathers its shards)."""
-    return classifier.full_state_dict() if isinstance(classifier, PartialFC) else classifier.state_dict()
+def classifier_state(classifier: Classifier, dst: int | None = None) -> dict[str, torch.Tensor] | None:
+    """The full classifier's state dict (Partial FC gathers its shards: to every rank, or only to rank ``dst``,
+    the others getting None)."""
+    return classifier.full_state_dict(dst) if isinstance(classifier, PartialFC) else classifier.state_dict()
 
 
-def optimizer_state(classifier: Classifier, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """``optimizer.state_dict()`` with Partial FC's momentum gathered to the full [C, D], as for the weights."""
+def optimizer_state(
+    classifier: Classifier, optimizer: torch.optim.Optimizer, dst: int | None = None
+) -> dict[str, Any] | None:
+    """``optimizer.state_dict()`` with Partial FC's momentum gathered to the full [C, D], as ``classifier_state``."""
     state = optimizer.state_dict()
     if not isinstance(classifier, PartialFC) or not classifier.weight.requires_grad:
         return state
@@ -39,7 +42,10 @@ def optimizer_state(classifier: Classifier, optimizer: torch.optim.Optimizer) ->
     index = next(i for i, p in enumerate(order) if p is classifier.weight)
     entry = state["state"].get(index, {})
     if "momentum_buffer" in entry:  # the optimizer's own dict: replaced, never mutated
-        state["state"][index] = {**entry, "momentum_buffer": classifier.gather_full(entry["momentum_buffer"])}
+        momentum = classifier.gather_full(entry["momentum_buffer"], dst)
+        if momentum is None:
+            return None
+        state["state"][index] = {**entry, "momentum_buffer": momentum}
     return state
 
 

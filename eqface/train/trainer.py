@@ -225,8 +225,9 @@ def _restore(path: Path, model: StepModel, optimizer: torch.optim.Optimizer, ste
 def _save_resume(
     path: Path, step: Step, model: StepModel, optimizer: torch.optim.Optimizer, pos: Position, env: DistEnv
 ) -> None:
-    """Every rank calls it (Partial FC gathers its shards); rank 0 writes."""
-    classifier, optimizer_saved = classifier_state(model.classifier), optimizer_state(model.classifier, optimizer)
+    """Every rank calls it (Partial FC gathers its shards to rank 0); rank 0 writes."""
+    classifier = classifier_state(model.classifier, dst=0)
+    optimizer_saved = optimizer_state(model.classifier, optimizer, dst=0)
     if not env.is_main:
         return
     state = {

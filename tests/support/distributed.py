@@ -74,13 +74,15 @@ def rows_of(rank: int, sizes: list[int]) -> slice:
 
 
 def partial_fc_worker(rank: int, world_size: int, out_dir: Path, cases: dict[str, tuple]) -> None:
-    """Runs every case (name → ("equality", form, sizes) or ("sampling", rate, classes)) in one process group.
+    """Runs every case (name → ("equality", form, sizes), ("sampling", rate, classes) or ("gather", classes)) in one
+    process group.
 
     One spawn for all of them: starting the processes (importing torch) costs far more than the cases.
     """
     results = {}
+    runners = {"equality": equality_case, "sampling": sampling_case, "gather": gather_case}
     for name, (kind, *args) in cases.items():
-        results[name] = (equality_case if kind == "equality" else sampling_case)(rank, *args)
+        results[name] = runners[kind](rank, *args)
     torch.save(results, out_dir / f"rank{rank}.pt")
 
 
@@ -182,3 +184,11 @@ def _one_saved_batch(env: Any, cfg: Any, out_dir: Path) -> dict[str, Any]:
         "momentum": optimizer.state[model.classifier.weight]["momentum_buffer"].clone(),
         "class_start": model.classifier.class_start,
     }
+
+
+def gather_case(rank: int, classes: int) -> dict[str, Any]:
+    """The full centres gathered from the shards: to every rank, and to rank 0 only (rank 1 gets None)."""
+    p = problem(seed=2, classes=classes)
+    pfc = PartialFC(p["centres"].shape[1], classes, CombinedMarginLoss(MARGIN))
+    pfc.load_full(p["centres"])
+    return {"everyone": pfc.gather_full(), "to_0": pfc.gather_full(dst=0), "expected": p["centres"]}
