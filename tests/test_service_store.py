@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -199,3 +200,84 @@ def test_subject_count_follows_creates_and_deletes_across_reopen(store_url: str)
         assert again.count_subjects() == 2
     finally:
         again.close()
+
+
+def test_purge_deletes_what_was_not_written_since_the_cutoff(store: SubjectStore):
+    """Retention: subjects and identities last written before the cutoff go, with their indexes; newer ones stay."""
+    rng = np.random.default_rng(1)
+    store.commit_subjects([SubjectWrite(i, 0, b"old") for i in ("a", "b", "c")])
+    store.put_identity(IdentityRecord("old-id", "Old", unit(rng.normal(size=512))), overwrite=False)
+    time.sleep(0.05)
+    cutoff = time.time()
+    time.sleep(0.05)
+    version_b = store.load_subjects(["b"])["b"].version
+    store.commit_subjects([SubjectWrite("b", version_b, b"updated"), SubjectWrite("d", 0, b"new")])
+    store.put_identity(IdentityRecord("new-id", "New", unit(rng.normal(size=512))), overwrite=False)
+    gallery_version = store.gallery_version()
+
+    assert sorted(store.purge_subjects(cutoff, limit=1) + store.purge_subjects(cutoff, limit=10)) == ["a", "c"]
+    assert store.purge_subjects(cutoff, limit=10) == []
+    assert set(store.load_subjects(["a", "b", "c", "d"])) == {"b", "d"}
+    assert store.list_subjects("", 10) == ["b", "d"] and store.count_subjects() == 2
+    assert store.commit_subjects([SubjectWrite("a", 0, b"again")]).conflicts == frozenset()  # really gone
+
+    assert store.purge_identities(cutoff, limit=10) == ["old-id"]
+    assert store.gallery_version() != gallery_version
+    assert [r.identity_id for r in store.load_gallery()[1]] == ["new-id"]
+    assert [r.identity_id for r in store.list_identities("", 10)] == ["new-id"]
+    assert store.purge_identities(cutoff, limit=10) == [] and store.gallery_version() != gallery_version
+    later = time.time() + 1
+    assert sorted(store.purge_subjects(later, 10)) == ["a", "b", "d"] and store.count_subjects() == 0
+    assert store.purge_identities(later, 10) == ["new-id"]
+
+
+def _marker_template(tag: int) -> np.ndarray:
+    """A template whose bytes are recognisable in a file: a fixed random pattern (no run of zeros)."""
+    return unit(np.random.default_rng(1000 + tag).uniform(0.5, 1.0, 128)).astype(np.float32)
+
+
+def test_sqlite_delete_leaves_no_template_bytes_in_its_files(tmp_path):
+    """secure_delete + a checkpoint after erasing: the bytes of a deleted subject and a removed identity are in
+    neither the database file nor its WAL, while those of a kept one still are (the check can fail)."""
+    path = tmp_path / "state.db"
+    store = SqliteStore(path)
+    kept, erased, identity = (_marker_template(i).tobytes() for i in range(3))
+    store.commit_subjects([SubjectWrite("kept", 0, kept), SubjectWrite("erased", 0, erased)])
+    store.put_identity(IdentityRecord("alice", "Alice", np.frombuffer(identity, np.float32)), overwrite=False)
+    files = [path, path.with_name(path.name + "-wal")]
+
+    def found(data: bytes) -> bool:
+        return any(f.exists() and data in f.read_bytes() for f in files)
+
+    assert found(kept) and found(erased) and found(identity)
+    assert store.delete_subject("erased") and store.remove_identity("alice")
+    assert found(kept) and not found(erased) and not found(identity)
+    store.close()
+    assert not found(erased) and not found(identity)
+
+    again = SqliteStore(path)  # purge by retention erases the same way
+    assert again.purge_subjects(time.time() + 1, 10) == ["kept"]
+    assert not found(kept)
+    again.close()
+
+
+def test_redis_delete_and_purge_leave_no_key(redis_server):  # noqa: F811
+    import redis as redis_py
+
+    url = redis_server.url()
+    store = open_store(url)
+    client = redis_py.Redis(port=redis_server.port)
+    prefix = url.rsplit("prefix=", 1)[1]
+    try:
+        store.commit_subjects([SubjectWrite("a", 0, _marker_template(0).tobytes()), SubjectWrite("b", 0, b"x")])
+        store.put_identity(IdentityRecord("alice", "Alice", _marker_template(1)), overwrite=False)
+        assert client.exists(f"{prefix}subject:a") and client.zscore(f"{prefix}subjects:written", "a")
+        assert store.delete_subject("a") and store.remove_identity("alice")
+        assert not client.exists(f"{prefix}subject:a") and client.zscore(f"{prefix}subjects:written", "a") is None
+        assert client.hget(f"{prefix}gallery", "alice") is None
+        assert client.zscore(f"{prefix}identities:written", "alice") is None
+        assert store.purge_subjects(time.time() + 1, 10) == ["b"]
+        assert sorted(k.decode() for k in client.keys(f"{prefix}*")) == [f"{prefix}gallery:version"]
+    finally:
+        store.close()
+        client.close()
