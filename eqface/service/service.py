@@ -163,7 +163,14 @@ class AggregatorService:
 
     @property
     def ready(self) -> bool:
-        return all(self.readiness.values()) and not self.draining.is_set()
+        """Whether the service serves: the store answers and it is not draining.
+
+        Triton is not part of it: feature frames, stored-template reads (GetTemplate, ListSubjects, Identify and
+        Enroll from an embedding or a stored subject) and deletes need only the store, so a Triton outage must not
+        take the replica out of its Service. While Triton is down only what needs an embedding from an image answers
+        UNAVAILABLE; ``readiness["triton"]`` (health ``<service>/triton``) says when.
+        """
+        return self.readiness.get("store", False) and not self.draining.is_set()
 
     def _set_readiness(self, name: str, ok: bool) -> None:
         if self.readiness.get(name) != ok:

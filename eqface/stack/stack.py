@@ -171,8 +171,11 @@ class LocalStack:
         return child
 
     def _wait_aggregator(self, child: Child) -> None:
-        """Until grpc.health.v1 says SERVING (store and Triton reachable)."""
-        wait_for_grpc_health(self.endpoints.aggregator_grpc, child, self.config.startup_timeout_s)
+        """Until grpc.health.v1 says the service and its Triton component are SERVING (store and Triton reachable)."""
+        from eqface.service.server import TRITON_HEALTH
+
+        for service in ("", TRITON_HEALTH):
+            wait_for_grpc_health(self.endpoints.aggregator_grpc, child, self.config.startup_timeout_s, service)
 
     # ---------------------------------------------------------------------------------------------- running
     def failed_part(self) -> str | None:
