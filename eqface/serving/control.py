@@ -61,6 +61,11 @@ def read_key(path: str | os.PathLike[str] | None = None, environ: Mapping[str, s
     env = os.environ if environ is None else environ
     path = path or env.get(KEY_FILE_ENV) or None
     if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"Triton control key file {path} does not exist (named by --control-key-file or {KEY_FILE_ENV}; in "
+                "Kubernetes: create the Secret eqface-triton-control with a key named 'key')"
+            )
         return check_key(Path(path).read_text().strip())
     value = env.get(KEY_ENV, "").strip()
     return check_key(value) if value else None
