@@ -148,3 +148,18 @@ def test_retention_is_off_by_default_and_validated():
     assert not ServiceConfig().hygiene.retention.enabled
     with pytest.raises(ValueError, match="identity_days"):
         replace(RetentionConfig(), identity_days=-1.0)
+
+
+def test_audit_lines_are_one_json_object_each_even_for_hostile_ids(tmp_path):
+    from eqface.service.audit import MAX_TARGET_CHARS, AuditLog
+
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(AuditConfig(str(path)))
+    log.record(LOCAL_CALLER, "get_template", 'x"\n{"action": "forged"}\x1b[2J', "INVALID_ARGUMENT")
+    log.record(LOCAL_CALLER, "delete_subject", "y" * 100_000, "INVALID_ARGUMENT")
+    log.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["action"] == "get_template" and first["target"].startswith('x"\n{')
+    assert len(second["target"]) == MAX_TARGET_CHARS + 1

@@ -16,6 +16,9 @@ from eqface.service.hygiene import AuditConfig
 
 LOGGER_NAME = "eqface.audit"
 SYSTEM = Caller(principal="system:retention", tenant="*", roles=frozenset())  # who purges expired records
+# A refused call's target is whatever the client sent: cut it (valid ids are at most 256 bytes) so that a huge one
+# cannot bloat the log; JSON escapes any control character in it.
+MAX_TARGET_CHARS = 300
 
 
 class AuditLog:
@@ -39,11 +42,11 @@ class AuditLog:
             "principal": caller.principal,
             "tenant": caller.tenant,
             "action": action,
-            "target": target,
+            "target": target if len(target) <= MAX_TARGET_CHARS else target[:MAX_TARGET_CHARS] + "…",
             "outcome": outcome,
             **details,
         }
-        line = json.dumps(entry, ensure_ascii=False, sort_keys=False)
+        line = json.dumps(entry, ensure_ascii=False)
         if self._file is None:
             self._logger.info("%s", line)
             return
