@@ -277,7 +277,61 @@ def test_redis_delete_and_purge_leave_no_key(redis_server):  # noqa: F811
         assert client.hget(f"{prefix}gallery", "alice") is None
         assert client.zscore(f"{prefix}identities:written", "alice") is None
         assert store.purge_subjects(time.time() + 1, 10) == ["b"]
-        assert sorted(k.decode() for k in client.keys(f"{prefix}*")) == [f"{prefix}gallery:version"]
+        left = {f"{prefix}gallery:version", f"{prefix}written:backfilled"}
+        assert {k.decode() for k in client.keys(f"{prefix}*")} == left
     finally:
         store.close()
         client.close()
+
+
+def test_redis_records_from_before_write_times_get_one_at_upgrade(redis_server):  # noqa: F811
+    """A store written by a version without write times: opening it stamps its records with the upgrade time, once,
+    so retention counts from then instead of never deleting them (SQLite does the same with its new column)."""
+    import redis as redis_py
+
+    url = redis_server.url()
+    prefix = url.rsplit("prefix=", 1)[1]
+    client = redis_py.Redis(port=redis_server.port)
+    try:  # what the previous version wrote for one subject and one identity
+        client.hset(f"{prefix}subject:legacy", mapping={"v": 1, "s": b"x"})
+        client.zadd(f"{prefix}subjects", {"legacy": 0})
+        client.hset(f"{prefix}gallery", "old-id", b"\x00\x00" + _marker_template(0).tobytes())
+        client.zadd(f"{prefix}identities", {"old-id": 0})
+        before = time.time()
+        store = open_store(url)
+        try:
+            stamped = client.zscore(f"{prefix}subjects:written", "legacy")
+            assert stamped is not None and before <= stamped <= time.time()
+            assert client.zscore(f"{prefix}identities:written", "old-id") is not None
+            assert store.purge_subjects(before - 60, 10) == []  # not expired: counted from the upgrade
+            assert store.purge_subjects(time.time() + 1, 10) == ["legacy"]
+            assert store.purge_identities(time.time() + 1, 10) == ["old-id"]
+        finally:
+            store.close()
+        client.zadd(f"{prefix}subjects", {"later": 0})  # the upgrade runs once
+        open_store(url).close()
+        assert client.zscore(f"{prefix}subjects:written", "later") is None
+    finally:
+        client.close()
+
+
+def test_sqlite_rows_from_before_write_times_get_one_at_upgrade(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the previous version's schema
+        conn.executescript(
+            "CREATE TABLE subjects (id TEXT PRIMARY KEY, version INTEGER NOT NULL, state BLOB NOT NULL);"
+            "CREATE TABLE identities (id TEXT PRIMARY KEY, display_name TEXT NOT NULL, template BLOB NOT NULL, "
+            "version INTEGER NOT NULL);"
+            "INSERT INTO subjects VALUES ('legacy', 1, x'00');"
+        )
+    conn.close()
+    before = time.time()
+    store = SqliteStore(path)
+    try:
+        assert store.load_subjects(["legacy"])["legacy"].data == b"\x00" and store.count_subjects() == 1
+        assert store.purge_subjects(before - 60, 10) == []
+        assert store.purge_subjects(time.time() + 1, 10) == ["legacy"] and store.count_subjects() == 0
+    finally:
+        store.close()

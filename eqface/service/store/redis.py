@@ -127,6 +127,7 @@ class RedisStore(SubjectStore):
         self._purge_subjects = client.register_script(_PURGE_SUBJECTS)
         self._purge_identities = client.register_script(_PURGE_IDENTITIES)
         self._warn_if_not_fsyncing()
+        self._backfill_write_times()
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float = 2.0) -> RedisStore:
@@ -143,6 +144,24 @@ class RedisStore(SubjectStore):
 
     def _key(self, subject_id: str) -> str:
         return f"{self.prefix}subject:{subject_id}"
+
+    def _backfill_write_times(self) -> None:
+        """Records written before write times were kept get the time of this upgrade (their real last write is
+        unknown: retention then counts from now), once per store: ``ZADD NX`` in batches, then a marker key."""
+        marker = f"{self.prefix}written:backfilled"
+        if self._r.exists(marker):
+            return
+        now = time.time()
+        for index, written in ((self._index, self._written), (self._gallery_index, self._gallery_written)):
+            batch: list[bytes] = []
+            for member, _ in self._r.zscan_iter(index, count=1000):
+                batch.append(member)
+                if len(batch) == 1000:
+                    self._r.zadd(written, dict.fromkeys(batch, now), nx=True)
+                    batch = []
+            if batch:
+                self._r.zadd(written, dict.fromkeys(batch, now), nx=True)
+        self._r.set(marker, 1)
 
     def _warn_if_not_fsyncing(self) -> None:
         try:
