@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import List, NamedTuple
 
-from kfp import compiler, dsl, kubernetes
+from kfp import compiler, dsl
 
 from components.byor_configure import configure_byor
 from components.byor_evaluate import evaluate_byor
@@ -18,11 +18,11 @@ from components.byor_import import import_recogniser
 from components.byor_step2 import train_quality_frozen
 from components.deploy_triton import deploy_triton
 from components.pipeline import (
-    TRITON_CLIENT_LABEL,
     ClusterSettings,
     _light,
     _mount,
     _object_store_secret,
+    _triton_control,
 )
 from components.prepare_data import prepare_data
 
@@ -181,7 +181,7 @@ def build_byor_pipeline(cluster: ClusterSettings = ClusterSettings()) -> Callabl
             _light(release, cluster, cpu="1", memory="4Gi", cache=False)  # a side effect: never cached
             _mount(release, cluster.models_pvc, cluster.models_mount)
             _object_store_secret(release, cluster)
-            kubernetes.add_pod_label(release, TRITON_CLIENT_LABEL, "true")
+            _triton_control(release, cluster)
 
         return ByorOutputs(
             metrics=scores.outputs["metrics"], report=scores.outputs["report"], onnx_model=onnx.outputs["onnx_model"]

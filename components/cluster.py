@@ -19,6 +19,7 @@ class ClusterSettings:
     models_pvc: str = "eqface-models"  # the Triton model repository, when it is a volume
     models_mount: str = "/mnt/models"
     object_store_secret: str = "eqface-object-store"
+    triton_control_secret: str = "eqface-triton-control"  # key "key": Triton's model-control key (deploy step only)
     train_cpu: str = "8"
     train_memory: str = "64Gi"
     shm_size: str = "16Gi"  # DataLoader workers and NCCL use /dev/shm; Kubernetes gives 64 MiB by default

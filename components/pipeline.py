@@ -35,6 +35,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # Object-store credentials, each optional: S3/MinIO through boto3's variables, GCS through a key file in the volume.
 OBJECT_STORE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
 SECRET_MOUNT = "/var/run/secrets/eqface-object-store"
+CONTROL_KEY_MOUNT = "/var/run/secrets/eqface-triton-control"
 GCS_KEY_FILE = "gcs-credentials.json"
 # The evaluate step needs held-out identities; a preset that holds out none (paper: all of MS1MV2 trains) gets these.
 DEFAULT_EVAL_IDENTITIES = 200
@@ -227,8 +228,7 @@ def build_pipeline(
             _light(release, cluster, cpu="1", memory="4Gi", cache=False)
             _mount(release, cluster.models_pvc, cluster.models_mount)
             _object_store_secret(release, cluster)
-            # manifests/: Triton's NetworkPolicy admits model-control calls only from pods with this label.
-            kubernetes.add_pod_label(release, TRITON_CLIENT_LABEL, "true")
+            _triton_control(release, cluster)
 
         return Outputs(
             metrics=scores.outputs["metrics"],
@@ -286,6 +286,20 @@ def _gpu_training(task: dsl.PipelineTask, cluster: ClusterSettings, gpus) -> Non
 def _mount(task: dsl.PipelineTask, pvc: str, mount_path: str) -> None:
     if pvc:
         kubernetes.mount_pvc(task, pvc_name=pvc, mount_path=mount_path)
+
+
+def _triton_control(task: dsl.PipelineTask, cluster: ClusterSettings) -> None:
+    """What lets the deploy step control Triton's models: the pod label Triton's NetworkPolicy admits (with the
+    pipeline's namespace, manifests/base/triton/networkpolicy.yaml) and the control key, a Secret mounted into this
+    step only and read from the file ``EQFACE_TRITON_CONTROL_KEY_FILE`` names (eqface.serving.control)."""
+    kubernetes.add_pod_label(task, TRITON_CLIENT_LABEL, "true")
+    if not cluster.triton_control_secret:
+        return
+    # optional: a deploy that only writes the repository (no triton_url) runs without the secret
+    kubernetes.use_secret_as_volume(
+        task, secret_name=cluster.triton_control_secret, mount_path=CONTROL_KEY_MOUNT, optional=True
+    )
+    task.set_env_variable("EQFACE_TRITON_CONTROL_KEY_FILE", f"{CONTROL_KEY_MOUNT}/key")
 
 
 def _object_store_secret(task: dsl.PipelineTask, cluster: ClusterSettings) -> None:

@@ -254,6 +254,20 @@ def test_triton_is_deployable_by_the_pipeline(rendered, overlay):
     assert gpus == ("1" if overlay == "production" else None)
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_triton_model_control_needs_the_key_from_the_secret(rendered, overlay):
+    """The same restricted-protocol flags as the launcher's (eqface.serving.control), the key from the Secret."""
+    from eqface.serving import control
+
+    container = find(rendered[overlay], "Deployment", "eqface-triton")["spec"]["template"]["spec"]["containers"][0]
+    spec = f"{','.join(control.RESTRICTED)}:{control.CONTROL_HEADER}=$(TRITON_CONTROL_KEY)"
+    argv = container["command"] + container["args"]
+    assert f"--grpc-restricted-protocol={spec}" in argv and f"--http-restricted-api={spec}" in argv
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TRITON_CONTROL_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "eqface-triton-control", "key": "key"}
+    assert "inference" not in control.RESTRICTED and "health" not in control.RESTRICTED  # the aggregator's calls
+
+
 def test_production_uses_redis_autoscaling_and_object_store(rendered):
     objects = rendered["production"]
     aggregator = find(objects, "Deployment", "eqface-aggregator")["spec"]["template"]["spec"]
@@ -384,6 +398,8 @@ def test_only_what_must_talk_talks(rendered, overlay):
     ]
     must_not = [
         (stranger, triton, 8001),
+        (Pod("default", {"eqface.io/triton-client": "true"}), triton, 8001),  # the label alone is not enough
+        (Pod("kubeflow", {"app": "notebook"}), triton, 8001),  # nor the pipeline's namespace alone
         (stranger, aggregator, 50051),
         (camera, triton, 8001),
         (aggregator, triton, 8000),

@@ -143,6 +143,13 @@ def test_deploy_runs_only_when_evaluate_passes(compiled):
     assert k8s["pvcMount"][0]["mountPath"] == "/mnt/models"
     assert k8s["secretAsEnv"][0]["secretName"] == "eqface-object-store" and k8s["secretAsEnv"][0]["optional"]
     assert k8s["podMetadata"]["labels"] == {"eqface.io/triton-client": "true"}  # let through Triton's NetworkPolicy
+    # The control key: a Secret mounted into the deploy step only, read from the file the variable names.
+    volumes = {v["secretName"]: v for v in k8s["secretAsVolume"]}
+    assert volumes["eqface-triton-control"]["mountPath"] == "/var/run/secrets/eqface-triton-control"
+    env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"]["exec-deploy-triton"]["container"]["env"]}
+    assert env["EQFACE_TRITON_CONTROL_KEY_FILE"] == "/var/run/secrets/eqface-triton-control/key"
+    others = [k for name, k in platform["deploymentSpec"]["executors"].items() if name != "exec-deploy-triton"]
+    assert not any(v["secretName"] == "eqface-triton-control" for k in others for v in k.get("secretAsVolume", []))
 
 
 def test_caching_choices(compiled):

@@ -8,6 +8,7 @@ import pytest
 
 from eqface.service.cli import build_parser, config_from_args, main
 from eqface.service.config import MiB, ServiceConfig, TritonConfig
+from eqface.service.hygiene import AuditConfig, HygieneConfig, RetentionConfig, hygiene_flag_dests
 
 
 def _config(*argv: str) -> ServiceConfig:
@@ -21,7 +22,7 @@ def test_defaults_are_the_config_defaults():
 def test_every_config_field_has_a_flag_with_help():
     """config_from_args builds the config by field name from each flag's dest: a new field needs its flag."""
     actions = {action.dest: action for action in build_parser()._actions if action.option_strings}
-    wanted = {f.name for f in fields(ServiceConfig) if f.name != "triton"}
+    wanted = {f.name for f in fields(ServiceConfig) if f.name not in ("triton", "hygiene")} | hygiene_flag_dests()
     wanted |= {f"triton_{f.name}" for f in fields(TritonConfig)}
     assert wanted <= actions.keys(), f"fields without a flag: {sorted(wanted - actions.keys())}"
     for dest in wanted:
@@ -119,3 +120,11 @@ def test_unreachable_store_is_a_clean_failure(capsys):
         ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--store", f"redis://127.0.0.1:{free_port()}/0"]
     )
     assert code == 1 and "cannot reach Redis" in capsys.readouterr().err
+
+
+def test_hygiene_flags():
+    config = _config("--retention-days", "30", "--identity-retention-days", "365", "--audit-log", "/var/log/a.jsonl")
+    assert config.hygiene == HygieneConfig(RetentionConfig(30.0, 365.0), AuditConfig("/var/log/a.jsonl"))
+    assert not ServiceConfig().hygiene.retention.enabled and config.hygiene.retention.enabled
+    with pytest.raises(ValueError, match="subject_days must be > 0"):
+        _config("--retention-days", "0")

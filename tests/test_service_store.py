@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -199,3 +200,138 @@ def test_subject_count_follows_creates_and_deletes_across_reopen(store_url: str)
         assert again.count_subjects() == 2
     finally:
         again.close()
+
+
+def test_purge_deletes_what_was_not_written_since_the_cutoff(store: SubjectStore):
+    """Retention: subjects and identities last written before the cutoff go, with their indexes; newer ones stay."""
+    rng = np.random.default_rng(1)
+    store.commit_subjects([SubjectWrite(i, 0, b"old") for i in ("a", "b", "c")])
+    store.put_identity(IdentityRecord("old-id", "Old", unit(rng.normal(size=512))), overwrite=False)
+    time.sleep(0.05)
+    cutoff = time.time()
+    time.sleep(0.05)
+    version_b = store.load_subjects(["b"])["b"].version
+    store.commit_subjects([SubjectWrite("b", version_b, b"updated"), SubjectWrite("d", 0, b"new")])
+    store.put_identity(IdentityRecord("new-id", "New", unit(rng.normal(size=512))), overwrite=False)
+    gallery_version = store.gallery_version()
+
+    assert sorted(store.purge_subjects(cutoff, limit=1) + store.purge_subjects(cutoff, limit=10)) == ["a", "c"]
+    assert store.purge_subjects(cutoff, limit=10) == []
+    assert set(store.load_subjects(["a", "b", "c", "d"])) == {"b", "d"}
+    assert store.list_subjects("", 10) == ["b", "d"] and store.count_subjects() == 2
+    assert store.commit_subjects([SubjectWrite("a", 0, b"again")]).conflicts == frozenset()  # really gone
+
+    assert store.purge_identities(cutoff, limit=10) == ["old-id"]
+    assert store.gallery_version() != gallery_version
+    assert [r.identity_id for r in store.load_gallery()[1]] == ["new-id"]
+    assert [r.identity_id for r in store.list_identities("", 10)] == ["new-id"]
+    assert store.purge_identities(cutoff, limit=10) == [] and store.gallery_version() != gallery_version
+    later = time.time() + 1
+    assert sorted(store.purge_subjects(later, 10)) == ["a", "b", "d"] and store.count_subjects() == 0
+    assert store.purge_identities(later, 10) == ["new-id"]
+
+
+def _marker_template(tag: int) -> np.ndarray:
+    """A template whose bytes are recognisable in a file: a fixed random pattern (no run of zeros)."""
+    return unit(np.random.default_rng(1000 + tag).uniform(0.5, 1.0, 128)).astype(np.float32)
+
+
+def test_sqlite_delete_leaves_no_template_bytes_in_its_files(tmp_path):
+    """secure_delete + a checkpoint after erasing: the bytes of a deleted subject and a removed identity are in
+    neither the database file nor its WAL, while those of a kept one still are (the check can fail)."""
+    path = tmp_path / "state.db"
+    store = SqliteStore(path)
+    kept, erased, identity = (_marker_template(i).tobytes() for i in range(3))
+    store.commit_subjects([SubjectWrite("kept", 0, kept), SubjectWrite("erased", 0, erased)])
+    store.put_identity(IdentityRecord("alice", "Alice", np.frombuffer(identity, np.float32)), overwrite=False)
+    files = [path, path.with_name(path.name + "-wal")]
+
+    def found(data: bytes) -> bool:
+        return any(f.exists() and data in f.read_bytes() for f in files)
+
+    assert found(kept) and found(erased) and found(identity)
+    assert store.delete_subject("erased") and store.remove_identity("alice")
+    assert found(kept) and not found(erased) and not found(identity)
+    store.close()
+    assert not found(erased) and not found(identity)
+
+    again = SqliteStore(path)  # purge by retention erases the same way
+    assert again.purge_subjects(time.time() + 1, 10) == ["kept"]
+    assert not found(kept)
+    again.close()
+
+
+def test_redis_delete_and_purge_leave_no_key(redis_server):  # noqa: F811
+    import redis as redis_py
+
+    url = redis_server.url()
+    store = open_store(url)
+    client = redis_py.Redis(port=redis_server.port)
+    prefix = url.rsplit("prefix=", 1)[1]
+    try:
+        store.commit_subjects([SubjectWrite("a", 0, _marker_template(0).tobytes()), SubjectWrite("b", 0, b"x")])
+        store.put_identity(IdentityRecord("alice", "Alice", _marker_template(1)), overwrite=False)
+        assert client.exists(f"{prefix}subject:a") and client.zscore(f"{prefix}subjects:written", "a")
+        assert store.delete_subject("a") and store.remove_identity("alice")
+        assert not client.exists(f"{prefix}subject:a") and client.zscore(f"{prefix}subjects:written", "a") is None
+        assert client.hget(f"{prefix}gallery", "alice") is None
+        assert client.zscore(f"{prefix}identities:written", "alice") is None
+        assert store.purge_subjects(time.time() + 1, 10) == ["b"]
+        left = {f"{prefix}gallery:version", f"{prefix}written:backfilled"}
+        assert {k.decode() for k in client.keys(f"{prefix}*")} == left
+    finally:
+        store.close()
+        client.close()
+
+
+def test_redis_records_from_before_write_times_get_one_at_upgrade(redis_server):  # noqa: F811
+    """A store written by a version without write times: opening it stamps its records with the upgrade time, once,
+    so retention counts from then instead of never deleting them (SQLite does the same with its new column)."""
+    import redis as redis_py
+
+    url = redis_server.url()
+    prefix = url.rsplit("prefix=", 1)[1]
+    client = redis_py.Redis(port=redis_server.port)
+    try:  # what the previous version wrote for one subject and one identity
+        client.hset(f"{prefix}subject:legacy", mapping={"v": 1, "s": b"x"})
+        client.zadd(f"{prefix}subjects", {"legacy": 0})
+        client.hset(f"{prefix}gallery", "old-id", b"\x00\x00" + _marker_template(0).tobytes())
+        client.zadd(f"{prefix}identities", {"old-id": 0})
+        before = time.time()
+        store = open_store(url)
+        try:
+            stamped = client.zscore(f"{prefix}subjects:written", "legacy")
+            assert stamped is not None and before <= stamped <= time.time()
+            assert client.zscore(f"{prefix}identities:written", "old-id") is not None
+            assert store.purge_subjects(before - 60, 10) == []  # not expired: counted from the upgrade
+            assert store.purge_subjects(time.time() + 1, 10) == ["legacy"]
+            assert store.purge_identities(time.time() + 1, 10) == ["old-id"]
+        finally:
+            store.close()
+        client.zadd(f"{prefix}subjects", {"later": 0})  # the upgrade runs once
+        open_store(url).close()
+        assert client.zscore(f"{prefix}subjects:written", "later") is None
+    finally:
+        client.close()
+
+
+def test_sqlite_rows_from_before_write_times_get_one_at_upgrade(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the previous version's schema
+        conn.executescript(
+            "CREATE TABLE subjects (id TEXT PRIMARY KEY, version INTEGER NOT NULL, state BLOB NOT NULL);"
+            "CREATE TABLE identities (id TEXT PRIMARY KEY, display_name TEXT NOT NULL, template BLOB NOT NULL, "
+            "version INTEGER NOT NULL);"
+            "INSERT INTO subjects VALUES ('legacy', 1, x'00');"
+        )
+    conn.close()
+    before = time.time()
+    store = SqliteStore(path)
+    try:
+        assert store.load_subjects(["legacy"])["legacy"].data == b"\x00" and store.count_subjects() == 1
+        assert store.purge_subjects(before - 60, 10) == []
+        assert store.purge_subjects(time.time() + 1, 10) == ["legacy"] and store.count_subjects() == 0
+    finally:
+        store.close()

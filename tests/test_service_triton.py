@@ -26,7 +26,7 @@ from eqface import contract
 from eqface.aggregation import PAPER_F_TH, PAPER_S_TH, Thresholds, progressive_templates, qwfa
 from eqface.eval.calibration import CalibrationSettings
 from eqface.export.thresholds import calibrate_onnx, pack_faces, write_thresholds
-from eqface.service.client import feature_frame, image_frame, template_of
+from eqface.service.client import embedding_bytes, feature_frame, image_frame, template_of
 from eqface.service.config import ServiceConfig, TritonConfig
 from eqface.service.errors import FailedPrecondition
 from eqface.service.server import SERVICE_NAME, TRITON_HEALTH
@@ -239,7 +239,8 @@ def test_concurrent_streams_share_micro_batches(image_server, people):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_triton_outage_is_unavailable_then_recovers(tmp_path, triton, mobilefacenet, people):
-    """Triton hung (SIGSTOP), then gone (stopped), then back: streams get UNAVAILABLE, readiness follows, no crash."""
+    """Triton hung (SIGSTOP), then gone (stopped), then back: image frames get UNAVAILABLE, the Triton component's
+    health follows, while the service stays SERVING and feature frames and stored-template reads keep working."""
     images = people["person0"]
     config = _config(tmp_path, triton, mobilefacenet, timeout_s=1.0)
     with serve_in_thread(config) as server, aggregator_stub(server.target) as stub:
@@ -248,20 +249,30 @@ def test_triton_outage_is_unavailable_then_recovers(tmp_path, triton, mobileface
         _stream_images(stub, "cam", images[:2])
         features = StreamSession(stub)  # feature mode must keep working throughout
         assert features.exchange(pb.StreamFramesRequest(frames=[feature_frame("f", 1, unit(np.ones(128)), 0.9)]))
+        probe = embedding_bytes(unit(np.ones(128)))
+        stub.Enroll(pb.EnrollRequest(identity_id="known", subject_id="cam"))
 
         for outage, restore in ((triton.freeze, triton.thaw), (triton.stop, triton.start)):
             outage()
             with pytest.raises(grpc.RpcError) as err:
                 _stream_images(stub, "cam", images[2:4], first_seq=3)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
-            _wait_health(server.target, "", NOT_SERVING)
-            assert health_status(server.target, SERVICE_NAME) == NOT_SERVING
-            assert health_status(server.target, TRITON_HEALTH) == NOT_SERVING
+            _wait_health(server.target, TRITON_HEALTH, NOT_SERVING)
+            # Readiness ("" and the service name) does not follow Triton: this replica still serves.
+            assert health_status(server.target, "") == SERVING
+            assert health_status(server.target, SERVICE_NAME) == SERVING
             seq = 2 + int(restore == triton.start)
             reply = features.exchange(pb.StreamFramesRequest(frames=[feature_frame("f", seq, unit(np.ones(128)), 0.9)]))
             assert reply.results[0].status == pb.FRAME_STATUS_ACCEPTED
+            assert stub.GetTemplate(pb.GetTemplateRequest(subject_id="cam")).subject.frame_count == 2
+            assert set(stub.ListSubjects(pb.ListSubjectsRequest()).subject_ids) == {"cam", "f"}
+            assert [m.identity_id for m in stub.Identify(pb.IdentifyRequest(embedding=probe)).matches] == ["known"]
+            assert stub.Identify(pb.IdentifyRequest(subject_id="f")).gallery_size == 1
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Identify(pb.IdentifyRequest(images=pb.ImageSet(images=images[:1])))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             restore()
-            _wait_health(server.target, "", SERVING, timeout_s=30)
+            _wait_health(server.target, TRITON_HEALTH, SERVING, timeout_s=30)
             results = _stream_images(stub, "cam", images[2:4], first_seq=3)
             assert [r.status != pb.FRAME_STATUS_INVALID for r in results] == [True, True]
             stub.DeleteSubject(pb.DeleteSubjectRequest(subject_id="cam"))
@@ -269,6 +280,7 @@ def test_triton_outage_is_unavailable_then_recovers(tmp_path, triton, mobileface
         features.close()
         text = server.server.service.metrics.exposition().decode()
         assert _sample(text, 'eqface_aggregator_triton_errors_total{reason="deadline_exceeded"}') >= 1
+        assert _sample(text, 'eqface_aggregator_dependency_up{dependency="triton"}') == 1
 
 
 @pytest.mark.integration
@@ -372,7 +384,7 @@ def test_the_aggregator_takes_its_thresholds_from_the_served_model(tmp_path, mob
             while service.thresholds.s_th != strict.s_th:
                 assert time.monotonic() < deadline, f"still {service.thresholds}"
                 time.sleep(0.1)
-            _wait_health(server.target, "", SERVING, timeout_s=30)
+            _wait_health(server.target, TRITON_HEALTH, SERVING, timeout_s=30)
             _stream_images(stub, "cam2", images)
             state = stub.GetTemplate(pb.GetTemplateRequest(subject_id="cam2")).subject
             np.testing.assert_allclose(template_of(state), embeddings[0], atol=1e-4)  # every later frame rejected

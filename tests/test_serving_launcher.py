@@ -18,8 +18,10 @@ import tritonclient.grpc as grpcclient
 
 from eqface import contract
 from eqface.processes import pid_alive
+from eqface.serving import control
 from eqface.serving.client import infer_images
 from eqface.serving.launcher import TritonServer, TritonStartError
+from eqface.workflow.deploy import load_version
 
 pytestmark = pytest.mark.integration
 
@@ -85,10 +87,14 @@ def _assert_gone(pid: int) -> None:
 
 
 def test_serve_deploys_a_new_version_in_explicit_mode_and_stops_on_sigterm(
-    serve, local_repository, tmp_path, mobilefacenet, faces
+    serve, local_repository, tmp_path, mobilefacenet, faces, monkeypatch
 ):
+    """The deploy step loads a new version into a server whose model control is locked: with the key from the
+    file the deploy job mounts, not without it."""
     repo = tmp_path / "repo"
     shutil.copytree(local_repository, repo)
+    key_file = tmp_path / "control.key"
+    key_file.write_text(control.new_key() + "\n")
     server = serve(
         "--model-repository",
         str(repo),
@@ -97,9 +103,12 @@ def test_serve_deploys_a_new_version_in_explicit_mode_and_stops_on_sigterm(
         "explicit",
         "--load-model",
         contract.ENSEMBLE_MODEL_NAME,
+        "--control-key-file",
+        str(key_file),
     )
     pid = int(server.wait_for(r"tritonserver ready \(pid (\d+)\)").group(1))
     grpc_url = server.wait_for(r"gRPC\s+(\S+)").group(1)
+    server.wait_for("model control restricted to the control key")
     server.wait_for("Ctrl-C or SIGTERM stops the server")
     client = grpcclient.InferenceServerClient(grpc_url)
     face = faces[:1]
@@ -123,7 +132,15 @@ def test_serve_deploys_a_new_version_in_explicit_mode_and_stops_on_sigterm(
         capture_output=True,
         timeout=120,
     )
-    client.load_model(contract.ENSEMBLE_MODEL_NAME)
+    for name in (control.KEY_FILE_ENV, control.KEY_ENV):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(
+        RuntimeError, match=f"refused to load.*needs the server's control key: set {control.KEY_FILE_ENV}"
+    ):
+        load_version(grpc_url, 2, mobilefacenet.spec)
+    assert not client.is_model_ready(contract.ONNX_MODEL_NAME, "2")
+    monkeypatch.setenv(control.KEY_FILE_ENV, str(key_file))
+    load_version(grpc_url, 2, mobilefacenet.spec)
     assert client.is_model_ready(contract.ONNX_MODEL_NAME, "2")
     assert not client.is_model_ready(contract.ONNX_MODEL_NAME, "1")
     after = infer_images(client, face)
@@ -202,6 +219,71 @@ def _onnx_only(local_repository: Path, tmp_path: Path) -> Path:
     repository = tmp_path / "onnx_only"
     shutil.copytree(local_repository / contract.ONNX_MODEL_NAME, repository / contract.ONNX_MODEL_NAME)
     return repository
+
+
+def test_model_control_needs_the_key_and_inference_does_not(local_repository, tmp_path, triton_installed):
+    """A locked server: load, unload and the repository index are refused without the key or with a wrong one
+    (gRPC and HTTP), accepted with it; inference, health, metadata and model config need no key."""
+    import numpy as np
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    key = control.new_key()
+    model = contract.ONNX_MODEL_NAME
+    repository = _onnx_only(local_repository, tmp_path)
+    with TritonServer(repository, model_control_mode="explicit", load_models=["*"], control_key=key) as server:
+        assert f"{control.CONTROL_HEADER}={key}" in " ".join(server.command(Path("t"), Path("b")))
+        assert [m["name"] for m in server.models()] == [model]  # the launcher's own index call sends the key
+        for client, protocol in (
+            (grpcclient.InferenceServerClient(server.grpc_url), "grpc"),
+            (httpclient.InferenceServerClient(server.http_url), "http"),
+        ):
+            for headers in (None, control.headers(control.new_key(), protocol), control.headers(key, "http")):
+                if protocol == "http" and headers == control.headers(key, "http"):
+                    continue  # the HTTP header name is the right one over HTTP
+                for call in (client.unload_model, client.load_model):
+                    with pytest.raises(InferenceServerException, match="restricted"):
+                        call(model, headers=headers)
+                with pytest.raises(InferenceServerException, match="restricted"):
+                    client.get_model_repository_index(headers=headers)
+            assert client.is_model_ready(model)
+            client.unload_model(model, headers=control.headers(key, protocol))
+            deadline = time.monotonic() + 30
+            while client.is_model_ready(model):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            client.load_model(model, headers=control.headers(key, protocol))
+            assert client.is_model_ready(model) and client.is_server_ready()
+            assert client.get_model_metadata(model) and client.get_model_config(model)
+            api = grpcclient if protocol == "grpc" else httpclient
+            shape = [1, *[int(d) for d in _input_dims(client.get_model_metadata(model))]]
+            tensor = api.InferInput(contract.INPUT_NAME, shape, "FP32")
+            tensor.set_data_from_numpy(np.zeros(shape, np.float32))
+            result = client.infer(model, [tensor])
+            assert result.as_numpy(contract.EMBEDDING_NAME).shape == (1, 128)
+            client.close()
+
+
+def _input_dims(metadata) -> list[int]:
+    inputs = metadata["inputs"] if isinstance(metadata, dict) else metadata.inputs
+    shape = inputs[0]["shape"] if isinstance(inputs[0], dict) else inputs[0].shape
+    return [int(d) for d in shape[1:]]
+
+
+def test_control_keys_come_from_a_file_or_the_environment(tmp_path):
+    key = control.new_key()
+    (tmp_path / "key").write_text(f"{key}\n")
+    assert control.read_key(tmp_path / "key", environ={}) == key
+    assert control.read_key(environ={control.KEY_FILE_ENV: str(tmp_path / "key"), control.KEY_ENV: "x"}) == key
+    assert control.read_key(environ={control.KEY_ENV: key}) == key
+    assert control.read_key(environ={}) is None
+    assert control.headers(key, "grpc") == {f"triton-grpc-protocol-{control.CONTROL_HEADER}": key}
+    assert control.headers(None, "http") is None
+    for bad in ("short", "a" * 20 + ":x=y", "a" * 300, "with space " * 3):
+        with pytest.raises(ValueError, match="16-256 characters"):
+            control.check_key(bad)
+    with pytest.raises(FileNotFoundError):
+        control.read_key(tmp_path / "missing", environ={})
 
 
 def test_triton_helper_serves_and_stops_with_its_owner(local_repository, tmp_path, triton_installed):

@@ -249,11 +249,31 @@ def test_up_status_stream_down(tiny_model, tmp_path):
         status = eqface_cli("stack", "status", "--state-dir", str(state_dir))
         assert status.returncode == 0, status.stdout + status.stderr
         assert status.stdout.count(" running") == 3 and "GONE" not in status.stdout
+        _model_control_is_locked(state_dir)
     finally:
         down = eqface_cli("stack", "down", "--state-dir", str(state_dir))
     assert down.returncode == 0 and "no process left" in down.stdout, down.stdout + down.stderr
     assert_all_gone(state_dir)
     assert eqface_cli("stack", "status", "--state-dir", str(state_dir)).returncode == 3
+
+
+def _model_control_is_locked(state_dir: Path) -> None:
+    """The stack's Triton refuses model control without the key the stack keeps, owner-only, in its state folder."""
+    import json
+
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from eqface.serving import control
+
+    key_file = state_dir / "triton-control.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    url = json.loads((state_dir / "state.json").read_text())["endpoints"]["triton_http"]
+    with httpclient.InferenceServerClient(url) as client:
+        with pytest.raises(InferenceServerException, match="restricted"):
+            client.get_model_repository_index()
+        key = control.read_key(key_file, environ={})
+        assert client.get_model_repository_index(headers=control.headers(key, "http"))
 
 
 @pytest.mark.slow

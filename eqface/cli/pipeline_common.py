@@ -28,6 +28,11 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
         help="secret with AWS_*/gcs-credentials.json keys ('' for none)",
     )
     p.add_argument(
+        "--triton-control-secret",
+        default=cluster.triton_control_secret,
+        help="secret whose key 'key' unlocks Triton's model control; mounted into the deploy step only ('' for none)",
+    )
+    p.add_argument(
         "--train-memory", default=cluster.train_memory, help="memory request and limit of each training step"
     )
     p.add_argument("--train-cpu", default=cluster.train_cpu, help="CPU request of each training step")
@@ -55,6 +60,7 @@ def cluster_settings(args: argparse.Namespace):
         "work_pvc",
         "models_pvc",
         "object_store_secret",
+        "triton_control_secret",
         "train_memory",
         "train_cpu",
         "train_retries",

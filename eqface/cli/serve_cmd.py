@@ -137,6 +137,13 @@ def _add_triton_parser(serve: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--log-verbose", type=int, default=0, help="Triton's log verbosity")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    p.add_argument(
+        "--control-key-file",
+        metavar="PATH",
+        help="restrict model control (load/unload, repository index, shared memory, trace, logging) to callers "
+        "sending the key in this file (default: $EQFACE_TRITON_CONTROL_KEY_FILE, else $EQFACE_TRITON_CONTROL_KEY, "
+        "else open); the deploy step reads the same variables",
+    )
     p.set_defaults(func=run_triton)
 
 
@@ -181,6 +188,7 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def run_triton(args: argparse.Namespace) -> int:
+    from eqface.serving import control
     from eqface.serving.launcher import TritonServer
 
     server = TritonServer(
@@ -193,6 +201,7 @@ def run_triton(args: argparse.Namespace) -> int:
         load_models=args.load_model,
         log_verbose=args.log_verbose,
         startup_timeout_s=args.startup_timeout,
+        control_key=control.read_key(args.control_key_file),
     )
     # SIGTERM (docker stop, kubectl delete) takes the same path as Ctrl-C: stop the server, exit 0.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -221,4 +230,5 @@ def _print_endpoints(server) -> None:
     print(f"  gRPC     {server.grpc_url}")
     print(f"  HTTP     http://{server.http_url}")
     print(f"  metrics  {server.metrics_url}")
+    print(f"  model control {'restricted to the control key' if server.control_key else 'OPEN to every caller'}")
     print("Ctrl-C or SIGTERM stops the server.", flush=True)

@@ -12,6 +12,7 @@ from dataclasses import MISSING, fields
 
 from eqface.service.config import MiB, ServiceConfig, TritonConfig
 from eqface.service.errors import ServiceError
+from eqface.service.hygiene import add_hygiene_arguments, hygiene_from_args
 
 DESCRIPTION = """\
 EQFace aggregation service (gRPC). Keeps one progressive quality-weighted template per subject (paper section 5.3,
@@ -183,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=triton["max_concurrent_batches"],
         help="Triton requests in flight at once (%(default)s)",
     )
+    add_hygiene_arguments(p)
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -193,7 +195,8 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
     triton = None
     if values["triton_url"]:
         triton = TritonConfig(**{f.name: values[f"triton_{f.name}"] for f in fields(TritonConfig)})
-    return ServiceConfig(triton=triton, **{f.name: values[f.name] for f in fields(ServiceConfig) if f.name != "triton"})
+    nested = {"triton": triton, "hygiene": hygiene_from_args(values)}
+    return ServiceConfig(**nested, **{f.name: values[f.name] for f in fields(ServiceConfig) if f.name not in nested})
 
 
 async def serve(config: ServiceConfig) -> None:

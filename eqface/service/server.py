@@ -19,8 +19,9 @@ from eqface.service.v1 import aggregator_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AggregatorService"].full_name  # "eqface.service.v1.AggregatorService"
-# Health-checked names: "" and SERVICE_NAME are SERVING when every dependency is up (readiness); the component names
-# say which dependency is down.
+# Health-checked names: "" and SERVICE_NAME are SERVING while the service serves what needs only the store (feature
+# frames, template reads, gallery): Kubernetes readiness must not drop a replica from its Service because Triton is
+# down. STORE_HEALTH and TRITON_HEALTH say which dependency is up; image-mode clients check TRITON_HEALTH.
 STORE_HEALTH = f"{SERVICE_NAME}/store"
 TRITON_HEALTH = f"{SERVICE_NAME}/triton"
 _SERVING = health_pb2.HealthCheckResponse.SERVING

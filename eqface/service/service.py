@@ -24,6 +24,7 @@ from eqface import contract
 from eqface.aggregation import qwfa
 from eqface.data.decode import ImageDecodeError, ImageLimits, decode_image
 from eqface.service.aggregator import FrameInput, FrameOutcome, FrameStatus
+from eqface.service.audit import AuditLog
 from eqface.service.config import ServiceConfig
 from eqface.service.engine import (
     CommittedBatch,
@@ -55,6 +56,7 @@ from eqface.service.inputs import (
     parse_embedding,
 )
 from eqface.service.metrics import ServiceMetrics
+from eqface.service.retention import Purged, RetentionSweeper
 from eqface.service.state import AggregationParams, SubjectRecord
 from eqface.service.store import IdentityRecord, SubjectStore
 from eqface.service.thresholds import ResolvedThresholds, resolve_thresholds
@@ -118,6 +120,8 @@ class AggregatorService:
         self.committer = GroupCommitter(self.engine, config.max_commit_frames, self.metrics)
         self.gallery = GalleryIndex(config.embedding_dim)
         self.image_limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
+        self.audit = AuditLog(config.hygiene.audit)
+        self.retention = RetentionSweeper(config.hygiene.retention, store, self.io, self.audit, self._forget_purged)
         self.readiness: dict[str, bool] = {"store": False}
         self.on_readiness_change: Callable[[dict[str, bool]], None] = lambda readiness: None
         self.draining = asyncio.Event()
@@ -138,12 +142,14 @@ class AggregatorService:
         self.committer.start()
         await self._check_store()
         await self.refresh_gallery()
+        await self.retention.start()
         if self.embedder is not None:
             await self.embedder.start()
         self._background = asyncio.get_running_loop().create_task(self._watch(), name="eqface-watch")
 
     async def stop(self) -> None:
         """Stops after the streams ended: commits what is queued, then closes Triton and the store."""
+        await self.retention.stop()
         if self._background is not None:
             self._background.cancel()
             await asyncio.gather(self._background, return_exceptions=True)
@@ -153,10 +159,18 @@ class AggregatorService:
         self.io.shutdown()
         self._decode_pool.shutdown(wait=True)
         self.store.close()
+        self.audit.close()
 
     @property
     def ready(self) -> bool:
-        return all(self.readiness.values()) and not self.draining.is_set()
+        """Whether the service serves: the store answers and it is not draining.
+
+        Triton is not part of it: feature frames, stored-template reads (GetTemplate, ListSubjects, Identify and
+        Enroll from an embedding or a stored subject) and deletes need only the store, so a Triton outage must not
+        take the replica out of its Service. While Triton is down only what needs an embedding from an image answers
+        UNAVAILABLE; ``readiness["triton"]`` (health ``<service>/triton``) says when.
+        """
+        return self.readiness.get("store", False) and not self.draining.is_set()
 
     def _set_readiness(self, name: str, ok: bool) -> None:
         if self.readiness.get(name) != ok:
@@ -322,6 +336,14 @@ class AggregatorService:
     async def delete_subject(self, subject_id: str, deadline: float | None) -> None:
         await self.engine.delete(check_id(subject_id), deadline)
         self.metrics.active.forget(subject_id)
+
+    async def _forget_purged(self, purged: Purged) -> None:
+        """Retention deleted these records from the store: no copy stays in memory either."""
+        self.engine.cache.discard(purged.subjects)
+        for subject_id in purged.subjects:
+            self.metrics.active.forget(subject_id)
+        if purged.identities:
+            await self.refresh_gallery()
 
     async def list_subjects(self, requested_size: int, token: str) -> tuple[list[str], str]:
         size, after = page_size(requested_size), decode_page_token(token)

@@ -17,6 +17,7 @@ import grpc
 
 from eqface.service import errors
 from eqface.service.aggregator import FrameOutcome, FrameStatus
+from eqface.service.caller import caller_of
 from eqface.service.gallery import Match
 from eqface.service.inputs import RawFrame
 from eqface.service.service import AggregatorService, MessageResult, StreamRequest, TemplateSource
@@ -88,6 +89,31 @@ def _unary(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     return wrapper
 
 
+def _audited(action: str, target: str, **details: Callable[[Any], Any]) -> Callable:
+    """Writes one audit line per call (``eqface.service.audit``): the caller, ``action``, the request's ``target``
+    field, the outcome (OK or the status the call ends with) and ``details`` computed from the request."""
+
+    def decorate(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+        @functools.wraps(method)
+        async def wrapper(self: AggregatorServicer, request: Any, context: Any) -> R:
+            outcome = "INTERNAL"
+            try:
+                response = await method(self, request, context)
+                outcome = "OK"
+                return response
+            except errors.ServiceError as exc:
+                outcome = status_code(exc).name
+                raise
+            finally:
+                extra = {key: detail(request) for key, detail in details.items()}
+                caller = caller_of(context)
+                self.service.audit.record(caller, action, getattr(request, target), outcome, **extra)
+
+        return wrapper
+
+    return decorate
+
+
 class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
     def __init__(self, service: AggregatorService) -> None:
         self.service = service
@@ -103,16 +129,19 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
                 await context.abort(status_code(exc), str(exc))
 
     @_unary
+    @_audited("get_template", "subject_id")
     async def GetTemplate(self, request: pb.GetTemplateRequest, context: Any) -> pb.GetTemplateResponse:
         record = await self.service.get_subject(request.subject_id)
         return pb.GetTemplateResponse(subject=_subject_state(record))
 
     @_unary
+    @_audited("reset_subject", "subject_id")
     async def ResetSubject(self, request: pb.ResetSubjectRequest, context: Any) -> pb.ResetSubjectResponse:
         record = await self.service.reset_subject(request.subject_id, _deadline(context))
         return pb.ResetSubjectResponse(subject=_subject_state(record))
 
     @_unary
+    @_audited("delete_subject", "subject_id")
     async def DeleteSubject(self, request: pb.DeleteSubjectRequest, context: Any) -> pb.DeleteSubjectResponse:
         await self.service.delete_subject(request.subject_id, _deadline(context))
         return pb.DeleteSubjectResponse()
@@ -123,6 +152,7 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
         return pb.ListSubjectsResponse(subject_ids=ids, next_page_token=token)
 
     @_unary
+    @_audited("enroll", "identity_id", overwrite=lambda r: r.overwrite, source=lambda r: r.WhichOneof("source"))
     async def Enroll(self, request: pb.EnrollRequest, context: Any) -> pb.EnrollResponse:
         source = _source(request, request.WhichOneof("source"))
         size, qualities = await self.service.enroll(
@@ -138,6 +168,7 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
         return pb.IdentifyResponse(matches=[_match(m) for m in matches], gallery_size=size)
 
     @_unary
+    @_audited("remove_identity", "identity_id")
     async def RemoveIdentity(self, request: pb.RemoveIdentityRequest, context: Any) -> pb.RemoveIdentityResponse:
         size = await self.service.remove_identity(request.identity_id, _deadline(context))
         return pb.RemoveIdentityResponse(gallery_size=size)

@@ -27,6 +27,7 @@ from typing import Literal
 
 from eqface import processes
 from eqface.processes import free_port
+from eqface.serving import control
 
 ModelControlMode = Literal["none", "poll", "explicit"]
 MODEL_CONTROL_MODES: tuple[ModelControlMode, ...] = ("none", "poll", "explicit")
@@ -75,6 +76,8 @@ class TritonServer:
         log_verbose: Triton's ``--log-verbose`` level.
         startup_timeout_s: how long to wait for readiness.
         extra_args: further ``tritonserver`` options, e.g. ``["--exit-timeout-secs=10"]``.
+        control_key: model control (load/unload, repository index, shared memory, trace, logging) only for callers
+            sending this key (``eqface.serving.control``); None leaves it open to anyone who reaches the ports.
 
     The server dies with the thread that started it (``PR_SET_PDEATHSIG``): start it from a thread that outlives it.
     """
@@ -92,6 +95,7 @@ class TritonServer:
         log_verbose: int = 0,
         startup_timeout_s: float = 120.0,
         extra_args: Sequence[str] = (),
+        control_key: str | None = None,
     ) -> None:
         if model_control_mode not in MODEL_CONTROL_MODES:
             valid = ", ".join(MODEL_CONTROL_MODES)
@@ -109,6 +113,7 @@ class TritonServer:
         self.log_verbose = log_verbose
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = tuple(extra_args)
+        self.control_key = None if control_key is None else control.check_key(control_key)
         self._child: processes.Child | None = None
         self._workdir: Path | None = None
 
@@ -137,7 +142,9 @@ class TritonServer:
 
     def models(self) -> list[dict[str, str]]:
         """The repository index: one ``{"name", "version", "state"}`` per model version the server knows."""
-        request = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
+        url = f"http://{self.http_url}/v2/repository/index"
+        headers = control.headers(self.control_key, "http") or {}
+        request = urllib.request.Request(url, data=b"{}", method="POST", headers=headers)
         with urllib.request.urlopen(request, timeout=5.0) as response:
             return json.loads(response.read())
 
@@ -228,6 +235,8 @@ class TritonServer:
         if self.model_control_mode == "poll":
             args.append("--repository-poll-secs=2")
         args += [f"--load-model={name}" for name in self.load_models]
+        if self.control_key is not None:
+            args += control.server_args(self.control_key)
         return args + list(self.extra_args)
 
     @staticmethod

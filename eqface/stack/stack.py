@@ -111,12 +111,26 @@ class LocalStack:
             model_control_mode="explicit",
             load_models=["*"],
             startup_timeout_s=c.startup_timeout_s,
+            control_key=self._control_key(),
         )
         self._triton.start()
         e = self.endpoints
         e.triton_grpc, e.triton_http = self._triton.grpc_url, self._triton.http_url
         e.triton_metrics = f"{c.host}:{self._triton.metrics_port}"
         e.processes["triton"] = _identity(self._triton.pid)
+
+    def _control_key(self) -> str:
+        """Triton's model-control key: made once, kept in the state folder (owner-only) for a deploy to this stack
+        (``EQFACE_TRITON_CONTROL_KEY_FILE=<state_dir>/triton-control.key``)."""
+        from eqface.serving import control
+
+        path = self.config.state_dir / "triton-control.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(control.new_key() + "\n")
+        return control.read_key(path)  # type: ignore[return-value]
 
     def _spawn_aggregator(self) -> Child:
         c, e = self.config, self.endpoints
@@ -171,8 +185,11 @@ class LocalStack:
         return child
 
     def _wait_aggregator(self, child: Child) -> None:
-        """Until grpc.health.v1 says SERVING (store and Triton reachable)."""
-        wait_for_grpc_health(self.endpoints.aggregator_grpc, child, self.config.startup_timeout_s)
+        """Until grpc.health.v1 says the service and its Triton component are SERVING (store and Triton reachable)."""
+        from eqface.service.server import TRITON_HEALTH
+
+        for service in ("", TRITON_HEALTH):
+            wait_for_grpc_health(self.endpoints.aggregator_grpc, child, self.config.startup_timeout_s, service)
 
     # ---------------------------------------------------------------------------------------------- running
     def failed_part(self) -> str | None:

@@ -3,7 +3,9 @@
 The repository may be a local folder (a PVC mount included) or an object-store prefix (``s3://``, ``gs://``, which
 Triton reads natively); a remote version is assembled locally and uploaded, version folders first and configs last.
 Loading goes through Triton's model-control API, so the server must run with ``--model-control-mode=explicit``; the
-composing models are loaded before the ensemble, then the new version must report READY and answer a request.
+composing models are loaded before the ensemble, then the new version must report READY and answer a request. A
+server that restricts model control (``eqface.serving.control``) gets the key from ``EQFACE_TRITON_CONTROL_KEY_FILE``
+(the deploy job's mounted Secret) or ``EQFACE_TRITON_CONTROL_KEY``.
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ def _join(location: str, name: str) -> str:
 
 
 def triton_client(url: str):
-    """(client, its tritonclient module) for ``grpc://host:port``, ``http(s)://host:port`` or ``host:port`` (gRPC)."""
+    """(client, its tritonclient module, "grpc" or "http") for ``grpc://host:port``, ``http(s)://host:port`` or
+    ``host:port`` (gRPC)."""
     parsed = urlparse(url if "://" in url else f"grpc://{url}")
     if parsed.scheme == "grpc":
         import tritonclient.grpc as client_module
@@ -102,25 +105,39 @@ def triton_client(url: str):
     if not parsed.netloc:
         raise ValueError(f"Triton URL {url!r} names no host")
     kwargs = {"ssl": True} if parsed.scheme == "https" else {}
-    return client_module.InferenceServerClient(parsed.netloc, **kwargs), client_module
+    protocol = "grpc" if parsed.scheme == "grpc" else "http"
+    return client_module.InferenceServerClient(parsed.netloc, **kwargs), client_module, protocol
 
 
 def load_version(url: str, version: int, spec: InferenceSpec, timeout_s: float = 300.0) -> None:
     """Asks the server to (re)load every model, waits for ``version`` to be ready, then sends one request."""
     from tritonclient.utils import InferenceServerException
 
-    client, api = triton_client(url)
+    from eqface.serving import control
+
+    client, api, protocol = triton_client(url)
+    headers = control.headers(control.read_key(), protocol)
     try:
         for model in MODELS:
             try:
-                client.load_model(model)
+                client.load_model(model, headers=headers)
             except InferenceServerException as exc:
-                hint = " (start Triton with --model-control-mode=explicit)" if "explicit" in str(exc) else ""
-                raise RuntimeError(f"{url} refused to load {model}: {exc}{hint}") from None
+                raise RuntimeError(f"{url} refused to load {model}: {exc}{_load_hint(str(exc), headers)}") from None
         _wait_ready(client, version, timeout_s)
         _smoke_request(client, api, url, spec)
     finally:
         client.close()
+
+
+def _load_hint(message: str, headers: dict[str, str] | None) -> str:
+    if "explicit" in message:
+        return " (start Triton with --model-control-mode=explicit)"
+    if "restricted" in message:
+        from eqface.serving.control import KEY_ENV, KEY_FILE_ENV
+
+        sent = "the key sent is not the server's" if headers else f"set {KEY_FILE_ENV} or {KEY_ENV}"
+        return f" (model control needs the server's control key: {sent})"
+    return ""
 
 
 def _wait_ready(client, version: int, timeout_s: float) -> None:

@@ -99,6 +99,15 @@ class SubjectStore(abc.ABC):
         """Up to ``limit`` gallery entries with ids greater than ``after``, ascending."""
 
     @abc.abstractmethod
+    def purge_subjects(self, updated_before: float, limit: int) -> list[str]:
+        """Deletes up to ``limit`` subjects last written (created, updated or reset) before ``updated_before`` (Unix
+        seconds) and returns their ids; a subject written again in the meantime is kept (checked atomically)."""
+
+    @abc.abstractmethod
+    def purge_identities(self, updated_before: float, limit: int) -> list[str]:
+        """Removes up to ``limit`` gallery entries last enrolled before ``updated_before`` (Unix seconds); their ids."""
+
+    @abc.abstractmethod
     def ping(self) -> None:
         """Raises StoreUnavailable unless the backend answers."""
 

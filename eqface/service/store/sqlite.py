@@ -8,6 +8,13 @@ killed (the WAL was written to the OS), but the last commits may be lost if the 
 
 Several processes may share one file (WAL allows it; writers serialise on ``BEGIN IMMEDIATE`` and the version check
 keeps their updates from overwriting each other), but the file must be on a local disk.
+
+Erasure. ``secure_delete`` is on: SQLite overwrites deleted and replaced content with zeros in the database file,
+so a deleted subject's or identity's template bytes do not linger in free space. The WAL still holds the page images
+of recent transactions until a checkpoint; ``erase_checkpoint()`` (called after every delete and purge) copies them
+back and truncates the WAL, after which the bytes are nowhere in either file. Every delete and purge that removed
+something runs that checkpoint (rare administrative calls; a reader in another process can postpone it to the next
+one).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -37,13 +45,21 @@ _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
 # 8 KiB pages hold three ~2.1 KB subject records where 4 KiB pages hold one (see bench/bench_service.py).
 _PAGE_SIZE = 8192
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS subjects (id TEXT PRIMARY KEY, version INTEGER NOT NULL, state BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS subjects (
+    id TEXT PRIMARY KEY, version INTEGER NOT NULL, state BLOB NOT NULL, updated_at REAL NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS identities (
-    id TEXT PRIMARY KEY, display_name TEXT NOT NULL, template BLOB NOT NULL, version INTEGER NOT NULL
+    id TEXT PRIMARY KEY, display_name TEXT NOT NULL, template BLOB NOT NULL, version INTEGER NOT NULL,
+    updated_at REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('gallery_version', 0);
 INSERT OR IGNORE INTO meta (key, value) SELECT 'subject_count', count(*) FROM subjects;
+"""
+# Retention deletes by last write time; the indexes keep a purge from scanning every row.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS subjects_updated ON subjects (updated_at);
+CREATE INDEX IF NOT EXISTS identities_updated ON identities (updated_at);
 """
 
 
@@ -64,9 +80,22 @@ class SqliteStore(SubjectStore):
             if mode.lower() != "wal":
                 raise StoreUnavailable(f"{self.path}: could not switch to WAL mode (got {mode!r})")
             self._conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[synchronous]}")
+            self._conn.execute("PRAGMA secure_delete=ON")  # deleted templates are zeroed, not left in free pages
             self._conn.executescript(_SCHEMA)
+            self._add_timestamps()
+            self._conn.executescript(_INDEXES)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
+
+    def _add_timestamps(self) -> None:
+        """Files written before retention existed get the column, and their rows the time of this upgrade (their
+        real last write is unknown: retention then counts from now rather than deleting them all at once)."""
+        now = time.time()
+        for table in ("subjects", "identities"):
+            columns = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            if "updated_at" not in columns:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN updated_at REAL NOT NULL DEFAULT 0")
+                self._conn.execute(f"UPDATE {table} SET updated_at = ?", (now,))
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -125,17 +154,19 @@ class SqliteStore(SubjectStore):
             versions: dict[str, int] = {}
             conflicts: set[str] = set()
             created = 0
+            now = time.time()
             for w in writes:
                 version = new_version()
                 if w.expected_version == 0:
                     cur = conn.execute(
-                        "INSERT INTO subjects (id, version, state) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                        (w.subject_id, version, w.data),
+                        "INSERT INTO subjects (id, version, state, updated_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (id) DO NOTHING",
+                        (w.subject_id, version, w.data, now),
                     )
                 else:
                     cur = conn.execute(
-                        "UPDATE subjects SET version = ?, state = ? WHERE id = ? AND version = ?",
-                        (version, w.data, w.subject_id, w.expected_version),
+                        "UPDATE subjects SET version = ?, state = ?, updated_at = ? WHERE id = ? AND version = ?",
+                        (version, w.data, now, w.subject_id, w.expected_version),
                     )
                 if cur.rowcount == 1:
                     versions[w.subject_id] = version
@@ -155,7 +186,7 @@ class SqliteStore(SubjectStore):
             conn.execute("UPDATE meta SET value = value - 1 WHERE key = 'subject_count'")
             return True
 
-        return self._run(body, write=True)
+        return self._erased(self._run(body, write=True))
 
     def list_subjects(self, after: str, limit: int) -> list[str]:
         query = "SELECT id FROM subjects WHERE id > ? ORDER BY id LIMIT ?"
@@ -170,8 +201,11 @@ class SqliteStore(SubjectStore):
     def put_identity(self, identity: IdentityRecord, overwrite: bool) -> bool:
         def body(conn: sqlite3.Connection) -> bool:
             verb = "INSERT OR REPLACE" if overwrite else "INSERT OR IGNORE"
-            row = (identity.identity_id, identity.display_name, encode_template(identity.template), new_version())
-            cur = conn.execute(f"{verb} INTO identities (id, display_name, template, version) VALUES (?, ?, ?, ?)", row)
+            template = encode_template(identity.template)
+            row = (identity.identity_id, identity.display_name, template, new_version(), time.time())
+            cur = conn.execute(
+                f"{verb} INTO identities (id, display_name, template, version, updated_at) VALUES (?, ?, ?, ?, ?)", row
+            )
             if cur.rowcount != 1:
                 return False
             conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'gallery_version'")
@@ -186,7 +220,7 @@ class SqliteStore(SubjectStore):
             conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'gallery_version'")
             return True
 
-        return self._run(body, write=True)
+        return self._erased(self._run(body, write=True))
 
     def load_gallery(self) -> tuple[int, list[IdentityRecord]]:
         def body(conn: sqlite3.Connection) -> tuple[int, list[IdentityRecord]]:
@@ -208,6 +242,41 @@ class SqliteStore(SubjectStore):
         rows = self._run(lambda c: c.execute(query, (after, limit)).fetchall())
         return [IdentityRecord(i, n, decode_template(t)) for i, n, t in rows]
 
+    def purge_subjects(self, updated_before: float, limit: int) -> list[str]:
+        def body(conn: sqlite3.Connection) -> list[str]:
+            ids = _expired(conn, "subjects", updated_before, limit)
+            conn.executemany("DELETE FROM subjects WHERE id = ?", [(i,) for i in ids])
+            if ids:
+                conn.execute("UPDATE meta SET value = value - ? WHERE key = 'subject_count'", (len(ids),))
+            return ids
+
+        return self._erased(self._run(body, write=True))
+
+    def purge_identities(self, updated_before: float, limit: int) -> list[str]:
+        def body(conn: sqlite3.Connection) -> list[str]:
+            ids = _expired(conn, "identities", updated_before, limit)
+            conn.executemany("DELETE FROM identities WHERE id = ?", [(i,) for i in ids])
+            if ids:
+                conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'gallery_version'")
+            return ids
+
+        return self._erased(self._run(body, write=True))
+
+    def erase_checkpoint(self) -> bool:
+        """Copies the WAL into the database and truncates it, so deleted bytes are gone from both files; False when
+        another connection's reader kept the checkpoint from completing (the next one finishes the job)."""
+
+        def body(conn: sqlite3.Connection) -> bool:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return busy == 0
+
+        return self._run(body)
+
+    def _erased(self, removed: T) -> T:
+        if removed:
+            self.erase_checkpoint()
+        return removed
+
     def ping(self) -> None:
         self._run(lambda c: c.execute("SELECT 1").fetchone())
 
@@ -226,3 +295,8 @@ class SqliteStore(SubjectStore):
             except sqlite3.Error:
                 pass  # a busy checkpoint is harmless: the WAL is replayed on the next open
             self._conn.close()
+
+
+def _expired(conn: sqlite3.Connection, table: str, updated_before: float, limit: int) -> list[str]:
+    query = f"SELECT id FROM {table} WHERE updated_at < ? ORDER BY updated_at LIMIT ?"
+    return [row[0] for row in conn.execute(query, (updated_before, limit))]
