@@ -53,6 +53,7 @@ class Answer:
 class UplinkStats:
     submitted: int = 0
     sent: int = 0
+    messages: int = 0  # StreamFramesRequest messages the sent frames went out in
     answered: int = 0
     dropped: int = 0
     resent: int = 0
@@ -201,6 +202,7 @@ class Uplink:
                 message = [self._pending.popleft() for _ in range(min(self.batch, room, len(self._pending)))]
                 self._in_flight.append(message)
                 self.stats.sent += len(message)
+                self.stats.messages += 1
                 for f in message:
                     self.stats.resent += f.sent
                     f.sent = True
