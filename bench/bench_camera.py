@@ -17,7 +17,9 @@ prefix. Per pipeline:
   accuracy       each track's final identification against the clip's truth (enrolled: its identity at cosine ≥
                  --threshold; the visitor: no match ≥ it), people identified right / people
 
-``--profile`` adds one untimed cProfile run of the camera per pipeline and prints its top entries.
+``--profile N`` adds one untimed cProfile run of the camera per pipeline (CPU time of its main thread) and prints its
+top N entries. ``idle_ms_per_s`` is what the aggregator and Triton burn per second with no frame to serve (measured
+before the runs; it is inside their per-frame figures).
 
     .venv/bin/python bench/bench_camera.py --model runs/mfn-final/model.pt --json runs/bench_camera.json
 """
@@ -32,6 +34,7 @@ import os
 import pstats
 import resource
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -99,8 +102,14 @@ def run_once(clip, subjects, aggregator: str, pids: dict[str, int], options: Str
     }
 
 
+def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    before = {name: process_tree_cpu_s(pid) for name, pid in pids.items()}
+    time.sleep(seconds)
+    return {name: (process_tree_cpu_s(pid) - before[name]) / seconds * 1e3 for name, pid in pids.items()}
+
+
 def profile_once(clip, options: StreamOptions, top: int) -> list[str]:
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.thread_time)  # CPU seconds of the camera's loop, not wall time on a busy machine
     profiler.enable()
     StreamSession(str(clip.path), options, out=lambda line: None).run()
     profiler.disable()
@@ -164,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             keyframes=KeyframeConfig(detect_every=args.detect_every),
         )
         run_once(clip, subjects, aggregator, pids, replace(base, subject_prefix="warmup/", max_frames=20))
+        results["idle_ms_per_s"] = idle_cpu(pids, seconds=3.0)
         runs: dict[str, list[dict]] = {name: [] for name in PIPELINES[::-1]}  # today's path first
         for r in range(args.repeats):
             for name in runs:
@@ -205,7 +215,8 @@ def report(results: dict, args: argparse.Namespace) -> None:
     print(
         f"realtime ÷ full: fps × {r['fps']:.2f}, cpu fps × {r['cpu_fps']:.2f}, camera CPU per frame × "
         f"{r['camera_cpu']:.2f}; realtime key frames: {fast['runs'][0]['keyframes']}; load average before "
-        f"{results['load_average_before'][0]:.2f}, after {results['load_average_after'][0]:.2f}"
+        f"{results['load_average_before'][0]:.2f}, after {results['load_average_after'][0]:.2f}; idle CPU ms/s "
+        f"{ {k: round(v, 1) for k, v in results['idle_ms_per_s'].items()} }"
     )
     for name, s in results["pipelines"].items():
         if "profile" in s:
