@@ -1,4 +1,5 @@
-"""One ``eqface stream`` run: frames → faces (detect, align) → tracks → the aggregator, one subject per track;
+"""One ``eqface stream`` run: frames → faces (detect — on key frames only in the realtime pipeline, followed in
+between, ``eqface.camera.keyframes`` — and align) → tracks → the aggregator, one subject per track;
 answers folded into per-track state and printed as they come; closed tracks identified (or enrolled); an annotated
 video, a contact sheet and a JSON summary written at the end."""
 

@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "enrolls) each track when it ends; writes an annotated video, a contact sheet (tracks.png) and summary.json. "
         "A file is processed frame by frame; a camera or URL (or --live) drops frames when the client falls behind "
         "(lowest client-side quality proxy first). Survives an aggregator restart: unanswered frames are resent with "
-        "their (subject, sequence) and the service counts each once.",
+        "their (subject, sequence) and the service counts each once. The realtime pipeline (default) runs the whole "
+        "detector on key frames only and follows the faces in between; --pipeline full detects on every frame.",
     )
     p.add_argument("source", help="video file (mp4, avi, …), camera (0 or /dev/video0) or URL (rtsp://…)")
     p.add_argument("--server", help="aggregator HOST:PORT (default: the one `eqface stack up` started)")
