@@ -5,6 +5,7 @@ and the uplink gathering frames into messages. End to end through the real stack
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -44,6 +45,10 @@ def test_configs_refuse_nonsense():
         KeyframeConfig(detect_every=0)
     with pytest.raises(ValueError, match="follow_min_iou"):
         KeyframeConfig(follow_min_iou=0.0)
+    with pytest.raises(ValueError, match="merge_iou"):
+        KeyframeConfig(merge_iou=1.5)
+    with pytest.raises(ValueError, match="recentre"):
+        KeyframeConfig(recentre=-0.1)
     with pytest.raises(ValueError, match="unknown pipeline 'fast'; valid: realtime, full"):
         StreamOptions(server="127.0.0.1:1", out_dir=None, subject_prefix="", pipeline="fast")
 
@@ -109,6 +114,17 @@ def test_faces_are_followed_between_key_frames_and_redetected_when_lost(mtcnn_we
         len(a) == len(b) and all(np.array_equal(x.landmarks, y.landmarks) for x, y in zip(a, b))
         for a, b in zip(found, again)
     )
+
+
+def test_two_followed_faces_that_became_one_make_a_key_frame(mtcnn_weights, scene):  # noqa: F811
+    detector = create_detector("mtcnn", weights=mtcnn_weights, min_size=24.0)
+    follower = KeyframeDetector(detector, KeyframeConfig(detect_every=EVERY))
+    (face,) = follower.detect(scene[0][0])
+    # as if a second person had stood just beside: both followed boxes lead ONet to the one face in the next frame
+    follower._faces.append((replace(face, box=face.box + [8.0, 4.0, 8.0, 4.0]), None))
+    found = follower.detect(scene[1][0])
+    assert follower.stats.key_frames == 2 and follower.stats.redetections == 1
+    assert len(found) == 1 and len(follower._faces) == 1
 
 
 def test_a_lingering_uplink_gathers_frames_into_one_message():

@@ -24,6 +24,8 @@ class KeyframeConfig:
         detect_every: a key frame every this many frames (1: the whole detector on every frame); at 25 frames/s the
             default finds a new face within 0.16 s.
         follow_min_iou: a face of a key frame inherits the motion of the followed face it overlaps this much.
+        merge_iou: two followed faces whose refined boxes overlap this much have converged on one face (people
+            crossing): the frame becomes a key frame, whose suppression keeps one.
         recentre: when the refined box's centre lies farther than this fraction of its size from the predicted one
             (a face that moved unlike predicted, e.g. just after it was first found), it is refined once more on a
             crop centred on it: the landmarks of an off-centre crop are less precise.
@@ -31,13 +33,17 @@ class KeyframeConfig:
 
     detect_every: int = 5
     follow_min_iou: float = 0.3
+    merge_iou: float = 0.5
     recentre: float = 0.1
 
     def __post_init__(self) -> None:
         if self.detect_every < 1:
             raise ValueError(f"detect_every must be at least 1, got {self.detect_every}")
-        if not 0.0 < self.follow_min_iou <= 1.0:
-            raise ValueError(f"follow_min_iou must be in (0, 1], got {self.follow_min_iou}")
+        for name in ("follow_min_iou", "merge_iou"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.recentre < 0:
+            raise ValueError(f"recentre must be >= 0, got {self.recentre}")
 
 
 @dataclass
@@ -100,7 +106,7 @@ class KeyframeDetector:
         return self._key_frame(frame)
 
     def _follow(self, frame: np.ndarray) -> list[Detection] | None:
-        """The followed faces refined in ``frame``; None when one of them is lost."""
+        """The followed faces refined in ``frame``; None when one of them is lost or two became one."""
         if not self._faces:
             return []
         predicted = np.stack([predict_box(face.box, previous) for face, previous in self._faces])
@@ -112,6 +118,8 @@ class KeyframeDetector:
             again = self.detector.refine(frame, np.stack([refined[i].box for i in off]))
             for i, face in zip(off, again):
                 refined[i] = face if face is not None else refined[i]
+        if any(iou(a.box, b.box) > self.config.merge_iou for i, a in enumerate(refined) for b in refined[i + 1 :]):
+            return None
         self.stats.refined_faces += len(refined)
         self._faces = [(new, old.box) for new, (old, _) in zip(refined, self._faces)]
         return list(refined)
