@@ -31,6 +31,17 @@ class Detector(Protocol):
         """Faces in an RGB uint8 frame [H, W, 3], best first."""
 
 
+class Refiner(Protocol):
+    """A detector that can also look for faces only where they are expected (a cheap step between two full
+    detections)."""
+
+    def detect(self, frame: np.ndarray) -> list[Detection]:
+        """Faces in an RGB uint8 frame [H, W, 3], best first."""
+
+    def refine(self, frame: np.ndarray, boxes: np.ndarray) -> list[Detection | None]:
+        """For each box [N, 4] of ``frame``, the face found there, or None when there is none."""
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, over: str = "union") -> np.ndarray:
     """Greedy non-maximum suppression: indices of the boxes kept, best score first. A box goes when its intersection
     with a better one, over their union (``over="union"``, the IoU) or over the smaller box (``"min"``), exceeds

@@ -231,6 +231,24 @@ class MTCNN:
         found = [Detection(boxes[i], float(scores[i]), points[i]) for i in np.argsort(-scores)]
         return [d for d in found if d.size >= self.min_size]
 
+    def refine(self, frame: np.ndarray, boxes: np.ndarray) -> list[Detection | None]:
+        """ONet alone on ``boxes`` [N, 4] (where faces are expected, e.g. where they were a frame ago): for each box,
+        the face ONet finds there (box, score, landmarks), or None when it sees none above its threshold. A few
+        milliseconds per face against the whole cascade's pyramid: the tracker between two full detections."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if not len(boxes):
+            return []
+        image = Image.fromarray(np.ascontiguousarray(frame[:, :, :3], dtype=np.uint8))
+        squared = square(boxes)
+        with torch.inference_mode(), torch_threads(self.threads):
+            prob, reg, points = (v.numpy() for v in self.onet(crops(image, squared, 48)))
+        points = squared[:, None, 0:2] + points * (squared[:, None, 2:4] - squared[:, None, 0:2])
+        refined = regress(squared, reg)
+        return [
+            Detection(refined[i], float(prob[i]), points[i]) if prob[i] > self.thresholds.onet else None
+            for i in range(len(boxes))
+        ]
+
     def _propose(self, image: Image.Image) -> np.ndarray:
         """Stage 1: PNet over the pyramid; squared candidate boxes [N, 4]."""
         w, h = image.size

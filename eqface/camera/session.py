@@ -1,4 +1,5 @@
-"""One ``eqface stream`` run: frames → faces (detect, align) → tracks → the aggregator, one subject per track;
+"""One ``eqface stream`` run: frames → faces (detect — on key frames only in the realtime pipeline, followed in
+between, ``eqface.camera.keyframes`` — and align) → tracks → the aggregator, one subject per track;
 answers folded into per-track state and printed as they come; closed tracks identified (or enrolled); an annotated
 video, a contact sheet and a JSON summary written at the end."""
 
@@ -16,6 +17,7 @@ from eqface.camera import report
 from eqface.camera.alignment import align_face
 from eqface.camera.detection import Detection
 from eqface.camera.detectors import DEFAULT_DETECTOR, create_detector
+from eqface.camera.keyframes import KeyframeConfig, KeyframeDetector
 from eqface.camera.proxy import quality_proxy
 from eqface.camera.tracking import FaceTracker
 from eqface.camera.uplink import Answer, OutgoingFrame, Uplink, drain
@@ -24,6 +26,7 @@ from eqface.data.image_ops import encode_image
 
 MERGED = ("SEEDED", "ACCEPTED", "RESEEDED")
 MAX_CROPS_KEPT = 240  # per track, for the contact sheet: memory stays bounded on a long live stream
+PIPELINES = ("realtime", "full")  # key frames + refinement between them; the whole detector on every frame
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,11 @@ class StreamOptions:
     live: bool | None = None  # None: live for cameras/URLs, frame by frame for files
     detector: str = DEFAULT_DETECTOR
     detector_weights: Path | None = None
+    pipeline: str = "realtime"
+    keyframes: KeyframeConfig = KeyframeConfig()  # the realtime pipeline's key frames
+    # the realtime pipeline's uplink gathers frames for up to this long into one message (one Triton request, one
+    # store commit for several faces); the full pipeline sends each frame at once, as it always did
+    linger_s: float = 0.2
     min_face: float = 24.0
     confirm_frames: int = 2
     max_missed_frames: int = 12
@@ -49,6 +57,10 @@ class StreamOptions:
     reconnect_timeout_s: float = 60.0
     progress_every_s: float = 1.0
     verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"unknown pipeline {self.pipeline!r}; valid: {', '.join(PIPELINES)}")
 
 
 @dataclass
@@ -110,6 +122,11 @@ class StreamSession:
         self.faces = 0
         weights = {"weights": options.detector_weights} if options.detector_weights else {}
         self.detector = create_detector(options.detector, min_size=options.min_face, **weights)
+        # the stream's frames go through key frames and refinement (realtime) or the whole detector (full); the
+        # gallery's photos always through the whole detector
+        self.frame_detector = (
+            KeyframeDetector(self.detector, options.keyframes) if options.pipeline == "realtime" else self.detector
+        )
 
     def enroll_gallery(self, folder: Path) -> dict[str, list[float]]:
         """Enrolls ``folder``/<identity>/<photos> (see ``eqface.camera.gallery``) before the stream."""
@@ -140,11 +157,17 @@ class StreamSession:
             block=not live,
             top_k=o.top_k,
             reconnect_timeout_s=o.reconnect_timeout_s,
+            linger_s=o.linger_s if o.pipeline == "realtime" else 0.0,
         ).start()
         writer = VideoWriter(o.out_dir / "annotated.mp4", reader.fps, reader.size) if o.video_out else None
         self.out(
             f"streaming {self.source} ({reader.size[1]}×{reader.size[0]}, {reader.fps:.1f} fps"
-            f"{', live: frames dropped when behind' if live else ''}) to {o.server} as {o.subject_prefix}*"
+            f"{', live: frames dropped when behind' if live else ''}) to {o.server} as {o.subject_prefix}*, "
+            + (
+                f"realtime pipeline (whole detector every {o.keyframes.detect_every} frames)"
+                if o.pipeline == "realtime"
+                else "full pipeline (whole detector on every frame)"
+            )
         )
         start = last_progress = time.monotonic()
         try:
@@ -178,7 +201,7 @@ class StreamSession:
     def _step(self, vf, tracker: FaceTracker, uplink: Uplink) -> list[report.Box]:
         """One frame: detect, align, track, queue each tracked face, take in the answers so far; the frame's boxes."""
         self.frames_read += 1
-        detections = self.detector.detect(vf.image)
+        detections = self.frame_detector.detect(vf.image)
         self.faces += len(detections)
         update = tracker.update(vf.index, detections, [align_face(vf.image, d.landmarks) for d in detections])
         boxes = [
@@ -324,6 +347,8 @@ class StreamSession:
             "frames_read": self.frames_read,
             "frames_skipped_live": skipped,
             "faces_detected": self.faces,
+            "pipeline": o.pipeline,
+            "keyframes": asdict(self.frame_detector.stats) if o.pipeline == "realtime" else None,
             "wall_s": round(wall, 3),
             "fps": round(self.frames_read / wall, 2) if wall > 0 else None,
             "uplink": {k: v for k, v in asdict(s).items() if k != "events"},

@@ -2,7 +2,10 @@
 when the aggregator cannot keep up, and reconnects that lose nothing.
 
 - **Window.** At most ``window`` frames are sent and unanswered; the rest wait in a queue of ``capacity`` frames.
-  Frames go out in messages of up to ``batch`` frames (per-message cost dominates on the service).
+  Frames go out in messages of up to ``batch`` frames (per-message cost dominates on the service). With
+  ``linger_s`` > 0 a message waits until ``batch`` frames are queued or its oldest frame has waited ``linger_s``
+  (a camera producing one face a frame then sends several per message: one Triton request and one store commit for
+  them, not one each); ``flush`` and ``close`` send at once.
 - **Full queue.** ``block=True`` (a file: nothing needs dropping) makes ``submit`` wait; ``block=False`` (a live
   camera: waiting would only make every later frame stale) drops the queued frame with the lowest client-side
   quality proxy (``eqface.camera.proxy``), the new frame included. A frame that was sent once is never dropped.
@@ -36,6 +39,7 @@ class OutgoingFrame:
     proxy: float
     tag: Any = None  # the caller's own reference (track, frame index)
     sent: bool = False
+    queued_at: float = 0.0  # time.monotonic() when submitted
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Answer:
 class UplinkStats:
     submitted: int = 0
     sent: int = 0
+    messages: int = 0  # StreamFramesRequest messages the sent frames went out in
     answered: int = 0
     dropped: int = 0
     resent: int = 0
@@ -72,9 +77,14 @@ class Uplink:
         block: bool = True,
         top_k: int = 3,
         reconnect_timeout_s: float = 60.0,
+        linger_s: float = 0.0,
     ) -> None:
         if window < 1 or capacity < 1 or batch < 1:
             raise ValueError("window, capacity and batch must be at least 1")
+        if linger_s < 0:
+            raise ValueError(f"linger_s must be >= 0, got {linger_s}")
+        self.linger_s = linger_s
+        self._flushing = 0  # callers waiting in flush(): queued frames go out without lingering
         self.target = target
         self.window, self.capacity, self.batch, self.block, self.top_k = window, capacity, batch, block, top_k
         self.reconnect_timeout_s = reconnect_timeout_s
@@ -101,6 +111,7 @@ class Uplink:
         with self._cond:
             self._raise_if_failed()
             self.stats.submitted += 1
+            frame.queued_at = time.monotonic()
             if self.block:
                 self._cond.wait_for(lambda: len(self._pending) < self.capacity or self._error is not None)
                 self._raise_if_failed()
@@ -126,9 +137,14 @@ class Uplink:
     def flush(self, timeout_s: float | None = None) -> None:
         """Waits until every submitted frame is answered (or dropped)."""
         with self._cond:
-            done = self._cond.wait_for(
-                lambda: self._error is not None or (not self._pending and not self._in_flight), timeout_s
-            )
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                done = self._cond.wait_for(
+                    lambda: self._error is not None or (not self._pending and not self._in_flight), timeout_s
+                )
+            finally:
+                self._flushing -= 1
             self._raise_if_failed()
             if not done:
                 raise UplinkError(f"frames still unanswered after {timeout_s:.0f}s")
@@ -170,11 +186,12 @@ class Uplink:
     def _requests(self, generation: int):
         while True:
             with self._cond:
-                self._cond.wait_for(
-                    lambda: generation != self._generation
+                while not (
+                    generation != self._generation
                     or (self._closing and not self._pending)
-                    or (self._pending and self._unanswered() < self.window)
-                )
+                    or (self._pending and self._unanswered() < self.window and self._linger_left() <= 0)
+                ):
+                    self._cond.wait(self._linger_left() if self._pending and self._linger_left() > 0 else None)
                 if generation != self._generation:
                     return
                 room = self.window - self._unanswered()
@@ -185,11 +202,18 @@ class Uplink:
                 message = [self._pending.popleft() for _ in range(min(self.batch, room, len(self._pending)))]
                 self._in_flight.append(message)
                 self.stats.sent += len(message)
+                self.stats.messages += 1
                 for f in message:
                     self.stats.resent += f.sent
                     f.sent = True
             frames = [image_frame(f.subject_id, f.sequence, f.image) for f in message]
             yield pb.StreamFramesRequest(frames=frames, top_k=self.top_k)
+
+    def _linger_left(self) -> float:
+        """Seconds the queued frames may still wait for more to fill a message (0: send now)."""
+        if self.linger_s <= 0 or self._closing or self._flushing or len(self._pending) >= self.batch:
+            return 0.0
+        return self._pending[0].queued_at + self.linger_s - time.monotonic()
 
     def _unanswered(self) -> int:
         return sum(len(m) for m in self._in_flight)

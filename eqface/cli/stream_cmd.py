@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from eqface.camera.detectors import DEFAULT_DETECTOR
+from eqface.camera.keyframes import KeyframeConfig
 
 DEFAULT_STACK_STATE = Path("runs") / "stack"
 
@@ -21,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "enrolls) each track when it ends; writes an annotated video, a contact sheet (tracks.png) and summary.json. "
         "A file is processed frame by frame; a camera or URL (or --live) drops frames when the client falls behind "
         "(lowest client-side quality proxy first). Survives an aggregator restart: unanswered frames are resent with "
-        "their (subject, sequence) and the service counts each once.",
+        "their (subject, sequence) and the service counts each once. The realtime pipeline (default) runs the whole "
+        "detector on key frames only and follows the faces in between; --pipeline full detects on every frame.",
     )
     p.add_argument("source", help="video file (mp4, avi, …), camera (0 or /dev/video0) or URL (rtsp://…)")
     p.add_argument("--server", help="aggregator HOST:PORT (default: the one `eqface stack up` started)")
@@ -59,6 +61,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "else ../shared/data/weights)",
     )
     p.add_argument("--min-face", type=float, default=24.0, help="smallest face (pixels) to track")
+    p.add_argument(
+        "--pipeline",
+        choices=("realtime", "full"),  # eqface.camera.session.PIPELINES
+        default="realtime",
+        help="realtime: the whole detector on every --detect-every-th frame, the faces followed in between by its "
+        "refinement step (MTCNN's ONet on the predicted box; a face lost is re-detected at once), frames gathered "
+        "for up to --linger seconds per message; full: the whole detector on every frame, each frame sent at once",
+    )
+    p.add_argument(
+        "--detect-every",
+        type=int,
+        default=KeyframeConfig().detect_every,
+        help="realtime: a full detection every N frames",
+    )
+    p.add_argument(
+        "--linger", type=float, default=0.2, help="realtime: seconds a frame may wait for others to share a message"
+    )
     p.add_argument("--window", type=int, default=64, help="frames sent and not answered, at most")
     p.add_argument("--queue", type=int, default=256, help="frames waiting to be sent, at most")
     p.add_argument("--match-threshold", type=float, default=0.5, help="cosine below which a match is unknown")
@@ -94,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
         detector=args.detector,
         detector_weights=args.detector_weights,
         min_face=args.min_face,
+        pipeline=args.pipeline,
+        keyframes=KeyframeConfig(detect_every=args.detect_every),
+        linger_s=args.linger,
         window=args.window,
         capacity=args.queue,
         match_threshold=args.match_threshold,
