@@ -8,6 +8,7 @@ import pytest
 
 from eqface.service.cli import build_parser, config_from_args, main
 from eqface.service.config import MiB, ServiceConfig, TritonConfig
+from eqface.service.limits import LimitsConfig
 
 
 def _config(*argv: str) -> ServiceConfig:
@@ -21,12 +22,13 @@ def test_defaults_are_the_config_defaults():
 def test_every_config_field_has_a_flag_with_help():
     """config_from_args builds the config by field name from each flag's dest: a new field needs its flag."""
     actions = {action.dest: action for action in build_parser()._actions if action.option_strings}
-    wanted = {f.name for f in fields(ServiceConfig) if f.name != "triton"}
+    wanted = {f.name for f in fields(ServiceConfig) if f.name not in ("triton", "limits")}
     wanted |= {f"triton_{f.name}" for f in fields(TritonConfig)}
+    wanted |= {f"limits_{f.name}" for f in fields(LimitsConfig)}
     assert wanted <= actions.keys(), f"fields without a flag: {sorted(wanted - actions.keys())}"
     for dest in wanted:
         assert actions[dest].help and len(actions[dest].help) > 10, dest
-    assert set(actions) - wanted == {"help", "log_level"}  # every other flag is a config field
+    assert set(actions) - wanted == {"help", "log_level", "store_password_file"}  # the others are config fields
 
 
 def test_triton_defaults_are_the_config_defaults():

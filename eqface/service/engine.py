@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -250,7 +251,7 @@ class SubjectEngine:
         return self._decode(subject_id, blob.data, blob.version)
 
     async def reset(self, subject_id: str, deadline: float | None = None) -> SubjectRecord:
-        """A fresh aggregate that keeps the last sequence; version-checked like any update."""
+        """A fresh aggregate and sequence 0; version-checked like any update."""
         for _ in range(MAX_CONFLICT_RETRIES):
             record = reset_record(await self.read(subject_id), self.params)
             write = SubjectWrite(subject_id, record.version, encode_record(record))
@@ -277,13 +278,21 @@ def _positions(batches: Sequence[PendingBatch], live: list[int]) -> dict[str, li
 
 
 class GroupCommitter:
-    """Queues frame batches from all streams and commits them in groups, one group at a time."""
+    """Queues frame batches from all streams and commits them in groups, one group at a time.
+
+    Fair: each stream (``StreamToken``) has its own queue and a group takes one batch from each stream in turn
+    (round robin, streams in the order they last got a turn) until ``max_group_frames``. A stream that just
+    started therefore waits for at most one batch of every other stream with work queued — about
+    ``streams × frames per message / max_group_frames`` groups — not for everything the earlier streams read ahead
+    (first-in-first-out made a reconnect storm's last streams wait for all the others' windows, up to 20 s).
+    """
 
     def __init__(self, engine: SubjectEngine, max_group_frames: int, metrics: EngineMetrics | None = None) -> None:
         self.engine = engine
         self.max_group_frames = max_group_frames
         self._metrics = metrics or _NoMetrics()
-        self._queue: asyncio.Queue[PendingBatch | None] = asyncio.Queue()
+        self._queues: OrderedDict[object, deque[PendingBatch]] = OrderedDict()  # stream -> its batches, turn order
+        self._work = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -293,14 +302,15 @@ class GroupCommitter:
     async def stop(self) -> None:
         """Commits everything queued so far, then stops."""
         self._closing = True
+        self._work.set()
         if self._worker is not None:
-            await self._queue.put(None)
             await self._worker
             self._worker = None
-        while not self._queue.empty():  # only a stop sentinel can be left, but fail anything rather than hang it
-            item = self._queue.get_nowait()
-            if item is not None and not item.future.done():
-                item.future.set_exception(Unavailable("the server is shutting down"))
+        for queue in self._queues.values():  # nothing is left after the worker, but fail anything rather than hang it
+            for item in queue:
+                if not item.future.done():
+                    item.future.set_exception(Unavailable("the server is shutting down"))
+        self._queues.clear()
 
     def submit(
         self,
@@ -309,43 +319,65 @@ class GroupCommitter:
         token: StreamToken | None,
         want_templates: bool = False,
     ) -> asyncio.Future[CommittedBatch]:
-        """Queues frames for the next group commit; the future resolves once they are durable."""
+        """Queues frames for a later group commit; the future resolves once they are durable."""
         future: asyncio.Future[CommittedBatch] = asyncio.get_running_loop().create_future()
         if self._worker is None or self._closing:
             future.set_exception(Unavailable("the server is shutting down"))
-        else:
-            self._queue.put_nowait(PendingBatch(frames, deadline, token, future, want_templates))
+            return future
+        batch = PendingBatch(frames, deadline, token, future, want_templates)
+        key = batch if token is None else token
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()  # a new stream takes its turn after the streams already waiting
+        queue.append(batch)
+        self._work.set()
         return future
 
-    async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            if first is None:
+    def next_group(self) -> list[PendingBatch]:
+        """The next group: one batch per stream in turn order, repeated, until ``max_group_frames`` (a first batch
+        larger than that goes alone). Each stream that gave a batch moves to the end of the turn order."""
+        group: list[PendingBatch] = []
+        frames = 0
+        queues = self._queues
+        while queues:
+            key, queue = next(iter(queues.items()))
+            if group and frames + len(queue[0].frames) > self.max_group_frames:
                 break
-            group, frames = [first], len(first.frames)
-            while frames < self.max_group_frames and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stopping = True
-                    break
-                group.append(item)
-                frames += len(item.frames)
-            self._metrics.observe_group(frames)
-            try:
-                results = await self.engine.apply(group)
-            except ServiceError as exc:
-                if isinstance(exc, Unavailable):
-                    log.warning("%s", exc)
-                results = [exc] * len(group)
-            except Exception as exc:  # a bug must fail the frames, not the committer that every stream needs
-                log.exception("group commit failed")
-                results = [Internal(f"commit failed: {type(exc).__name__}: {exc}")] * len(group)
-            for batch, result in zip(group, results):
-                if isinstance(result, ServiceError):
-                    if batch.token is not None:
-                        batch.token.failed = True
-                    if not batch.future.done():
-                        batch.future.set_exception(result)
-                elif not batch.future.done():
-                    batch.future.set_result(result)
+            batch = queue.popleft()
+            group.append(batch)
+            frames += len(batch.frames)
+            del queues[key]
+            if queue:
+                queues[key] = queue
+        return group
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queues:
+                if self._closing:
+                    return
+                self._work.clear()
+                await self._work.wait()
+                continue
+            group = self.next_group()
+            self._metrics.observe_group(sum(len(b.frames) for b in group))
+            await self._commit(group)
+
+    async def _commit(self, group: list[PendingBatch]) -> None:
+        try:
+            results = await self.engine.apply(group)
+        except ServiceError as exc:
+            if isinstance(exc, Unavailable):
+                log.warning("%s", exc)
+            results = [exc] * len(group)
+        except Exception as exc:  # a bug must fail the frames, not the committer that every stream needs
+            log.exception("group commit failed")
+            results = [Internal(f"commit failed: {type(exc).__name__}: {exc}")] * len(group)
+        for batch, result in zip(group, results):
+            if isinstance(result, ServiceError):
+                if batch.token is not None:
+                    batch.token.failed = True
+                if not batch.future.done():
+                    batch.future.set_exception(result)
+            elif not batch.future.done():
+                batch.future.set_result(result)

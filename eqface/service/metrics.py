@@ -185,8 +185,9 @@ class ServiceMetrics:
         self.similarity.observe_many(similarities)
         self.active.touch(dict.fromkeys(o.subject_id for o in outcomes))
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:
-        """Starts the /metrics HTTP endpoint in a daemon thread; returns the bound port (port 0 picks a free one)."""
+    def serve(self, port: int, host: str) -> int:
+        """Starts the /metrics HTTP endpoint on ``host`` (the gRPC port's host: every port honours ``--host``) in a
+        daemon thread; returns the bound port (port 0 picks a free one)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         self._http = server
         return int(server.server_address[1])
