@@ -32,6 +32,7 @@ from eqface.service.store import CommitResult, StoreUnavailable, SubjectStore, S
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_CONFLICT_RETRIES = 8
+COMPUTE_SLICE_S = 0.005  # longest stretch of QWFA arithmetic on the event loop before it yields
 
 
 class EngineMetrics(Protocol):
@@ -140,7 +141,7 @@ class SubjectEngine:
             order = _positions(batches, live)
             pending = set(order)
             records = await self._checkout(pending, from_store=False)
-            writes = self._compute(batches, order, pending, records, results)  # type: ignore[arg-type]
+            writes = await self._compute(batches, order, pending, records, results)  # type: ignore[arg-type]
             started = time.perf_counter()
             committed = await self.io(self._commit_if_live, writes, batches, live, results)
             self._metrics.observe_stage("store", time.perf_counter() - started)
@@ -154,7 +155,7 @@ class SubjectEngine:
             pending = set(committed.conflicts)
             log.debug("version conflict on %d subjects; re-reading them", len(pending))
             records = await self._checkout(pending, from_store=True)
-            writes = self._compute(batches, order, pending, records, results)  # type: ignore[arg-type]
+            writes = await self._compute(batches, order, pending, records, results)  # type: ignore[arg-type]
             committed = await self.io(self.store.commit_subjects, writes)
             self._settle(records, pending, committed)
         for b in {b for sid in committed.conflicts for b, _ in order[sid]}:
@@ -180,7 +181,7 @@ class SubjectEngine:
             return None
         return self.store.commit_subjects(writes)
 
-    def _compute(
+    async def _compute(
         self,
         batches: Sequence[PendingBatch],
         order: dict[str, list[tuple[int, int]]],
@@ -188,8 +189,14 @@ class SubjectEngine:
         records: dict[str, SubjectRecord],
         results: list[CommittedBatch],
     ) -> list[SubjectWrite]:
-        """Progressive QWFA over the working copies, frame by frame in order; the writes for changed subjects."""
-        started = time.perf_counter()
+        """Progressive QWFA over the working copies, frame by frame in order; the writes for changed subjects.
+
+        Yields to the event loop every ``COMPUTE_SLICE_S`` of work: a 2,048-frame group is ~50 ms of arithmetic, and
+        while it runs nothing else does — new calls are not accepted (gRPC accepts one call per loop iteration),
+        first messages are not read. Safe: the group works on cloned records, published only by ``_settle``.
+        """
+        busy = 0.0
+        sliced = time.perf_counter()
         writes = []
         for sid in pending:
             record = records[sid]
@@ -205,7 +212,12 @@ class SubjectEngine:
                     results[b].templates[sid] = record.aggregate.template
             if changed:
                 writes.append(SubjectWrite(sid, record.version, encode_record(record)))
-        self._metrics.observe_stage("update", time.perf_counter() - started)
+            elapsed = time.perf_counter() - sliced
+            if elapsed >= COMPUTE_SLICE_S:
+                busy += elapsed
+                await asyncio.sleep(0)
+                sliced = time.perf_counter()
+        self._metrics.observe_stage("update", busy + time.perf_counter() - sliced)
         return writes
 
     def _settle(self, records: dict[str, SubjectRecord], pending: set[str], committed: CommitResult) -> None:

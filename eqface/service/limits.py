@@ -7,8 +7,9 @@ The arithmetic behind the memory defaults (the pod's limit is 1 GiB, ``manifests
   (``max_message_bytes``, 16 MiB, but HTTP/2 flow control holds a sender to its window once the service stops
   reading) — measured by ``bench/bench_adversarial.py``;
 - frames read and not yet answered: the accounted bytes below. Each frame counts its payload (embedding or image
-  bytes, id) plus ``FRAME_OVERHEAD_BYTES`` for the Python objects built from it (protobuf message, RawFrame,
-  FrameInput, numpy array, outcome, answer).
+  bytes, id) twice (the protobuf message holds it, and the parsed, normalised embedding or the decoded image is a
+  second copy) plus ``FRAME_OVERHEAD_BYTES`` for the Python objects built from it (RawFrame, FrameInput, outcome,
+  answer).
 
 ``memory_budget_bytes`` (256 MiB) bounds the third term across every stream; with the first two that keeps the
 process well under 1 GiB with ~400 MiB of headroom for the transport and the allocator's fragmentation. Beyond the
@@ -30,10 +31,13 @@ class LimitsConfig:
     Attributes:
         stream_inflight_frames, stream_inflight_bytes: frames (and their accounted bytes) of one stream read ahead
             of their answers; at the limit the stream stops reading (back-pressure through HTTP/2 flow control).
-            One message is always admitted, so a stream holds at most the limit plus one message.
+            With many streams open the byte limit shrinks to an equal share of ``memory_budget_bytes``. A stream
+            below its limit reads one more message, so it holds at most its limit plus one message.
         connection_inflight_bytes: the same across all streams of one connection (one client).
-        memory_budget_bytes: accounted bytes in flight across all streams; a message that would exceed it ends its
-            stream with RESOURCE_EXHAUSTED (nothing of it applied: the client resends after a back-off).
+        memory_budget_bytes: accounted bytes in flight across all streams. Streams share it (back-pressure); a
+            message of a stream with nothing in flight that would exceed it — new work — ends its stream with
+            RESOURCE_EXHAUSTED (nothing of it applied: the client resends after a back-off). Bound: the budget plus
+            at most one message per open stream.
         max_streams: streams open at once on the server, enforced by the service (a stream above it is refused at
             once, so it does not hold a gRPC call slot); gRPC's own call limit is ``max_streams`` plus
             ``ServiceConfig.max_concurrent_rpcs``, so idle streams cannot starve health checks or unary calls.
@@ -81,12 +85,11 @@ class LimitsConfig:
         """gRPC server channel arguments for keepalive and connection lifetime."""
         ms = lambda seconds: int(seconds * 1000)  # noqa: E731
         return [
+            # gRPC's receive window otherwise grows with its bandwidth-delay estimate, and a stream that the service
+            # has stopped reading keeps filling it: ~60 MB per non-reading stream measured on loopback
+            ("grpc.http2.bdp_probe", 0),
             ("grpc.keepalive_time_ms", ms(self.keepalive_time_s)),
             ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_s)),
-            ("grpc.keepalive_permit_without_calls", 1),
-            # clients may ping as often as every 10 s (grpc's default minimum is 5 min: stricter clients get GOAWAY)
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-            ("grpc.http2.max_ping_strikes", 2),
             ("grpc.max_connection_idle_ms", ms(self.max_connection_idle_s)),
             ("grpc.max_connection_age_ms", ms(self.max_connection_age_s)),
             ("grpc.max_connection_age_grace_ms", ms(self.max_connection_age_grace_s)),

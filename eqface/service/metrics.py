@@ -192,6 +192,11 @@ class ServiceMetrics:
         self._http = server
         return int(server.server_address[1])
 
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The (host, port) the /metrics endpoint listens on; None when it is not serving."""
+        return None if self._http is None else tuple(self._http.server_address[:2])  # type: ignore[return-value]
+
     def stop(self) -> None:
         if self._http is not None:
             self._http.shutdown()

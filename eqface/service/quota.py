@@ -38,23 +38,16 @@ class TokenBucket:
 
 
 class Inflight:
-    """Frames and bytes held; ``wait_room()`` returns once both are below their limits."""
+    """Frames and bytes held, against limits."""
 
     def __init__(self, max_frames: int, max_bytes: int) -> None:
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self.frames = 0
         self.bytes = 0
-        self._room = asyncio.Event()
-        self._room.set()
 
-    def full(self) -> bool:
-        return self.frames >= self.max_frames or self.bytes >= self.max_bytes
-
-    async def wait_room(self) -> None:
-        while self.full():
-            self._room.clear()
-            await self._room.wait()
+    def full(self, max_bytes: int | None = None) -> bool:
+        return self.frames >= self.max_frames or self.bytes >= (self.max_bytes if max_bytes is None else max_bytes)
 
     def add(self, frames: int, nbytes: int) -> None:
         self.frames += frames
@@ -63,8 +56,6 @@ class Inflight:
     def remove(self, frames: int, nbytes: int) -> None:
         self.frames -= frames
         self.bytes -= nbytes
-        if not self.full():
-            self._room.set()
 
 
 @dataclass
@@ -92,9 +83,9 @@ class StreamQuota:
     closed: bool = False
 
     async def wait_room(self) -> None:
-        """Back-pressure: returns once this stream and its connection may read another message."""
-        await self.inflight.wait_room()
-        await self.quotas.connection_inflight(self.connection).wait_room()
+        """Back-pressure: returns once this stream may read another message — it holds less than its share
+        (``Quotas.share``) and its connection is below its limit."""
+        await self.quotas.wait_room(self)
 
     def admit(self, frames: int, nbytes: int) -> None:
         """Accounts a message just read; raises RateLimited / ResourceExhausted (nothing held then)."""
@@ -119,6 +110,7 @@ class Quotas:
         self.bytes = 0  # accounted bytes in flight across all streams
         self._tenants: dict[str, _Tenant] = {}
         self._connections: dict[str, _Connection] = {}
+        self._released = asyncio.Event()  # set (and replaced) whenever bytes are released: waiters re-check
 
     def _tenant(self, tenant: str) -> _Tenant:
         state = self._tenants.get(tenant)
@@ -130,6 +122,22 @@ class Quotas:
             )
             self._tenants[tenant] = state
         return state
+
+    def share(self) -> int:
+        """Bytes one stream may hold: its own limit, or an equal share of the memory budget when many streams are
+        open — so streams that read ahead (or never read their answers) cannot take the budget from a stream that
+        starts later: a reconnect storm is slowed down, not shed."""
+        return min(self.config.stream_inflight_bytes, self.config.memory_budget_bytes // max(self.streams, 1))
+
+    async def wait_room(self, stream: StreamQuota) -> None:
+        connection = self.connection_inflight(stream.connection)
+        while stream.inflight.full(self.share()) or connection.full():
+            released = self._released
+            await released.wait()
+
+    def _notify(self) -> None:
+        released, self._released = self._released, asyncio.Event()
+        released.set()
 
     def connection_inflight(self, connection: str) -> Inflight:
         return self._connections[connection].inflight
@@ -158,7 +166,7 @@ class Quotas:
 
     def admit(self, stream: StreamQuota, frames: int, nbytes: int) -> None:
         c = self.config
-        if self.bytes + nbytes > c.memory_budget_bytes and self.bytes > 0:
+        if self.bytes + nbytes > c.memory_budget_bytes and self.bytes > 0 and not stream.held[1]:
             raise ResourceExhausted(
                 f"the server's memory budget is exhausted ({self.bytes / MiB:.0f} of "
                 f"{c.memory_budget_bytes / MiB:.0f} MiB in flight); nothing of this message was applied, "
@@ -179,6 +187,7 @@ class Quotas:
         self.connection_inflight(stream.connection).remove(frames, nbytes)
         stream.held[0] -= frames
         stream.held[1] -= nbytes
+        self._notify()
 
     def close_stream(self, stream: StreamQuota) -> None:
         frames, nbytes = stream.held
@@ -191,5 +200,6 @@ class Quotas:
         conn.streams -= 1
         if conn.streams == 0:
             del self._connections[stream.connection]
+        self._notify()  # the share of every other stream grew
         if t.streams == 0 and t.openings.tokens >= t.openings.burst and t.frames.tokens >= t.frames.burst:
             del self._tenants[stream.tenant]  # nothing to remember: a fresh bucket would be full too

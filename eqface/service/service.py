@@ -24,6 +24,7 @@ from eqface import contract
 from eqface.aggregation import qwfa
 from eqface.data.decode import ImageDecodeError, ImageLimits, decode_image
 from eqface.service.aggregator import FrameInput, FrameOutcome, FrameStatus
+from eqface.service.caller import DEFAULT_TENANT
 from eqface.service.config import ServiceConfig
 from eqface.service.engine import (
     CommittedBatch,
@@ -225,7 +226,7 @@ class AggregatorService:
         self,
         requests: AsyncIterator[StreamRequest],
         deadline: float | None,
-        tenant: str = "default",
+        tenant: str = DEFAULT_TENANT,
         connection: str = "",
     ) -> AsyncIterator[StreamFlow[StreamRequest, PreparedMessage, CommittedBatch, MessageResult]]:
         """One frame stream: iterate the yielded flow for the answers, in order (see ``flow.StreamFlow``).
@@ -417,7 +418,7 @@ class AggregatorService:
 
 def _cost(request: StreamRequest) -> tuple[int, int]:
     """A message's frames and accounted bytes (``eqface.service.limits`` states the arithmetic)."""
-    return len(request.frames), request.nbytes + FRAME_OVERHEAD_BYTES * len(request.frames)
+    return len(request.frames), 2 * request.nbytes + FRAME_OVERHEAD_BYTES * len(request.frames)
 
 
 def _decode_all(images: list[bytes], limits: ImageLimits, size: tuple[int, int] | None) -> list[Any]:
