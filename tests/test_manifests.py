@@ -258,8 +258,8 @@ def test_production_uses_redis_autoscaling_and_object_store(rendered):
     objects = rendered["production"]
     aggregator = find(objects, "Deployment", "eqface-aggregator")["spec"]["template"]["spec"]
     assert aggregator["containers"][0]["args"] == ["--store=redis://eqface-redis:6379/0"]
-    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in aggregator["containers"][0]["env"]}
-    assert env == {"EQFACE_STORE_PASSWORD": {"name": "eqface-redis", "key": "password"}}  # environment, not argv
+    env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in aggregator["containers"][0]["env"]}
+    assert env["EQFACE_STORE_PASSWORD"] == {"name": "eqface-redis", "key": "password"}  # environment, not argv
     assert [v["name"] for v in aggregator["volumes"]] == ["tmp"]
     assert find(objects, "HorizontalPodAutoscaler", "eqface-aggregator")["spec"]["minReplicas"] >= 2
     assert find(objects, "PodDisruptionBudget", "eqface-aggregator")["spec"] == {
