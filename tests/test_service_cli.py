@@ -107,7 +107,16 @@ def test_every_option_reaches_the_config():
     assert triton.max_concurrent_batches == 2
 
 
-@pytest.mark.parametrize("argv", [["--s-th", "2"], ["--store", "ftp://x"], ["--triton-url", "http://x/"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--s-th", "2"],
+        ["--store", "ftp://x"],
+        ["--triton-url", "http://x/"],
+        ["--store", "redis://:hunter2@h:6379/0"],  # a password on the command line is refused
+        ["--memory-budget-mib", "0"],
+    ],
+)
 def test_invalid_options_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
@@ -121,3 +130,18 @@ def test_unreachable_store_is_a_clean_failure(capsys):
         ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--store", f"redis://127.0.0.1:{free_port()}/0"]
     )
     assert code == 1 and "cannot reach Redis" in capsys.readouterr().err
+
+
+def test_limits_flags_and_the_store_password_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    secret = tmp_path / "redis-password"
+    secret.write_text("hunter2\n")
+    config = _config(
+        "--store", "redis://h:6379/0", "--store-password-file", str(secret), "--memory-budget-mib", "128",
+        "--max-streams-per-tenant", "64", "--stream-idle-timeout", "30", "--tenant-frames-per-s", "500",
+    )  # fmt: skip
+    assert config.store_url == "redis://:hunter2@h:6379/0"
+    assert config.limits == LimitsConfig(
+        memory_budget_bytes=128 * MiB, max_streams_per_tenant=64, stream_idle_timeout_s=30, tenant_frames_per_s=500
+    )
+    monkeypatch.setenv("EQFACE_STORE_PASSWORD", "from-env")
+    assert _config("--store", "redis://h:6379/0").store_url == "redis://:from-env@h:6379/0"

@@ -221,14 +221,18 @@ def _add_limits(group: argparse._ArgumentGroup) -> None:
     defaults = LimitsConfig()
     for f in fields(LimitsConfig):
         default = getattr(defaults, f.name)
-        name, kind = f.name, type(default)
+        name, kind, metavar, shown = f.name, type(default), "N", f"{default:g}"
         if name.endswith("_bytes"):
-            name, kind, shown = name[: -len("_bytes")] + "_mib", _mib, f"{default / MiB:g}"
-        else:
-            name, shown = name.removesuffix("_s"), f"{default:g}"
-        flag = "--" + name.replace("_", "-")
+            name, kind, metavar, shown = name[: -len("_bytes")] + "_mib", _mib, "MIB", f"{default / MiB:g}"
+        elif name.endswith("_s") and not name.endswith("_per_s"):
+            name, metavar = name[: -len("_s")], "SECONDS"
         group.add_argument(
-            flag, dest=f"limits_{f.name}", type=kind, default=default, help=f"{_LIMITS_HELP[f.name]} ({shown})"
+            "--" + name.replace("_", "-"),
+            dest=f"limits_{f.name}",
+            type=kind,
+            default=default,
+            metavar=metavar,
+            help=f"{_LIMITS_HELP[f.name]} ({shown})",
         )
 
 
