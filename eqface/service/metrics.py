@@ -149,6 +149,11 @@ class ServiceMetrics:
         self.cached_subjects = Gauge("cached_subjects", "Subjects held decoded in the in-memory LRU cache.", **ns)
         self.gallery_size = Gauge("gallery_identities", "Identities enrolled in the gallery.", **ns)
         self.open_streams = Gauge("open_streams", "StreamFrames calls in progress.", **ns)
+        self.inflight_bytes = Gauge(
+            "inflight_bytes",
+            "Accounted bytes of frames read and not yet answered, all streams (bounded by the memory budget).",
+            **ns,
+        )
         self.dependency_up = Gauge(
             "dependency_up", "1 when a dependency (triton, store) answered its last check.", ["dependency"], **ns
         )

@@ -124,6 +124,7 @@ class AggregatorService:
         self.gallery = GalleryIndex(config.embedding_dim)
         self.image_limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
         self.quotas = Quotas(config.limits)
+        self.metrics.inflight_bytes.set_function(lambda: self.quotas.bytes)
         self.readiness: dict[str, bool] = {"store": False}
         self.on_readiness_change: Callable[[dict[str, bool]], None] = lambda readiness: None
         self.draining = asyncio.Event()
