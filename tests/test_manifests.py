@@ -271,7 +271,9 @@ def test_triton_model_control_needs_the_key_from_the_secret(rendered, overlay):
 def test_production_uses_redis_autoscaling_and_object_store(rendered):
     objects = rendered["production"]
     aggregator = find(objects, "Deployment", "eqface-aggregator")["spec"]["template"]["spec"]
-    assert aggregator["containers"][0]["args"] == ["--store=redis://:$(REDIS_PASSWORD)@eqface-redis:6379/0"]
+    assert aggregator["containers"][0]["args"] == ["--store=redis://eqface-redis:6379/0"]
+    env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in aggregator["containers"][0]["env"]}
+    assert env["EQFACE_STORE_PASSWORD"] == {"name": "eqface-redis", "key": "password"}  # environment, not argv
     assert [v["name"] for v in aggregator["volumes"]] == ["tmp"]
     assert find(objects, "HorizontalPodAutoscaler", "eqface-aggregator")["spec"]["minReplicas"] >= 2
     assert find(objects, "PodDisruptionBudget", "eqface-aggregator")["spec"] == {
@@ -326,7 +328,12 @@ def test_no_secret_in_manifests(rendered, overlay):
             for env in c.get("env", []):
                 if any(word in env["name"].upper() for word in ("PASSWORD", "TOKEN", "SECRET", "KEY")):
                     assert "secretKeyRef" in env.get("valueFrom", {}), env["name"]
-            assert not any("password=" in a.lower() for a in c.get("command", []) + c.get("args", []))
+            argv = c.get("command", []) + c.get("args", [])
+            assert not any("password=" in a.lower() for a in argv)
+            # no secret expanded into a command line ($(VAR) is; "$VAR" inside sh -c is expanded by the shell, into
+            # a here-document or the environment of a command)
+            assert not any("$(" in a and any(w in a.upper() for w in ("PASSWORD", "TOKEN", "SECRET")) for a in argv)
+            assert not any(a in ("--requirepass", "-a") for a in argv)
 
 
 # ------------------------------------------------------------------------------------------------ network policies

@@ -9,6 +9,7 @@ import pytest
 from eqface.service.cli import build_parser, config_from_args, main
 from eqface.service.config import MiB, ServiceConfig, TritonConfig
 from eqface.service.hygiene import AuditConfig, HygieneConfig, RetentionConfig, hygiene_flag_dests
+from eqface.service.limits import LimitsConfig
 
 
 def _config(*argv: str) -> ServiceConfig:
@@ -22,12 +23,14 @@ def test_defaults_are_the_config_defaults():
 def test_every_config_field_has_a_flag_with_help():
     """config_from_args builds the config by field name from each flag's dest: a new field needs its flag."""
     actions = {action.dest: action for action in build_parser()._actions if action.option_strings}
-    wanted = {f.name for f in fields(ServiceConfig) if f.name not in ("triton", "hygiene")} | hygiene_flag_dests()
+    nested = ("triton", "hygiene", "limits")
+    wanted = {f.name for f in fields(ServiceConfig) if f.name not in nested} | hygiene_flag_dests()
     wanted |= {f"triton_{f.name}" for f in fields(TritonConfig)}
+    wanted |= {f"limits_{f.name}" for f in fields(LimitsConfig)}
     assert wanted <= actions.keys(), f"fields without a flag: {sorted(wanted - actions.keys())}"
     for dest in wanted:
         assert actions[dest].help and len(actions[dest].help) > 10, dest
-    assert set(actions) - wanted == {"help", "log_level"}  # every other flag is a config field
+    assert set(actions) - wanted == {"help", "log_level", "store_password_file"}  # the others are config fields
 
 
 def test_triton_defaults_are_the_config_defaults():
@@ -106,7 +109,16 @@ def test_every_option_reaches_the_config():
     assert triton.max_concurrent_batches == 2
 
 
-@pytest.mark.parametrize("argv", [["--s-th", "2"], ["--store", "ftp://x"], ["--triton-url", "http://x/"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--s-th", "2"],
+        ["--store", "ftp://x"],
+        ["--triton-url", "http://x/"],
+        ["--store", "redis://:hunter2@h:6379/0"],  # a password on the command line is refused
+        ["--memory-budget-mib", "0"],
+    ],
+)
 def test_invalid_options_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
@@ -128,3 +140,18 @@ def test_hygiene_flags():
     assert not ServiceConfig().hygiene.retention.enabled and config.hygiene.retention.enabled
     with pytest.raises(ValueError, match="subject_days must be > 0"):
         _config("--retention-days", "0")
+
+
+def test_limits_flags_and_the_store_password_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    secret = tmp_path / "redis-password"
+    secret.write_text("hunter2\n")
+    config = _config(
+        "--store", "redis://h:6379/0", "--store-password-file", str(secret), "--memory-budget-mib", "128",
+        "--max-streams-per-tenant", "64", "--stream-idle-timeout", "30", "--tenant-frames-per-s", "500",
+    )  # fmt: skip
+    assert config.store_url == "redis://:hunter2@h:6379/0"
+    assert config.limits == LimitsConfig(
+        memory_budget_bytes=128 * MiB, max_streams_per_tenant=64, stream_idle_timeout_s=30, tenant_frames_per_s=500
+    )
+    monkeypatch.setenv("EQFACE_STORE_PASSWORD", "from-env")
+    assert _config("--store", "redis://h:6379/0").store_url == "redis://:from-env@h:6379/0"

@@ -149,3 +149,38 @@ def test_new_thresholds_apply_to_cached_subjects_too(tmp_path):
     np.testing.assert_allclose(record.aggregate.template, progressive_templates(f[:5], q[:5])[-1], atol=1e-6)
     assert record.aggregate.s_th == 1.0
     engine.store.close()
+
+
+def test_groups_take_one_batch_per_stream_in_turn_so_a_new_stream_waits_one_round(tmp_path):
+    """Fairness: a stream that queued 30 batches does not delay a later stream's first batch by 30 groups."""
+    engine = _engine(f"sqlite:///{tmp_path}/s.db")
+    metrics = ServiceMetrics()
+
+    async def scenario() -> list[tuple[str, int]]:
+        committer = GroupCommitter(engine, max_group_frames=24, metrics=metrics)
+        committer.start()
+        done: list[tuple[str, int]] = []
+        futures = []
+        batches = []
+        for name, count in (("a", 30), ("b", 30)):
+            f, q = face_stream(ord(name), 8 * count)
+            batches += [(name, i, f[8 * i : 8 * i + 8], q[8 * i : 8 * i + 8]) for i in range(count)]
+        f, q = face_stream(99, 8)
+        batches.append(("c", 0, f, q))  # the reconnecting stream, queued after 60 batches of a and b
+        tokens = {name: StreamToken() for name in "abc"}
+        for name, i, f, q in batches:  # no await in between: everything is queued before the first group
+            future = committer.submit(_frames(name, f, q, 8 * i + 1), None, tokens[name])
+            future.add_done_callback(lambda _, key=(name, 8 * i + 1): done.append(key))
+            futures.append(future)
+        try:
+            await asyncio.gather(*futures)
+        finally:
+            await committer.stop()
+        return done
+
+    done = asyncio.run(scenario())
+    assert done[:3] == [("a", 1), ("b", 1), ("c", 1)]  # one batch of each stream: c's first is in the first group
+    assert [k for k in done if k[0] == "a"] == [("a", 8 * i + 1) for i in range(30)]  # each stream keeps its order
+    group_sizes = metrics.group.collect()[0].samples
+    count = next(s.value for s in group_sizes if s.name.endswith("_count"))
+    assert count == 21  # 3 batches (24 frames) in the first group, then the other 58 in 20 groups of <= 3

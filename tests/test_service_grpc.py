@@ -99,11 +99,10 @@ def test_replays_are_duplicates_and_reset_and_delete_semantics(stub):
     assert _state(stub, "s").frame_count == 5
 
     reset = stub.ResetSubject(pb.ResetSubjectRequest(subject_id="s")).subject
-    assert reset.template == b"" and reset.frame_count == 0 and reset.last_sequence == 5
-    (after,) = stub.StreamFrames(iter([_request("s", f[:1], q[:1], first_seq=5)]))
-    assert after.results[0].status == pb.FRAME_STATUS_DUPLICATE  # the reset kept the last sequence
-    (after,) = stub.StreamFrames(iter([_request("s", f[:1], q[:1], first_seq=6)]))
-    assert after.results[0].status == pb.FRAME_STATUS_SEEDED
+    assert reset.template == b"" and reset.frame_count == 0 and reset.last_sequence == 0
+    (after,) = stub.StreamFrames(iter([_request("s", f[:1], q[:1], first_seq=1)]))
+    assert after.results[0].status == pb.FRAME_STATUS_SEEDED  # the reset cleared the sequence: 1 starts again
+    assert after.results[0].last_sequence == 1
 
     stub.DeleteSubject(pb.DeleteSubjectRequest(subject_id="s"))
     with pytest.raises(grpc.RpcError) as err:
@@ -139,7 +138,7 @@ def test_invalid_frames_are_answered_one_by_one_and_change_nothing(stub):
         "outside [0, 1]",
         "quality is nan",
         "subject_id is empty",
-        "sequence must be >= 1",
+        "sequence 0 is outside [1, 2^63 - 1]",
         "neither",
         "need Triton",
     ]
@@ -227,7 +226,7 @@ def test_unary_errors_have_the_right_codes(stub):
     with pytest.raises(grpc.RpcError) as err:
         stub.Enroll(pb.EnrollRequest(identity_id="y", subject_id="s"))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "no template" in err.value.details()
-    assert _state(stub, "s").last_sequence == 2  # nothing above changed the subject
+    assert _state(stub, "s").last_sequence == 0  # the reset cleared it; the failed Enroll changed nothing
 
 
 def test_gallery_enroll_identify_and_matches_in_the_stream(stub):

@@ -139,10 +139,10 @@ def test_wrong_dimension_against_a_stored_template_is_invalid_and_harmless():
     assert encode_record(record) == before
 
 
-def test_reset_keeps_the_last_sequence():
+def test_reset_clears_the_last_sequence():
     record = _record(*face_stream(9, 4))
     fresh = reset_record(record, PARAMS)
-    assert fresh.aggregate.weighted_mean is None and fresh.aggregate.frames == 0 and fresh.last_sequence == 4
+    assert fresh.aggregate.weighted_mean is None and fresh.aggregate.frames == 0 and fresh.last_sequence == 0
 
 
 def test_clone_is_independent():
@@ -188,8 +188,12 @@ def test_bad_ids_are_invalid(value):
 
 def test_ids_sequences_and_pages():
     assert check_id("camera-1/track 7 ü") == "camera-1/track 7 ü"
-    with pytest.raises(InvalidArgument, match=">= 1"):
+    with pytest.raises(InvalidArgument, match=r"outside \[1, 2\^63 - 1\]"):
         check_sequence(0)
+    assert check_sequence(2**63 - 1) == 2**63 - 1
+    for too_big in (2**63, 2**64 - 1):  # 2^64 - 1 used to freeze the subject: every later frame a duplicate
+        with pytest.raises(InvalidArgument, match="ResetSubject"):
+            check_sequence(too_big)
     assert decode_page_token(encode_page_token("ü/x")) == "ü/x" and decode_page_token("") == ""
     with pytest.raises(InvalidArgument, match="page_token"):
         decode_page_token("%%%")

@@ -13,6 +13,8 @@ from dataclasses import MISSING, fields
 from eqface.service.config import MiB, ServiceConfig, TritonConfig
 from eqface.service.errors import ServiceError
 from eqface.service.hygiene import add_hygiene_arguments, hygiene_from_args
+from eqface.service.limits import LimitsConfig
+from eqface.service.secrets import store_url_with_password
 
 DESCRIPTION = """\
 EQFace aggregation service (gRPC). Keeps one progressive quality-weighted template per subject (paper section 5.3,
@@ -28,6 +30,26 @@ the first later frame with quality > s_th replaces it (--strict-first-frame keep
 
 
 _TRITON_DEFAULTS = {f.name: f.default for f in fields(TritonConfig) if f.default is not MISSING}
+_LIMITS_HELP = {
+    "stream_inflight_frames": "frames of one stream read ahead of their answers",
+    "stream_inflight_bytes": "MiB of one stream's frames read ahead of their answers",
+    "connection_inflight_bytes": "MiB read ahead across the streams of one connection",
+    "memory_budget_bytes": "MiB of frames in flight across all streams; above it messages are shed "
+    "(RESOURCE_EXHAUSTED)",
+    "max_streams": "streams open at once (health and unary calls are not counted)",
+    "max_streams_per_tenant": "streams open at once per tenant",
+    "max_streams_per_connection": "streams open at once per connection",
+    "stream_idle_timeout_s": "seconds a stream may send nothing before it is closed; 0 never",
+    "tenant_frames_per_s": "frames per second per tenant (token bucket; RESOURCE_EXHAUSTED with a retry hint)",
+    "tenant_frames_burst": "frames a tenant may send at once above its rate",
+    "tenant_streams_per_s": "stream openings per second per tenant",
+    "tenant_streams_burst": "stream openings a tenant may make at once (a reconnect storm)",
+    "keepalive_time_s": "seconds between the server's keepalive pings on an idle connection",
+    "keepalive_timeout_s": "seconds a keepalive ping may go unanswered before the connection is closed",
+    "max_connection_idle_s": "seconds a connection without calls stays open",
+    "max_connection_age_s": "seconds after which a connection is closed (GOAWAY)",
+    "max_connection_age_grace_s": "seconds the calls of an aged connection get to finish",
+}
 
 
 def _mib(text: str) -> int:
@@ -69,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.store_url,
         help="where subject state and the gallery live: sqlite:///relative.db or sqlite:////abs/path.db "
         "(default %(default)s; add ?synchronous=normal to skip the per-commit fsync), or "
-        "redis://[:password@]host:port/db[?prefix=eqface:] for replicas sharing one Redis",
+        "redis://host:port/db[?prefix=eqface:] for replicas sharing one Redis (its password: "
+        "--store-password-file or the environment variable EQFACE_STORE_PASSWORD, never the command line)",
+    )
+    store.add_argument(
+        "--store-password-file",
+        help="file holding the store's password (e.g. a mounted Kubernetes Secret); EQFACE_STORE_PASSWORD otherwise",
     )
     store.add_argument(
         "--cache-subjects",
@@ -145,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.active_window_s,
         help="seconds a subject counts as active after a frame (metric; %(default)s)",
     )
+    _add_limits(p.add_argument_group("quotas and connections (see eqface/service/limits.py)"))
     tri = p.add_argument_group("image mode (Triton; the model's input size is read from Triton)")
     tri.add_argument("--triton-url", help="Triton gRPC host:port; without it only feature frames are accepted")
     tri.add_argument(
@@ -189,13 +217,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_limits(group: argparse._ArgumentGroup) -> None:
+    """One flag per ``LimitsConfig`` field, dest ``limits_<field>``: ``--memory-budget-mib``, ``--max-streams``,
+    ``--stream-idle-timeout`` (a ``_bytes`` field takes MiB, an ``_s`` field seconds)."""
+    defaults = LimitsConfig()
+    for f in fields(LimitsConfig):
+        default = getattr(defaults, f.name)
+        name, kind, metavar, shown = f.name, type(default), "N", f"{default:g}"
+        if name.endswith("_bytes"):
+            name, kind, metavar, shown = name[: -len("_bytes")] + "_mib", _mib, "MIB", f"{default / MiB:g}"
+        elif name.endswith("_s") and not name.endswith("_per_s"):
+            name, metavar = name[: -len("_s")], "SECONDS"
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=f"limits_{f.name}",
+            type=kind,
+            default=default,
+            metavar=metavar,
+            help=f"{_LIMITS_HELP[f.name]} ({shown})",
+        )
+
+
 def config_from_args(args: argparse.Namespace) -> ServiceConfig:
-    """The config from the parsed flags, field by field (see ``build_parser``)."""
+    """The config from the parsed flags, field by field (see ``build_parser``), and the store's password from
+    ``--store-password-file`` or ``EQFACE_STORE_PASSWORD`` (``eqface.service.secrets``)."""
     values = vars(args)
     triton = None
     if values["triton_url"]:
         triton = TritonConfig(**{f.name: values[f"triton_{f.name}"] for f in fields(TritonConfig)})
-    nested = {"triton": triton, "hygiene": hygiene_from_args(values)}
+    limits = LimitsConfig(**{f.name: values[f"limits_{f.name}"] for f in fields(LimitsConfig)})
+    values = dict(values, store_url=store_url_with_password(values["store_url"], values["store_password_file"]))
+    nested = {"triton": triton, "hygiene": hygiene_from_args(values), "limits": limits}
     return ServiceConfig(**nested, **{f.name: values[f.name] for f in fields(ServiceConfig) if f.name not in nested})
 
 

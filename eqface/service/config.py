@@ -7,6 +7,7 @@ from typing import Literal
 
 from eqface.contract import DEFAULT_EMBEDDING_SIZE
 from eqface.service.hygiene import HygieneConfig
+from eqface.service.limits import LimitsConfig
 from eqface.service.store import STORES, url_scheme
 
 MiB = 1024 * 1024
@@ -73,11 +74,12 @@ class ServiceConfig:
         max_commit_frames: most frames applied in one group-commit transaction (a group's QWFA arithmetic runs on
             the event loop, ~25 µs a frame, so this also bounds how long the loop is busy at once).
         max_inflight_messages: messages of one stream read ahead of their acknowledgement (flow control).
-        max_concurrent_rpcs: calls served at once (streams included); more are refused with RESOURCE_EXHAUSTED,
-            which with ``max_inflight_messages`` bounds the memory held by queued frames.
+        max_concurrent_rpcs: unary calls (health checks included) served at once on top of the streams
+            (``limits.max_streams``); gRPC refuses more with RESOURCE_EXHAUSTED.
         active_window_s: a subject counts as active while it received a frame in this window.
         shutdown_grace_s: how long SIGTERM waits for in-flight frames to be committed and answered.
         hygiene: retention of templates and the audit log (``eqface.service.hygiene``).
+        limits: memory in flight, stream caps, per-tenant rates, keepalive and connection age (``LimitsConfig``).
     """
 
     host: str = "[::]"
@@ -102,6 +104,7 @@ class ServiceConfig:
     active_window_s: float = 60.0
     shutdown_grace_s: float = 10.0
     hygiene: HygieneConfig = field(default_factory=HygieneConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def __post_init__(self) -> None:
         if self.f_th is not None and not -1.0 <= self.f_th <= 1.0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from eqface.service.store import CommitResult, StoreUnavailable, SubjectStore, S
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_CONFLICT_RETRIES = 8
+COMPUTE_SLICE_S = 0.005  # longest stretch of QWFA arithmetic on the event loop before it yields
 
 
 class EngineMetrics(Protocol):
@@ -139,7 +141,7 @@ class SubjectEngine:
             order = _positions(batches, live)
             pending = set(order)
             records = await self._checkout(pending, from_store=False)
-            writes = self._compute(batches, order, pending, records, results)  # type: ignore[arg-type]
+            writes = await self._compute(batches, order, pending, records, results)  # type: ignore[arg-type]
             started = time.perf_counter()
             committed = await self.io(self._commit_if_live, writes, batches, live, results)
             self._metrics.observe_stage("store", time.perf_counter() - started)
@@ -153,7 +155,7 @@ class SubjectEngine:
             pending = set(committed.conflicts)
             log.debug("version conflict on %d subjects; re-reading them", len(pending))
             records = await self._checkout(pending, from_store=True)
-            writes = self._compute(batches, order, pending, records, results)  # type: ignore[arg-type]
+            writes = await self._compute(batches, order, pending, records, results)  # type: ignore[arg-type]
             committed = await self.io(self.store.commit_subjects, writes)
             self._settle(records, pending, committed)
         for b in {b for sid in committed.conflicts for b, _ in order[sid]}:
@@ -179,7 +181,7 @@ class SubjectEngine:
             return None
         return self.store.commit_subjects(writes)
 
-    def _compute(
+    async def _compute(
         self,
         batches: Sequence[PendingBatch],
         order: dict[str, list[tuple[int, int]]],
@@ -187,8 +189,14 @@ class SubjectEngine:
         records: dict[str, SubjectRecord],
         results: list[CommittedBatch],
     ) -> list[SubjectWrite]:
-        """Progressive QWFA over the working copies, frame by frame in order; the writes for changed subjects."""
-        started = time.perf_counter()
+        """Progressive QWFA over the working copies, frame by frame in order; the writes for changed subjects.
+
+        Yields to the event loop every ``COMPUTE_SLICE_S`` of work: a 2,048-frame group is ~50 ms of arithmetic, and
+        while it runs nothing else does — new calls are not accepted (gRPC accepts one call per loop iteration),
+        first messages are not read. Safe: the group works on cloned records, published only by ``_settle``.
+        """
+        busy = 0.0
+        sliced = time.perf_counter()
         writes = []
         for sid in pending:
             record = records[sid]
@@ -204,7 +212,12 @@ class SubjectEngine:
                     results[b].templates[sid] = record.aggregate.template
             if changed:
                 writes.append(SubjectWrite(sid, record.version, encode_record(record)))
-        self._metrics.observe_stage("update", time.perf_counter() - started)
+            elapsed = time.perf_counter() - sliced
+            if elapsed >= COMPUTE_SLICE_S:
+                busy += elapsed
+                await asyncio.sleep(0)
+                sliced = time.perf_counter()
+        self._metrics.observe_stage("update", busy + time.perf_counter() - sliced)
         return writes
 
     def _settle(self, records: dict[str, SubjectRecord], pending: set[str], committed: CommitResult) -> None:
@@ -250,7 +263,7 @@ class SubjectEngine:
         return self._decode(subject_id, blob.data, blob.version)
 
     async def reset(self, subject_id: str, deadline: float | None = None) -> SubjectRecord:
-        """A fresh aggregate that keeps the last sequence; version-checked like any update."""
+        """A fresh aggregate and sequence 0; version-checked like any update."""
         for _ in range(MAX_CONFLICT_RETRIES):
             record = reset_record(await self.read(subject_id), self.params)
             write = SubjectWrite(subject_id, record.version, encode_record(record))
@@ -277,13 +290,21 @@ def _positions(batches: Sequence[PendingBatch], live: list[int]) -> dict[str, li
 
 
 class GroupCommitter:
-    """Queues frame batches from all streams and commits them in groups, one group at a time."""
+    """Queues frame batches from all streams and commits them in groups, one group at a time.
+
+    Fair: each stream (``StreamToken``) has its own queue and a group takes one batch from each stream in turn
+    (round robin, streams in the order they last got a turn) until ``max_group_frames``. A stream that just
+    started therefore waits for at most one batch of every other stream with work queued — about
+    ``streams × frames per message / max_group_frames`` groups — not for everything the earlier streams read ahead
+    (first-in-first-out made a reconnect storm's last streams wait for all the others' windows, up to 20 s).
+    """
 
     def __init__(self, engine: SubjectEngine, max_group_frames: int, metrics: EngineMetrics | None = None) -> None:
         self.engine = engine
         self.max_group_frames = max_group_frames
         self._metrics = metrics or _NoMetrics()
-        self._queue: asyncio.Queue[PendingBatch | None] = asyncio.Queue()
+        self._queues: OrderedDict[object, deque[PendingBatch]] = OrderedDict()  # stream -> its batches, turn order
+        self._work = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -293,14 +314,15 @@ class GroupCommitter:
     async def stop(self) -> None:
         """Commits everything queued so far, then stops."""
         self._closing = True
+        self._work.set()
         if self._worker is not None:
-            await self._queue.put(None)
             await self._worker
             self._worker = None
-        while not self._queue.empty():  # only a stop sentinel can be left, but fail anything rather than hang it
-            item = self._queue.get_nowait()
-            if item is not None and not item.future.done():
-                item.future.set_exception(Unavailable("the server is shutting down"))
+        for queue in self._queues.values():  # nothing is left after the worker, but fail anything rather than hang it
+            for item in queue:
+                if not item.future.done():
+                    item.future.set_exception(Unavailable("the server is shutting down"))
+        self._queues.clear()
 
     def submit(
         self,
@@ -309,43 +331,65 @@ class GroupCommitter:
         token: StreamToken | None,
         want_templates: bool = False,
     ) -> asyncio.Future[CommittedBatch]:
-        """Queues frames for the next group commit; the future resolves once they are durable."""
+        """Queues frames for a later group commit; the future resolves once they are durable."""
         future: asyncio.Future[CommittedBatch] = asyncio.get_running_loop().create_future()
         if self._worker is None or self._closing:
             future.set_exception(Unavailable("the server is shutting down"))
-        else:
-            self._queue.put_nowait(PendingBatch(frames, deadline, token, future, want_templates))
+            return future
+        batch = PendingBatch(frames, deadline, token, future, want_templates)
+        key = batch if token is None else token
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()  # a new stream takes its turn after the streams already waiting
+        queue.append(batch)
+        self._work.set()
         return future
 
-    async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            if first is None:
+    def next_group(self) -> list[PendingBatch]:
+        """The next group: one batch per stream in turn order, repeated, until ``max_group_frames`` (a first batch
+        larger than that goes alone). Each stream that gave a batch moves to the end of the turn order."""
+        group: list[PendingBatch] = []
+        frames = 0
+        queues = self._queues
+        while queues:
+            key, queue = next(iter(queues.items()))
+            if group and frames + len(queue[0].frames) > self.max_group_frames:
                 break
-            group, frames = [first], len(first.frames)
-            while frames < self.max_group_frames and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stopping = True
-                    break
-                group.append(item)
-                frames += len(item.frames)
-            self._metrics.observe_group(frames)
-            try:
-                results = await self.engine.apply(group)
-            except ServiceError as exc:
-                if isinstance(exc, Unavailable):
-                    log.warning("%s", exc)
-                results = [exc] * len(group)
-            except Exception as exc:  # a bug must fail the frames, not the committer that every stream needs
-                log.exception("group commit failed")
-                results = [Internal(f"commit failed: {type(exc).__name__}: {exc}")] * len(group)
-            for batch, result in zip(group, results):
-                if isinstance(result, ServiceError):
-                    if batch.token is not None:
-                        batch.token.failed = True
-                    if not batch.future.done():
-                        batch.future.set_exception(result)
-                elif not batch.future.done():
-                    batch.future.set_result(result)
+            batch = queue.popleft()
+            group.append(batch)
+            frames += len(batch.frames)
+            del queues[key]
+            if queue:
+                queues[key] = queue
+        return group
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queues:
+                if self._closing:
+                    return
+                self._work.clear()
+                await self._work.wait()
+                continue
+            group = self.next_group()
+            self._metrics.observe_group(sum(len(b.frames) for b in group))
+            await self._commit(group)
+
+    async def _commit(self, group: list[PendingBatch]) -> None:
+        try:
+            results = await self.engine.apply(group)
+        except ServiceError as exc:
+            if isinstance(exc, Unavailable):
+                log.warning("%s", exc)
+            results = [exc] * len(group)
+        except Exception as exc:  # a bug must fail the frames, not the committer that every stream needs
+            log.exception("group commit failed")
+            results = [Internal(f"commit failed: {type(exc).__name__}: {exc}")] * len(group)
+        for batch, result in zip(group, results):
+            if isinstance(result, ServiceError):
+                if batch.token is not None:
+                    batch.token.failed = True
+                if not batch.future.done():
+                    batch.future.set_exception(result)
+            elif not batch.future.done():
+                batch.future.set_result(result)

@@ -41,3 +41,12 @@ class Aborted(ServiceError):
 
 class Internal(ServiceError):
     """A broken invariant, e.g. a model output that violates the inference contract."""
+
+
+class RateLimited(ResourceExhausted):
+    """A per-tenant rate limit was reached; ``retry_after_s`` says when the request would be admitted."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        retry_after_s = max(retry_after_s, 0.01)
+        super().__init__(f"{message}; retry in {retry_after_s:.2f} s")
+        self.retry_after_s = retry_after_s

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from eqface.service.engine import StreamToken
-from eqface.service.errors import Aborted, Internal, ServiceError, Unavailable
+from eqface.service.errors import Aborted, DeadlineExceeded, Internal, ServiceError, Unavailable
+from eqface.service.quota import StreamQuota
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req", contravariant=True)
@@ -66,6 +67,7 @@ class MessageSteps(Protocol[Req, Msg, Done, Res]):
 class _Pending(Generic[M, D]):
     message: M
     done: Awaitable[D]
+    cost: tuple[int, int] = (0, 0)  # frames, accounted bytes (released once answered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,7 @@ class _End:
 
 
 SHUTTING_DOWN = "the server is shutting down; reconnect and resend"
+IDLE = "the stream sent no message for {:g} s; the server closed it to free its slot (reconnect to send more)"
 
 
 class StreamFlow(Generic[Q, M, D, R]):
@@ -85,6 +88,10 @@ class StreamFlow(Generic[Q, M, D, R]):
         window: most messages read and not yet answered.
         deadline: the call's deadline (``time.monotonic()``), passed to ``submit``; None for none.
         stop: once set, no further message is read (drain); the stream ends ``Unavailable`` after its answers.
+        quota: the stream's admission (``eqface.service.quota``): the reader waits for its room before reading a
+            message and admits each message it reads (a refusal ends the stream); None for no limits.
+        cost: (frames, accounted bytes) of a request; needed with ``quota``.
+        idle_timeout_s: a stream that sends no message for this long ends ``DeadlineExceeded``; None: never.
     """
 
     def __init__(
@@ -94,6 +101,9 @@ class StreamFlow(Generic[Q, M, D, R]):
         window: int,
         deadline: float | None = None,
         stop: asyncio.Event | None = None,
+        quota: StreamQuota | None = None,
+        cost: Callable[[Q], tuple[int, int]] | None = None,
+        idle_timeout_s: float | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -108,6 +118,9 @@ class StreamFlow(Generic[Q, M, D, R]):
         self._tail: asyncio.Future[None] | None = None  # done once the last embedding message was submitted
         self._tasks: set[asyncio.Task[D]] = set()
         self._ended = False
+        self._quota = quota
+        self._cost = cost or (lambda request: (0, 0))
+        self._idle_timeout_s = idle_timeout_s
 
     def __aiter__(self) -> StreamFlow[Q, M, D, R]:
         return self
@@ -133,6 +146,8 @@ class StreamFlow(Generic[Q, M, D, R]):
             log.exception("processing a stream message failed")
             raise Internal("processing the message failed; see the server log") from exc
         self._window.release()  # the answer left flow control: one more message may be read
+        if self._quota is not None:
+            self._quota.release(*item.cost)
         return answer
 
     def close(self) -> None:
@@ -147,6 +162,8 @@ class StreamFlow(Generic[Q, M, D, R]):
             item = self._answers.get_nowait()
             if isinstance(item, _Pending) and isinstance(item.done, asyncio.Future):
                 item.done.cancel()
+        if self._quota is not None:
+            self._quota.close()  # releases whatever is still held
 
     async def __aenter__(self) -> StreamFlow[Q, M, D, R]:
         return self
@@ -161,19 +178,30 @@ class StreamFlow(Generic[Q, M, D, R]):
         try:
             while True:
                 await self._window.acquire()
+                if self._quota is not None:
+                    await self._quota.wait_room()
                 next_request = asyncio.ensure_future(anext(self._requests))
-                await asyncio.wait((next_request, stopping), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    (next_request, stopping), timeout=self._idle_timeout_s, return_when=asyncio.FIRST_COMPLETED
+                )
                 if not next_request.done():
                     next_request.cancel()
-                    return self._end(Unavailable(SHUTTING_DOWN))
+                    if stopping.done():
+                        return self._end(Unavailable(SHUTTING_DOWN))
+                    return self._end(DeadlineExceeded(IDLE.format(self._idle_timeout_s)))
                 try:
                     request = next_request.result()
                 except StopAsyncIteration:
                     return self._end(None)
+                except ServiceError as exc:  # a message that does not decode: INVALID_ARGUMENT, not a transport error
+                    return self._end(exc)
                 except Exception as exc:  # the transport failed or the client went away
                     log.debug("stream read ended: %r", exc)
                     return self._end(Unavailable(f"reading the stream failed: {exc}"))
                 try:
+                    cost = self._cost(request)
+                    if self._quota is not None:
+                        self._quota.admit(*cost)
                     message = self.steps.prepare(request)
                     done = self._start(message)
                 except ServiceError as exc:
@@ -181,7 +209,7 @@ class StreamFlow(Generic[Q, M, D, R]):
                 except Exception as exc:
                     log.exception("preparing a stream message failed")
                     return self._end(Internal(f"preparing the message failed: {exc}"))
-                self._answers.put_nowait(_Pending(message, done))
+                self._answers.put_nowait(_Pending(message, done, cost))
         finally:
             stopping.cancel()
             if next_request is not None:

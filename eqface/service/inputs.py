@@ -16,6 +16,11 @@ import numpy as np
 from eqface.service.errors import InvalidArgument
 
 MAX_ID_BYTES = 256
+# Sequences fit a signed 64-bit integer (Java's long, SQL's BIGINT, a nanosecond clock until 2262); a frame above
+# it is INVALID, so no client can push a subject's last sequence to 2^64 - 1, where every later frame is a duplicate.
+# ResetSubject sets the last sequence back to 0: the way out for a client whose counter jumped too far.
+MAX_SEQUENCE = 2**63 - 1
+MAX_DISPLAY_NAME_CHARS = 256
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 _MIN_NORM_SQ = 1e-24
@@ -46,9 +51,21 @@ def check_id(value: str, what: str = "subject_id") -> str:
 
 
 def check_sequence(sequence: int) -> int:
-    if sequence < 1:
-        raise InvalidArgument("sequence must be >= 1 (per subject, strictly increasing)")
+    if not 1 <= sequence <= MAX_SEQUENCE:
+        raise InvalidArgument(
+            f"sequence {sequence} is outside [1, 2^63 - 1] (per subject, strictly increasing; "
+            "ResetSubject starts a subject's sequence again)"
+        )
     return sequence
+
+
+def check_display_name(value: str) -> str:
+    """Up to 256 printable characters (no NUL, newline or escape sequence: names are shown in terminals and UIs)."""
+    if len(value) > MAX_DISPLAY_NAME_CHARS:
+        raise InvalidArgument(f"display_name has {len(value)} characters; the limit is {MAX_DISPLAY_NAME_CHARS}")
+    if not value.isprintable():
+        raise InvalidArgument(f"display_name {value!r} contains control or non-printable characters")
+    return value
 
 
 def check_quality(quality: float) -> float:

@@ -149,6 +149,11 @@ class ServiceMetrics:
         self.cached_subjects = Gauge("cached_subjects", "Subjects held decoded in the in-memory LRU cache.", **ns)
         self.gallery_size = Gauge("gallery_identities", "Identities enrolled in the gallery.", **ns)
         self.open_streams = Gauge("open_streams", "StreamFrames calls in progress.", **ns)
+        self.inflight_bytes = Gauge(
+            "inflight_bytes",
+            "Accounted bytes of frames read and not yet answered, all streams (bounded by the memory budget).",
+            **ns,
+        )
         self.dependency_up = Gauge(
             "dependency_up", "1 when a dependency (triton, store) answered its last check.", ["dependency"], **ns
         )
@@ -185,11 +190,17 @@ class ServiceMetrics:
         self.similarity.observe_many(similarities)
         self.active.touch(dict.fromkeys(o.subject_id for o in outcomes))
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:
-        """Starts the /metrics HTTP endpoint in a daemon thread; returns the bound port (port 0 picks a free one)."""
+    def serve(self, port: int, host: str) -> int:
+        """Starts the /metrics HTTP endpoint on ``host`` (the gRPC port's host: every port honours ``--host``) in a
+        daemon thread; returns the bound port (port 0 picks a free one)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         self._http = server
         return int(server.server_address[1])
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The (host, port) the /metrics endpoint listens on; None when it is not serving."""
+        return None if self._http is None else tuple(self._http.server_address[:2])  # type: ignore[return-value]
 
     def stop(self) -> None:
         if self._http is not None:

@@ -11,11 +11,11 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from eqface.service.config import ServiceConfig
+from eqface.service.decoding import add_servicer
 from eqface.service.service import AggregatorService
 from eqface.service.servicer import AggregatorServicer
 from eqface.service.store import SubjectStore, open_store
 from eqface.service.v1 import aggregator_pb2 as pb
-from eqface.service.v1 import aggregator_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AggregatorService"].full_name  # "eqface.service.v1.AggregatorService"
@@ -46,14 +46,17 @@ class AggregatorServer:
         store = self._store or await asyncio.to_thread(open_store, config.store_url)
         service = self.service = AggregatorService(config, store)
         server = self._server = grpc.aio.server(
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            # streams are capped by the service (limits.max_streams, refused at once): unary calls and health
+            # checks always have max_concurrent_rpcs slots of their own
+            maximum_concurrent_rpcs=config.limits.max_streams + config.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),  # a port already in use must fail, not be shared silently
+                *config.limits.server_options(),
             ],
         )
-        pb_grpc.add_AggregatorServiceServicer_to_server(AggregatorServicer(service), server)
+        add_servicer(AggregatorServicer(service), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
@@ -65,7 +68,7 @@ class AggregatorServer:
         await server.start()
         await self._update_health()
         if config.metrics_port:
-            self.metrics_port = service.metrics.serve(config.metrics_port)
+            self.metrics_port = service.metrics.serve(config.metrics_port, http_host(config.host))
         log.info(
             "serving %s on %s:%d (store %s, triton %s, metrics port %s)",
             SERVICE_NAME,
@@ -112,6 +115,11 @@ class AggregatorServer:
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def http_host(host: str) -> str:
+    """The gRPC listen host as an HTTP server's bind address: ``[::]`` → ``::``, ``[::1]`` → ``::1``."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def _redact(url: str) -> str:

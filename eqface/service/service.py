@@ -25,6 +25,7 @@ from eqface.aggregation import qwfa
 from eqface.data.decode import ImageDecodeError, ImageLimits, decode_image
 from eqface.service.aggregator import FrameInput, FrameOutcome, FrameStatus
 from eqface.service.audit import AuditLog
+from eqface.service.caller import DEFAULT_TENANT
 from eqface.service.config import ServiceConfig
 from eqface.service.engine import (
     CommittedBatch,
@@ -47,6 +48,7 @@ from eqface.service.flow import StreamFlow
 from eqface.service.gallery import GalleryIndex, Match
 from eqface.service.inputs import (
     RawFrame,
+    check_display_name,
     check_id,
     check_quality,
     check_sequence,
@@ -55,7 +57,9 @@ from eqface.service.inputs import (
     page_size,
     parse_embedding,
 )
+from eqface.service.limits import FRAME_OVERHEAD_BYTES
 from eqface.service.metrics import ServiceMetrics
+from eqface.service.quota import Quotas
 from eqface.service.retention import Purged, RetentionSweeper
 from eqface.service.state import AggregationParams, SubjectRecord
 from eqface.service.store import IdentityRecord, SubjectStore
@@ -74,6 +78,7 @@ class StreamRequest:
 
     frames: list[RawFrame]
     top_k: int = 0
+    nbytes: int = 0  # the frames' payload bytes (images, embeddings, ids), for the memory accounting
 
 
 @dataclass
@@ -122,6 +127,8 @@ class AggregatorService:
         self.image_limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
         self.audit = AuditLog(config.hygiene.audit)
         self.retention = RetentionSweeper(config.hygiene.retention, store, self.io, self.audit, self._forget_purged)
+        self.quotas = Quotas(config.limits)
+        self.metrics.inflight_bytes.set_function(lambda: self.quotas.bytes)
         self.readiness: dict[str, bool] = {"store": False}
         self.on_readiness_change: Callable[[dict[str, bool]], None] = lambda readiness: None
         self.draining = asyncio.Event()
@@ -231,11 +238,19 @@ class AggregatorService:
     # --------------------------------------------------------------------------------------------------- frames
     @contextlib.asynccontextmanager
     async def stream(
-        self, requests: AsyncIterator[StreamRequest], deadline: float | None
+        self,
+        requests: AsyncIterator[StreamRequest],
+        deadline: float | None,
+        tenant: str = DEFAULT_TENANT,
+        connection: str = "",
     ) -> AsyncIterator[StreamFlow[StreamRequest, PreparedMessage, CommittedBatch, MessageResult]]:
-        """One frame stream: iterate the yielded flow for the answers, in order (see ``flow.StreamFlow``)."""
-        window = self.config.max_inflight_messages
-        flow = StreamFlow(self, requests, window, deadline, self.draining)
+        """One frame stream: iterate the yielded flow for the answers, in order (see ``flow.StreamFlow``).
+
+        Raises ResourceExhausted (before yielding) when the tenant, the connection or the server has no stream left.
+        """
+        quota = self.quotas.open_stream(tenant, connection)
+        window, idle = self.config.max_inflight_messages, self.config.limits.stream_idle_timeout_s
+        flow = StreamFlow(self, requests, window, deadline, self.draining, quota, _cost, idle or None)
         self.metrics.open_streams.inc()
         try:
             yield flow
@@ -396,8 +411,7 @@ class AggregatorService:
     ) -> tuple[int, list[float]]:
         """Adds (or with ``overwrite`` replaces) an identity; returns the gallery size and image qualities."""
         check_id(identity_id, "identity_id")
-        if len(display_name.encode()) > 1024:
-            raise InvalidArgument("display_name is longer than 1024 bytes")
+        check_display_name(display_name)
         template, qualities = await self.template_from(source)
         record = IdentityRecord(identity_id, display_name, template)
         if not await self.io(before_deadline(deadline, self.store.put_identity), record, overwrite):
@@ -423,6 +437,11 @@ class AggregatorService:
         records = await self.io(self.store.list_identities, after, size + 1)
         next_token = encode_page_token(records[size - 1].identity_id) if len(records) > size else ""
         return records[:size], next_token
+
+
+def _cost(request: StreamRequest) -> tuple[int, int]:
+    """A message's frames and accounted bytes (``eqface.service.limits`` states the arithmetic)."""
+    return len(request.frames), 2 * request.nbytes + FRAME_OVERHEAD_BYTES * len(request.frames)
 
 
 def _decode_all(images: list[bytes], limits: ImageLimits, size: tuple[int, int] | None) -> list[Any]:

@@ -18,6 +18,7 @@ import grpc
 from eqface.service import errors
 from eqface.service.aggregator import FrameOutcome, FrameStatus
 from eqface.service.caller import caller_of
+from eqface.service.decoding import Undecodable
 from eqface.service.gallery import Match
 from eqface.service.inputs import RawFrame
 from eqface.service.service import AggregatorService, MessageResult, StreamRequest, TemplateSource
@@ -67,6 +68,14 @@ def frame_error_code(outcome: FrameOutcome) -> int:
     return code.value[0]
 
 
+async def abort(context: grpc.aio.ServicerContext, error: errors.ServiceError) -> None:
+    """Ends the call with the error's status; a rate limit also sends its retry hint as ``grpc-retry-pushback-ms``
+    (the trailer gRPC's retry policy honours)."""
+    if isinstance(error, errors.RateLimited):
+        context.set_trailing_metadata((("grpc-retry-pushback-ms", str(int(error.retry_after_s * 1000) + 1)),))
+    await context.abort(status_code(error), str(error))
+
+
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
@@ -80,7 +89,7 @@ def _unary(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
         try:
             return await method(self, request, context)
         except errors.ServiceError as exc:
-            await context.abort(status_code(exc), str(exc))
+            await abort(context, exc)
         except Exception:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed; see the server log")
@@ -121,12 +130,14 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
     async def StreamFrames(
         self, request_iterator: AsyncIterator[pb.StreamFramesRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamFramesResponse]:
-        async with self.service.stream(_stream_requests(request_iterator), _deadline(context)) as answers:
-            try:
+        tenant = caller_of(context).tenant
+        requests = _stream_requests(request_iterator)
+        try:
+            async with self.service.stream(requests, _deadline(context), tenant, context.peer()) as answers:
                 async for result in answers:
                     yield _response(result)
-            except errors.ServiceError as exc:
-                await context.abort(status_code(exc), str(exc))
+        except errors.ServiceError as exc:
+            await abort(context, exc)
 
     @_unary
     @_audited("get_template", "subject_id")
@@ -180,9 +191,16 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
         return pb.ListIdentitiesResponse(identities=identities, next_page_token=token)
 
 
-async def _stream_requests(requests: AsyncIterator[pb.StreamFramesRequest]) -> AsyncIterator[StreamRequest]:
+async def _stream_requests(requests: AsyncIterator[Any]) -> AsyncIterator[StreamRequest]:
     async for request in requests:
-        yield StreamRequest([_raw_frame(f) for f in request.frames], request.top_k)
+        if isinstance(request, Undecodable):
+            raise errors.InvalidArgument(request.message)
+        frames = [_raw_frame(f) for f in request.frames]
+        yield StreamRequest(frames, request.top_k, _payload_bytes(frames))
+
+
+def _payload_bytes(frames: list[RawFrame]) -> int:
+    return sum(len(f.subject_id) + len(f.image or f.embedding or b"") for f in frames)
 
 
 def _raw_frame(frame: pb.Frame) -> RawFrame:

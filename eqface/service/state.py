@@ -90,5 +90,6 @@ def decode_record(subject_id: str, data: bytes, version: int, params: Aggregatio
 
 
 def reset_record(record: SubjectRecord, params: AggregationParams) -> SubjectRecord:
-    """A fresh aggregate that keeps the last sequence (replays of earlier frames stay duplicates)."""
-    return SubjectRecord(record.subject_id, params.new_aggregate(), record.last_sequence, record.version)
+    """A fresh aggregate and sequence 0: the client starts its sequence again (also the way out of a counter that
+    jumped too far; see ``inputs.MAX_SEQUENCE``)."""
+    return SubjectRecord(record.subject_id, params.new_aggregate(), 0, record.version)

@@ -121,8 +121,9 @@ class AggregatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResetSubject(self, request, context):
-        """Forgets the subject's template and counters but keeps its last applied sequence, so replays of frames sent before
-        the reset stay duplicates. NOT_FOUND for an unknown subject; ABORTED when concurrent writers kept changing it.
+        """Forgets the subject's template, counters and last applied sequence: the client starts its sequence again (frames
+        sent before the reset and replayed after it are applied again). NOT_FOUND for an unknown subject; ABORTED when
+        concurrent writers kept changing it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
