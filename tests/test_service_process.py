@@ -209,6 +209,7 @@ def test_port_in_use_fails_cleanly(tmp_path):
             f"sqlite:///{tmp_path}/b.db",
             "--metrics-port",
             "0",
+            "--insecure",
         ]
         out = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert out.returncode == 1 and "eqface aggregator:" in out.stderr

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from eqface.contract import DEFAULT_EMBEDDING_SIZE
+from eqface.service.security.config import SecurityConfig
 from eqface.service.store import STORES, url_scheme
 
 MiB = 1024 * 1024
@@ -76,6 +77,9 @@ class ServiceConfig:
             which with ``max_inflight_messages`` bounds the memory held by queued frames.
         active_window_s: a subject counts as active while it received a frame in this window.
         shutdown_grace_s: how long SIGTERM waits for in-flight frames to be committed and answered.
+        security: TLS, client certificates, bearer tokens, reflection, the plaintext health port
+            (``eqface.service.security.config``); the default authenticates nobody, so the server refuses to start
+            until credentials or ``insecure`` are set.
     """
 
     host: str = "[::]"
@@ -99,6 +103,7 @@ class ServiceConfig:
     max_concurrent_rpcs: int = 1000
     active_window_s: float = 60.0
     shutdown_grace_s: float = 10.0
+    security: SecurityConfig = SecurityConfig()
 
     def __post_init__(self) -> None:
         if self.f_th is not None and not -1.0 <= self.f_th <= 1.0:

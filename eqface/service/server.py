@@ -1,4 +1,5 @@
-"""The aggregation server's lifecycle: gRPC server, health checking, reflection, metrics endpoint, graceful stop."""
+"""The aggregation server's lifecycle: gRPC server (TLS and authentication per ``config.security``), health checking,
+optional reflection, an optional plaintext health-only port, metrics endpoint, graceful stop."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from eqface.service.config import ServiceConfig
+from eqface.service.security.authz import Authenticator, AuthInterceptor
+from eqface.service.security.config import SecurityConfig
+from eqface.service.security.tls import server_credentials
 from eqface.service.service import AggregatorService
 from eqface.service.servicer import AggregatorServicer
 from eqface.service.store import SubjectStore, open_store
@@ -37,14 +41,21 @@ class AggregatorServer:
         self.metrics_port: int | None = None
         self.service: AggregatorService | None = None
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
         self._health = health_aio.HealthServicer()
         self._health_update: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         config = self.config
+        security = config.security
+        security.check_serving(config.host)
+        interceptor = AuthInterceptor(Authenticator(security))  # reads the key set: fails before opening the store
+        credentials = server_credentials(security) if security.tls else None
         store = self._store or await asyncio.to_thread(open_store, config.store_url)
         service = self.service = AggregatorService(config, store)
         server = self._server = grpc.aio.server(
+            interceptors=[interceptor],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -54,25 +65,38 @@ class AggregatorServer:
         )
         pb_grpc.add_AggregatorServiceServicer_to_server(AggregatorServicer(service), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, server)
-        self.port = server.add_insecure_port(f"{config.host}:{config.port}")
+        if security.reflection:
+            names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, server)
+        address = f"{config.host}:{config.port}"
+        if credentials is not None:
+            self.port = server.add_secure_port(address, credentials)
+        else:
+            self.port = server.add_insecure_port(address)
+        if security.health_port:
+            health = self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, health)
+            self.health_port = health.add_insecure_port(f"{config.host}:{security.health_port}")
         for name in self._health_names():
             await self._health.set(name, _NOT_SERVING)
         await service.start()
         service.on_readiness_change = lambda readiness: self._schedule_health_update()
         await server.start()
+        if self._health_server is not None:
+            await self._health_server.start()
         await self._update_health()
         if config.metrics_port:
             self.metrics_port = service.metrics.serve(config.metrics_port)
         log.info(
-            "serving %s on %s:%d (store %s, triton %s, metrics port %s)",
+            "serving %s on %s:%d, %s (store %s, triton %s, metrics port %s, health port %s)",
             SERVICE_NAME,
             config.host,
             self.port,
+            _describe(security),
             _redact(config.store_url),
             config.triton.url if config.triton else "off",
             self.metrics_port or "off",
+            self.health_port or "off",
         )
 
     def _health_names(self) -> list[str]:
@@ -102,6 +126,9 @@ class AggregatorServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
         if self.service is not None:
             await self.service.stop()
             self.service.metrics.stop()
@@ -119,3 +146,10 @@ def _redact(url: str) -> str:
         return url
     scheme, rest = url.split("://", 1)
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def _describe(security: SecurityConfig) -> str:
+    if security.insecure:
+        return "PLAINTEXT, NO AUTHENTICATION (--insecure)"
+    ways = [w for w, on in (("client certificates", security.mutual_tls), ("bearer tokens", security.tokens)) if on]
+    return "TLS, callers authenticated by " + " or ".join(ways)
