@@ -122,13 +122,13 @@ def health_status(target: str, service: str = "") -> int:
         return health_pb2_grpc.HealthStub(channel).Check(request, timeout=2).status
 
 
-def server_config(config: ServiceConfig, authority: TestAuthority | None = None) -> ServiceConfig:
+def server_config(config: ServiceConfig, authority: TestAuthority | None = None, **security: object) -> ServiceConfig:
     """The one way tests configure a server's security: on loopback, plaintext without authentication (``--insecure``)
-    unless the config already has security settings, or TLS + client certificates + tokens from ``authority`` (and a
-    plaintext health port, which is how the tests wait for it)."""
+    unless the config already has security settings, or TLS with ``authority``'s credentials (client certificates and
+    tokens; ``security`` overrides, e.g. ``mutual_tls=False``) and a plaintext health port, where tests wait for it."""
     config = replace(config, host="127.0.0.1", port=0)
     if authority is not None:
-        return replace(config, security=authority.security(health_port=free_port()))
+        return replace(config, security=authority.security(**{"health_port": free_port(), **security}))
     if config.security == SecurityConfig():
         return replace(config, security=SecurityConfig(insecure=True))
     return config
@@ -137,8 +137,8 @@ def server_config(config: ServiceConfig, authority: TestAuthority | None = None)
 class ServerThread:
     """An AggregatorServer on its own event loop in a background thread (the tests talk to it with sync stubs)."""
 
-    def __init__(self, config: ServiceConfig, authority: TestAuthority | None = None) -> None:
-        self.config = server_config(config, authority)
+    def __init__(self, config: ServiceConfig, authority: TestAuthority | None = None, **security: object) -> None:
+        self.config = server_config(config, authority, **security)
         self.authority = authority
         self.server: AggregatorServer | None = None
         self.loop = asyncio.new_event_loop()
@@ -176,9 +176,9 @@ class ServerThread:
 
 @contextmanager
 def serve_in_thread(
-    config: ServiceConfig, ready_timeout_s: float = 10.0, authority: TestAuthority | None = None
+    config: ServiceConfig, ready_timeout_s: float = 10.0, authority: TestAuthority | None = None, **security: object
 ) -> Iterator[ServerThread]:
-    server = ServerThread(config, authority)
+    server = ServerThread(config, authority, **security)
     try:
         server.start()
         if server.config.triton is None:

@@ -105,7 +105,11 @@ class LocalCA:
         attributes = [x509.NameAttribute(NameOID.COMMON_NAME, principal)]
         attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, tenant))
         attributes += [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, r.value) for r in roles]
-        return self._issue(stem or f"client-{principal}", x509.Name(attributes), ExtendedKeyUsageOID.CLIENT_AUTH, [])
+        return self.client_for(x509.Name(attributes), stem or f"client-{principal}")
+
+    def client_for(self, subject: x509.Name, stem: str) -> CertFiles:
+        """A client certificate for any subject name."""
+        return self._issue(stem, subject, ExtendedKeyUsageOID.CLIENT_AUTH, [])
 
 
 def _key_usage(cert_sign: bool) -> x509.KeyUsage:
