@@ -308,11 +308,13 @@ class AggregatorService:
 
     def finish(self, message: PreparedMessage, committed: CommittedBatch) -> MessageResult:
         keys = message.keys
+        invalid = [slot for slot in message.slots if isinstance(slot, FrameOutcome)]
+        # by store key: two tenants' subjects of the same id are two active subjects
+        self.metrics.observe_outcomes(committed.outcomes + invalid if invalid else committed.outcomes)
         applied = iter(committed.outcomes)
         if keys.prefix:  # the committer answers with store keys; the caller sent ids
             applied = iter([o._replace(subject_id=keys.id(o.subject_id)) for o in committed.outcomes])
         outcomes = [slot if isinstance(slot, FrameOutcome) else next(applied) for slot in message.slots]
-        self.metrics.observe_outcomes(outcomes)
         gallery = self.gallery.of(keys.tenant)
         matches = [(keys.id(sid), gallery.search(t, message.top_k)) for sid, t in committed.templates.items()]
         return MessageResult(outcomes, matches)
