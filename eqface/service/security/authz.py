@@ -122,7 +122,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return caller
 
 
+_FACTORIES = {  # (request streaming, response streaming) -> handler factory
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 def _wrap(handler: grpc.RpcMethodHandler, method: str, admit: Callable[..., Caller]) -> grpc.RpcMethodHandler:
+    """The same handler, run only once ``admit`` established its caller, and with that caller set."""
+    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
     async def check(context: grpc.aio.ServicerContext) -> Caller:
         try:
             return admit(method, context)
@@ -131,34 +142,18 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, admit: Callable[..., Call
             await context.abort(exc.code, str(exc))
             raise AssertionError("unreachable: abort raises") from None
 
-    if handler.request_streaming or handler.response_streaming:
-        behavior = handler.stream_stream or handler.unary_stream or handler.stream_unary
-        if handler.response_streaming:
-
-            async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                with authenticated_as(await check(context)):
-                    async for response in behavior(request, context):
-                        yield response
-
-            wrapped: Any = streaming
-        else:
-
-            async def stream_in(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                with authenticated_as(await check(context)):
-                    return await behavior(request, context)
-
-            wrapped = stream_in
-        kind = {
-            (True, True): grpc.stream_stream_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-        }[(handler.request_streaming, handler.response_streaming)]
-    else:
-        unary = handler.unary_unary
+    if handler.response_streaming:
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             with authenticated_as(await check(context)):
-                return await unary(request, context)
+                async for response in behavior(request, context):
+                    yield response
 
-        kind = grpc.unary_unary_rpc_method_handler
-    return kind(wrapped, handler.request_deserializer, handler.response_serializer)
+    else:
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with authenticated_as(await check(context)):
+                return await behavior(request, context)
+
+    factory = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    return factory(wrapped, handler.request_deserializer, handler.response_serializer)
