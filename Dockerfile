@@ -47,9 +47,9 @@ CMD ["python", "-m", "eqface.cli", "--help"]
 FROM base AS service
 COPY pyproject.toml constraints.txt /opt/eqface/
 # Only the service's dependencies, with the version ranges of pyproject.toml (core numpy/pillow + the serve extra's
-# gRPC, protobuf + google.rpc types, Prometheus, Redis and tritonclient), then eqface itself without its training
-# dependencies.
-ARG SERVICE_DEPENDENCIES="numpy pillow grpcio grpcio-health-checking grpcio-reflection protobuf googleapis-common-protos prometheus-client redis tritonclient"
+# gRPC, protobuf + google.rpc types, Prometheus, Redis, tritonclient, PyJWT + cryptography for authentication), then
+# eqface itself without its training dependencies.
+ARG SERVICE_DEPENDENCIES="numpy pillow grpcio grpcio-health-checking grpcio-reflection protobuf googleapis-common-protos prometheus-client redis tritonclient pyjwt cryptography"
 RUN python -c "import re, sys, tomllib; \
 p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 wanted = sys.argv[1].split(); \

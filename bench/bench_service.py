@@ -13,6 +13,9 @@ Phases:
                open loop).
   bytes        --subjects realistic subject records written through the store API: the record size and what the
                backend uses per subject (SQLite file pages in use; Redis used_memory growth).
+  tls          the throughput phase on SQLite with mutual TLS (a local CA, client certificate) and without
+               (``--insecure``), alternated --tls-rounds times on fresh stores in one run: frames/s and frames per
+               server CPU-second of each, and their ratio TLS / plaintext.
   image        (when nvidia-pytriton, ../shared/data and its weights are present) Triton on the local repository
                with pretrained MobileFaceNet; JPEG frames of real faces streamed through the aggregator (bytes mode:
                the ensemble decodes) by --image-streams streams; frames/s end to end, next to Triton alone.
@@ -21,6 +24,7 @@ Targets (issue): >= 20k frames/s on one core with batched messages, p99 update l
 
   python bench/bench_service.py                          # sqlite (synchronous=full) and redis if installed
   python bench/bench_service.py --stores sqlite sqlite-normal --frames 400000 --json bench_service.json
+  python bench/bench_service.py --stores sqlite --frames 40000 --no-image --tls-frames 40000   # TLS ratio, small
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -41,7 +46,10 @@ import numpy as np
 
 from eqface import paths, processes
 from eqface.processes import free_port, wait_for_grpc_health
+from eqface.service.caller import DEFAULT_TENANT, Role
 from eqface.service.client import feature_frame, image_frame
+from eqface.service.security.pki import LocalCA
+from eqface.service.security.tls import channel_credentials
 from eqface.service.v1 import aggregator_pb2 as pb
 from eqface.serving.helper_process import TritonHelper
 
@@ -55,18 +63,24 @@ _CHANNEL = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_messa
 
 # --------------------------------------------------------------------------------------------------------- server
 class PinnedServer:
-    """The aggregation server as a child process pinned to one core."""
+    """The aggregation server as a child process pinned to one core: ``--insecure`` (plaintext), or with ``tls`` mutual
+    TLS with that CA's certificates (readiness then waited for on its plaintext health port)."""
 
-    def __init__(self, core: int, store: str, workdir: Path, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, core: int, store: str, workdir: Path, extra: list[str] | None = None, tls: BenchPKI | None = None
+    ) -> None:
         self.port = free_port()
         self.log = workdir / f"server-{self.port}.log"
         args = ["--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", "0", "--store", store]
         args += ["--log-level", "WARNING", *(extra or [])]
+        health = free_port() if tls is not None else self.port
+        args += ["--insecure"] if tls is None else [*tls.server_args, f"--health-port={health}"]
+        self.credentials = tls.client_credentials if tls is not None else None
         argv = [sys.executable, "-c", _PIN_AND_RUN, str(core), *args]
         # no die_with_parent: this process holds gRPC channels, and a preexec_fn forces fork() (gRPC fork handlers)
         self.child = processes.start("aggregator", argv, self.log, die_with_parent=False)
         try:
-            wait_for_grpc_health(self.target, self.child, 60)
+            wait_for_grpc_health(f"127.0.0.1:{health}", self.child, 60)
         except BaseException:
             self.child.stop(grace_s=10)
             raise
@@ -111,8 +125,21 @@ def feature_payloads(
     return out
 
 
+class BenchPKI:
+    """A local CA, the server's certificate and one client certificate (the default tenant, as the plaintext arm,
+    so the two arms differ only in TLS; every role)."""
+
+    def __init__(self, directory: Path) -> None:
+        ca = LocalCA(directory)
+        server, client = ca.server(), ca.client("bench", DEFAULT_TENANT, Role)
+        self.server_args = [f"--tls-cert={server.cert}", f"--tls-key={server.key}", f"--tls-client-ca={ca.cert_file}"]
+        self.client_credentials = channel_credentials(ca.cert_file, client.cert, client.key)
+
+
 # --------------------------------------------------------------------------------------------------------- clients
-async def run_streams(target: str, payloads: list[list[bytes]], window: int, frames_per_message: int) -> dict:
+async def run_streams(
+    target: str, payloads: list[list[bytes]], window: int, frames_per_message: int, credentials=None
+) -> dict:
     """Streams pre-serialised messages with ``window`` in flight per stream; round trip per message, status counts."""
     import grpc
 
@@ -144,7 +171,10 @@ async def run_streams(target: str, payloads: list[list[bytes]], window: int, fra
             frames += frames_per_message
         await task
 
-    channels = [grpc.aio.insecure_channel(target, options=_CHANNEL) for _ in payloads]
+    if credentials is None:
+        channels = [grpc.aio.insecure_channel(target, options=_CHANNEL) for _ in payloads]
+    else:
+        channels = [grpc.aio.secure_channel(target, credentials, options=_CHANNEL) for _ in payloads]
     try:
         started = time.perf_counter()
         await asyncio.gather(*(one(c, m) for c, m in zip(channels, payloads)))
@@ -234,6 +264,48 @@ def throughput(args: argparse.Namespace, store: str, workdir: Path) -> dict:
         "single_frame_round_trip": latency,
         "paced": paced,
     }
+
+
+def tls_comparison(args: argparse.Namespace, workdir: Path) -> dict:
+    """The feature-mode throughput with and without mutual TLS, alternated on fresh SQLite stores in one run."""
+    pki = BenchPKI(workdir / "pki")
+    per_stream = args.tls_frames // args.streams // args.frames_per_message
+    per_message = args.frames_per_message // args.subjects_per_message * args.subjects_per_message
+    runs: dict[str, list[dict]] = {"plaintext": [], "tls": []}
+    for round_ in range(args.tls_rounds):
+        for arm in ("plaintext", "tls"):
+            store = f"sqlite:///{workdir}/tls-{arm}-{round_}.db"
+            payloads = [
+                feature_payloads(1000 * round_ + s, per_stream, per_message, args.subjects_per_message, args.dim)
+                for s in range(args.streams)
+            ]
+            extra = ["--embedding-dim", str(args.dim)]
+            server = PinnedServer(args.server_core, store, workdir, extra, pki if arm == "tls" else None)
+            try:
+                cpu_before, client_before = server.cpu_seconds(), _own_cpu_seconds()
+                result = asyncio.run(run_streams(server.target, payloads, args.window, per_message, server.credentials))
+                cpu, client_cpu = server.cpu_seconds() - cpu_before, _own_cpu_seconds() - client_before
+            finally:
+                server.stop()
+            runs[arm].append(
+                {
+                    "frames_per_s": result["frames"] / result["seconds"],
+                    "frames_per_server_cpu_s": result["frames"] / cpu if cpu > 0 else float("nan"),
+                    "frames_per_client_cpu_s": result["frames"] / client_cpu if client_cpu > 0 else float("nan"),
+                }
+            )
+    mean = {arm: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for arm, rs in runs.items()}
+    return {
+        "rounds": runs,
+        "mean": mean,
+        "ratio_tls_over_plaintext": {k: mean["tls"][k] / mean["plaintext"][k] for k in mean["tls"]},
+        "load_average": os.getloadavg(),
+    }
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _paced(args: argparse.Namespace, target: str) -> dict:
@@ -414,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-frames", type=int, default=3072)
     p.add_argument("--image-streams", type=int, default=4)
     p.add_argument("--image-frames-per-message", type=int, default=8)
+    p.add_argument("--tls-frames", type=int, default=120_000, help="feature frames per run of the TLS comparison")
+    p.add_argument("--tls-rounds", type=int, default=2, help="plaintext/TLS run pairs, alternated")
+    p.add_argument("--no-tls", action="store_true", help="skip the TLS comparison")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
 
@@ -433,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 report["redis"] = "skipped: redis-server not installed"
         report["throughput"] = [throughput(args, urls[s], workdir) for s in args.stores if s in urls]
+        report["tls"] = "skipped (--no-tls)" if args.no_tls else tls_comparison(args, workdir)
         bytes_urls = {"sqlite": f"sqlite:///{workdir}/bytes.db", "redis": urls.get("redis", "") + "?prefix=bytes:"}
         report["bytes_per_subject"] = {
             s: bytes_per_subject(bytes_urls[s], args.subjects, args.dim) for s in ("sqlite", "redis") if s in urls
@@ -511,6 +587,24 @@ def _print(report: dict, args: argparse.Namespace) -> None:
         print(f"  {'':<14} sampled statuses {t['statuses']}")
     if "redis" in report and isinstance(report["redis"], str):
         print(f"  redis: {report['redis']}")
+    tls = report["tls"]
+    if isinstance(tls, dict):
+        ratio, mean = tls["ratio_tls_over_plaintext"], tls["mean"]
+        print(
+            f"mutual TLS vs plaintext (SQLite, {args.tls_rounds} alternated run pairs of {args.tls_frames} frames; "
+            f"load average {tls['load_average'][0]:.1f}):"
+        )
+        for key, what in (
+            ("frames_per_s", "frames/s"),
+            ("frames_per_server_cpu_s", "frames per server CPU-s"),
+            ("frames_per_client_cpu_s", "frames per client CPU-s"),
+        ):
+            print(
+                f"  {what:<26} plaintext {mean['plaintext'][key]:>9,.0f}  TLS {mean['tls'][key]:>9,.0f}  "
+                f"ratio TLS/plaintext {ratio[key]:.3f}"
+            )
+    else:
+        print(f"TLS comparison: {tls}")
     print("bytes per subject (512-d template + counters):")
     for store, b in report["bytes_per_subject"].items():
         used = b["stored_bytes_per_subject"]

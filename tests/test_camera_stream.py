@@ -140,7 +140,9 @@ def truth_of_track(video: VideoTruth, track: dict) -> tuple[str, list[tuple[dict
 def test_tracks_identities_and_quality_on_a_real_video(stack, video, tmp_path):
     """The default (realtime) pipeline; then today's full pipeline on the same video, which identifies nobody more."""
     out_dir = tmp_path / "e2e"
-    out = finish(stream(video, stack["aggregator_grpc"], out_dir))
+    auth = stack["aggregator_auth"]  # the stack serves mutual TLS: the uplink presents the stack's client certificate
+    credentials = ("--ca", auth["ca_file"], "--cert", auth["cert_file"], "--key", auth["key_file"])
+    out = finish(stream(video, stack["aggregator_grpc"], out_dir, *credentials))
     summary = json.loads((out_dir / "summary.json").read_text())
     print(out)
     every = KeyframeConfig().detect_every
@@ -209,6 +211,7 @@ def _aggregator(port: int, store: Path, triton: str, log: Path) -> processes.Chi
         f"--triton-url={triton}",
         "--embedding-dim=128",
         "--triton-timeout=30",  # as the local stack: after a restart a busy 2-core Triton serves the resent backlog
+        "--insecure",  # loopback, plaintext: this test is about restarts, the stack's TLS is tested above
     ]
     # no preexec_fn: nothing of this process runs between fork and exec
     return processes.start("aggregator", argv, log, cwd=REPO_ROOT, die_with_parent=False)

@@ -268,13 +268,30 @@ def test_triton_model_control_needs_the_key_from_the_secret(rendered, overlay):
     assert "inference" not in control.RESTRICTED and "health" not in control.RESTRICTED  # the aggregator's calls
 
 
+def test_aggregator_serves_mutual_tls_with_files_from_a_secret(rendered, overlay):
+    """Certificates come from a mounted Secret (paths on the command line, never values), reflection and --insecure
+    stay off, and the readiness probe uses the plaintext health-only port (gRPC probes cannot speak TLS)."""
+    pod = find(rendered[overlay], "Deployment", "eqface-aggregator")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    argv = container["command"] + container["args"]
+    tls = "/etc/eqface/tls"
+    assert {f"--tls-cert={tls}/tls.crt", f"--tls-key={tls}/tls.key", f"--tls-client-ca={tls}/ca.crt"} <= set(argv)
+    assert not {"--insecure", "--insecure-any-host", "--reflection"} & set(argv)
+    health = next(a for a in argv if a.startswith("--health-port="))
+    assert container["readinessProbe"]["grpc"]["port"] == int(health.split("=")[1]) != 50051
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == tls)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert mount["readOnly"] and volume["secret"]["secretName"] == "eqface-aggregator-tls"
+    assert volume["secret"]["defaultMode"] & 0o007 == 0  # not readable by others
+
+
 def test_production_uses_redis_autoscaling_and_object_store(rendered):
     objects = rendered["production"]
     aggregator = find(objects, "Deployment", "eqface-aggregator")["spec"]["template"]["spec"]
     assert aggregator["containers"][0]["args"] == ["--store=redis://eqface-redis:6379/0"]
     env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in aggregator["containers"][0]["env"]}
     assert env["EQFACE_STORE_PASSWORD"] == {"name": "eqface-redis", "key": "password"}  # environment, not argv
-    assert [v["name"] for v in aggregator["volumes"]] == ["tmp"]
+    assert [v["name"] for v in aggregator["volumes"]] == ["tmp", "tls"]
     assert find(objects, "HorizontalPodAutoscaler", "eqface-aggregator")["spec"]["minReplicas"] >= 2
     assert find(objects, "PodDisruptionBudget", "eqface-aggregator")["spec"] == {
         "minAvailable": 1,

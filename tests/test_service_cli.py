@@ -10,6 +10,7 @@ from eqface.service.cli import build_parser, config_from_args, main
 from eqface.service.config import MiB, ServiceConfig, TritonConfig
 from eqface.service.hygiene import AuditConfig, HygieneConfig, RetentionConfig, hygiene_flag_dests
 from eqface.service.limits import LimitsConfig
+from eqface.service.security.config import SecurityConfig
 
 
 def _config(*argv: str) -> ServiceConfig:
@@ -23,10 +24,11 @@ def test_defaults_are_the_config_defaults():
 def test_every_config_field_has_a_flag_with_help():
     """config_from_args builds the config by field name from each flag's dest: a new field needs its flag."""
     actions = {action.dest: action for action in build_parser()._actions if action.option_strings}
-    nested = ("triton", "hygiene", "limits")
+    nested = ("triton", "hygiene", "limits", "security")
     wanted = {f.name for f in fields(ServiceConfig) if f.name not in nested} | hygiene_flag_dests()
     wanted |= {f"triton_{f.name}" for f in fields(TritonConfig)}
     wanted |= {f"limits_{f.name}" for f in fields(LimitsConfig)}
+    wanted |= {f"security_{f.name}" for f in fields(SecurityConfig)}
     assert wanted <= actions.keys(), f"fields without a flag: {sorted(wanted - actions.keys())}"
     for dest in wanted:
         assert actions[dest].help and len(actions[dest].help) > 10, dest
@@ -129,7 +131,8 @@ def test_unreachable_store_is_a_clean_failure(capsys):
     from eqface.processes import free_port
 
     code = main(
-        ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--store", f"redis://127.0.0.1:{free_port()}/0"]
+        ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--insecure"]
+        + ["--store", f"redis://127.0.0.1:{free_port()}/0"]
     )
     assert code == 1 and "cannot reach Redis" in capsys.readouterr().err
 
@@ -155,3 +158,57 @@ def test_limits_flags_and_the_store_password_from_a_file_or_the_environment(tmp_
     )
     monkeypatch.setenv("EQFACE_STORE_PASSWORD", "from-env")
     assert _config("--store", "redis://h:6379/0").store_url == "redis://:from-env@h:6379/0"
+
+
+def test_security_options_reach_the_config(tmp_path):
+    config = _config(
+        *("--tls-cert", "s.pem", "--tls-key", "s-key.pem", "--tls-client-ca", "ca.pem", "--jwks", "k.json"),
+        *("--jwt-public-key", "a.pem", "--jwt-public-key", "b.pem", "--jwt-issuer", "i", "--jwt-audience", "a"),
+        *("--jwt-algorithms", "ES256,EdDSA", "--jwt-leeway", "5", "--reflection", "--health-port", "7000"),
+    )
+    assert config.security == SecurityConfig(
+        tls_cert_file="s.pem",
+        tls_key_file="s-key.pem",
+        client_ca_file="ca.pem",
+        jwks_file="k.json",
+        jwt_public_key_files=("a.pem", "b.pem"),
+        jwt_issuer="i",
+        jwt_audience="a",
+        jwt_algorithms=("ES256", "EdDSA"),
+        jwt_leeway_s=5,
+        reflection=True,
+        health_port=7000,
+    )
+    assert _config("--insecure", "--insecure-any-host").security == SecurityConfig(
+        insecure=True, insecure_any_host=True
+    )
+
+
+def test_credential_paths_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("EQFACE_TLS_CERT", "/run/tls/tls.crt")
+    monkeypatch.setenv("EQFACE_TLS_KEY", "/run/tls/tls.key")
+    monkeypatch.setenv("EQFACE_TLS_CLIENT_CA", "/run/tls/ca.crt")
+    security = _config().security
+    assert (security.tls_cert_file, security.tls_key_file) == ("/run/tls/tls.crt", "/run/tls/tls.key")
+    assert security.client_ca_file == "/run/tls/ca.crt"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        ([], "no credentials: pass --tls-cert and --tls-key"),  # neither credentials nor --insecure
+        (["--insecure"], "binds only a loopback host"),  # default host [::]
+        (["--host", "0.0.0.0", "--insecure"], "--insecure-any-host"),
+        (["--tls-cert", "c", "--tls-key", "k"], "add --tls-client-ca"),  # TLS that authenticates nobody
+        (["--insecure", "--tls-cert", "c", "--tls-key", "k"], "do not combine"),
+        (["--jwks", "k.json", "--tls-cert", "c", "--tls-key", "k"], "--jwt-issuer, --jwt-audience"),
+        (["--jwt-algorithms", "none"], "not allowed"),
+        (["--jwt-algorithms", "HS256"], "not allowed"),
+    ],
+)
+def test_serving_without_credentials_or_explicit_insecure_is_refused(argv, says, capsys):
+    """Exit 2 before anything starts, with a message that says what to pass."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--port", "0", "--metrics-port", "0", *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and says in err, err

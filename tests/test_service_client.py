@@ -10,9 +10,18 @@ import grpc
 import pytest
 
 from eqface.processes import free_port
-from eqface.service.client import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, AggregatorClient, feature_frame, template_of
+from eqface.service.caller import Role
+from eqface.service.client import (
+    CHANNEL_OPTIONS,
+    MAX_MESSAGE_BYTES,
+    AggregatorClient,
+    ClientAuth,
+    feature_frame,
+    template_of,
+)
 from eqface.service.config import ServiceConfig
 from eqface.service.v1 import aggregator_pb2 as pb
+from tests.support.auth import TestAuthority
 from tests.support.service import ServerProcess, face_stream, serve_in_thread
 
 pytestmark = pytest.mark.integration
@@ -64,3 +73,27 @@ def test_a_call_waits_for_a_server_that_comes_up_late(tmp_path):
         finally:
             starter.join()
             server.kill()
+
+
+def test_client_auth_files_give_mutual_tls_or_a_token(tmp_path):
+    """ClientAuth (file paths, JSON round trip as the stack's state file keeps it) against a TLS server; a token file
+    is sent as the bearer token."""
+    authority = TestAuthority(tmp_path / "auth")
+    config = ServiceConfig(store_url=f"sqlite:///{tmp_path}/t.db", metrics_port=0)
+    cert = authority.client_cert("cam", "acme", {Role.STREAM, Role.READ})
+    mtls = ClientAuth(str(authority.ca.cert_file), str(cert.cert), str(cert.key))
+    token_file = tmp_path / "token.jwt"
+    token_file.write_text(authority.token("svc", "acme", {Role.READ}) + "\n")
+    bearer = ClientAuth(ca_file=str(authority.ca.cert_file), token_file=str(token_file))
+    assert ClientAuth.from_json(mtls.to_json()) == mtls and ClientAuth.from_json({}) is None
+    features, qualities = face_stream(seed=2, n=2)
+    frames = [feature_frame("s", i + 1, f, float(q)) for i, (f, q) in enumerate(zip(features, qualities))]
+    with serve_in_thread(config, authority=authority, mutual_tls=False) as server:
+        with AggregatorClient(server.target, auth=bearer) as client:
+            assert list(client.call("ListSubjects", pb.ListSubjectsRequest()).subject_ids) == []
+    with serve_in_thread(config, authority=authority) as server:
+        with AggregatorClient(server.target, auth=mtls) as client:
+            list(client.stream_frames([pb.StreamFramesRequest(frames=frames)], timeout_s=30))
+            assert list(client.call("ListSubjects", pb.ListSubjectsRequest()).subject_ids) == ["s"]
+    with pytest.raises(ValueError, match="both its certificate and its key"):
+        ClientAuth(cert_file=str(cert.cert)).credentials()

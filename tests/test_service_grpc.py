@@ -17,6 +17,7 @@ from eqface.aggregation import progressive_templates
 from eqface.processes import free_port
 from eqface.service.client import embedding_bytes, feature_frame, frame_error, image_frame, template_of
 from eqface.service.config import MiB, ServiceConfig
+from eqface.service.security.config import SecurityConfig
 from eqface.service.server import SERVICE_NAME, STORE_HEALTH
 from eqface.service.v1 import aggregator_pb2 as pb
 from tests.conftest import require_executable
@@ -319,7 +320,8 @@ def test_concurrent_streams(stub):
         np.testing.assert_allclose(template_of(_state(stub, sid)), progressive_templates(f, q)[-1], atol=1e-5)
 
 
-def test_health_and_reflection(server):
+def test_health_and_reflection(server, tmp_path):
+    """Health is served; reflection only when enabled (it is off by default: it lists the API to anyone)."""
     assert health_status(server.target) == health_pb2.HealthCheckResponse.SERVING
     assert health_status(server.target, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
     assert health_status(server.target, STORE_HEALTH) == health_pb2.HealthCheckResponse.SERVING
@@ -327,12 +329,18 @@ def test_health_and_reflection(server):
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
     with grpc.insecure_channel(server.target) as channel:
-        database = ProtoReflectionDescriptorDatabase(channel)
-        services = set(database.get_services())
-        assert {SERVICE_NAME, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
-        service = DescriptorPool(database).FindServiceByName(SERVICE_NAME)
-        methods = {m.name for m in service.methods}
-        assert {"StreamFrames", "GetTemplate", "Enroll", "Identify", "ListSubjects", "RemoveIdentity"} <= methods
+        with pytest.raises(grpc.RpcError) as off:
+            ProtoReflectionDescriptorDatabase(channel).get_services()
+        assert off.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    security = SecurityConfig(insecure=True, reflection=True)
+    with serve_in_thread(_config(f"sqlite:///{tmp_path}/r.db", security=security)) as on:
+        with grpc.insecure_channel(on.target) as channel:
+            database = ProtoReflectionDescriptorDatabase(channel)
+            services = set(database.get_services())
+            assert {SERVICE_NAME, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+            service = DescriptorPool(database).FindServiceByName(SERVICE_NAME)
+            methods = {m.name for m in service.methods}
+            assert {"StreamFrames", "GetTemplate", "Enroll", "Identify", "ListSubjects", "RemoveIdentity"} <= methods
 
 
 def test_metrics_pass_promtool_and_count_frames(tmp_path):

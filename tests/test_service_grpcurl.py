@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from eqface.service.config import ServiceConfig
+from eqface.service.security.config import SecurityConfig
 from eqface.service.server import SERVICE_NAME, STORE_HEALTH
 from eqface.service.v1 import aggregator_pb2 as pb
 from tests.conftest import require_executable
@@ -23,10 +24,10 @@ DIM = 64
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    # Reflection: AggregatorServer registers it on every server today (there is no option to set). Should it become
-    # an option that is off by default, this test must turn it on here: list and describe need it.
+    # Reflection is off by default (--reflection turns it on): list and describe need it.
     db = tmp_path_factory.mktemp("grpcurl") / "state.db"
-    config = ServiceConfig(store_url=f"sqlite:///{db}", metrics_port=0, embedding_dim=DIM)
+    security = SecurityConfig(insecure=True, reflection=True)
+    config = ServiceConfig(store_url=f"sqlite:///{db}", metrics_port=0, embedding_dim=DIM, security=security)
     with serve_in_thread(config) as s:
         yield s
 

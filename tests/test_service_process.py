@@ -1,6 +1,7 @@
 """The server as a real child process: kill -9 during acknowledged streams loses nothing; SIGTERM drains.
 
-EQFACE_KILL_ROUNDS sets the number of kill -9 rounds on SQLite (default 20; Redis runs a quarter of them).
+EQFACE_KILL_ROUNDS sets the number of kill -9 rounds on SQLite (default 20; Redis runs a quarter of them, SQLite over
+mutual TLS a fifth).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from eqface.aggregation import ProgressiveQWFA
 from eqface.service.client import feature_frame, template_of
 from eqface.service.v1 import aggregator_pb2 as pb
 from tests.conftest import REPO_ROOT
+from tests.support.auth import TestAuthority
 from tests.support.service import ServerProcess, aggregator_stub, face_stream, redis_server  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -104,14 +106,17 @@ class Client:
         return applied
 
 
-def _kill_rounds(tmp_path: Path, store: str, rounds: int) -> Client:
+def _kill_rounds(tmp_path: Path, store: str, rounds: int, authority: TestAuthority | None = None) -> Client:
+    """kill -9 rounds; with ``authority`` over mutual TLS as a client of tenant "acme" (namespaced keys)."""
     client = Client(total=200_000)
     applied = dict.fromkeys(SUBJECTS, 0)
     rng = random.Random(1234)
+    credentials = authority.credentials("camera", "acme") if authority is not None else None
+    args = ["--store", store, "--metrics-port", "0"]
     for round_ in range(rounds):
-        server = ServerProcess(["--store", store, "--metrics-port", "0"], tmp_path / f"server{round_}.log").start()
+        server = ServerProcess(args, tmp_path / f"server{round_}.log", authority).start()
         try:
-            with aggregator_stub(server.target) as stub:
+            with aggregator_stub(server.target, credentials) as stub:
                 if round_:
                     applied = client.check_store(stub)
                 first_ack = threading.Event()
@@ -128,8 +133,8 @@ def _kill_rounds(tmp_path: Path, store: str, rounds: int) -> Client:
                 assert code == grpc.StatusCode.UNAVAILABLE, f"round {round_}: stream ended with {code}"
         finally:
             server.kill()
-    with ServerProcess(["--store", store, "--metrics-port", "0"], tmp_path / "final.log").start() as server:
-        with aggregator_stub(server.target) as stub:
+    with ServerProcess(args, tmp_path / "final.log", authority).start() as server:
+        with aggregator_stub(server.target, credentials) as stub:
             client.check_store(stub)
     return client
 
@@ -142,6 +147,15 @@ def test_kill_9_loses_no_acknowledged_frame_sqlite(tmp_path):
         f"{client.replayed_duplicates} resent frames were already applied and answered DUPLICATE"
     )
     assert acked > KILL_ROUNDS * len(SUBJECTS)
+
+
+def test_kill_9_loses_no_acknowledged_frame_with_mutual_tls(tmp_path):
+    """The same over mutual TLS, as a non-default tenant (its subjects under namespaced store keys)."""
+    rounds = max(2, KILL_ROUNDS // 5)
+    client = _kill_rounds(tmp_path, f"sqlite:///{tmp_path}/state.db", rounds, TestAuthority(tmp_path / "auth"))
+    acked = sum(client.acked.values())
+    print(f"\nSQLite + mutual TLS: {rounds} kill -9 rounds, {acked} frames acknowledged, all present")
+    assert acked > rounds * len(SUBJECTS)
 
 
 def test_kill_9_loses_no_acknowledged_frame_redis(tmp_path, redis_server):  # noqa: F811
@@ -209,6 +223,7 @@ def test_port_in_use_fails_cleanly(tmp_path):
             f"sqlite:///{tmp_path}/b.db",
             "--metrics-port",
             "0",
+            "--insecure",
         ]
         out = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert out.returncode == 1 and "eqface aggregator:" in out.stderr

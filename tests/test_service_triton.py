@@ -306,7 +306,15 @@ def test_tensor_mode_from_the_command_line_sends_the_served_models_size(tmp_path
 @pytest.mark.slow
 def test_an_embedding_dim_the_served_model_does_not_have_stops_the_start(tmp_path, triton):
     args = [sys.executable, "-m", "eqface.service", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"]
-    args += ["--store", f"sqlite:///{tmp_path}/state.db", "--triton-url", triton.grpc_url, "--embedding-dim", "512"]
+    args += [
+        "--insecure",
+        "--store",
+        f"sqlite:///{tmp_path}/state.db",
+        "--triton-url",
+        triton.grpc_url,
+        "--embedding-dim",
+        "512",
+    ]
     out = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert out.returncode == 1, out.stderr[-2000:]
     assert "returns 128-d embeddings but the service is configured for 512" in out.stderr

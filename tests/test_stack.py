@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -225,6 +226,7 @@ def test_up_status_stream_down(tiny_model, tmp_path):
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "stack up" in up.stdout and "aggregator  gRPC 127.0.0.1:" in up.stdout
+        _assert_mutual_tls(state_dir)
         again = eqface_cli("stack", "up", "--model", str(tiny_model), "--state-dir", str(state_dir))
         assert again.returncode == 2 and "already running" in again.stderr
         stream = eqface_cli(
@@ -274,6 +276,27 @@ def _model_control_is_locked(state_dir: Path) -> None:
             client.get_model_repository_index()
         key = control.read_key(key_file, environ={})
         assert client.get_model_repository_index(headers=control.headers(key, "http"))
+
+
+def _assert_mutual_tls(state_dir: Path) -> None:
+    """The stack's aggregator serves mutual TLS with certificates from its own CA (private keys 0600): a plaintext
+    client gets no answer (asked from a helper process: this one must not hold gRPC channels while the stack forks)."""
+    endpoints = read_state(state_dir)["endpoints"]
+    auth = endpoints["aggregator_auth"]
+    assert Path(auth["ca_file"]).parent == state_dir / "pki"
+    assert stat.S_IMODE(Path(auth["key_file"]).stat().st_mode) == 0o600
+    code = (
+        "import sys, grpc\n"
+        "from eqface.service.v1 import aggregator_pb2 as pb, aggregator_pb2_grpc as g\n"
+        "stub = g.AggregatorServiceStub(grpc.insecure_channel(sys.argv[1]))\n"
+        "try:\n"
+        "    stub.ListSubjects(pb.ListSubjectsRequest(), timeout=5)\n"
+        "except grpc.RpcError as e:\n"
+        "    print(e.code().name)\n"
+    )
+    argv = [sys.executable, "-c", code, endpoints["aggregator_grpc"]]
+    out = subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=False)
+    assert out.stdout.strip() == "UNAVAILABLE", out.stdout + out.stderr
 
 
 @pytest.mark.slow

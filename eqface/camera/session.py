@@ -23,6 +23,7 @@ from eqface.camera.tracking import FaceTracker
 from eqface.camera.uplink import Answer, OutgoingFrame, Uplink, drain
 from eqface.camera.video import VideoWriter, open_video
 from eqface.data.image_ops import encode_image
+from eqface.service.client import ClientAuth
 
 MERGED = ("SEEDED", "ACCEPTED", "RESEEDED")
 MAX_CROPS_KEPT = 240  # per track, for the contact sheet: memory stays bounded on a long live stream
@@ -57,6 +58,7 @@ class StreamOptions:
     reconnect_timeout_s: float = 60.0
     progress_every_s: float = 1.0
     verbose: bool = False
+    auth: ClientAuth | None = None  # TLS credentials (files) for the aggregator; None: plaintext
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
@@ -136,7 +138,8 @@ class StreamSession:
         gallery, missed = read_gallery(folder, self.detector)
         for photo in missed:
             self.out(f"  ! no face found in {photo}")
-        with AggregatorClient(self.options.server, reconnect_timeout_s=self.options.reconnect_timeout_s) as client:
+        o = self.options
+        with AggregatorClient(o.server, auth=o.auth, reconnect_timeout_s=o.reconnect_timeout_s) as client:
             qualities = enroll(client, gallery)
         for identity, q in qualities.items():
             self.out(f"  enrolled {identity} from {len(q)} photos (quality {', '.join(f'{v:.2f}' for v in q)})")
@@ -158,6 +161,7 @@ class StreamSession:
             top_k=o.top_k,
             reconnect_timeout_s=o.reconnect_timeout_s,
             linger_s=o.linger_s if o.pipeline == "realtime" else 0.0,
+            auth=o.auth,
         ).start()
         writer = VideoWriter(o.out_dir / "annotated.mp4", reader.fps, reader.size) if o.video_out else None
         self.out(

@@ -27,7 +27,7 @@ from typing import Any
 
 import grpc
 
-from eqface.service.client import AggregatorClient, image_frame, is_retryable
+from eqface.service.client import AggregatorClient, ClientAuth, image_frame, is_retryable
 from eqface.service.v1 import aggregator_pb2 as pb
 
 
@@ -78,6 +78,7 @@ class Uplink:
         top_k: int = 3,
         reconnect_timeout_s: float = 60.0,
         linger_s: float = 0.0,
+        auth: ClientAuth | None = None,
     ) -> None:
         if window < 1 or capacity < 1 or batch < 1:
             raise ValueError("window, capacity and batch must be at least 1")
@@ -88,6 +89,7 @@ class Uplink:
         self.target = target
         self.window, self.capacity, self.batch, self.block, self.top_k = window, capacity, batch, block, top_k
         self.reconnect_timeout_s = reconnect_timeout_s
+        self.auth = auth
         self.answers: queue.Queue[Answer | str] = queue.Queue()  # answers, and one line per connection event
         self.stats = UplinkStats()
         self._cond = threading.Condition()
@@ -102,7 +104,7 @@ class Uplink:
 
     # ------------------------------------------------------------------------------------------ caller side
     def start(self) -> Uplink:
-        self._client = AggregatorClient(self.target, reconnect_timeout_s=self.reconnect_timeout_s)
+        self._client = AggregatorClient(self.target, auth=self.auth, reconnect_timeout_s=self.reconnect_timeout_s)
         self._thread.start()
         return self
 

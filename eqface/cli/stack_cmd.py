@@ -176,7 +176,9 @@ def run_stream(args: argparse.Namespace) -> int:
     rounds = [build_subjects(options, data_dir, prefix=f"{run_tag}-{r + 1}/") for r in range(args.rounds)]
     _print(f"video: {args.rounds} × {len(rounds[0][0])} subjects × {options.frames} frames, {rounds[0][1]}")
     frames_out = (lambda line: None) if args.quiet else _print
-    enroll_and_stream(endpoints.aggregator_grpc, [r[0] for r in rounds], options, out=_print, frames_out=frames_out)
+    auth = endpoints.client_auth()
+    subjects = [r[0] for r in rounds]
+    enroll_and_stream(endpoints.aggregator_grpc, subjects, options, out=_print, frames_out=frames_out, auth=auth)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -27,6 +28,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", help="video file (mp4, avi, …), camera (0 or /dev/video0) or URL (rtsp://…)")
     p.add_argument("--server", help="aggregator HOST:PORT (default: the one `eqface stack up` started)")
+    auth = p.add_argument_group(
+        "aggregator credentials (file paths; default with --server: plaintext, without: the stack's own)"
+    )
+    auth.add_argument("--ca", default=os.environ.get("EQFACE_CA"), help="CA of the server's certificate ($EQFACE_CA)")
+    auth.add_argument("--cert", default=os.environ.get("EQFACE_CERT"), help="client certificate ($EQFACE_CERT)")
+    auth.add_argument("--key", default=os.environ.get("EQFACE_KEY"), help="client certificate's key ($EQFACE_KEY)")
+    auth.add_argument(
+        "--token-file", default=os.environ.get("EQFACE_TOKEN_FILE"), help="bearer token file ($EQFACE_TOKEN_FILE)"
+    )
     p.add_argument("--out", type=Path, default=Path("runs") / "stream", help="folder for the outputs")
     p.add_argument(
         "--subject-prefix",
@@ -101,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     SourceSpec.parse(args.source)
     if args.gallery is not None and not args.gallery.is_dir():
         raise FileNotFoundError(f"gallery folder not found: {args.gallery}")
-    server = args.server or _stack_server()
+    server, auth = (args.server, _client_auth(args)) if args.server else _stack_server()
     prefix = args.subject_prefix
     if prefix is None:
         prefix = f"{Path(args.source).stem or 'stream'}-{int(time.time())}/"
@@ -124,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
         reconnect_timeout_s=args.reconnect_timeout,
         verbose=args.verbose,
+        auth=auth,
     )
     session = StreamSession(args.source, options)
     if args.gallery is not None:
@@ -132,11 +143,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stack_server() -> str:
+def _client_auth(args: argparse.Namespace):
+    from eqface.service.client import ClientAuth
+
+    if not (args.ca or args.cert or args.key or args.token_file):
+        return None
+    return ClientAuth(args.ca, args.cert, args.key, args.token_file)
+
+
+def _stack_server():
+    """The running stack's aggregator and the client certificate the stack made for it."""
+    from eqface.service.client import ClientAuth
     from eqface.stack.stack import read_state
 
     state = read_state(DEFAULT_STACK_STATE) or {}
-    server = state.get("endpoints", {}).get("aggregator_grpc")
+    endpoints = state.get("endpoints", {})
+    server = endpoints.get("aggregator_grpc")
     if state.get("status") != "ready" or not server:
         raise ValueError(f"no --server given and no running stack in {DEFAULT_STACK_STATE} (`eqface stack up`)")
-    return server
+    return server, ClientAuth.from_json(endpoints.get("aggregator_auth"))

@@ -7,7 +7,10 @@ per-tenant quotas and the audit log. ``caller_of(context)`` is the one way a han
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +41,30 @@ DEFAULT_TENANT = "default"
 LOCAL_CALLER = Caller(principal="local", tenant=DEFAULT_TENANT, roles=frozenset(Role))
 
 
+# Set by the server's AuthInterceptor (eqface.service.security.authz) around each handler; each RPC runs in its own
+# task, so its value is that call's caller (and tasks the handler starts inherit it).
+_CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("eqface_caller", default=None)
+
+
+class NotAuthenticated(RuntimeError):
+    """A handler ran without an authenticated caller: the server was built without its AuthInterceptor."""
+
+
 def caller_of(context: Any) -> Caller:
-    """The caller of the RPC whose servicer context this is."""
-    return LOCAL_CALLER
+    """The authenticated caller of the RPC whose servicer context this is (``LOCAL_CALLER`` on an ``--insecure``
+    server). Fails closed: raises NotAuthenticated outside an authenticated call."""
+    caller = _CALLER.get()
+    if caller is None:
+        raise NotAuthenticated("no authenticated caller for this call")
+    return caller
+
+
+@contextlib.contextmanager
+def authenticated_as(caller: Caller) -> Iterator[Caller]:
+    """Runs the block as ``caller`` (the interceptor's side of ``caller_of``)."""
+    token = _CALLER.set(caller)
+    try:
+        yield caller
+    finally:
+        with contextlib.suppress(ValueError):  # an async generator closed from another context
+            _CALLER.reset(token)

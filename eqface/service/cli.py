@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -15,15 +16,24 @@ from eqface.service.errors import ServiceError
 from eqface.service.hygiene import add_hygiene_arguments, hygiene_from_args
 from eqface.service.limits import LimitsConfig
 from eqface.service.secrets import store_url_with_password
+from eqface.service.security.config import SecurityConfig
 
 DESCRIPTION = """\
 EQFace aggregation service (gRPC). Keeps one progressive quality-weighted template per subject (paper section 5.3,
 Eq. 8-9) from streamed frames, durably, and identifies subjects 1:N against an enrolled gallery.
 
 Feature mode (frames carry an embedding + quality) needs nothing else. Image mode (frames carry JPEG/PNG bytes)
-needs Triton serving the EQFace models (--triton-url). Health checking (grpc.health.v1) and server reflection are
-enabled; Prometheus metrics are served on --metrics-port. SIGTERM/SIGINT stop gracefully: streams stop reading,
-every frame read is committed and answered, then the server exits.
+needs Triton serving the EQFace models (--triton-url). Health checking (grpc.health.v1) is served without
+authentication (also on a plaintext --health-port for Kubernetes probes); reflection only with --reflection; Prometheus
+metrics are served on --metrics-port.
+
+Callers are authenticated: TLS (--tls-cert, --tls-key) with client certificates (--tls-client-ca) and/or bearer JWTs
+(--jwks or --jwt-public-key, --jwt-issuer, --jwt-audience). Every credential is a file path (or the environment
+variable named in its help), never a secret on the command line. --insecure serves plaintext without authentication,
+on a loopback --host only (add --insecure-any-host to bind another address).
+
+SIGTERM/SIGINT stop gracefully: streams stop reading, every frame read is committed and answered, then the server
+exits.
 
 First frame of a subject: F_1 = f_1 whatever its quality. If that quality is <= s_th the template is provisional and
 the first later frame with quality > s_th replaces it (--strict-first-frame keeps the paper's behaviour instead)."""
@@ -49,6 +59,15 @@ _LIMITS_HELP = {
     "max_connection_idle_s": "seconds a connection without calls stays open",
     "max_connection_age_s": "seconds after which a connection is closed (GOAWAY)",
     "max_connection_age_grace_s": "seconds the calls of an aged connection get to finish",
+}
+
+
+# Credential file paths may come from the environment (a Kubernetes Secret mounted as files, its paths in env).
+ENV = {
+    "tls_cert_file": "EQFACE_TLS_CERT",
+    "tls_key_file": "EQFACE_TLS_KEY",
+    "client_ca_file": "EQFACE_TLS_CLIENT_CA",
+    "jwks_file": "EQFACE_JWKS",
 }
 
 
@@ -213,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Triton requests in flight at once (%(default)s)",
     )
     add_hygiene_arguments(p)
+    _add_security_flags(p.add_argument_group("security (file paths; see the description)"))
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -238,6 +258,65 @@ def _add_limits(group: argparse._ArgumentGroup) -> None:
         )
 
 
+def _add_security_flags(sec: argparse._ArgumentGroup) -> None:
+    """One flag per field of ``SecurityConfig``, dest ``security_<field>``."""
+    d = SecurityConfig()
+
+    def path(flag: str, field: str, what: str) -> None:
+        env = ENV[field]
+        sec.add_argument(flag, dest=f"security_{field}", default=os.environ.get(env), help=f"{what} (or ${env})")
+
+    path("--tls-cert", "tls_cert_file", "the server's certificate chain, PEM file; turns TLS on")
+    path("--tls-key", "tls_key_file", "the server's private key, PEM file")
+    path("--tls-client-ca", "client_ca_file", "CA bundle, PEM file: client certificates required and verified by it")
+    path("--jwks", "jwks_file", "JSON Web Key Set file of the token issuers' public keys: bearer tokens accepted")
+    sec.add_argument(
+        "--jwt-public-key",
+        dest="security_jwt_public_key_files",
+        action="append",
+        default=[],
+        help="a token issuer's PEM public key file (repeatable; with or instead of --jwks)",
+    )
+    sec.add_argument("--jwt-issuer", dest="security_jwt_issuer", help="the iss every token must carry")
+    sec.add_argument("--jwt-audience", dest="security_jwt_audience", help="the aud every token must carry")
+    sec.add_argument(
+        "--jwt-algorithms",
+        dest="security_jwt_algorithms",
+        type=lambda text: tuple(a.strip() for a in text.split(",") if a.strip()),
+        default=d.jwt_algorithms,
+        help=f"accepted token signature algorithms, comma-separated ({','.join(d.jwt_algorithms)}; never none/HS*)",
+    )
+    sec.add_argument(
+        "--jwt-leeway",
+        dest="security_jwt_leeway_s",
+        type=float,
+        default=d.jwt_leeway_s,
+        help="seconds of clock skew allowed on exp/nbf (%(default)s)",
+    )
+    sec.add_argument(
+        "--insecure",
+        dest="security_insecure",
+        action="store_true",
+        help="plaintext, no authentication: every caller is the default tenant with every role (loopback only)",
+    )
+    sec.add_argument(
+        "--insecure-any-host",
+        dest="security_insecure_any_host",
+        action="store_true",
+        help="with --insecure: allow a non-loopback --host (only on a network you trust)",
+    )
+    sec.add_argument(
+        "--reflection", dest="security_reflection", action="store_true", help="serve gRPC server reflection (off)"
+    )
+    sec.add_argument(
+        "--health-port",
+        dest="security_health_port",
+        type=int,
+        default=d.health_port,
+        help="plaintext port serving only grpc.health.v1 (Kubernetes gRPC probes cannot use TLS); 0: off",
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> ServiceConfig:
     """The config from the parsed flags, field by field (see ``build_parser``), and the store's password from
     ``--store-password-file`` or ``EQFACE_STORE_PASSWORD`` (``eqface.service.secrets``)."""
@@ -247,7 +326,14 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         triton = TritonConfig(**{f.name: values[f"triton_{f.name}"] for f in fields(TritonConfig)})
     limits = LimitsConfig(**{f.name: values[f"limits_{f.name}"] for f in fields(LimitsConfig)})
     values = dict(values, store_url=store_url_with_password(values["store_url"], values["store_password_file"]))
-    nested = {"triton": triton, "hygiene": hygiene_from_args(values), "limits": limits}
+    security = {f.name: values[f"security_{f.name}"] for f in fields(SecurityConfig)}
+    security["jwt_public_key_files"] = tuple(security["jwt_public_key_files"])
+    nested = {
+        "triton": triton,
+        "hygiene": hygiene_from_args(values),
+        "limits": limits,
+        "security": SecurityConfig(**security),
+    }
     return ServiceConfig(**nested, **{f.name: values[f.name] for f in fields(ServiceConfig) if f.name not in nested})
 
 
@@ -272,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
+        config.security.check_serving(config.host)
     except ValueError as exc:
         parser.error(str(exc))
     from eqface.service.store import StoreUnavailable

@@ -2,7 +2,8 @@
 messages, optional credentials), unary calls retried while the aggregator is unreachable, the frame stream, and
 helpers that build frames and read templates in the wire format.
 
-    with AggregatorClient("127.0.0.1:50051", reconnect_timeout_s=60) as client:
+    auth = ClientAuth(ca_file="ca.pem", cert_file="client.pem", key_file="client-key.pem")  # mutual TLS
+    with AggregatorClient("127.0.0.1:50051", auth=auth, reconnect_timeout_s=60) as client:
         client.enroll("alice", "Alice", images)
         for response in client.stream_frames(requests):
             ...
@@ -11,11 +12,13 @@ helpers that build frames and read templates in the wire format.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 
 import grpc
 import numpy as np
 
+from eqface.service.security.tls import channel_credentials
 from eqface.service.v1 import aggregator_pb2 as pb
 from eqface.service.v1 import aggregator_pb2_grpc
 
@@ -45,19 +48,52 @@ def open_channel(target: str, credentials: grpc.ChannelCredentials | None = None
     return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
 
 
+@dataclass(frozen=True)
+class ClientAuth:
+    """How a client authenticates to a TLS aggregator, as file paths (never secret values): the CA that signed the
+    server's certificate (None: the system's roots), a client certificate and key (mutual TLS), and/or a file holding
+    a bearer token."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    token_file: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return channel_credentials(self.ca_file, self.cert_file, self.key_file, self.token_file)
+
+    def to_json(self) -> dict[str, str | None]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, str | None] | None) -> ClientAuth | None:
+        return cls(**d) if d else None
+
+
 class AggregatorClient:
     """A channel and stub to one aggregator; a context manager that closes the channel.
 
     Args:
         target: ``host:port``.
-        credentials: ``grpc.ssl_channel_credentials(...)`` for TLS; None for plaintext (loopback, in-cluster).
+        auth: TLS credentials as files (``ClientAuth``); None (and no ``credentials``) for plaintext, which only an
+            ``--insecure`` aggregator accepts.
+        credentials: ready ``grpc.ChannelCredentials`` instead of ``auth``.
         reconnect_timeout_s: how long unary calls are retried (backoff 0.2 s to 2 s) while the error is transient;
             0 raises the first error.
     """
 
     def __init__(
-        self, target: str, *, credentials: grpc.ChannelCredentials | None = None, reconnect_timeout_s: float = 0.0
+        self,
+        target: str,
+        *,
+        auth: ClientAuth | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        reconnect_timeout_s: float = 0.0,
     ) -> None:
+        if auth is not None:
+            if credentials is not None:
+                raise ValueError("pass auth or credentials, not both")
+            credentials = auth.credentials()
         self.target = target
         self.reconnect_timeout_s = reconnect_timeout_s
         self.channel = open_channel(target, credentials)

@@ -8,6 +8,7 @@ from typing import Literal
 from eqface.contract import DEFAULT_EMBEDDING_SIZE
 from eqface.service.hygiene import HygieneConfig
 from eqface.service.limits import LimitsConfig
+from eqface.service.security.config import SecurityConfig
 from eqface.service.store import STORES, url_scheme
 
 MiB = 1024 * 1024
@@ -80,6 +81,9 @@ class ServiceConfig:
         shutdown_grace_s: how long SIGTERM waits for in-flight frames to be committed and answered.
         hygiene: retention of templates and the audit log (``eqface.service.hygiene``).
         limits: memory in flight, stream caps, per-tenant rates, keepalive and connection age (``LimitsConfig``).
+        security: TLS, client certificates, bearer tokens, reflection, the plaintext health port
+            (``eqface.service.security.config``); the default authenticates nobody, so the server refuses to start
+            until credentials or ``insecure`` are set.
     """
 
     host: str = "[::]"
@@ -105,6 +109,7 @@ class ServiceConfig:
     shutdown_grace_s: float = 10.0
     hygiene: HygieneConfig = field(default_factory=HygieneConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    security: SecurityConfig = SecurityConfig()
 
     def __post_init__(self) -> None:
         if self.f_th is not None and not -1.0 <= self.f_th <= 1.0:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from eqface.service.store import IdentityRecord
+from eqface.service.tenancy import split_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +51,35 @@ class GalleryIndex:
         top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
         ranked = sorted(top.tolist(), key=lambda i: (-scores[i], self._ids[i]))
         return [Match(self._ids[i], float(scores[i]), self._names[i]) for i in ranked]
+
+
+class TenantGalleries:
+    """The store's gallery split by tenant: each tenant identifies only against its own identities.
+
+    The store holds every tenant's entries under tenant-namespaced keys (``eqface.service.tenancy``); each tenant's
+    ``GalleryIndex`` holds its own ids, unprefixed.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.version = -1
+        self._indexes: dict[str, GalleryIndex] = {}
+        self._empty = GalleryIndex(dim)
+
+    def replace(self, version: int, records: Sequence[IdentityRecord]) -> None:
+        by_tenant: dict[str, list[IdentityRecord]] = {}
+        for r in records:
+            tenant, identity_id = split_key(r.identity_id)
+            by_tenant.setdefault(tenant, []).append(IdentityRecord(identity_id, r.display_name, r.template))
+        indexes = {}
+        for tenant, entries in by_tenant.items():
+            indexes[tenant] = index = GalleryIndex(self.dim)
+            index.replace(version, entries)
+        self._indexes = indexes
+        self.version = version
+
+    def of(self, tenant: str) -> GalleryIndex:
+        return self._indexes.get(tenant, self._empty)
+
+    def __len__(self) -> int:
+        return sum(len(index) for index in self._indexes.values())

@@ -3,17 +3,19 @@
 Everything here takes and returns plain Python/numpy types; ``servicer.py`` translates them to and from protobuf.
 A stream's frames go through ``stream()``: ``flow.StreamFlow`` decides when each step below runs on a message
 (``prepare`` → ``embed`` → ``submit`` → ``finish``), this module says what each step does.
-Blocking store calls run on one store thread (``StoreThread``); image decoding on a small thread pool; everything else,
-the QWFA arithmetic included, on the event loop's thread.
+Every id a caller sends is turned into its tenant's store key here (``eqface.service.tenancy``), and back on the
+way out. Blocking store calls run on one store thread (``StoreThread``); image decoding on a small thread pool;
+everything else, the QWFA arithmetic included, on the event loop's thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -45,7 +47,7 @@ from eqface.service.errors import (
     Unavailable,
 )
 from eqface.service.flow import StreamFlow
-from eqface.service.gallery import GalleryIndex, Match
+from eqface.service.gallery import Match, TenantGalleries
 from eqface.service.inputs import (
     RawFrame,
     check_display_name,
@@ -63,6 +65,7 @@ from eqface.service.quota import Quotas
 from eqface.service.retention import Purged, RetentionSweeper
 from eqface.service.state import AggregationParams, SubjectRecord
 from eqface.service.store import IdentityRecord, SubjectStore
+from eqface.service.tenancy import TenantKeys, keys_of
 from eqface.service.thresholds import ResolvedThresholds, resolve_thresholds
 from eqface.service.triton import ServedModel, TritonEmbedder
 
@@ -70,6 +73,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 STORE_CHECK_INTERVAL_S = 1.0
 SUBJECT_COUNT_INTERVAL_S = 15.0
+DEFAULT_KEYS = keys_of(DEFAULT_TENANT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,7 @@ class PreparedMessage:
 
     slots: list[FrameInput | FrameOutcome | None]
     top_k: int
+    keys: TenantKeys  # the stream's tenant: its FrameInputs carry store keys, its answers the caller's ids
     images: list[tuple[int, RawFrame]] = field(default_factory=list)  # frames still waiting for Triton
 
 
@@ -123,7 +128,7 @@ class AggregatorService:
         self.io = StoreThread()
         self.engine = SubjectEngine(store, self.params, config.cache_subjects, self.io, self.metrics)
         self.committer = GroupCommitter(self.engine, config.max_commit_frames, self.metrics)
-        self.gallery = GalleryIndex(config.embedding_dim)
+        self.gallery = TenantGalleries(config.embedding_dim)
         self.image_limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
         self.audit = AuditLog(config.hygiene.audit)
         self.retention = RetentionSweeper(config.hygiene.retention, store, self.io, self.audit, self._forget_purged)
@@ -241,16 +246,19 @@ class AggregatorService:
         self,
         requests: AsyncIterator[StreamRequest],
         deadline: float | None,
+        *,
         tenant: str = DEFAULT_TENANT,
         connection: str = "",
     ) -> AsyncIterator[StreamFlow[StreamRequest, PreparedMessage, CommittedBatch, MessageResult]]:
-        """One frame stream: iterate the yielded flow for the answers, in order (see ``flow.StreamFlow``).
+        """One frame stream of ``tenant`` on ``connection`` (the peer): iterate the yielded flow for the answers, in
+        order (see ``flow.StreamFlow``).
 
         Raises ResourceExhausted (before yielding) when the tenant, the connection or the server has no stream left.
         """
         quota = self.quotas.open_stream(tenant, connection)
         window, idle = self.config.max_inflight_messages, self.config.limits.stream_idle_timeout_s
-        flow = StreamFlow(self, requests, window, deadline, self.draining, quota, _cost, idle or None)
+        steps = _TenantSteps(self, keys_of(tenant))
+        flow = StreamFlow(steps, requests, window, deadline, self.draining, quota, _cost, idle or None)
         self.metrics.open_streams.inc()
         try:
             yield flow
@@ -258,7 +266,7 @@ class AggregatorService:
             flow.close()
             self.metrics.open_streams.dec()
 
-    def prepare(self, request: StreamRequest) -> PreparedMessage:
+    def prepare(self, request: StreamRequest, keys: TenantKeys = DEFAULT_KEYS) -> PreparedMessage:
         """Validates a message's frames; invalid ones get their final outcome now, image frames wait for Triton."""
         top_k = self.resolve_top_k(request.top_k)
         frames = request.frames
@@ -266,7 +274,7 @@ class AggregatorService:
             raise ResourceExhausted(
                 f"message has {len(frames)} frames; the limit is {self.config.max_frames_per_message}"
             )
-        message = PreparedMessage([], top_k)
+        message = PreparedMessage([], top_k, keys)
         dim = self.config.embedding_dim
         for i, frame in enumerate(frames):
             try:
@@ -280,7 +288,7 @@ class AggregatorService:
                 elif frame.embedding is not None:
                     embedding = parse_embedding(frame.embedding, dim)
                     quality = check_quality(frame.quality)
-                    message.slots.append(FrameInput(frame.subject_id, frame.sequence, embedding, quality))
+                    message.slots.append(FrameInput(keys.key(frame.subject_id), frame.sequence, embedding, quality))
                 else:
                     raise InvalidArgument("frame has neither an image nor features")
             except ServiceError as exc:
@@ -311,7 +319,8 @@ class AggregatorService:
             raise FailedPrecondition("image frames need Triton (start with --triton-url)")
         embedded = await self.embedder.embed([item for _, _, item in todo])
         for (i, frame, _), result in zip(todo, embedded):
-            message.slots[i] = FrameInput(frame.subject_id, frame.sequence, result.embedding, result.quality)
+            key = message.keys.key(frame.subject_id)
+            message.slots[i] = FrameInput(key, frame.sequence, result.embedding, result.quality)
 
     async def _decode(self, images: list[bytes]) -> list[Any]:
         started = time.perf_counter()
@@ -325,13 +334,20 @@ class AggregatorService:
 
     def submit(self, message: PreparedMessage, deadline: float | None, token: StreamToken) -> asyncio.Future:
         frames = [slot for slot in message.slots if isinstance(slot, FrameInput)]
-        return self.committer.submit(frames, deadline, token, want_templates=len(self.gallery) > 0)
+        want_templates = len(self.gallery.of(message.keys.tenant)) > 0
+        return self.committer.submit(frames, deadline, token, want_templates=want_templates)
 
     def finish(self, message: PreparedMessage, committed: CommittedBatch) -> MessageResult:
+        keys = message.keys
+        invalid = [slot for slot in message.slots if isinstance(slot, FrameOutcome)]
+        # by store key: two tenants' subjects of the same id are two active subjects
+        self.metrics.observe_outcomes(committed.outcomes + invalid if invalid else committed.outcomes)
         applied = iter(committed.outcomes)
+        if keys.prefix:  # the committer answers with store keys; the caller sent ids
+            applied = iter([o._replace(subject_id=keys.id(o.subject_id)) for o in committed.outcomes])
         outcomes = [slot if isinstance(slot, FrameOutcome) else next(applied) for slot in message.slots]
-        self.metrics.observe_outcomes(outcomes)
-        matches = [(sid, self.gallery.search(t, message.top_k)) for sid, t in committed.templates.items()]
+        gallery = self.gallery.of(keys.tenant)
+        matches = [(keys.id(sid), gallery.search(t, message.top_k)) for sid, t in committed.templates.items()]
         return MessageResult(outcomes, matches)
 
     def resolve_top_k(self, requested: int) -> int:
@@ -342,15 +358,26 @@ class AggregatorService:
         return requested
 
     # ------------------------------------------------------------------------------------------------- subjects
-    async def get_subject(self, subject_id: str) -> SubjectRecord:
-        return await self.engine.read(check_id(subject_id))
+    # A subject of another tenant is a key that does not exist: the same store miss, the same NotFound message.
+    async def get_subject(self, subject_id: str, *, tenant: str = DEFAULT_TENANT) -> SubjectRecord:
+        keys = keys_of(tenant)
+        with _ids_of(keys, subject_id):
+            record = await self.engine.read(keys.key(check_id(subject_id)))
+        return dataclasses.replace(record, subject_id=subject_id) if keys.prefix else record
 
-    async def reset_subject(self, subject_id: str, deadline: float | None) -> SubjectRecord:
-        return await self.engine.reset(check_id(subject_id), deadline)
+    async def reset_subject(
+        self, subject_id: str, deadline: float | None, *, tenant: str = DEFAULT_TENANT
+    ) -> SubjectRecord:
+        keys = keys_of(tenant)
+        with _ids_of(keys, subject_id):
+            record = await self.engine.reset(keys.key(check_id(subject_id)), deadline)
+        return dataclasses.replace(record, subject_id=subject_id) if keys.prefix else record
 
-    async def delete_subject(self, subject_id: str, deadline: float | None) -> None:
-        await self.engine.delete(check_id(subject_id), deadline)
-        self.metrics.active.forget(subject_id)
+    async def delete_subject(self, subject_id: str, deadline: float | None, *, tenant: str = DEFAULT_TENANT) -> None:
+        keys = keys_of(tenant)
+        with _ids_of(keys, subject_id):
+            await self.engine.delete(keys.key(check_id(subject_id)), deadline)
+        self.metrics.active.forget(keys.key(subject_id))
 
     async def _forget_purged(self, purged: Purged) -> None:
         """Retention deleted these records from the store: no copy stays in memory either."""
@@ -360,9 +387,12 @@ class AggregatorService:
         if purged.identities:
             await self.refresh_gallery()
 
-    async def list_subjects(self, requested_size: int, token: str) -> tuple[list[str], str]:
+    async def list_subjects(
+        self, requested_size: int, token: str, *, tenant: str = DEFAULT_TENANT
+    ) -> tuple[list[str], str]:
+        keys = keys_of(tenant)
         size, after = page_size(requested_size), decode_page_token(token)
-        ids = await self.io(self.store.list_subjects, after, size + 1)
+        ids = keys.page(await self.io(self.store.list_subjects, keys.after(after), size + 1))
         return ids[:size], encode_page_token(ids[size - 1]) if len(ids) > size else ""
 
     # -------------------------------------------------------------------------------------------------- gallery
@@ -370,13 +400,15 @@ class AggregatorService:
         version = await self.io(self.store.gallery_version)
         if version != self.gallery.version:
             version, records = await self.io(self.store.load_gallery)
-            self.gallery.replace(version, records)
+            self.gallery.replace(version, records)  # split by tenant
             self.metrics.gallery_size.set(len(self.gallery))
 
-    async def template_from(self, source: TemplateSource) -> tuple[np.ndarray, list[float]]:
-        """An L2-normalised template, and the image qualities when the source is images."""
+    async def template_from(
+        self, source: TemplateSource, *, tenant: str = DEFAULT_TENANT
+    ) -> tuple[np.ndarray, list[float]]:
+        """An L2-normalised template (a subject's: of ``tenant``), and the image qualities when the source is images."""
         if source.subject_id is not None:
-            record = await self.get_subject(source.subject_id)
+            record = await self.get_subject(source.subject_id, tenant=tenant)
             template = record.aggregate.template
             if template is None:
                 raise FailedPrecondition(f"subject {source.subject_id!r} has no template (no frames since a reset)")
@@ -407,34 +439,53 @@ class AggregatorService:
         return template, qualities.tolist()
 
     async def enroll(
-        self, identity_id: str, display_name: str, source: TemplateSource, overwrite: bool, deadline: float | None
+        self,
+        identity_id: str,
+        display_name: str,
+        source: TemplateSource,
+        overwrite: bool,
+        deadline: float | None,
+        *,
+        tenant: str = DEFAULT_TENANT,
     ) -> tuple[int, list[float]]:
-        """Adds (or with ``overwrite`` replaces) an identity; returns the gallery size and image qualities."""
+        """Adds (or with ``overwrite`` replaces) an identity of ``tenant``; returns the tenant's gallery size and the
+        image qualities."""
+        keys = keys_of(tenant)
         check_id(identity_id, "identity_id")
         check_display_name(display_name)
-        template, qualities = await self.template_from(source)
-        record = IdentityRecord(identity_id, display_name, template)
+        template, qualities = await self.template_from(source, tenant=tenant)
+        record = IdentityRecord(keys.key(identity_id), display_name, template)
         if not await self.io(before_deadline(deadline, self.store.put_identity), record, overwrite):
             raise AlreadyExists(f"identity {identity_id!r} is already enrolled (set overwrite to replace it)")
         await self.refresh_gallery()
-        return len(self.gallery), qualities
+        return len(self.gallery.of(tenant)), qualities
 
-    async def identify(self, source: TemplateSource, top_k: int) -> tuple[list[Match], int]:
+    async def identify(
+        self, source: TemplateSource, top_k: int, *, tenant: str = DEFAULT_TENANT
+    ) -> tuple[list[Match], int]:
+        """The best matches among ``tenant``'s identities, and that gallery's size."""
         k = self.resolve_top_k(top_k)
-        template, _ = await self.template_from(source)
+        template, _ = await self.template_from(source, tenant=tenant)
         await self.refresh_gallery()  # another replica may have enrolled since the last background refresh
-        return self.gallery.search(template, k), len(self.gallery)
+        gallery = self.gallery.of(tenant)
+        return gallery.search(template, k), len(gallery)
 
-    async def remove_identity(self, identity_id: str, deadline: float | None) -> int:
+    async def remove_identity(self, identity_id: str, deadline: float | None, *, tenant: str = DEFAULT_TENANT) -> int:
+        keys = keys_of(tenant)
         check_id(identity_id, "identity_id")
-        if not await self.io(before_deadline(deadline, self.store.remove_identity), identity_id):
+        if not await self.io(before_deadline(deadline, self.store.remove_identity), keys.key(identity_id)):
             raise NotFound(f"unknown identity {identity_id!r}")
         await self.refresh_gallery()
-        return len(self.gallery)
+        return len(self.gallery.of(tenant))
 
-    async def list_identities(self, requested_size: int, token: str) -> tuple[list[IdentityRecord], str]:
+    async def list_identities(
+        self, requested_size: int, token: str, *, tenant: str = DEFAULT_TENANT
+    ) -> tuple[list[IdentityRecord], str]:
+        keys = keys_of(tenant)
         size, after = page_size(requested_size), decode_page_token(token)
-        records = await self.io(self.store.list_identities, after, size + 1)
+        stored = await self.io(self.store.list_identities, keys.after(after), size + 1)
+        ids = keys.page([r.identity_id for r in stored])  # zip: only the leading entries the tenant owns
+        records = [IdentityRecord(i, r.display_name, r.template) for i, r in zip(ids, stored)]
         next_token = encode_page_token(records[size - 1].identity_id) if len(records) > size else ""
         return records[:size], next_token
 
@@ -442,6 +493,38 @@ class AggregatorService:
 def _cost(request: StreamRequest) -> tuple[int, int]:
     """A message's frames and accounted bytes (``eqface.service.limits`` states the arithmetic)."""
     return len(request.frames), 2 * request.nbytes + FRAME_OVERHEAD_BYTES * len(request.frames)
+
+
+class _TenantSteps:
+    """The service's per-message steps for one stream of one tenant (``flow.MessageSteps``): ``prepare`` scopes the
+    frames' ids to the tenant's keys; the message carries them through the other steps."""
+
+    def __init__(self, service: AggregatorService, keys: TenantKeys) -> None:
+        self.service, self.keys = service, keys
+
+    def prepare(self, request: StreamRequest) -> PreparedMessage:
+        return self.service.prepare(request, self.keys)
+
+    def needs_embedding(self, message: PreparedMessage) -> bool:
+        return self.service.needs_embedding(message)
+
+    async def embed(self, message: PreparedMessage) -> None:
+        await self.service.embed(message)
+
+    def submit(self, message: PreparedMessage, deadline: float | None, token: StreamToken) -> asyncio.Future:
+        return self.service.submit(message, deadline, token)
+
+    def finish(self, message: PreparedMessage, committed: CommittedBatch) -> MessageResult:
+        return self.service.finish(message, committed)
+
+
+@contextlib.contextmanager
+def _ids_of(keys: TenantKeys, subject_id: str) -> Iterator[None]:
+    """NotFound names the id the caller sent, never the store key."""
+    try:
+        yield
+    except NotFound:
+        raise NotFound(f"unknown subject {subject_id!r}") from None
 
 
 def _decode_all(images: list[bytes], limits: ImageLimits, size: tuple[int, int] | None) -> list[Any]:

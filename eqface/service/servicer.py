@@ -1,5 +1,6 @@
 """The gRPC servicer: translates protobuf messages to the domain API of ``AggregatorService`` and back.
 
+The caller's tenant (``caller_of``: from its credentials, never from a request field) goes with every call.
 No logic lives here beyond that translation and mapping domain errors to status codes (a call's status, or an
 invalid frame's ``google.rpc.Status``); a stream's flow control (read-ahead window, ordering, drain) is
 ``eqface.service.flow``.
@@ -21,6 +22,7 @@ from eqface.service.caller import caller_of
 from eqface.service.decoding import Undecodable
 from eqface.service.gallery import Match
 from eqface.service.inputs import RawFrame
+from eqface.service.security.authz import RAW_TEMPLATE_ROLE
 from eqface.service.service import AggregatorService, MessageResult, StreamRequest, TemplateSource
 from eqface.service.state import SubjectRecord
 from eqface.service.v1 import aggregator_pb2 as pb
@@ -133,7 +135,9 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
         tenant = caller_of(context).tenant
         requests = _stream_requests(request_iterator)
         try:
-            async with self.service.stream(requests, _deadline(context), tenant, context.peer()) as answers:
+            async with self.service.stream(
+                requests, _deadline(context), tenant=tenant, connection=context.peer()
+            ) as answers:
                 async for result in answers:
                     yield _response(result)
         except errors.ServiceError as exc:
@@ -142,24 +146,29 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
     @_unary
     @_audited("get_template", "subject_id")
     async def GetTemplate(self, request: pb.GetTemplateRequest, context: Any) -> pb.GetTemplateResponse:
-        record = await self.service.get_subject(request.subject_id)
-        return pb.GetTemplateResponse(subject=_subject_state(record))
+        caller = caller_of(context)
+        record = await self.service.get_subject(request.subject_id, tenant=caller.tenant)
+        # the template itself is biometric data: only for RAW_TEMPLATE_ROLE; READ sees the counters
+        raw = RAW_TEMPLATE_ROLE in caller.roles
+        return pb.GetTemplateResponse(subject=_subject_state(record, with_template=raw))
 
     @_unary
     @_audited("reset_subject", "subject_id")
     async def ResetSubject(self, request: pb.ResetSubjectRequest, context: Any) -> pb.ResetSubjectResponse:
-        record = await self.service.reset_subject(request.subject_id, _deadline(context))
+        tenant = caller_of(context).tenant
+        record = await self.service.reset_subject(request.subject_id, _deadline(context), tenant=tenant)
         return pb.ResetSubjectResponse(subject=_subject_state(record))
 
     @_unary
     @_audited("delete_subject", "subject_id")
     async def DeleteSubject(self, request: pb.DeleteSubjectRequest, context: Any) -> pb.DeleteSubjectResponse:
-        await self.service.delete_subject(request.subject_id, _deadline(context))
+        await self.service.delete_subject(request.subject_id, _deadline(context), tenant=caller_of(context).tenant)
         return pb.DeleteSubjectResponse()
 
     @_unary
     async def ListSubjects(self, request: pb.ListSubjectsRequest, context: Any) -> pb.ListSubjectsResponse:
-        ids, token = await self.service.list_subjects(request.page_size, request.page_token)
+        tenant = caller_of(context).tenant
+        ids, token = await self.service.list_subjects(request.page_size, request.page_token, tenant=tenant)
         return pb.ListSubjectsResponse(subject_ids=ids, next_page_token=token)
 
     @_unary
@@ -167,7 +176,12 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
     async def Enroll(self, request: pb.EnrollRequest, context: Any) -> pb.EnrollResponse:
         source = _source(request, request.WhichOneof("source"))
         size, qualities = await self.service.enroll(
-            request.identity_id, request.display_name, source, request.overwrite, _deadline(context)
+            request.identity_id,
+            request.display_name,
+            source,
+            request.overwrite,
+            _deadline(context),
+            tenant=caller_of(context).tenant,
         )
         identity = pb.Identity(identity_id=request.identity_id, display_name=request.display_name)
         return pb.EnrollResponse(identity=identity, gallery_size=size, image_qualities=qualities)
@@ -175,18 +189,20 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
     @_unary
     async def Identify(self, request: pb.IdentifyRequest, context: Any) -> pb.IdentifyResponse:
         source = _source(request, request.WhichOneof("probe"))
-        matches, size = await self.service.identify(source, request.top_k)
+        matches, size = await self.service.identify(source, request.top_k, tenant=caller_of(context).tenant)
         return pb.IdentifyResponse(matches=[_match(m) for m in matches], gallery_size=size)
 
     @_unary
     @_audited("remove_identity", "identity_id")
     async def RemoveIdentity(self, request: pb.RemoveIdentityRequest, context: Any) -> pb.RemoveIdentityResponse:
-        size = await self.service.remove_identity(request.identity_id, _deadline(context))
+        tenant = caller_of(context).tenant
+        size = await self.service.remove_identity(request.identity_id, _deadline(context), tenant=tenant)
         return pb.RemoveIdentityResponse(gallery_size=size)
 
     @_unary
     async def ListIdentities(self, request: pb.ListIdentitiesRequest, context: Any) -> pb.ListIdentitiesResponse:
-        records, token = await self.service.list_identities(request.page_size, request.page_token)
+        tenant = caller_of(context).tenant
+        records, token = await self.service.list_identities(request.page_size, request.page_token, tenant=tenant)
         identities = [pb.Identity(identity_id=r.identity_id, display_name=r.display_name) for r in records]
         return pb.ListIdentitiesResponse(identities=identities, next_page_token=token)
 
@@ -260,9 +276,9 @@ def _match(m: Match) -> pb.Match:
     return pb.Match(identity_id=m.identity_id, score=m.score, display_name=m.display_name)
 
 
-def _subject_state(record: SubjectRecord) -> pb.SubjectState:
+def _subject_state(record: SubjectRecord, with_template: bool = True) -> pb.SubjectState:
     agg = record.aggregate
-    template = agg.template
+    template = agg.template if with_template else None
     return pb.SubjectState(
         subject_id=record.subject_id,
         template=b"" if template is None else template.astype("<f4").tobytes(),

@@ -71,10 +71,17 @@ def score_tracks(summary: dict, clip: Clip, subjects: list[Subject], threshold: 
 
 
 def stream_clip(
-    aggregator: str, subjects: list[Subject], folder: Path, threshold: float, out=print, spec: ClipSpec = ClipSpec()
+    aggregator: str,
+    subjects: list[Subject],
+    folder: Path,
+    threshold: float,
+    out=print,
+    spec: ClipSpec = ClipSpec(),
+    auth=None,
 ) -> list[TrackVerdict]:
     """Makes the clip, streams it with ``eqface.camera`` into ``aggregator`` (whose gallery the image-mode demo
-    enrolled), prints the camera client's lines and one verdict per track; returns the verdicts."""
+    enrolled), prints the camera client's lines and one verdict per track; returns the verdicts. ``auth``: the
+    aggregator's ``ClientAuth`` (None: plaintext)."""
     from eqface.camera.session import StreamOptions, StreamSession
 
     clip = make_clip(subjects, folder, spec)
@@ -90,6 +97,7 @@ def stream_clip(
         subject_prefix="clip/",
         match_threshold=threshold,
         video_out=False,
+        auth=auth,
     )
     summary = StreamSession(str(clip.path), options, out=out).run()
     verdicts = score_tracks(summary, clip, subjects, threshold)

@@ -275,12 +275,15 @@ def summary(subjects: list[Subject], options: DemoOptions, out=print) -> dict[st
     return totals
 
 
-def enroll_and_stream(aggregator: str, rounds: list[list[Subject]], options: DemoOptions, out=print, frames_out=None):
+def enroll_and_stream(
+    aggregator: str, rounds: list[list[Subject]], options: DemoOptions, out=print, frames_out=None, auth=None
+):
     """Enrolls the first round's known subjects, streams each round's subjects (one line per frame to ``frames_out``,
-    default ``out``), prints the last round's summary and returns its totals."""
+    default ``out``), prints the last round's summary and returns its totals. ``auth``: the aggregator's
+    ``ClientAuth`` (the stack's client certificate; None: plaintext)."""
     from eqface.service.client import AggregatorClient
 
-    with AggregatorClient(aggregator) as client:
+    with AggregatorClient(aggregator, auth=auth) as client:
         out("\nenrolling the gallery (images → Triton → QWFAF template):")
         enroll(client, rounds[0], out=out)
         for subjects in rounds:

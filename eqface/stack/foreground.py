@@ -39,12 +39,13 @@ def run_demo(
         out(f"stack ready (logs in {stack.logs_dir}):")
         for line in report.endpoint_lines(stack.endpoints):
             out(line)
-        enroll_and_stream(stack.endpoints.aggregator_grpc, [subjects], options, out=out)
+        auth = stack.endpoints.client_auth()
+        enroll_and_stream(stack.endpoints.aggregator_grpc, [subjects], options, out=out, auth=auth)
         if clip_dir is not None:
             from eqface.stack.clip_demo import stream_clip
 
             aggregator = stack.endpoints.aggregator_grpc
-            stream_clip(aggregator, subjects, clip_dir, options.match_threshold, out=out, spec=clip_spec)
+            stream_clip(aggregator, subjects, clip_dir, options.match_threshold, out=out, spec=clip_spec, auth=auth)
         if stack.endpoints.prometheus:
             report.report_prometheus(stack.endpoints.prometheus, config.scrape_interval_s, time.time(), out=out)
     except KeyboardInterrupt:

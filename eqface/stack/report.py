@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from eqface.processes import same_process
 from eqface.stack.monitoring import AGGREGATOR_JOB
@@ -15,7 +16,12 @@ from eqface.stack.stack import Endpoints
 def endpoint_lines(endpoints: Endpoints) -> list[str]:
     e = endpoints
     return [
-        f"  aggregator  gRPC {e.aggregator_grpc}   metrics http://{e.aggregator_metrics}/metrics",
+        f"  aggregator  gRPC {e.aggregator_grpc}   metrics http://{e.aggregator_metrics}/metrics"
+        + (
+            f"   mutual TLS (CA and client certificate in {Path(e.aggregator_auth['ca_file']).parent})"
+            if e.aggregator_auth
+            else ""
+        ),
         f"  triton      gRPC {e.triton_grpc}   HTTP http://{e.triton_http}   "
         f"metrics http://{e.triton_metrics}/metrics   (model control: explicit)",
         f"  prometheus  {e.prometheus or '(not running: not installed or --no-prometheus)'}",

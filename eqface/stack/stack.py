@@ -63,8 +63,16 @@ class Endpoints:
     triton_metrics: str = ""
     aggregator_grpc: str = ""
     aggregator_metrics: str = ""
+    aggregator_health: str = ""  # plaintext grpc.health.v1 only; the gRPC port serves mutual TLS
+    aggregator_auth: dict[str, str | None] = field(default_factory=dict)  # the stack's client certificate (ClientAuth)
     prometheus: str = ""  # http://host:port, empty without Prometheus
     processes: dict[str, dict[str, int | None]] = field(default_factory=dict)  # name -> {pid, start_ticks}
+
+    def client_auth(self):
+        """The aggregator's client credentials (``eqface.service.client.ClientAuth``), None before it started."""
+        from eqface.service.client import ClientAuth
+
+        return ClientAuth.from_json(self.aggregator_auth)
 
 
 class LocalStack:
@@ -140,6 +148,8 @@ class LocalStack:
                 Path(f"{store}{suffix}").unlink(missing_ok=True)
         port = c.aggregator_port or free_port(c.host)
         metrics_port = c.aggregator_metrics_port or free_port(c.host)
+        health_port = free_port(c.host)
+        tls = self._make_certificates()
         argv = [
             sys.executable,
             "-m",
@@ -152,12 +162,15 @@ class LocalStack:
             f"--triton-timeout={c.triton_timeout_s:g}",
             f"--embedding-dim={c.model.embedding_size}",
             f"--active-window={c.active_window_s:g}",
+            f"--health-port={health_port}",
+            *tls,
         ]
         child = processes.start(
             "aggregator", argv, self.logs_dir / "aggregator.log", env=dict(os.environ, PYTHONUNBUFFERED="1")
         )
         self._children.append(child)
         e.aggregator_grpc, e.aggregator_metrics = f"{c.host}:{port}", f"{c.host}:{metrics_port}"
+        e.aggregator_health = f"{c.host}:{health_port}"
         e.processes["aggregator"] = _identity(child.pid)
         return child
 
@@ -184,12 +197,32 @@ class LocalStack:
         e.processes["prometheus"] = _identity(child.pid)
         return child
 
+    def _make_certificates(self) -> list[str]:
+        """A fresh local CA in the run folder (``pki/``, 0700, keys 0600, valid 7 days), a server certificate for the
+        stack's host and a client certificate (tenant "default", every role) for the demo and ``eqface stream``;
+        returns the aggregator's TLS flags. The aggregator serves mutual TLS, as in production."""
+        from eqface.service.caller import DEFAULT_TENANT, Role
+        from eqface.service.security.pki import LOOPBACK_NAMES, LocalCA
+
+        c = self.config
+        ca = LocalCA(c.state_dir / "pki")
+        server = ca.server(dict.fromkeys([c.host, *LOOPBACK_NAMES]))
+        client = ca.client("eqface-stack", DEFAULT_TENANT, Role)
+        self.endpoints.aggregator_auth = {
+            "ca_file": str(ca.cert_file),
+            "cert_file": str(client.cert),
+            "key_file": str(client.key),
+            "token_file": None,
+        }
+        return [f"--tls-cert={server.cert}", f"--tls-key={server.key}", f"--tls-client-ca={ca.cert_file}"]
+
     def _wait_aggregator(self, child: Child) -> None:
-        """Until grpc.health.v1 says the service and its Triton component are SERVING (store and Triton reachable)."""
+        """Until grpc.health.v1 (on its plaintext health port) says the service and its Triton component are SERVING
+        (store and Triton reachable)."""
         from eqface.service.server import TRITON_HEALTH
 
         for service in ("", TRITON_HEALTH):
-            wait_for_grpc_health(self.endpoints.aggregator_grpc, child, self.config.startup_timeout_s, service)
+            wait_for_grpc_health(self.endpoints.aggregator_health, child, self.config.startup_timeout_s, service)
 
     # ---------------------------------------------------------------------------------------------- running
     def failed_part(self) -> str | None:

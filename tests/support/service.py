@@ -24,10 +24,12 @@ from eqface import processes
 from eqface.processes import ProcessStartError, free_port, wait_for_grpc_health
 from eqface.service.client import AggregatorClient
 from eqface.service.config import ServiceConfig
+from eqface.service.security.config import SecurityConfig
 from eqface.service.server import AggregatorServer
 from eqface.service.v1 import aggregator_pb2_grpc as pb_grpc
 from eqface.serving.helper_process import TritonHelper
 from tests.conftest import REPO_ROOT, require_executable
+from tests.support.auth import TestAuthority
 
 DIM = 512
 
@@ -120,11 +122,24 @@ def health_status(target: str, service: str = "") -> int:
         return health_pb2_grpc.HealthStub(channel).Check(request, timeout=2).status
 
 
+def server_config(config: ServiceConfig, authority: TestAuthority | None = None, **security: object) -> ServiceConfig:
+    """The one way tests configure a server's security: on loopback, plaintext without authentication (``--insecure``)
+    unless the config already has security settings, or TLS with ``authority``'s credentials (client certificates and
+    tokens; ``security`` overrides, e.g. ``mutual_tls=False``) and a plaintext health port, where tests wait for it."""
+    config = replace(config, host="127.0.0.1", port=0)
+    if authority is not None:
+        return replace(config, security=authority.security(**{"health_port": free_port(), **security}))
+    if config.security == SecurityConfig():
+        return replace(config, security=SecurityConfig(insecure=True))
+    return config
+
+
 class ServerThread:
     """An AggregatorServer on its own event loop in a background thread (the tests talk to it with sync stubs)."""
 
-    def __init__(self, config: ServiceConfig) -> None:
-        self.config = replace(config, host="127.0.0.1", port=0)
+    def __init__(self, config: ServiceConfig, authority: TestAuthority | None = None, **security: object) -> None:
+        self.config = server_config(config, authority, **security)
+        self.authority = authority
         self.server: AggregatorServer | None = None
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="aggregator-server", daemon=True)
@@ -132,6 +147,12 @@ class ServerThread:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.server.port}"  # type: ignore[union-attr]
+
+    @property
+    def health_target(self) -> str:
+        """Where plaintext health checks reach the server (its health port when it serves TLS)."""
+        port = self.server.health_port or self.server.port  # type: ignore[union-attr]
+        return f"127.0.0.1:{port}"
 
     def run(self, coroutine: object, timeout_s: float = 30.0) -> object:
         """Runs a coroutine on the server's loop and returns its result."""
@@ -154,30 +175,41 @@ class ServerThread:
 
 
 @contextmanager
-def serve_in_thread(config: ServiceConfig, ready_timeout_s: float = 10.0) -> Iterator[ServerThread]:
-    server = ServerThread(config)
+def serve_in_thread(
+    config: ServiceConfig, ready_timeout_s: float = 10.0, authority: TestAuthority | None = None, **security: object
+) -> Iterator[ServerThread]:
+    server = ServerThread(config, authority, **security)
     try:
         server.start()
         if server.config.triton is None:
-            wait_serving(server.target, ready_timeout_s)
+            wait_serving(server.health_target, ready_timeout_s)
         yield server
     finally:
         server.stop()
 
 
 @contextmanager
-def aggregator_stub(target: str) -> Iterator[pb_grpc.AggregatorServiceStub]:
+def aggregator_stub(
+    target: str, credentials: grpc.ChannelCredentials | None = None
+) -> Iterator[pb_grpc.AggregatorServiceStub]:
     """The package's client's stub (its channel options), no retries: the tests see every error."""
-    with AggregatorClient(target) as client:
+    with AggregatorClient(target, credentials=credentials) as client:
         yield client.stub
 
 
 class ServerProcess:
-    """``python -m eqface.service`` as a child process, for kill -9 and SIGTERM tests."""
+    """``python -m eqface.service`` as a child process, for kill -9 and SIGTERM tests: ``--insecure`` on loopback, or
+    with ``authority`` TLS + client certificates + tokens and a plaintext health port (where readiness is waited for).
+    """
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, authority: TestAuthority | None = None) -> None:
         self.port = free_port()
-        self.args = [sys.executable, "-m", "eqface.service", "--host", "127.0.0.1", "--port", str(self.port), *args]
+        self.health_port = free_port() if authority is not None else None
+        security = (
+            ["--insecure"] if authority is None else [*authority.server_args(), "--health-port", str(self.health_port)]
+        )
+        self.args = [sys.executable, "-m", "eqface.service", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.args += [*security, *args]
         self.log_path = log_path
         self.child: processes.Child | None = None
 
@@ -199,7 +231,7 @@ class ServerProcess:
             "aggregator", self.args, self.log_path, env=env, cwd=REPO_ROOT, die_with_parent=False
         )
         try:
-            wait_for_grpc_health(self.target, self.child, ready_timeout_s)
+            wait_for_grpc_health(f"127.0.0.1:{self.health_port or self.port}", self.child, ready_timeout_s)
         except BaseException:
             self.kill()
             raise
