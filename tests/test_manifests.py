@@ -268,6 +268,7 @@ def test_triton_model_control_needs_the_key_from_the_secret(rendered, overlay):
     assert "inference" not in control.RESTRICTED and "health" not in control.RESTRICTED  # the aggregator's calls
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_aggregator_serves_mutual_tls_with_files_from_a_secret(rendered, overlay):
     """Certificates come from a mounted Secret (paths on the command line, never values), reflection and --insecure
     stay off, and the readiness probe uses the plaintext health-only port (gRPC probes cannot speak TLS)."""
