@@ -23,6 +23,7 @@ from torch import nn
 
 from eqface.losses import CombinedMarginLoss, NormalizedClassifier
 from eqface.models import EQFaceNet
+from eqface.train.precision import full_precision
 
 MIN_KEPT = 2  # BatchNorm in training mode needs two samples
 
@@ -91,17 +92,26 @@ class StepModel(nn.Module):
         if self.step is Step.TWO:
             with torch.no_grad():
                 embedding, fmap = self.net.embed_and_map(images)
-                cos = self.classifier(embedding)
             quality = self.net.quality(fmap).squeeze(1)
         else:
             quality = None
             if self.step is Step.THREE:
                 images, labels, quality = self._qwdf(images, labels, self._step3_quality(images, sample_quality))
             embedding = self._embed(images)
-            cos = self.classifier(embedding)
-        loss = self.loss(cos, labels, quality)
+        loss, cos = self.margin_loss(embedding, labels, quality)
         correct = (cos.argmax(dim=1) == labels).sum()
         return StepOutput(loss, correct, None if quality is None else quality.detach(), labels.numel())
+
+    def margin_loss(
+        self, embedding: torch.Tensor, labels: torch.Tensor, quality: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 6 and the cosines, in fp32 also when the backbone ran under bf16/fp16 autocast: the margin
+        cos(θ + m2) needs sin θ = sqrt(1 − cos² θ) from an accurate cos θ near 1, and the softmax over s_i·S-scaled
+        logits fp32's sums (``eqface.train.precision``). The embedding is cast up before the classifier."""
+        with full_precision(embedding.device.type):
+            cos = self.classifier(embedding.float())
+            loss = self.loss(cos, labels, None if quality is None else quality.float())
+        return loss, cos
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         if not self.head_only:

@@ -25,6 +25,7 @@ from eqface.models import EQFaceNet, build_model
 from eqface.models.pretrained import load_backbone_weights
 from eqface.train import checkpoint
 from eqface.train.distributed import DistEnv, barrier, check_replicas_in_sync, sum_across
+from eqface.train.precision import Precision, maybe_compile, resolve_precision, to_memory_format
 from eqface.train.schedule import build_optimizer, lr_at, set_lr
 from eqface.train.steps import Step, StepModel, control_weights
 
@@ -68,6 +69,7 @@ def run_step(
     out_dir = Path(out_dir)
     if (out_dir / FINAL).exists():
         return checkpoint.load(out_dir / FINAL)
+    precision = resolve_precision(cfg.train.precision, env.device, cfg.train.channels_last)  # fails before work
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(to_json(cfg))
@@ -87,15 +89,16 @@ def run_step(
         qwdf_threshold=cfg.train.qwdf_threshold,
         head_only=step is Step.THREE and cfg.train.step3_trainable == "head",
     )
-    model.to(env.device)
+    to_memory_format(model.to(env.device), cfg.train.channels_last)
     optimizer = build_optimizer(model.parameters(), schedule_of(cfg, step))
-    pos = _restore(out_dir / RESUME, model, optimizer, step)
+    pos = _restore(out_dir / RESUME, model, optimizer, step, precision)
     wrapped = (
         DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
         if env.distributed
         else model
     )
-    _train_loop(step, cfg, source, out_dir, env, model, wrapped, optimizer, pos, qualities)
+    wrapped = maybe_compile(wrapped, cfg.train.compile)
+    _train_loop(step, cfg, source, out_dir, env, model, wrapped, optimizer, pos, qualities, precision)
     check_replicas_in_sync(env, model)
     final = _final_state(step, cfg, model, source)
     if env.is_main:
@@ -185,7 +188,9 @@ def _precompute_qualities(
     return torch.from_numpy(q)
 
 
-def _restore(path: Path, model: StepModel, optimizer: torch.optim.Optimizer, step: Step) -> Position:
+def _restore(
+    path: Path, model: StepModel, optimizer: torch.optim.Optimizer, step: Step, precision: Precision
+) -> Position:
     if not path.exists():
         return Position()
     state = checkpoint.load(path)
@@ -194,14 +199,18 @@ def _restore(path: Path, model: StepModel, optimizer: torch.optim.Optimizer, ste
     model.net.load_state_dict(state["net"])
     model.classifier.load_state_dict(state["classifier"])
     optimizer.load_state_dict(state["optimizer"])
+    precision.load_state_dict(state)
     torch.set_rng_state(state["rng_torch"])
     if torch.cuda.is_available() and "rng_cuda" in state:
         torch.cuda.set_rng_state_all(state["rng_cuda"])
     return Position(state["epoch"], state["batch"], state["iteration"], json.loads(state["sums"]))
 
 
-def _save_resume(path: Path, step: Step, model: StepModel, optimizer: torch.optim.Optimizer, pos: Position) -> None:
+def _save_resume(
+    path: Path, step: Step, model: StepModel, optimizer: torch.optim.Optimizer, pos: Position, precision: Precision
+) -> None:
     state = {
+        **precision.state_dict(),
         "step": step.value,
         "epoch": pos.epoch,
         "batch": pos.batch,
@@ -239,6 +248,7 @@ def _train_loop(
     optimizer: torch.optim.Optimizer,
     pos: Position,
     qualities: torch.Tensor | None,
+    precision: Precision,
 ) -> None:
     sched = schedule_of(cfg, step)
     augment = cfg.quality_augment if step is Step.TWO else cfg.augment
@@ -269,17 +279,17 @@ def _train_loop(
         for batch in bar:
             lr = lr_at(sched, pos.iteration, per_epoch)
             set_lr(optimizer, lr)
-            _train_batch(wrapped, optimizer, batch, pos, qualities, env)
+            _train_batch(wrapped, optimizer, batch, pos, qualities, env, precision)
             pos.batch += 1
             pos.iteration += 1
             bar.set_postfix(loss=f"{pos.sums['loss'] / max(pos.sums['n'], 1):.3f}", lr=f"{lr:.2g}")
             if cfg.train.checkpoint_every and pos.iteration % cfg.train.checkpoint_every == 0 and env.is_main:
-                _save_resume(out_dir / RESUME, step, model, optimizer, pos)
+                _save_resume(out_dir / RESUME, step, model, optimizer, pos, precision)
         _end_epoch(
             step, sched, out_dir, env, pos, time.monotonic() - started, lr_at(sched, pos.iteration - 1, per_epoch)
         )
         if env.is_main:
-            _save_resume(out_dir / RESUME, step, model, optimizer, pos)
+            _save_resume(out_dir / RESUME, step, model, optimizer, pos, precision)
         barrier(env)
 
 
@@ -290,17 +300,17 @@ def _train_batch(
     pos: Position,
     qualities: torch.Tensor | None,
     env: DistEnv,
+    precision: Precision,
 ) -> None:
     pos.sums["skipped"] += batch.skipped
     if batch.labels.numel() == 0:
         return
-    images = batch.images.to(env.device, non_blocking=True)
+    images = precision.images(batch.images.to(env.device, non_blocking=True))
     labels = batch.labels.to(env.device, non_blocking=True)
     sample_q = qualities[batch.indices].to(env.device) if qualities is not None else None
-    out = wrapped(images, labels, sample_q)
-    optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    optimizer.step()
+    with precision.autocast():  # the backbone; the quality branch and Eq. 6 keep fp32 inside (precision.py)
+        out = wrapped(images, labels, sample_q)
+    precision.backward_and_step(out.loss, optimizer)
     n = out.samples
     pos.sums["dropped"] = pos.sums.get("dropped", 0.0) + labels.numel() - n  # QWDF (absent in older checkpoints)
     pos.sums["loss"] += out.loss.item() * n
