@@ -90,10 +90,10 @@ def test_the_quality_branch_and_eq6_stay_fp32_under_autocast() -> None:
     emb = torch.randn(6, CFG.model.embedding_size).bfloat16()
     labels, quality = torch.arange(6) % CLASSES, torch.rand(6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss_auto, cos_auto = model.margin_loss(emb, labels, quality)
-    loss_ref, cos_ref = model.margin_loss(emb.float(), labels, quality)
-    assert cos_auto.dtype == torch.float32 and torch.equal(cos_auto, cos_ref)
-    assert torch.equal(loss_auto, loss_ref)
+        loss_auto, correct_auto = model._eq6(emb, labels, quality)
+    loss_ref, correct_ref = model._eq6(emb.float(), labels, quality)
+    assert loss_auto.dtype == torch.float32 and torch.equal(loss_auto, loss_ref)
+    assert torch.equal(correct_auto, correct_ref)
 
 
 def test_fp16_needs_cuda_and_names_are_checked() -> None:

@@ -7,7 +7,7 @@ the logits to fp32 before the margin):
 - the quality branch runs in fp32 (``eqface.models.quality``): s_i comes out of a sigmoid and saturates towards 1;
   bf16 keeps 8 significant bits, so every s_i above ≈ 0.998 would round to exactly 1, and Eq. 6 multiplies s_i by
   S = 64, which turns the rounding step (2⁻⁹) into a logit error of 0.125;
-- the classifier and the Eq. 6 loss run in fp32 (``StepModel.margin_loss``): the embedding is cast up before the
+- the classifier and the Eq. 6 loss run in fp32 (``StepModel._eq6``): the embedding is cast up before the
   cosines, because the margin cos(θ + m2) goes through sin θ = sqrt(1 − cos² θ), whose error near cos θ = 1 is the
   error of cos θ divided by sin θ (bf16's 0.004 on cos θ is 0.04 rad on θ = 0.1, a tenth of the margin), and the
   softmax over s·S-scaled logits needs fp32's range and sums.

@@ -98,20 +98,20 @@ class StepModel(nn.Module):
             if self.step is Step.THREE:
                 images, labels, quality = self._qwdf(images, labels, self._step3_quality(images, sample_quality))
             embedding = self._embed(images)
-        loss, cos = self.margin_loss(embedding, labels, quality)
-        correct = (cos.argmax(dim=1) == labels).sum()
+        loss, correct = self._eq6(embedding, labels, quality)
         return StepOutput(loss, correct, None if quality is None else quality.detach(), labels.numel())
 
-    def margin_loss(
+    def _eq6(
         self, embedding: torch.Tensor, labels: torch.Tensor, quality: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 6 and the cosines, in fp32 also when the backbone ran under bf16/fp16 autocast: the margin
-        cos(θ + m2) needs sin θ = sqrt(1 − cos² θ) from an accurate cos θ near 1, and the softmax over s_i·S-scaled
-        logits fp32's sums (``eqface.train.precision``). The embedding is cast up before the classifier."""
+        """The loss and the number of correct arg-max classes, in fp32 also when the backbone ran under bf16/fp16
+        autocast: the margin cos(θ + m2) needs sin θ = sqrt(1 − cos² θ) from an accurate cos θ near 1, and the
+        softmax over s_i·S-scaled logits fp32's sums (``eqface.train.precision``). The embedding is cast up before
+        the classifier's cosines. Step 2: no graph (frozen classifier, embedding computed without grad)."""
         with full_precision(embedding.device.type):
             cos = self.classifier(embedding.float())
             loss = self.loss(cos, labels, None if quality is None else quality.float())
-        return loss, cos
+        return loss, (cos.argmax(dim=1) == labels).sum()
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         if not self.head_only:
