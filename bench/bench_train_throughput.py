@@ -44,6 +44,7 @@ from eqface.train.steps import Step, StepModel
 BACKBONES: dict[str, tuple[tuple[int, int], int]] = {
     "iresnet50": ((112, 112), 512),
     "mobilefacenet": ((112, 96), 128),
+    "tiny": ((32, 32), 32),  # gpu_check.py's CPU dry run
 }
 
 
@@ -72,17 +73,18 @@ def _sync(device: torch.device) -> None:
 
 
 def training_step(
-    backbone: str, arm: Arm, batch: int, classes: int, device: torch.device
-) -> Callable[[torch.Tensor, torch.Tensor], float]:
-    """A closure running one Step-1 update on (images, labels) and returning the loss; the model is seeded alike
-    in every arm, converted to channels_last and compiled as the trainer does it (``eqface.train.trainer``)."""
+    backbone: str, arm: Arm, classes: int, device: torch.device, precision: Precision | None = None
+) -> tuple[StepModel, Callable[[torch.Tensor, torch.Tensor], float]]:
+    """The model and a closure running one Step-1 update on (images, labels) that returns the loss; the model is
+    seeded alike in every arm, converted to channels_last and compiled as the trainer does it
+    (``eqface.train.trainer``). ``precision`` defaults to ``resolve_precision`` of the arm."""
     size, emb = BACKBONES[backbone]
     torch.manual_seed(0)
     net = build_model(ModelConfig(backbone=backbone, embedding_size=emb, image_size=size))
     model = StepModel(Step.ONE, net, NormalizedClassifier(emb, classes), CombinedMarginLoss(MarginConfig()))
     to_memory_format(model.to(device).train(), arm.channels_last)
     forward = maybe_compile(model, arm.compile)
-    precision: Precision = resolve_precision(arm.precision, device, arm.channels_last)
+    precision = precision or resolve_precision(arm.precision, device, arm.channels_last)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
 
     def run(images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -91,7 +93,7 @@ def training_step(
         precision.backward_and_step(out.loss, opt)
         return float(out.loss.detach())
 
-    return run
+    return model, run
 
 
 def profile_top(run: Callable[[], Any], device: torch.device, top: int) -> list[dict[str, Any]]:
@@ -142,7 +144,7 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> list[dict[
         y = torch.randint(0, args.classes, (args.batch,), generator=g).to(device)
         runs: dict[str, Callable[[], Any]] = {}
         for arm in arms:
-            step = training_step(backbone, arm, args.batch, args.classes, device)
+            _, step = training_step(backbone, arm, args.classes, device)
             runs[arm.name] = lambda step=step: step(x, y)
             for _ in range(args.warmup):  # compile, cuDNN autotuning, allocator
                 runs[arm.name]()
@@ -272,7 +274,7 @@ def print_report(train: list[dict[str, Any]], loading: list[dict[str, Any]], hea
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
+    p.add_argument("--backbones", nargs="+", default=["iresnet50", "mobilefacenet"], choices=list(BACKBONES))
     p.add_argument("--arms", nargs="+", default=["fp32", "bf16", "fp32+cl", "bf16+cl"], help="the first is the base")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--classes", type=int, default=1000)
