@@ -200,6 +200,9 @@ def _restore(
     model.classifier.load_state_dict(state["classifier"])
     optimizer.load_state_dict(state["optimizer"])
     precision.load_state_dict(state)
+    saved_in = state.get("precision", "fp32")  # checkpoints from before train.precision were fp32
+    if saved_in != precision.name:
+        tqdm.write(f"{path}: a {saved_in} checkpoint resumes in {precision.name}")
     torch.set_rng_state(state["rng_torch"])
     if torch.cuda.is_available() and "rng_cuda" in state:
         torch.cuda.set_rng_state_all(state["rng_cuda"])
