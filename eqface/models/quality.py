@@ -44,8 +44,8 @@ class QualityHead(nn.Module):
         """Quality [N, 1] in [0, 1] from the feature map [N, C, h, w] (or already flat [N, C·h·w] without reduction).
 
         Always fp32, also inside a bf16/fp16 autocast region (mixed-precision training): the sigmoid saturates towards
-        1 and bf16's 8 significant bits would round every s_i above ≈ 0.998 to exactly 1 (Eq. 6 then multiplies that
-        rounding by S = 64). The check keeps the exported graph free of autocast nodes (export runs without it).
+        1 and bf16's 8 significant bits would round every s_i above ≈ 0.998 to exactly 1 (Eq. 6 then multiplies the
+        rounding error by S = 64). The check keeps the exported graph free of autocast nodes (export runs without it).
         """
         if torch.is_autocast_enabled(fmap.device.type):
             with torch.autocast(fmap.device.type, enabled=False):

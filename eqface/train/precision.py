@@ -6,11 +6,13 @@ the logits to fp32 before the margin):
 - the backbone (convolutions, BatchNorm, the embedding head) runs under ``torch.autocast`` in bf16 or fp16;
 - the quality branch runs in fp32 (``eqface.models.quality``): s_i comes out of a sigmoid and saturates towards 1;
   bf16 keeps 8 significant bits, so every s_i above ≈ 0.998 would round to exactly 1, and Eq. 6 multiplies s_i by
-  S = 64, which turns the rounding step (2⁻⁹) into a logit error of 0.125;
+  S = 64, which turns a rounding error of up to 2⁻⁹ into a logit error of up to 0.125;
 - the classifier and the Eq. 6 loss run in fp32 (``StepModel._eq6``): the embedding is cast up before the
   cosines, because the margin cos(θ + m2) goes through sin θ = sqrt(1 − cos² θ), whose error near cos θ = 1 is the
-  error of cos θ divided by sin θ (bf16's 0.004 on cos θ is 0.04 rad on θ = 0.1, a tenth of the margin), and the
-  softmax over s·S-scaled logits needs fp32's range and sums.
+  error of cos θ divided by sin θ (bf16 rounds cos θ ≈ 0.995 by up to 0.002, which moves θ = 0.1 rad by 0.02 rad,
+  a fifteenth of m2 = 0.3), and the softmax over s·S-scaled logits needs fp32's sums. Unlike arcface_torch, the full
+  classifier's matmul is fp32 as well: below ~100 k classes it is a small part of the step (Partial FC, for
+  millions of classes, computes its logits in fp32 too).
 
 Master weights and optimizer state stay fp32 in every mode (autocast casts per operation), so a checkpoint holds the
 same tensors whatever the precision and resumes in any other; only fp16's grad-scaler state is added, and dropped
