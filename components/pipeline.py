@@ -85,6 +85,7 @@ def build_pipeline(
         margin_scale: float = form["margin_scale"],
         qwdf_threshold: float = form["qwdf_threshold"],
         batch_size: int = form["batch_size"],
+        precision: str = form["precision"],
         gpus_per_step: int = 1,
         model_repository: str = cluster.default_repository,
         serving_variant: str = "production",
@@ -119,6 +120,8 @@ def build_pipeline(
             margin_scale: the logit scale S.
             qwdf_threshold: QWDF's s_th: Step 3 drops samples whose quality is below it (0 turns QWDF off).
             batch_size: training batch size per process.
+            precision: the training arithmetic: {precision} (bf16/fp16 autocast the backbone; the quality branch and
+                Eq. 6 stay fp32; fp16 needs GPUs).
             gpus_per_step: GPUs of each training step; above 1 the step trains with torchrun (DDP, NCCL).
             model_repository: the Triton model repository the deploy step writes a new version into (a path on
                 the models volume, s3://bucket/path or gs://bucket/path).
@@ -164,6 +167,7 @@ def build_pipeline(
             margin_scale=margin_scale,
             qwdf_threshold=qwdf_threshold,
             batch_size=batch_size,
+            precision=precision,
             serving_variant=serving_variant,
             data_materialize=data_materialize,
         ).set_display_name("configure")

@@ -143,6 +143,15 @@ class TrainConfig:
     step3_trainable: Literal["all", "head"] = "all"
     qwdf_threshold: float = 0.0  # QWDF: in Step 3, s_i < threshold counts as weight 0; 0 disables
     checkpoint_every: int = 50  # iterations between resumable checkpoints (and at every epoch end)
+    # How the arithmetic runs (eqface.train.precision): fp32, bf16 autocast (CPU or GPU) or fp16 autocast with a grad
+    # scaler (CUDA only). The quality branch, the classifier and the Eq. 6 loss stay fp32 in every mode.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False  # NHWC activations and weights for the convolutions
+    compile: bool = False  # torch.compile the training forward pass
+
+
+# Settings that change how fast a run computes, not what it trains: a run folder resumes when only they changed.
+EXECUTION_FIELDS = {"train": ("precision", "channels_last", "compile")}
 
 
 @dataclass(frozen=True)
@@ -233,6 +242,15 @@ def config_from_dict(data: dict[str, Any]) -> EQFaceConfig:
         if isinstance(data.get(section), dict):
             data[section] = {k: v for k, v in data[section].items() if k not in names}
     return merge(EQFaceConfig(), data)
+
+
+def training_settings(cfg: EQFaceConfig) -> dict[str, Any]:
+    """``to_dict(cfg)`` without :data:`EXECUTION_FIELDS`: what decides whether two runs train the same thing."""
+    data = to_dict(cfg)
+    for section, names in EXECUTION_FIELDS.items():
+        for name in names:
+            data[section].pop(name, None)
+    return data
 
 
 def merge(cfg: Any, changes: dict[str, Any]) -> Any:

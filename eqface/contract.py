@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 INPUT_NAME = "input"
 EMBEDDING_NAME = "embedding"
@@ -102,6 +101,10 @@ def fit_to_size(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     img = center_crop_to_aspect(img, size)
     if img.shape[:2] == tuple(size):
         return np.ascontiguousarray(img)
+    # Pillow is imported where it resizes: the training code imports this module's constants on machines that
+    # have only torch and numpy (bench/gpu_check.sh on a bare GPU host).
+    from PIL import Image
+
     return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size[1], size[0]), Image.BILINEAR))
 
 

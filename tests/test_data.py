@@ -15,9 +15,8 @@ from eqface.data.decode import ImageDecodeError, decode_image
 from eqface.data.image_folder import load_image_folder
 from eqface.data.image_ops import encode_image
 from eqface.data.packs import light_angle_degrees, load_pack
-from eqface.data.recordio import RecordIOError, load_recordio
+from eqface.data.recordio import RecordIOError, load_recordio, write_recordio
 from eqface.data.synthetic import generate_synthetic
-from tests.support.recordio import write_recordio
 
 
 @pytest.fixture(scope="module")

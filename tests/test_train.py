@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from eqface.train import checkpoint
 from eqface.train.distributed import DistEnv
 from eqface.train.plan import step_plan, train_all_steps, train_one_step
 from eqface.train.steps import Step
+from tests.support.training import kill_when_checkpointed
 
 CPU = DistEnv()
 
@@ -118,28 +118,6 @@ def _train_cmd(out: Path, *extra: str) -> list[str]:
     ]
 
 
-def _kill_when_checkpointed(child: processes.Child, ckpt: Path, min_iteration: int, timeout: float = 120) -> int:
-    """SIGKILLs the training run as soon as its checkpoint reaches ``min_iteration``; returns that iteration."""
-    seen = [-1]
-
-    def checkpointed() -> bool:
-        if ckpt.exists():
-            try:
-                seen[0] = checkpoint.load(ckpt)["iteration"]
-            except (ValueError, KeyError):
-                pass  # caught mid-rename; try again
-        return seen[0] >= min_iteration
-
-    try:
-        processes.wait_until(
-            checkpointed, child, timeout, f"a checkpoint at iteration {min_iteration}", interval_s=0.01
-        )
-    except processes.ProcessStartError as exc:
-        pytest.fail(f"training could not be killed mid-run: {exc}")
-    child.stop(signal.SIGKILL)
-    return seen[0]
-
-
 @pytest.mark.slow
 def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -147,7 +125,7 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path: Path) -> No
     subprocess.run(_train_cmd(whole), check=True, env=env, capture_output=True)
     killed = tmp_path / "killed"
     child = processes.start("train", _train_cmd(killed), tmp_path / "killed.log", env=env)
-    iteration = _kill_when_checkpointed(child, killed / "step1" / "checkpoint.pt", min_iteration=3)
+    iteration = kill_when_checkpointed(child, killed / "step1" / "checkpoint.pt", min_iteration=3)
     assert not (killed / "step1" / "final.pt").exists()
     assert iteration % 2 == 1 or iteration >= 3  # 2 batches per epoch: usually mid-epoch
     subprocess.run(_train_cmd(killed), check=True, env=env, capture_output=True)

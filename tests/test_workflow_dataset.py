@@ -103,7 +103,7 @@ def test_a_missing_location_or_manifest_is_reported(tmp_path):
 
 
 def test_a_rec_file_is_packed(tmp_path):
-    from tests.support.recordio import write_recordio
+    from eqface.data.recordio import write_recordio
 
     rng = np.random.default_rng(1)
     images = [encode_image(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)) for _ in range(12)]

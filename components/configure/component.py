@@ -33,6 +33,7 @@ def configure(
     margin_scale: float,
     qwdf_threshold: float,
     batch_size: int,
+    precision: str,
     serving_variant: str,
     data_materialize: str,
 ) -> NamedTuple(
@@ -42,7 +43,8 @@ def configure(
     """Resolves the configuration: preset, then the form's values, then ``overrides``.
 
     Checks the whole form first, so that a typo fails here, in seconds, rather than in a later step on a GPU: every
-    choice parameter (preset, backbone, data source, serving variant, materialize mode) against its allowed values,
+    choice parameter (preset, backbone, data source, serving variant, materialize mode, precision) against its allowed
+    values,
     then the resolved configuration.
 
     Args:
@@ -70,6 +72,7 @@ def configure(
             "data_source": data_source,
             "serving_variant": serving_variant,
             "data_materialize": data_materialize,
+            "precision": precision,
         }
     )
 
@@ -94,6 +97,7 @@ def configure(
         "margin_scale": margin_scale,
         "qwdf_threshold": qwdf_threshold,
         "batch_size": batch_size,
+        "precision": precision,
     }
     cfg = build_config(preset, form, overrides, iterations)
     views = [config_json(task_config(cfg, step)) for step in (None, *TRAINING_STEPS)]

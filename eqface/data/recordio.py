@@ -4,12 +4,13 @@ Record framing (dmlc-core): uint32 magic 0xCED7230A, uint32 ``lrec`` (upper 3 bi
 length), payload, zero padding to 4 bytes. Payload: an IRHeader ``<IfQQ`` (flag, label, id, id2); when flag > 0 the
 label is instead ``flag`` float32 values that follow the header; then the encoded image. The ``.idx`` file has one
 ``<key>\\t<byte offset>`` line per record. In insightface packs record 0 is a header whose label holds the
-range [1, N) of image records. (tests/support/recordio.py writes such files for the tests.)
+range [1, N) of image records. ``write_recordio`` writes such files (tests, benches, packing one's own faces).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,29 @@ def _image_keys(f, index: dict[int, int], rec_path: Path) -> list[int]:
     if len(label) >= 2 and label[0] > 0:  # insightface header record: images are keys [1, label[0])
         return [k for k in range(1, int(label[0])) if k in index]
     return sorted(index)
+
+
+def write_recordio(rec_path: str | Path, items: Iterable[tuple[bytes, int]]) -> int:
+    """Writes (encoded image, label) pairs as an insightface-style ``.rec``/``.idx`` pair with header record 0.
+
+    Returns the number of images written.
+    """
+    rec_path = Path(rec_path)
+    items = list(items)
+    records = [(0, _pack(np.asarray([len(items) + 1, len(items) + 1], dtype=np.float32), b""))]
+    records += [(i + 1, _pack(np.asarray(label, dtype=np.float32), img)) for i, (img, label) in enumerate(items)]
+    lines = []
+    with rec_path.open("wb") as f:
+        for key, payload in records:
+            lines.append(f"{key}\t{f.tell()}")
+            f.write(struct.pack("<II", MAGIC, len(payload)))
+            f.write(payload + b"\0" * ((4 - len(payload) % 4) % 4))
+    rec_path.with_suffix(".idx").write_text("\n".join(lines) + "\n")
+    return len(items)
+
+
+def _pack(label: np.ndarray, img: bytes) -> bytes:
+    label = np.atleast_1d(label).astype(np.float32)
+    if label.size == 1:
+        return HEADER.pack(0, float(label[0]), 0, 0) + img
+    return HEADER.pack(label.size, 0.0, 0, 0) + label.tobytes() + img

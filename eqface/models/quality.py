@@ -41,7 +41,18 @@ class QualityHead(nn.Module):
         nn.init.zeros_(self.fc2.bias)
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
-        """Quality [N, 1] in [0, 1] from the feature map [N, C, h, w] (or already flat [N, C·h·w] without reduction)."""
+        """Quality [N, 1] in [0, 1] from the feature map [N, C, h, w] (or already flat [N, C·h·w] without reduction).
+
+        Always fp32, also inside a bf16/fp16 autocast region (mixed-precision training): the sigmoid saturates towards
+        1 and bf16's 8 significant bits would round every s_i above ≈ 0.998 to exactly 1 (Eq. 6 then multiplies the
+        rounding error by S = 64). The check keeps the exported graph free of autocast nodes (export runs without it).
+        """
+        if torch.is_autocast_enabled(fmap.device.type):
+            with torch.autocast(fmap.device.type, enabled=False):
+                return self._forward(fmap.float())
+        return self._forward(fmap)
+
+    def _forward(self, fmap: torch.Tensor) -> torch.Tensor:
         if self.reduce is not None:
             fmap = self.reduce(fmap)
         hidden = torch.relu(self.bn(self.fc1(torch.flatten(fmap, 1))))

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from eqface.config import EQFaceConfig, config_from_dict, to_dict, to_json
+from eqface.config import EQFaceConfig, config_from_dict, to_json, training_settings
 from eqface.data import build_source, split_identities
 from eqface.data.sources import FaceSource
 from eqface.train import checkpoint
@@ -50,11 +50,15 @@ def train_one_step(
 
 
 def check_run_dir(out_dir: Path, cfg: EQFaceConfig) -> None:
-    """Refuses to resume a run folder that was started with a different configuration."""
+    """Refuses to resume a run folder that was started with a different configuration.
+
+    Precision, channels_last and compile may differ: checkpoints hold fp32 weights in every mode (a bf16 run can go
+    on in fp32 on another machine, and the other way round).
+    """
     stored = out_dir / "config.json"
     if stored.exists():
         previous = config_from_dict(json.loads(stored.read_text()))
-        if to_dict(previous) != to_dict(cfg):
+        if training_settings(previous) != training_settings(cfg):
             raise ValueError(f"{out_dir} holds a run with a different configuration; use another --out folder")
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from eqface.losses import CombinedMarginLoss, NormalizedClassifier, PartialFC
 from eqface.models import EQFaceNet
+from eqface.train.precision import full_precision
 
 MIN_KEPT = 2  # BatchNorm in training mode needs two samples
 
@@ -103,12 +104,18 @@ class StepModel(nn.Module):
     def _eq6(
         self, embedding: torch.Tensor, labels: torch.Tensor, quality: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss and the number of correct arg-max classes, with the full or the sharded (Partial FC) centres."""
+        """The loss and the number of correct arg-max classes, with the full or the sharded (Partial FC) centres, in
+        fp32 also when the backbone ran under bf16/fp16 autocast: the margin cos(θ + m2) needs sin θ = sqrt(1 − cos² θ)
+        from an accurate cos θ near 1, and the softmax over s_i·S-scaled logits fp32's sums
+        (``eqface.train.precision``). The embedding is cast up before the classifier's cosines (Partial FC computes in
+        fp32 itself). Step 2: no graph (frozen classifier, embedding computed without grad)."""
         if isinstance(self.classifier, PartialFC):
             out = self.classifier(embedding, labels, quality)
             return out.loss, out.correct
-        cos = self.classifier(embedding)  # Step 2: no graph (frozen classifier, embedding computed without grad)
-        return self.loss(cos, labels, quality), (cos.argmax(dim=1) == labels).sum()
+        with full_precision(embedding.device.type):
+            cos = self.classifier(embedding.float())
+            loss = self.loss(cos, labels, None if quality is None else quality.float())
+        return loss, (cos.argmax(dim=1) == labels).sum()
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         if not self.head_only:

@@ -32,6 +32,7 @@ from eqface.train.classifier_state import (
     shard_classifier_momentum,
 )
 from eqface.train.distributed import DistEnv, barrier, check_replicas_in_sync, sum_across
+from eqface.train.precision import Precision, maybe_compile, resolve_precision, to_memory_format
 from eqface.train.schedule import build_optimizer, lr_at, set_lr
 from eqface.train.steps import Step, StepModel, control_weights
 
@@ -75,6 +76,7 @@ def run_step(
     out_dir = Path(out_dir)
     if (out_dir / FINAL).exists():
         return checkpoint.load(out_dir / FINAL)
+    precision = resolve_precision(cfg.train.precision, env.device, cfg.train.channels_last)  # fails before work
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(to_json(cfg))
@@ -95,9 +97,9 @@ def run_step(
         qwdf_threshold=cfg.train.qwdf_threshold,
         head_only=step is Step.THREE and cfg.train.step3_trainable == "head",
     )
-    model.to(env.device)
+    to_memory_format(model.to(env.device), cfg.train.channels_last)
     optimizer = build_optimizer(model.parameters(), schedule_of(cfg, step))
-    pos = _restore(out_dir / RESUME, model, optimizer, step)
+    pos = _restore(out_dir / RESUME, model, optimizer, step, precision)
     sharded = isinstance(classifier, PartialFC)
     if sharded and env.distributed:
         # Each rank's centres are its own shard: DDP must neither broadcast nor average them.
@@ -107,7 +109,8 @@ def run_step(
         if env.distributed
         else model
     )
-    _train_loop(step, cfg, source, out_dir, env, model, wrapped, optimizer, pos, qualities)
+    wrapped = maybe_compile(wrapped, cfg.train.compile)
+    _train_loop(step, cfg, source, out_dir, env, model, wrapped, optimizer, pos, qualities, precision)
     check_replicas_in_sync(env, model.net if sharded else model)
     final = _final_state(step, cfg, model, source)
     if env.is_main:
@@ -206,7 +209,9 @@ def _precompute_qualities(
     return torch.from_numpy(q)
 
 
-def _restore(path: Path, model: StepModel, optimizer: torch.optim.Optimizer, step: Step) -> Position:
+def _restore(
+    path: Path, model: StepModel, optimizer: torch.optim.Optimizer, step: Step, precision: Precision
+) -> Position:
     if not path.exists():
         return Position()
     state = checkpoint.load(path)
@@ -216,6 +221,10 @@ def _restore(path: Path, model: StepModel, optimizer: torch.optim.Optimizer, ste
     model.classifier.load_state_dict(state["classifier"])
     optimizer.load_state_dict(state["optimizer"])
     shard_classifier_momentum(model.classifier, optimizer)
+    precision.load_state_dict(state)
+    saved_in = state.get("precision", "fp32")  # checkpoints from before train.precision were fp32
+    if saved_in != precision.name:
+        tqdm.write(f"{path}: a {saved_in} checkpoint resumes in {precision.name}")
     torch.set_rng_state(state["rng_torch"])
     if torch.cuda.is_available() and "rng_cuda" in state:
         torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -223,7 +232,13 @@ def _restore(path: Path, model: StepModel, optimizer: torch.optim.Optimizer, ste
 
 
 def _save_resume(
-    path: Path, step: Step, model: StepModel, optimizer: torch.optim.Optimizer, pos: Position, env: DistEnv
+    path: Path,
+    step: Step,
+    model: StepModel,
+    optimizer: torch.optim.Optimizer,
+    pos: Position,
+    env: DistEnv,
+    precision: Precision,
 ) -> None:
     """Every rank calls it (Partial FC gathers its shards to rank 0); rank 0 writes."""
     classifier = classifier_state(model.classifier, dst=0)
@@ -231,6 +246,7 @@ def _save_resume(
     if not env.is_main:
         return
     state = {
+        **precision.state_dict(),
         "step": step.value,
         "epoch": pos.epoch,
         "batch": pos.batch,
@@ -268,6 +284,7 @@ def _train_loop(
     optimizer: torch.optim.Optimizer,
     pos: Position,
     qualities: torch.Tensor | None,
+    precision: Precision,
 ) -> None:
     sched = schedule_of(cfg, step)
     augment = cfg.quality_augment if step is Step.TWO else cfg.augment
@@ -298,16 +315,16 @@ def _train_loop(
         for batch in bar:
             lr = lr_at(sched, pos.iteration, per_epoch)
             set_lr(optimizer, lr)
-            _train_batch(wrapped, optimizer, batch, pos, qualities, env)
+            _train_batch(wrapped, optimizer, batch, pos, qualities, env, precision)
             pos.batch += 1
             pos.iteration += 1
             bar.set_postfix(loss=f"{pos.sums['loss'] / max(pos.sums['n'], 1):.3f}", lr=f"{lr:.2g}")
             if cfg.train.checkpoint_every and pos.iteration % cfg.train.checkpoint_every == 0:
-                _save_resume(out_dir / RESUME, step, model, optimizer, pos, env)
+                _save_resume(out_dir / RESUME, step, model, optimizer, pos, env, precision)
         _end_epoch(
             step, sched, out_dir, env, pos, time.monotonic() - started, lr_at(sched, pos.iteration - 1, per_epoch)
         )
-        _save_resume(out_dir / RESUME, step, model, optimizer, pos, env)
+        _save_resume(out_dir / RESUME, step, model, optimizer, pos, env, precision)
         barrier(env)
 
 
@@ -318,17 +335,17 @@ def _train_batch(
     pos: Position,
     qualities: torch.Tensor | None,
     env: DistEnv,
+    precision: Precision,
 ) -> None:
     pos.sums["skipped"] += batch.skipped
     if batch.labels.numel() == 0:
         return
-    images = batch.images.to(env.device, non_blocking=True)
+    images = precision.images(batch.images.to(env.device, non_blocking=True))
     labels = batch.labels.to(env.device, non_blocking=True)
     sample_q = qualities[batch.indices].to(env.device) if qualities is not None else None
-    out = wrapped(images, labels, sample_q)
-    optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    optimizer.step()
+    with precision.autocast():  # the backbone; the quality branch and Eq. 6 keep fp32 inside (precision.py)
+        out = wrapped(images, labels, sample_q)
+    precision.backward_and_step(out.loss, optimizer)
     n = out.samples
     pos.sums["dropped"] = pos.sums.get("dropped", 0.0) + labels.numel() - n  # QWDF (absent in older checkpoints)
     pos.sums["loss"] += out.loss.item() * n

@@ -34,16 +34,19 @@ FORM_FIELDS: dict[str, str] = {
     "margin_scale": "margin.scale",
     "qwdf_threshold": "train.qwdf_threshold",
     "batch_size": "train.batch_size",
+    "precision": "train.precision",
 }
 
 
 def form_choices() -> dict[str, list[str]]:
     """The allowed values of the form's choice parameters, read from where each choice is defined (presets, the
-    backbone and data-source registries, the serving variants, the dataset's materialize modes)."""
+    backbone and data-source registries, the serving variants, the dataset's materialize modes, the training
+    precisions)."""
     from eqface.config import PRESETS
     from eqface.data.factory import SOURCES
     from eqface.models import BACKBONES
     from eqface.serving.model_configs import VARIANTS
+    from eqface.train.precision import PRECISIONS
     from eqface.workflow.dataset import MATERIALIZE_MODES
 
     return {
@@ -52,6 +55,7 @@ def form_choices() -> dict[str, list[str]]:
         "data_source": SOURCES.names(),
         "serving_variant": list(VARIANTS),
         "data_materialize": list(MATERIALIZE_MODES),
+        "precision": list(PRECISIONS),
     }
 
 
