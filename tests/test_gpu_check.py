@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -57,12 +56,7 @@ def test_gpu_check_dry_run_measures_every_figure_on_cpu(tmp_path: Path) -> None:
     assert ddp["status"] == "ok" and ddp["backend"] == "gloo" and ddp["world_size"] == 1
     assert [f["batch"] for f in by["inference"]] == [1, 4, 8]
     assert all(f["status"] == "ok" and f["max_cos_gap"] < 0.05 for f in by["inference"])
-    has_pfc = importlib.util.find_spec("eqface.losses.partial_fc") is not None
-    if has_pfc:  # after the Partial FC branch is merged: measured at both sample rates
-        assert [(f["status"], f["sample_rate"]) for f in by["partial_fc"]] == [("ok", 0.1), ("ok", 1.0)]
-    else:  # before: one clear line naming the missing module, the other figures still measured
-        (pfc,) = by["partial_fc"]
-        assert pfc["status"] == "missing" and "eqface.losses.partial_fc" in pfc["error"]
-    assert result.returncode == (0 if has_pfc else 1), result.stderr[-3000:]
+    assert [(f["status"], f["sample_rate"]) for f in by["partial_fc"]] == [("ok", 0.1), ("ok", 1.0)]
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "summary on cpu" in result.stdout and "exit status" in result.stdout
     assert "train bf16+cl" in (tmp_path / "gpu_check.log").read_text()
