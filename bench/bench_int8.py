@@ -3,14 +3,15 @@
 1. Accuracy on held-out identities (never calibrated on): 10-fold verification accuracy of both files on the same
    pairs, Spearman(quality_int8, quality_fp32), mean int8-vs-fp32 embedding cosine. Targets: a drop ≤ 0.3 points,
    Spearman ≥ 0.98.
-2. Throughput, images/s at batch 1 and 32, fp32 and int8 interleaved in every round (median of --rounds):
+2. Throughput, images/s at batch 1 and 32, of three files interleaved in every round (median of --rounds): fp32
+   as shipped, fp32 with PRelu rewritten as in the int8 file (eqface.export.prelu: same values, faster kernels), int8:
      raw ort   onnxruntime in this process, --threads intra-op threads, no spinning (as in the served model)
      triton    the same file behind the local Triton (python backend → onnxruntime), one gRPC client sending
-               requests of that batch back to back to eqface_onnx; one server per precision, both up throughout
-   plus CPU seconds per image (this process for raw ort; tritonserver and its backend stubs for Triton) and achieved
-   GFLOP/s (the model's Conv/Gemm FLOPs from its graph × images/s) ÷ this machine's fp32 matmul GFLOP/s (torch
-   sgemm 1024³ on the same thread count). Target: int8 ≥ 1.5× fp32.
-3. Profile: onnxruntime's per-op profile of both files at batch 32, top op types by time.
+               requests of that batch back to back to eqface_onnx; one server per file, all up throughout
+   plus CPU seconds per image (this process for raw ort; tritonserver, its backend stubs and this client for Triton)
+   and achieved GFLOP/s (the model's Conv/Gemm FLOPs from its graph × images/s) ÷ this machine's fp32 matmul
+   GFLOP/s (torch sgemm 1024³ on the same thread count). Target: int8 ≥ 1.5× fp32.
+3. Profile: onnxruntime's per-op profile of the three files at batch 32, top op types by time.
 
   python bench/bench_int8.py                                    # the shipped model, runs/mfn-final/model.onnx
   python bench/bench_int8.py --fp32 runs/mfn-final/model.onnx --int8 runs/mfn-final/model.int8.onnx --json b.json
@@ -31,12 +32,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from eqface import contract, paths
 from eqface.data.packs import load_pack
 from eqface.data.sources import split_identities
 from eqface.export.flops import count_flops
 from eqface.export.onnx import onnx_session, run_onnx
+from eqface.export.prelu import decompose_prelu
 from eqface.export.quantize import (
     DEFAULT_CALIBRATION_PACK,
     DEFAULT_HELD_OUT_IDENTITIES,
@@ -51,7 +54,9 @@ from eqface.serving.model_configs import OnnxRuntimeSettings
 from eqface.serving.repository import write_model_repository
 
 BATCHES = (1, 32)
-PRECISIONS = ("fp32", "int8")
+# The shipped fp32 file, the same file with PRelu rewritten (eqface.export.prelu, as in the int8 file: separates what
+# int8 brings from what the rewrite brings), and the int8 file.
+FILES = ("fp32", "fp32+prelu", "int8")
 
 
 def own_cpu_seconds() -> float:
@@ -136,20 +141,20 @@ def throughput(files: dict[str, Path], x: np.ndarray, args) -> tuple[dict, dict]
     """Median images/s and CPU s/image per (path, precision, batch) over interleaved rounds; plus the load averages."""
     import tritonclient.grpc as grpcclient
 
-    sessions = {p: onnx_session(files[p], args.threads, spinning=False) for p in PRECISIONS}
+    sessions = {p: onnx_session(files[p], args.threads, spinning=False) for p in FILES}
     runtime = OnnxRuntimeSettings(threads=args.threads, spinning=False)
     rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         servers = {}
         try:
-            for p in PRECISIONS:
-                write_model_repository(files[p], Path(tmp) / p, runtime=runtime, precision=p)
-                servers[p] = TritonServer(Path(tmp) / p).start()
+            for i, p in enumerate(FILES):
+                write_model_repository(files[p], Path(tmp) / str(i), runtime=runtime)
+                servers[p] = TritonServer(Path(tmp) / str(i)).start()
             clients = {p: grpcclient.InferenceServerClient(s.grpc_url) for p, s in servers.items()}
             load = {"before": os.getloadavg()[0]}
             for _ in range(args.rounds):
                 r: dict = {}
-                for p in PRECISIONS:
+                for p in FILES:
                     for b in BATCHES:
                         xb = np.ascontiguousarray(x[:b])
                         r[f"raw ort/{p}/{b}"] = measure(
@@ -200,12 +205,15 @@ def main() -> None:
             settings = QuantizationSettings(calibration_images=args.calibration_images)
             quantize_onnx(args.fp32, int8, calibration, settings)
             quantize_cpu = own_cpu_seconds() - cpu0
-        files = {"fp32": args.fp32, "int8": int8}
+        files = {"fp32": args.fp32, "fp32+prelu": Path(tmp) / "model.prelu.onnx", "int8": int8}
+        rewritten = onnx.load(str(args.fp32))
+        decompose_prelu(rewritten)
+        onnx.save(rewritten, str(files["fp32+prelu"]))
         comparison = compare_precisions(args.fp32, int8, held_out)
         h, w = onnx_session(args.fp32).get_inputs()[0].shape[2:]
         x = contract.preprocess([held_out.image(i) for i in range(max(BATCHES))], (int(h), int(w)))
         median, extra = throughput(files, x, args)
-        profiles = {p: profile_top_ops(files[p], x, args.threads, args.profile_runs) for p in PRECISIONS}
+        profiles = {p: profile_top_ops(files[p], x, args.threads, args.profile_runs) for p in FILES}
         profiles = profiles if args.profile_runs else {}
     report(args, calibration.description, quantize_cpu, comparison, median, extra, profiles)
 
@@ -232,22 +240,25 @@ def report(args, calibrated_on, quantize_cpu, comparison, median, extra, profile
         f"model: {flops / 1e9:.3f} GFLOP per image (Conv/Gemm); "
         f"fp32 matmul on {args.threads} threads: {peak:.1f} GFLOP/s"
     )
-    print(f"  {'':<9}{'precision':<10}{'batch':>6}{'images/s':>10}{'CPU ms/img':>11}{'GFLOP/s':>9}{'÷ matmul':>9}")
+    print(f"  {'':<9}{'file':<11}{'batch':>5}{'images/s':>10}{'CPU ms/img':>11}{'GFLOP/s':>9}{'÷ matmul':>9}")
     for key, m in median.items():
         path, p, b = key.split("/")
         achieved = flops * m["images_per_s"] / 1e9
         m.update(gflops=achieved, of_matmul=achieved / peak)
         print(
-            f"  {path:<9}{p:<10}{b:>6}{m['images_per_s']:>10.1f}{1e3 * m['cpu_s_per_image']:>11.2f}"
+            f"  {path:<9}{p:<11}{b:>5}{m['images_per_s']:>10.1f}{1e3 * m['cpu_s_per_image']:>11.2f}"
             f"{achieved:>9.2f}{achieved / peak:>9.3f}"
         )
     ratios = {}
-    for path in ("raw ort", "triton"):
-        for b in BATCHES:
-            speed = median[f"{path}/int8/{b}"]["images_per_s"] / median[f"{path}/fp32/{b}"]["images_per_s"]
-            cpu = median[f"{path}/fp32/{b}"]["cpu_s_per_image"] / median[f"{path}/int8/{b}"]["cpu_s_per_image"]
-            ratios[f"{path} batch {b}"] = {"throughput": speed, "cpu_per_image": cpu}
-            print(f"  int8 ÷ fp32, {path:<8} batch {b:>2}: {speed:.2f}× images/s, {cpu:.2f}× less CPU per image")
+    for a, base in (("int8", "fp32"), ("int8", "fp32+prelu"), ("fp32+prelu", "fp32")):
+        for path in ("raw ort", "triton"):
+            for b in BATCHES:
+                m, n = median[f"{path}/{a}/{b}"], median[f"{path}/{base}/{b}"]
+                speed, cpu = m["images_per_s"] / n["images_per_s"], n["cpu_s_per_image"] / m["cpu_s_per_image"]
+                ratios[f"{a} / {base}, {path}, batch {b}"] = {"throughput": speed, "cpu_per_image": cpu}
+                print(
+                    f"  {a} ÷ {base:<10} {path:<8} batch {b:>2}: {speed:.2f}× images/s, {cpu:.2f}× less CPU per image"
+                )
     for p, top in profiles.items():
         print(f"  profile {p} (batch 32): " + ", ".join(f"{op} {100 * share:.0f} %" for op, share in top))
     if args.json:

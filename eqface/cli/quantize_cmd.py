@@ -64,6 +64,11 @@ def add_quantization_options(parser: argparse.ArgumentParser) -> None:
         help="quantize the quality head too (by default the nodes only the quality output depends on stay fp32)",
     )
     group.add_argument(
+        "--keep-prelu",
+        action="store_true",
+        help="keep onnxruntime's PRelu kernel instead of the equal, faster Min/Mul/Add rewrite (eqface.export.prelu)",
+    )
+    group.add_argument(
         "--reduce-range", action="store_true", help="7-bit weights, for x86 CPUs without VNNI (saturation)"
     )
 
@@ -86,6 +91,7 @@ def quantize_from_args(onnx_path: Path, out: Path, args: argparse.Namespace):
         method=args.calibration_method,
         reduce_range=args.reduce_range,
         keep_quality_head_fp32=not args.quantize_quality_head,
+        decompose_prelu=not args.keep_prelu,
     )
     result = quantize_onnx(onnx_path, out, faces, settings)
     print(

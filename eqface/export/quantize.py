@@ -24,6 +24,7 @@ import numpy as np
 
 from eqface import contract
 from eqface.data.sources import FaceSource
+from eqface.export.prelu import decompose_prelu
 from eqface.export.thresholds import CalibrationFaces
 
 FP32, INT8 = contract.PRECISIONS
@@ -48,6 +49,7 @@ class QuantizationSettings:
         reduce_range: 7-bit weights, for CPUs without VNNI whose uint8×int8 dot product can saturate.
         keep_quality_head_fp32: leave the nodes only the quality output depends on unquantized.
         exclude_op_types: op types left in fp32 everywhere (e.g. ``PRelu``).
+        decompose_prelu: rewrite PRelu as Min, Mul, Add (:mod:`eqface.export.prelu`; same values, fp32, faster).
     """
 
     calibration_images: int = 256
@@ -57,6 +59,7 @@ class QuantizationSettings:
     reduce_range: bool = False
     keep_quality_head_fp32: bool = True
     exclude_op_types: tuple[str, ...] = ()
+    decompose_prelu: bool = True
 
     def __post_init__(self) -> None:
         if self.calibration_images < 1 or self.batch_size < 1:
@@ -177,6 +180,9 @@ def quantize_onnx(
         _pre_process(fp32_path, prepared)
         model = onnx.load(str(prepared))
         excluded = _excluded_nodes(model, settings)
+        if settings.decompose_prelu:
+            excluded += decompose_prelu(model)
+            onnx.save(model, str(prepared))
         reader = _reader(faces.source, spec.image_size, settings)
         _quantize_static(prepared, quantized, reader, excluded, settings)
         _copy_metadata(fp32_path, quantized, settings, faces.description)
