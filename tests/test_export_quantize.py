@@ -20,8 +20,10 @@ from eqface.export.quantize import (
     QUANTIZATION_KEY,
     QuantizationSettings,
     compare_precisions,
+    embedding_tail_nodes,
     evenly_spaced_indices,
     model_precision,
+    name_nodes,
     pack_training_faces,
     quality_head_nodes,
     quantize_onnx,
@@ -64,7 +66,9 @@ def test_the_int8_file_keeps_the_contract_and_the_metadata(quantized, mobileface
     # PRelu is rewritten (eqface.export.prelu) and its replacement stays fp32, as PRelu would.
     prelus = [n.op_type for n in onnx.load(str(fp32)).graph.node].count("PRelu")
     assert prelus > 10 and "PRelu" not in ops and ops.count("Min") == prelus
-    assert sum(name.endswith(("_min", "_mul", "_add")) for name in result.fp32_nodes) == 3 * prelus
+    rewritten = {n.name for n in graph.node if n.op_type == "Min"}
+    rewritten |= {n.name for n in graph.node if n.op_type in ("Mul", "Add") and n.name[:-4] + "_min" in rewritten}
+    assert len(rewritten) == 3 * prelus and rewritten <= set(result.fp32_nodes)
     # Weights are stored as int8 with one scale per output channel; activations as uint8.
     weights = {i.name: i for i in graph.initializer}
     conv_weights = [
@@ -154,3 +158,39 @@ def test_int8_runs_any_batch_like_fp32(quantized):
     singles = [run_onnx(session, x[i : i + 1]) for i in range(5)]
     np.testing.assert_allclose(np.concatenate([s[0] for s in singles]), embedding, atol=1e-5)
     np.testing.assert_allclose(np.concatenate([s[1] for s in singles]), quality, atol=1e-5)
+
+
+def test_the_embedding_normalisation_is_found_from_the_graph_alone(mobilefacenet):
+    model = onnx.load(str(mobilefacenet.onnx_path))
+    tail = set(embedding_tail_nodes(model))
+    ops = {n.op_type for n in model.graph.node if n.name in tail}
+    producers = {o: n.name for n in model.graph.node for o in n.output}
+    assert producers[contract.EMBEDDING_NAME] in tail and "ReduceL2" in ops and "Conv" not in ops
+    assert not tail & set(quality_head_nodes(model))
+
+
+def test_unnamed_nodes_get_unique_names():
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"], name="Relu_0")]
+    nodes.append(helper.make_node("Neg", ["b"], ["y"]))
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    model = helper.make_model(helper.make_graph(nodes, "g", io[:1], io[1:]))
+    name_nodes(model)
+    names = [n.name for n in model.graph.node]
+    assert names == ["Relu_0_", "Relu_0", "Neg_2"]
+
+
+def test_a_byor_graft_is_quantized_like_the_project_model(shared_data, faces, tmp_path):
+    """photo_analyze (opset 11, unnamed graft nodes, its own L2 normalisation) + a seeded head: any contract model."""
+    from eqface.data.decode import decode_image
+    from tests.support.byor import graft_photo_analyze
+
+    images = np.stack([decode_image(b) for b in faces])  # the graft checks its parity on 64 faces
+    served, _ = graft_photo_analyze(shared_data, images, tmp_path / "byor")
+    int8 = quantize_onnx(
+        served, tmp_path / "byor.int8.onnx", pack_training_faces(shared_data / FACE_PACK, HELD_OUT), CALIBRATION
+    )
+    assert verify_onnx(int8.path) == verify_onnx(served)  # unit-norm embeddings: the normalisation stayed fp32
+    assert [o.version for o in onnx.load(str(int8.path)).opset_import if o.domain in ("", "ai.onnx")] == [13]
+    _, held_out = split_identities(load_pack(shared_data / FACE_PACK), HELD_OUT)
+    c = compare_precisions(served, int8.path, held_out.subset(np.flatnonzero(held_out.labels < 8)), max_pairs=500)
+    assert c.accuracy_drop_points <= 2.0 and c.quality_spearman >= 0.95 and c.embedding_cosine >= 0.95, c

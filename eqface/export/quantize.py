@@ -33,6 +33,7 @@ QUANTIZATION_KEY = "eqface_quantization"  # JSON: settings and calibration set o
 # The shipped model's data: the CelebA pack, whose last 40 identities are held out (``data.eval_identities``).
 DEFAULT_CALIBRATION_PACK = "shared:celeba_wild_subset_rgb112.npz"
 DEFAULT_HELD_OUT_IDENTITIES = 40
+PER_CHANNEL_OPSET = 13
 
 
 @dataclass(frozen=True)
@@ -125,23 +126,52 @@ def calibration_batches(
         yield contract.preprocess(images, image_size)
 
 
+def _producers(model) -> dict:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def _ancestors(producers: dict, output: str, stop_at: tuple[str, ...] = ()) -> set[str]:
+    """Names of the nodes ``output`` depends on; the walk does not enter nodes of the ``stop_at`` op types."""
+    seen: set[str] = set()
+    stack = [output]
+    while stack:
+        node = producers.get(stack.pop())
+        if node is None or node.name in seen or node.op_type in stop_at:
+            continue
+        seen.add(node.name)
+        stack.extend(node.input)
+    return seen
+
+
 def quality_head_nodes(model) -> tuple[str, ...]:
     """Names of the nodes that only the quality output depends on (the quality branch after it leaves the backbone)."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-
-    def ancestors(output: str) -> set[str]:
-        seen: set[str] = set()
-        stack = [output]
-        while stack:
-            node = producers.get(stack.pop())
-            if node is None or node.name in seen:
-                continue
-            seen.add(node.name)
-            stack.extend(node.input)
-        return seen
-
-    only_quality = ancestors(contract.QUALITY_NAME) - ancestors(contract.EMBEDDING_NAME)
+    producers = _producers(model)
+    only_quality = _ancestors(producers, contract.QUALITY_NAME) - _ancestors(producers, contract.EMBEDDING_NAME)
     return tuple(n.name for n in model.graph.node if n.name in only_quality)
+
+
+def embedding_tail_nodes(model) -> tuple[str, ...]:
+    """Names of the nodes between the embedding's last Conv and the embedding output (flatten, L2 normalisation).
+
+    They stay fp32: quantizing the normalisation (its sum of squares, or the output itself) breaks the contract's
+    unit-norm embeddings.
+    """
+    producers = _producers(model)
+    tail = _ancestors(producers, contract.EMBEDDING_NAME, stop_at=("Conv",))
+    tail -= _ancestors(producers, contract.QUALITY_NAME)
+    return tuple(n.name for n in model.graph.node if n.name in tail)
+
+
+def name_nodes(model) -> None:
+    """Gives every unnamed node a unique name (quantization excludes nodes by name; grafted nodes often have none)."""
+    taken = {n.name for n in model.graph.node}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
 
 
 def model_precision(path: str | Path) -> str:
@@ -178,11 +208,12 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         _pre_process(fp32_path, prepared)
-        model = onnx.load(str(prepared))
+        model = _with_per_channel_opset(onnx.load(str(prepared)))
+        name_nodes(model)
         excluded = _excluded_nodes(model, settings)
         if settings.decompose_prelu:
             excluded += decompose_prelu(model)
-            onnx.save(model, str(prepared))
+        onnx.save(model, str(prepared))
         reader = _reader(faces.source, spec.image_size, settings)
         _quantize_static(prepared, quantized, reader, excluded, settings)
         _copy_metadata(fp32_path, quantized, settings, faces.description)
@@ -202,8 +233,17 @@ def _pre_process(source: Path, target: Path) -> None:
     quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
 
 
+def _with_per_channel_opset(model):
+    # Per-channel DequantizeLinear (its ``axis``) needs opset 13; imported recognisers (BYOR) are often opset 11.
+    import onnx
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), PER_CHANNEL_OPSET)
+    return model if opset >= PER_CHANNEL_OPSET else onnx.version_converter.convert_version(model, PER_CHANNEL_OPSET)
+
+
 def _excluded_nodes(model, settings: QuantizationSettings) -> tuple[str, ...]:
-    excluded = set(quality_head_nodes(model)) if settings.keep_quality_head_fp32 else set()
+    excluded = set(embedding_tail_nodes(model))
+    excluded |= set(quality_head_nodes(model)) if settings.keep_quality_head_fp32 else set()
     excluded |= {n.name for n in model.graph.node if n.op_type in settings.exclude_op_types}
     return tuple(n.name for n in model.graph.node if n.name in excluded)
 
