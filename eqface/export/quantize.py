@@ -1,14 +1,16 @@
 """int8 serving variant of an exported contract model: onnxruntime static quantization (QDQ), calibrated on faces.
 
-The recipe is the one onnxruntime recommends for x86 CPUs: its quantization pre-processing (symbolic shape inference
-and graph clean-up) first, then QDQ static quantization with uint8 activations and per-channel int8 weights
+The recipe is the one onnxruntime recommends for x86 CPUs: its quantization pre-processing (shape inference and graph
+clean-up) first, then QDQ static quantization with uint8 activations and per-channel int8 weights
 (``QuantType.QUInt8`` / ``QInt8``), activation ranges calibrated on real faces fed through the project's one
 preprocessing function (:func:`eqface.contract.preprocess`). The quantized file keeps the contract (float32 in,
 float32 embedding and quality out) and the fp32 file's metadata (calibrated aggregation thresholds), and records its
 precision under ``contract.PRECISION_KEY``.
 
-The quality head can stay in fp32 (``keep_quality_head_fp32``): its nodes are found from the graph alone (the nodes
-only the quality output depends on), so the rule holds for any model that follows the contract, a BYOR graft included.
+The quality head can stay in fp32 (``keep_quality_head_fp32``, the default: the quality Spearman target needs every
+bit the backbone features keep), and the embedding's flatten + L2 normalisation always does (quantized, it breaks
+unit norm). Both are found from the graph alone, so the rules hold for any model that follows the contract, a BYOR
+graft included (opset < 13 is raised to 13 for per-channel scales; unnamed nodes are named).
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class QuantizationResult:
     path: Path
     settings: QuantizationSettings
     calibration_set: str
-    fp32_nodes: tuple[str, ...]  # nodes kept in fp32 on purpose (quality head, excluded op types)
+    fp32_nodes: tuple[str, ...]  # kept fp32 on purpose: embedding normalisation, quality head, PRelu rewrite, op types
     size_bytes: int
 
 
