@@ -43,6 +43,10 @@ S_TH_KEY = "eqface_s_th"  # progressive QWFA quality gate (Eq. 8-9)
 QWFAF_S_TH_KEY = "eqface_qwfaf_s_th"  # QWFAF's quality filter
 CALIBRATION_KEY = "eqface_calibration"
 THRESHOLD_KEYS = (F_TH_KEY, S_TH_KEY, QWFAF_S_TH_KEY)
+# Numeric precision of the served file ("int8" for ``eqface.export.quantize`` output; absent means fp32): a key of the
+# ONNX metadata_props and a parameter of its Triton model config.
+PRECISION_KEY = "eqface_precision"
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)

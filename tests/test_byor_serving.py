@@ -7,16 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from eqface.byor.export import export_grafted
-from eqface.byor.importer import CheckOptions, ImportOptions, import_onnx
-from eqface.byor.normalisation import InputNormalisation
-from eqface.byor.quality_training import save_head
 from eqface.byor.recogniser import Recogniser
-from eqface.byor.step2 import HEAD_FILE, STEP2_DIR
 from eqface.data.decode import decode_image
 from eqface.export.onnx import onnx_session
-from eqface.models.quality import QualityHead
 from eqface.serving.client import infer_images
+from tests.support.byor import graft_photo_analyze
 from tests.support.triton import running_triton
 
 pytestmark = pytest.mark.integration
@@ -26,19 +21,8 @@ pytestmark = pytest.mark.integration
 def grafted(shared_data, faces, tmp_path_factory):
     """photo_analyze imported (its documented setting; the check is tested in test_byor_import) + a seeded head."""
     folder = tmp_path_factory.mktemp("byor")
-    norm = InputNormalisation(mean=127.0, std=128.0)
-    manifest = import_onnx(
-        shared_data / "weights/mobilefacenet_photo_analyze.onnx",
-        folder,
-        ImportOptions(norm, check=CheckOptions(enabled=False)),
-    )
-    torch.manual_seed(0)
-    head = QualityHead(manifest.tap_features, 64).eval()
-    with torch.no_grad():
-        head.fc2.weight.normal_(0, 1)  # a spread of qualities, so a wrong tap or head would show
-    save_head(head, folder / STEP2_DIR / HEAD_FILE)
     images = np.stack([decode_image(b) for b in faces])
-    export_grafted(folder, folder / "served.onnx", images)
+    _, head = graft_photo_analyze(shared_data, images, folder)
     return folder, head, images
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import signal
+import tempfile
 import time
 from pathlib import Path
 
 from eqface import contract
+from eqface.cli.quantize_cmd import add_quantization_options
 from eqface.serving.model_configs import DEFAULT_BATCHING
 
 _DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's own defaults
@@ -59,6 +61,12 @@ def _add_repository_parser(serve: argparse._SubParsersAction) -> None:
         default="local",
         help="local: python backend on CPU (the bundled server); production: onnxruntime on GPU",
     )
+    p.add_argument(
+        "--precision",
+        choices=contract.PRECISIONS,
+        help="precision to serve (default: the file's own). int8 with an fp32 MODEL_ONNX quantizes it first "
+        "(`eqface quantize`, options below); int8 runs on CPU instances in both variants",
+    )
     p.add_argument("--version", type=int, default=1, help="version folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
     p.add_argument(
@@ -107,6 +115,7 @@ def _add_repository_parser(serve: argparse._SubParsersAction) -> None:
         default=contract.DEFAULT_EMBEDDING_SIZE,
         help="without MODEL_ONNX: embedding size the configs declare",
     )
+    add_quantization_options(p)
     p.set_defaults(func=run_repository)
 
 
@@ -161,26 +170,40 @@ def run_repository(args: argparse.Namespace) -> int:
     runtime = OnnxRuntimeSettings(threads=args.threads, spinning=args.spinning, tensorrt_fp16=args.tensorrt_fp16)
     if args.onnx is None:
         spec = InferenceSpec(image_size=tuple(args.image_size), embedding_size=args.embedding_size)
-        for path in write_configs(args.out, spec, args.variant, batching, runtime).values():
+        precision = args.precision or "fp32"
+        for path in write_configs(args.out, spec, args.variant, batching, runtime, precision=precision).values():
             print(f"wrote {path}")
         return 0
-    repo = write_model_repository(
-        args.onnx,
-        args.out,
-        variant=args.variant,
-        version=args.version,
-        batching=batching,
-        runtime=runtime,
-        overwrite=args.overwrite,
-    )
+    with tempfile.TemporaryDirectory(prefix="eqface-int8-") as tmp:
+        onnx_path = _served_file(args, Path(tmp))
+        repo = write_model_repository(
+            onnx_path,
+            args.out,
+            variant=args.variant,
+            version=args.version,
+            batching=batching,
+            runtime=runtime,
+            overwrite=args.overwrite,
+            precision=args.precision,
+        )
     h, w = repo.spec.image_size
     print(
-        f"wrote {args.variant} model repository {repo.root} (version {repo.version}; input [N, 3, {h}, {w}], "
-        f"embedding [N, {repo.spec.embedding_size}])"
+        f"wrote {args.variant} {repo.precision} model repository {repo.root} (version {repo.version}; "
+        f"input [N, 3, {h}, {w}], embedding [N, {repo.spec.embedding_size}])"
     )
     for model in (contract.ENSEMBLE_MODEL_NAME, contract.PREPROCESS_MODEL_NAME, contract.ONNX_MODEL_NAME):
         print(f"  {repo.version_dir(model)}")
     return 0
+
+
+def _served_file(args: argparse.Namespace, tmp: Path) -> Path:
+    """MODEL_ONNX, or its int8 variant quantized into ``tmp`` when --precision int8 is asked of an fp32 file."""
+    from eqface.cli.quantize_cmd import quantize_from_args
+    from eqface.export.quantize import INT8, model_precision
+
+    if args.precision != INT8 or not args.onnx.is_file() or model_precision(args.onnx) == INT8:
+        return args.onnx
+    return quantize_from_args(args.onnx, tmp / "model.int8.onnx", args).path
 
 
 def _raise_interrupt(signum, frame) -> None:

@@ -7,7 +7,9 @@ bytes in, embedding and quality out) in front of it.
 
 The model's calibrated aggregation thresholds (ONNX metadata, ``eqface.contract.THRESHOLD_KEYS``) are copied into the
 ``parameters`` of ``eqface_onnx`` and of the ensemble, where the aggregation service reads them from whichever of the
-two it calls. Batching defaults follow Triton's guidance and the measurement in serving/README.md
+two it calls. An int8 file (``eqface.export.quantize``) is served by the same three models; its precision is a
+parameter of both (``contract.PRECISION_KEY``), and in the production variant it runs on CPU instances, where
+onnxruntime has int8 kernels. Batching defaults follow Triton's guidance and the measurement in serving/README.md
 (``bench/bench_triton.py``): plain ``dynamic_batching {}``; preferred sizes did not help.
 """
 
@@ -114,6 +116,13 @@ def _tensorrt_fp16(config: mc.ModelConfig) -> None:
     accelerator.parameters["precision_mode"] = "FP16"
 
 
+def _precision(config: mc.ModelConfig, precision: str) -> None:
+    if precision not in contract.PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(contract.PRECISIONS)}")
+    if precision != "fp32":  # fp32 configs stay as they always were
+        config.parameters[contract.PRECISION_KEY].string_value = precision
+
+
 def _calibrated(config: mc.ModelConfig, calibration: Mapping[str, str] | None) -> None:
     for key, value in (calibration or {}).items():
         if key not in (*contract.THRESHOLD_KEYS, contract.CALIBRATION_KEY):
@@ -127,11 +136,12 @@ def onnx_model_config(
     batching: Batching,
     runtime: OnnxRuntimeSettings = DEFAULT_RUNTIME,
     calibration: Mapping[str, str] | None = None,
+    precision: str = "fp32",
 ) -> mc.ModelConfig:
     """``eqface_onnx``: float32 [N, 3, H, W] → embedding [N, D], quality [N, 1].
 
     ``calibration``: the model's threshold metadata (``contract.THRESHOLD_KEYS`` and ``CALIBRATION_KEY``), copied
-    into ``parameters``.
+    into ``parameters``. ``precision``: of the ONNX file; int8 runs on CPU instances in both variants.
     """
     config = mc.ModelConfig(
         name=contract.ONNX_MODEL_NAME,
@@ -144,10 +154,13 @@ def onnx_model_config(
     _batched(config, batching)
     if runtime.tensorrt_fp16 and variant != "production":
         raise ValueError("the TensorRT FP16 accelerator exists only in the production (GPU) variant")
+    if runtime.tensorrt_fp16 and precision != "fp32":
+        raise ValueError(f"the TensorRT FP16 accelerator runs fp32 files, not {precision}")
     if variant == "production":
         config.backend = "onnxruntime"
         config.default_model_filename = ONNX_FILE
-        config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=1)
+        kind = mc.ModelInstanceGroup.KIND_GPU if precision == "fp32" else mc.ModelInstanceGroup.KIND_CPU
+        config.instance_group.add(kind=kind, count=1)
         if runtime.tensorrt_fp16:
             _tensorrt_fp16(config)
     else:
@@ -156,6 +169,7 @@ def onnx_model_config(
         config.parameters[SPINNING_PARAMETER].string_value = str(int(runtime.spinning))
     if runtime.threads:
         config.parameters[THREADS_PARAMETER].string_value = str(runtime.threads)
+    _precision(config, precision)
     _calibrated(config, calibration)
     _warmup(config, spec)
     return config
@@ -176,7 +190,10 @@ def preprocess_model_config(spec: InferenceSpec, variant: Variant, batching: Bat
 
 
 def ensemble_config(
-    spec: InferenceSpec, batching: Batching, calibration: Mapping[str, str] | None = None
+    spec: InferenceSpec,
+    batching: Batching,
+    calibration: Mapping[str, str] | None = None,
+    precision: str = "fp32",
 ) -> mc.ModelConfig:
     """``eqface``: encoded image bytes [N, 1] → embedding [N, D], quality [N, 1] (preprocess → eqface_onnx)."""
     config = mc.ModelConfig(
@@ -202,6 +219,7 @@ def ensemble_config(
         input_map={contract.INPUT_NAME: _PREPROCESSED},
         output_map={contract.EMBEDDING_NAME: contract.EMBEDDING_NAME, contract.QUALITY_NAME: contract.QUALITY_NAME},
     )
+    _precision(config, precision)
     _calibrated(config, calibration)
     return config
 
@@ -212,14 +230,16 @@ def model_configs(
     batching: Batching = DEFAULT_BATCHING,
     runtime: OnnxRuntimeSettings = DEFAULT_RUNTIME,
     calibration: Mapping[str, str] | None = None,
+    precision: str = "fp32",
 ) -> dict[str, mc.ModelConfig]:
-    """The three model configs of one repository, by model name (``calibration``: see ``onnx_model_config``)."""
+    """The three model configs of one repository, by model name (``calibration``, ``precision``: see
+    ``onnx_model_config``)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
     configs = [
-        onnx_model_config(spec, variant, batching, runtime, calibration),
+        onnx_model_config(spec, variant, batching, runtime, calibration, precision),
         preprocess_model_config(spec, variant, batching),
-        ensemble_config(spec, batching, calibration),
+        ensemble_config(spec, batching, calibration, precision),
     ]
     return {c.name: c for c in configs}
 

@@ -45,6 +45,7 @@ class ModelRepository:
     variant: Variant
     version: int
     spec: InferenceSpec
+    precision: str = "fp32"
 
     def version_dir(self, model: str) -> Path:
         return self.root / model / str(self.version)
@@ -57,11 +58,12 @@ def write_configs(
     batching: Batching = DEFAULT_BATCHING,
     runtime: OnnxRuntimeSettings = DEFAULT_RUNTIME,
     calibration: Mapping[str, str] | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Path]:
     """Writes only ``<model>/config.pbtxt`` for the three models; returns their paths by model name."""
     root = Path(repository)
     paths = {}
-    for name, config in model_configs(spec, variant, batching, runtime, calibration).items():
+    for name, config in model_configs(spec, variant, batching, runtime, calibration, precision).items():
         path = root / name / CONFIG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(config, variant))
@@ -78,6 +80,7 @@ def write_model_repository(
     batching: Batching = DEFAULT_BATCHING,
     runtime: OnnxRuntimeSettings = DEFAULT_RUNTIME,
     overwrite: bool = False,
+    precision: str | None = None,
 ) -> ModelRepository:
     """Writes configs and version ``version`` of every model into ``repository``, ready for ``tritonserver``.
 
@@ -95,13 +98,16 @@ def write_model_repository(
         batching: max batch size and dynamic batching settings.
         runtime: CPU onnxruntime settings of ``eqface_onnx`` (threads; spinning, local variant only).
         overwrite: replace an existing version folder instead of refusing.
+        precision: the precision the caller means to serve (``fp32`` or ``int8``); the file's own (its
+            ``contract.PRECISION_KEY`` metadata, written by ``eqface.export.quantize``) must match. None: the file's.
 
     Raises:
         FileExistsError: the version exists and ``overwrite`` is False.
         eqface.export.onnx.OnnxContractError: the ONNX file does not follow the contract.
-        ValueError: the file holds only some of the threshold keys.
+        ValueError: the file holds only some of the threshold keys, or is not of ``precision``.
     """
     from eqface.export.onnx import verify_onnx
+    from eqface.export.quantize import model_precision
     from eqface.export.thresholds import model_metadata
 
     if version < 1:
@@ -110,12 +116,15 @@ def write_model_repository(
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
     spec = verify_onnx(onnx_path)
+    found = model_precision(onnx_path)
+    if precision is not None and precision != found:
+        raise ValueError(f"{onnx_path} is a {found} model, not {precision} (`eqface quantize` makes int8 files)")
     calibration = calibration_parameters(model_metadata(onnx_path))
-    repo = ModelRepository(Path(repository), variant, version, spec)
+    repo = ModelRepository(Path(repository), variant, version, spec, found)
     existing = [str(repo.version_dir(m)) for m in model_configs(spec, variant) if repo.version_dir(m).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"version {version} already exists ({', '.join(existing)}); pass overwrite=True")
-    paths = write_configs(repo.root, spec, variant, batching, runtime, calibration)
+    paths = write_configs(repo.root, spec, variant, batching, runtime, calibration, found)
     for name in paths:
         _write_version(repo.version_dir(name), _version_files(name, variant, onnx_path))
     return repo

@@ -43,3 +43,28 @@ def export_backbone(net: torch.nn.Module, path: Path, fixed_batch: bool = True) 
             dynamic_shapes=None if fixed_batch else ({0: torch.export.Dim("batch", min=1)},),
         )
     return path
+
+
+def graft_photo_analyze(shared_data: Path, images, folder: Path):
+    """The shared pretrained MobileFaceNet (opset 11) imported with its documented normalisation (check off: tested in
+    test_byor_import) and grafted with a seeded quality head; returns (served.onnx, the head)."""
+    from eqface.byor.export import export_grafted
+    from eqface.byor.importer import CheckOptions, ImportOptions, import_onnx
+    from eqface.byor.normalisation import InputNormalisation
+    from eqface.byor.quality_training import save_head
+    from eqface.byor.step2 import HEAD_FILE, STEP2_DIR
+    from eqface.models.quality import QualityHead
+
+    norm = InputNormalisation(mean=127.0, std=128.0)
+    manifest = import_onnx(
+        shared_data / "weights/mobilefacenet_photo_analyze.onnx",
+        folder,
+        ImportOptions(norm, check=CheckOptions(enabled=False)),
+    )
+    torch.manual_seed(0)
+    head = QualityHead(manifest.tap_features, 64).eval()
+    with torch.no_grad():
+        head.fc2.weight.normal_(0, 1)  # a spread of qualities, so a wrong tap or head would show
+    save_head(head, folder / STEP2_DIR / HEAD_FILE)
+    export_grafted(folder, folder / "served.onnx", images)
+    return folder / "served.onnx", head
