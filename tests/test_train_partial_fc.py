@@ -14,6 +14,7 @@ from eqface.losses import CombinedMarginLoss, NormalizedClassifier, PartialFC
 from eqface.models import build_model
 from eqface.train import checkpoint
 from eqface.train.classifier_state import build_classifier
+from eqface.train.precision import resolve_precision
 from eqface.train.schedule import build_optimizer
 from eqface.train.steps import Step, StepModel
 from eqface.train.trainer import _restore
@@ -78,7 +79,7 @@ def test_a_world_size_2_checkpoint_resumes_on_one_process(gloo_run) -> None:
     model = StepModel(Step.ONE, build_model(cfg.model), build_classifier(cfg, 5, margin), margin)
     assert isinstance(model.classifier, PartialFC) and model.classifier.num_local == 5
     optimizer = build_optimizer(model.parameters(), cfg.train.step1)
-    _restore(out / "resume.pt", model, optimizer, Step.ONE)
+    _restore(out / "resume.pt", model, optimizer, Step.ONE, resolve_precision("fp32", "cpu"))
     torch.testing.assert_close(model.classifier.weight.detach(), torch.cat([r["shard"] for r in ranks]), rtol=0, atol=0)
     torch.testing.assert_close(
         optimizer.state[model.classifier.weight]["momentum_buffer"],

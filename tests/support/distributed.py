@@ -166,6 +166,7 @@ def _one_saved_batch(env: Any, cfg: Any, out_dir: Path) -> dict[str, Any]:
     from eqface.losses import CombinedMarginLoss
     from eqface.models import build_model
     from eqface.train.classifier_state import build_classifier
+    from eqface.train.precision import resolve_precision
     from eqface.train.schedule import build_optimizer
     from eqface.train.steps import Step, StepModel
     from eqface.train.trainer import Position, _save_resume
@@ -178,7 +179,7 @@ def _one_saved_batch(env: Any, cfg: Any, out_dir: Path) -> dict[str, Any]:
     labels = torch.tensor([0, 1, 3, 4]) if env.rank == 0 else torch.tensor([2, 2, 4, 1])
     model(images, labels).loss.backward()
     optimizer.step()
-    _save_resume(out_dir / "resume.pt", Step.ONE, model, optimizer, Position(), env)
+    _save_resume(out_dir / "resume.pt", Step.ONE, model, optimizer, Position(), env, resolve_precision("fp32", "cpu"))
     return {
         "shard": model.classifier.weight.detach().clone(),
         "momentum": optimizer.state[model.classifier.weight]["momentum_buffer"].clone(),
