@@ -207,14 +207,16 @@ def export(ref: str, into: Path) -> Path:
 
 def run_version(name: str, source: Path, workdir: Path, args: argparse.Namespace) -> dict:
     result: dict = {}
-    server = Server(source, workdir, name)
+    # both versions serve plaintext on loopback: this one needs --insecure said explicitly, the older one has no flag
+    extra = ["--insecure"] if source == ROOT else None
+    server = Server(source, workdir, name, extra)
     try:
         result["memory"] = asyncio.run(
             memory_phase(server, args.hogs, args.hog_frames, args.hog_seconds, args.rss_cap_mib)
         )
     finally:
         server.stop()
-    server = Server(source, workdir, name)
+    server = Server(source, workdir, name, extra)
     try:
         result["storm"] = asyncio.run(
             storm_phase(

@@ -168,12 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     with LocalStack(config) as stack:
         from eqface.service.client import AggregatorClient
 
-        aggregator = stack.endpoints.aggregator_grpc
+        aggregator, auth = stack.endpoints.aggregator_grpc, stack.endpoints.client_auth()  # the stack's mutual TLS
         pids = {name: stack.endpoints.processes[name]["pid"] for name in ("aggregator", "triton")}
-        with AggregatorClient(aggregator) as client:
+        with AggregatorClient(aggregator, auth=auth) as client:
             enroll(client, subjects, out=lambda line: None)
         base = StreamOptions(
             server=aggregator,
+            auth=auth,
             out_dir=state_dir / "stream",
             subject_prefix="",
             match_threshold=args.threshold,
