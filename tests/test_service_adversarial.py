@@ -19,6 +19,7 @@ from eqface.service.client import feature_frame
 from eqface.service.config import MiB, ServiceConfig
 from eqface.service.limits import LimitsConfig
 from eqface.service.v1 import aggregator_pb2 as pb
+from tests.support.auth import TestAuthority
 from tests.support.service import ServerProcess, aggregator_stub, face_stream, health_status, serve_in_thread
 
 pytestmark = pytest.mark.integration
@@ -95,6 +96,52 @@ def test_a_thousand_idle_streams_do_not_block_health_or_unary_calls(tmp_path):
                 assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert "the server has 1000 streams open" in err.value.details()
             assert health_status(server.target) == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            server.run(close_streams(), 60)
+
+
+def test_one_tenants_idle_streams_leave_another_tenant_its_streams_and_calls(tmp_path):
+    """Per-tenant stream caps over mutual TLS, the tenant taken from each client's certificate: tenant "hog" holds
+    its 200 streams open and idle, its next stream is refused for that tenant alone, and tenant "fair" still streams
+    frames, reads its subjects (and only its own) while health stays SERVING."""
+    authority = TestAuthority(tmp_path / "auth")
+    limits = dict(
+        max_streams=1000, max_streams_per_tenant=200, max_streams_per_connection=200, tenant_streams_burst=1000
+    )
+    with serve_in_thread(_config(tmp_path, **limits), authority=authority) as server:
+        quotas = server.server.service.quotas  # type: ignore[union-attr]
+        held: dict[str, list] = {}
+
+        async def open_streams() -> None:  # on the server's loop: one event loop for gRPC aio in this process
+            options = [("grpc.use_local_subchannel_pool", 1)]
+            held["channels"] = [grpc.aio.secure_channel(server.target, authority.credentials("hog", "hog"), options)]
+            held["calls"] = [_raw_stream(held["channels"][0]) for _ in range(200)]
+            await _until(lambda: quotas.streams == 200, 60, "tenant hog's 200 open streams")
+
+        async def close_streams() -> None:
+            for call in held.get("calls", []):
+                call.cancel()
+            for channel in held.get("channels", []):
+                await channel.close()
+            await _until(lambda: quotas.streams == 0, 20, "the cancelled streams to be released")
+
+        try:
+            server.run(open_streams(), 90)
+            assert health_status(server.health_target) == health_pb2.HealthCheckResponse.SERVING
+            with aggregator_stub(server.target, authority.credentials("hog", "hog")) as hog:
+                late = hog.StreamFrames(iter([pb.StreamFramesRequest.FromString(_message("late", 1, 1))]), timeout=10)
+                with pytest.raises(grpc.RpcError) as err:
+                    next(late)
+                assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "tenant 'hog' has 200 streams open" in err.value.details()
+            with aggregator_stub(server.target, authority.credentials("fair", "fair")) as fair:
+                request = pb.StreamFramesRequest.FromString(_message("walker", 1, 4))
+                (answer,) = list(fair.StreamFrames(iter([request]), timeout=10))
+                assert len(answer.results) == 4
+                assert list(fair.ListSubjects(pb.ListSubjectsRequest(), timeout=5).subject_ids) == ["walker"]
+            with aggregator_stub(server.target, authority.credentials("hog", "hog")) as hog:
+                assert list(hog.ListSubjects(pb.ListSubjectsRequest(), timeout=5).subject_ids) == []
+            assert health_status(server.health_target) == health_pb2.HealthCheckResponse.SERVING
         finally:
             server.run(close_streams(), 60)
 
