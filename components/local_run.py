@@ -21,8 +21,17 @@ from components.pipeline import ClusterSettings, build_pipeline
 
 
 def local_cluster(cache_data: bool = False) -> ClusterSettings:
-    """Cluster settings without volumes or secret: paths such as /mnt/work mean nothing on this machine."""
-    return ClusterSettings(data_pvc="", work_pvc="", models_pvc="", object_store_secret="", cache_data=cache_data)
+    """Cluster settings without volumes or secrets: paths such as /mnt/work mean nothing on this machine. A locked local
+    Triton's control key reaches the deploy step from this process's environment (``EQFACE_TRITON_CONTROL_KEY_FILE``
+    or ``EQFACE_TRITON_CONTROL_KEY``, eqface.serving.control), not from the cluster's Secret mount."""
+    return ClusterSettings(
+        data_pvc="",
+        work_pvc="",
+        models_pvc="",
+        object_store_secret="",
+        triton_control_secret="",
+        cache_data=cache_data,
+    )
 
 
 @dataclass(frozen=True)
