@@ -191,7 +191,7 @@ def test_tracks_identities_and_quality_on_a_real_video(stack, video, tmp_path):
 
     # today's path on the same video: the realtime one loses no identification
     full_dir = tmp_path / "full"
-    out = finish(stream(video, stack["aggregator_grpc"], full_dir, "--pipeline", "full", "--no-video"))
+    out = finish(stream(video, stack["aggregator_grpc"], full_dir, *credentials, "--pipeline", "full", "--no-video"))
     full = json.loads((full_dir / "summary.json").read_text())
     assert "full pipeline (whole detector on every frame)" in out and full["keyframes"] is None
     identified = {truth_of_track(video, t)[0]: t["identity"][0] for t in full["tracks"] if t["identity"]}

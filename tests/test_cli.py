@@ -177,3 +177,23 @@ def test_the_help_formatter_shows_one_true_default() -> None:
     text = " ".join(parser.format_help().split())
     assert "plain (default: 3)" in text and "decided later (default: the newest run)" in text
     assert text.count("(default: v)") == 1 and "flag --e" in text and "None" not in text and "False" not in text
+
+
+def test_a_failed_grpc_call_is_one_line_with_a_hint(capsys, monkeypatch) -> None:
+    """A command whose server call fails (here: nothing listens, as when a plaintext client meets a TLS server that
+    closes the connection) prints the status, its details and what to check, never a traceback."""
+    from eqface.cli import stream_cmd
+    from eqface.processes import free_port
+    from eqface.service.client import AggregatorClient
+    from eqface.service.v1 import aggregator_pb2 as pb
+
+    def call_a_closed_port(args: argparse.Namespace) -> int:
+        with AggregatorClient(f"127.0.0.1:{free_port()}", reconnect_timeout_s=0) as client:
+            client.call("ListSubjects", pb.ListSubjectsRequest(), timeout_s=2)
+        return 0
+
+    monkeypatch.setattr(stream_cmd, "run", call_a_closed_port)
+    assert main(["stream", "video.mp4", "--server", "127.0.0.1:1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("eqface stream: error: UNAVAILABLE: ") and "pass --ca and --cert/--key" in err
+    assert "Traceback" not in err and err.count("\n") == 1

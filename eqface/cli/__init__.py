@@ -65,6 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"eqface {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        grpc = sys.modules.get("grpc")  # an RpcError can only come from a command that imported grpc
+        if grpc is None or not isinstance(exc, grpc.RpcError):
+            raise
+        print(f"eqface {args.command}: error: {_rpc_error(exc)}", file=sys.stderr)
+        return 1
 
 
 def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
@@ -77,3 +83,15 @@ def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.A
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _rpc_error(exc) -> str:
+    """One line for a failed gRPC call: its status, its details and, when the server could not be reached, why."""
+    code, details = exc.code(), exc.details()
+    line = f"{code.name}: {details}"
+    if code.name == "UNAVAILABLE":
+        line += " (is the server up? one that serves TLS closes plaintext connections: pass --ca and --cert/--key or"
+        line += " --token-file)"
+    elif code.name == "UNAUTHENTICATED":
+        line += " (pass --ca and --cert/--key or --token-file)"
+    return line
