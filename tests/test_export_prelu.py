@@ -7,7 +7,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from eqface.export.onnx import onnx_session
-from eqface.export.prelu import decompose_prelu
+from eqface.export.prelu import decompose_prelu, rewritten_prelu_nodes
 
 
 def _prelu_model(slope: np.ndarray) -> onnx.ModelProto:
@@ -43,3 +43,13 @@ def test_a_prelu_whose_slope_is_computed_is_left_alone():
     model.graph.node[1].input[1] = "s_copy"
     assert decompose_prelu(model) == ("second_min", "second_mul", "second_add")
     assert [n.op_type for n in model.graph.node] == ["Identity", "PRelu", "Min", "Mul", "Add"]
+
+
+def test_the_rewritten_nodes_are_found_again_in_a_saved_file(tmp_path) -> None:
+    """Export rewrites PRelu; quantization must find the rewrite's nodes in the file it reads to keep them fp32."""
+    slope = np.array([0.1, 0.2, 0.3, 0.4], np.float32).reshape(4, 1, 1)
+    model = _prelu_model(slope)
+    added = decompose_prelu(model)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    assert sorted(rewritten_prelu_nodes(onnx.load(str(tmp_path / "m.onnx")))) == sorted(added)
+    assert rewritten_prelu_nodes(_prelu_model(slope)) == ()  # nothing rewritten yet

@@ -26,7 +26,7 @@ import numpy as np
 
 from eqface import contract
 from eqface.data.sources import FaceSource
-from eqface.export.prelu import decompose_prelu
+from eqface.export.prelu import decompose_prelu, rewritten_prelu_nodes
 from eqface.export.thresholds import CalibrationFaces
 
 FP32, INT8 = contract.PRECISIONS
@@ -214,7 +214,8 @@ def quantize_onnx(
         name_nodes(model)
         excluded = _excluded_nodes(model, settings)
         if settings.decompose_prelu:
-            excluded += decompose_prelu(model)
+            decompose_prelu(model)
+        excluded += rewritten_prelu_nodes(model)  # rewritten here or at export (eqface.export.onnx): stays fp32
         onnx.save(model, str(prepared))
         reader = _reader(faces.source, spec.image_size, settings)
         _quantize_static(prepared, quantized, reader, excluded, settings)
