@@ -6,9 +6,9 @@ from dataclasses import fields
 
 import pytest
 
-from eqface.service.cli import build_parser, config_from_args, main
+from eqface.service.cli import FLAG_SECTIONS, build_parser, config_from_args, main
 from eqface.service.config import MiB, ServiceConfig, TritonConfig
-from eqface.service.hygiene import AuditConfig, HygieneConfig, RetentionConfig, hygiene_flag_dests
+from eqface.service.hygiene import AuditConfig, HygieneConfig, RetentionConfig
 from eqface.service.limits import LimitsConfig
 from eqface.service.security.config import SecurityConfig
 
@@ -25,10 +25,9 @@ def test_every_config_field_has_a_flag_with_help():
     """config_from_args builds the config by field name from each flag's dest: a new field needs its flag."""
     actions = {action.dest: action for action in build_parser()._actions if action.option_strings}
     nested = ("triton", "hygiene", "limits", "security")
-    wanted = {f.name for f in fields(ServiceConfig) if f.name not in nested} | hygiene_flag_dests()
-    wanted |= {f"triton_{f.name}" for f in fields(TritonConfig)}
-    wanted |= {f"limits_{f.name}" for f in fields(LimitsConfig)}
-    wanted |= {f"security_{f.name}" for f in fields(SecurityConfig)}
+    wanted = {f.name for f in fields(ServiceConfig) if f.name not in nested}
+    wanted |= {f"{prefix}_{f.name}" for prefix, cls in FLAG_SECTIONS.items() for f in fields(cls)}
+    assert {"triton", "limits", "security", "retention", "audit"} <= FLAG_SECTIONS.keys()
     assert wanted <= actions.keys(), f"fields without a flag: {sorted(wanted - actions.keys())}"
     for dest in wanted:
         assert actions[dest].help and len(actions[dest].help) > 10, dest

@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 
 from eqface.service.config import MiB, ServiceConfig, TritonConfig
 from eqface.service.errors import ServiceError
-from eqface.service.hygiene import add_hygiene_arguments, hygiene_from_args
+from eqface.service.hygiene import AuditConfig, HygieneConfig, RetentionConfig
 from eqface.service.limits import LimitsConfig
 from eqface.service.secrets import store_url_with_password
 from eqface.service.security.config import SecurityConfig
@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=triton["max_concurrent_batches"],
         help="Triton requests in flight at once (%(default)s)",
     )
-    add_hygiene_arguments(p)
+    _add_hygiene_flags(p)
     _add_security_flags(p.add_argument_group("security (file paths; see the description)"))
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
@@ -317,22 +317,69 @@ def _add_security_flags(sec: argparse._ArgumentGroup) -> None:
     )
 
 
+def _add_hygiene_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``RetentionConfig``/``AuditConfig`` field, dest ``retention_<field>`` / ``audit_<field>``."""
+    defaults = RetentionConfig()
+    group = parser.add_argument_group("biometric data hygiene (retention, audit log)")
+    group.add_argument(
+        "--retention-days",
+        dest="retention_subject_days",
+        type=float,
+        help="delete subjects (templates) not updated for this many days (default: keep)",
+    )
+    group.add_argument(
+        "--identity-retention-days",
+        dest="retention_identity_days",
+        type=float,
+        help="remove gallery identities not enrolled for this many days (default: keep)",
+    )
+    group.add_argument(
+        "--retention-interval",
+        dest="retention_interval_s",
+        type=float,
+        default=defaults.interval_s,
+        help="seconds between retention sweeps (%(default)s; one also runs at start)",
+    )
+    group.add_argument(
+        "--retention-batch",
+        dest="retention_batch_size",
+        type=int,
+        default=defaults.batch_size,
+        help="most records deleted per store call (%(default)s)",
+    )
+    group.add_argument(
+        "--audit-log",
+        dest="audit_path",
+        help="append the audit log (JSON lines) to this file (default: the 'eqface.audit' logger)",
+    )
+
+
+# The nested configs: each field of one has a flag whose dest is "<prefix>_<field>" (a test checks every one).
+FLAG_SECTIONS: dict[str, type] = {
+    "triton": TritonConfig,
+    "limits": LimitsConfig,
+    "security": SecurityConfig,
+    "retention": RetentionConfig,
+    "audit": AuditConfig,
+}
+
+
+def _section(values: dict, prefix: str) -> object:
+    """The nested config ``FLAG_SECTIONS[prefix]`` from its flags' values."""
+    cls = FLAG_SECTIONS[prefix]
+    return cls(**{f.name: values[f"{prefix}_{f.name}"] for f in fields(cls)})
+
+
 def config_from_args(args: argparse.Namespace) -> ServiceConfig:
     """The config from the parsed flags, field by field (see ``build_parser``), and the store's password from
     ``--store-password-file`` or ``EQFACE_STORE_PASSWORD`` (``eqface.service.secrets``)."""
-    values = vars(args)
-    triton = None
-    if values["triton_url"]:
-        triton = TritonConfig(**{f.name: values[f"triton_{f.name}"] for f in fields(TritonConfig)})
-    limits = LimitsConfig(**{f.name: values[f"limits_{f.name}"] for f in fields(LimitsConfig)})
-    values = dict(values, store_url=store_url_with_password(values["store_url"], values["store_password_file"]))
-    security = {f.name: values[f"security_{f.name}"] for f in fields(SecurityConfig)}
-    security["jwt_public_key_files"] = tuple(security["jwt_public_key_files"])
+    values = dict(vars(args), security_jwt_public_key_files=tuple(args.security_jwt_public_key_files))
+    values["store_url"] = store_url_with_password(values["store_url"], values["store_password_file"])
     nested = {
-        "triton": triton,
-        "hygiene": hygiene_from_args(values),
-        "limits": limits,
-        "security": SecurityConfig(**security),
+        "triton": _section(values, "triton") if values["triton_url"] else None,
+        "limits": _section(values, "limits"),
+        "security": _section(values, "security"),
+        "hygiene": HygieneConfig(_section(values, "retention"), _section(values, "audit")),
     }
     return ServiceConfig(**nested, **{f.name: values[f.name] for f in fields(ServiceConfig) if f.name not in nested})
 

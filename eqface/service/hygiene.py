@@ -6,9 +6,7 @@ act on it. What is stored, where and for how long is described in the service RE
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 DAY_S = 86_400.0
 
@@ -64,56 +62,3 @@ class AuditConfig:
 class HygieneConfig:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
-
-
-# ---------------------------------------------------------------------------------------------- command line
-# One flag per field, ``dest`` = "<section>_<field>", so that ``hygiene_from_args`` builds the config by name.
-_SECTIONS: dict[str, type] = {"retention": RetentionConfig, "audit": AuditConfig}
-
-
-def add_hygiene_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = RetentionConfig()
-    group = parser.add_argument_group("biometric data hygiene (retention, audit log)")
-    group.add_argument(
-        "--retention-days",
-        dest="retention_subject_days",
-        type=float,
-        help="delete subjects (templates) not updated for this many days (default: keep)",
-    )
-    group.add_argument(
-        "--identity-retention-days",
-        dest="retention_identity_days",
-        type=float,
-        help="remove gallery identities not enrolled for this many days (default: keep)",
-    )
-    group.add_argument(
-        "--retention-interval",
-        dest="retention_interval_s",
-        type=float,
-        default=defaults.interval_s,
-        help="seconds between retention sweeps (%(default)s; one also runs at start)",
-    )
-    group.add_argument(
-        "--retention-batch",
-        dest="retention_batch_size",
-        type=int,
-        default=defaults.batch_size,
-        help="most records deleted per store call (%(default)s)",
-    )
-    group.add_argument(
-        "--audit-log",
-        dest="audit_path",
-        help="append the audit log (JSON lines) to this file (default: the 'eqface.audit' logger)",
-    )
-
-
-def hygiene_from_args(values: dict[str, Any]) -> HygieneConfig:
-    sections = {
-        name: cls(**{f.name: values[f"{name}_{f.name}"] for f in fields(cls)}) for name, cls in _SECTIONS.items()
-    }
-    return HygieneConfig(**sections)
-
-
-def hygiene_flag_dests() -> set[str]:
-    """The ``dest`` of every hygiene flag (the command-line test checks that each field has one)."""
-    return {f"{name}_{f.name}" for name, cls in _SECTIONS.items() for f in fields(cls)}
