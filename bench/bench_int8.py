@@ -4,13 +4,15 @@
    pairs, Spearman(quality_int8, quality_fp32), mean int8-vs-fp32 embedding cosine. Targets: a drop ≤ 0.3 points,
    Spearman ≥ 0.98.
 2. Throughput, images/s at batch 1 and 32, of three files interleaved in every round (median of --rounds): fp32
-   as shipped, fp32 with PRelu rewritten as in the int8 file (eqface.export.prelu: same values, faster kernels), int8:
+   as exported, int8 as `eqface quantize` writes it (PRelu folded into its Convs, eqface.export.prelu), and int8
+   with PRelu left as the export's fp32 Min/Mul/Add rewrite (`--prelu rewrite`, what folding is measured against):
      raw ort   onnxruntime in this process, --threads intra-op threads, no spinning (as in the served model)
      triton    the same file behind the local Triton (python backend → onnxruntime), one gRPC client sending
                requests of that batch back to back to eqface_onnx; one server per file, all up throughout
    plus CPU seconds per image (this process for raw ort; tritonserver, its backend stubs and this client for Triton)
-   and achieved GFLOP/s (the model's Conv/Gemm FLOPs from its graph × images/s) ÷ this machine's fp32 matmul
-   GFLOP/s (torch sgemm 1024³ on the same thread count). Target: int8 ≥ 1.5× fp32.
+   and achieved GFLOP/s ÷ this machine's fp32 matmul GFLOP/s (torch sgemm 1024³ on the same thread count), counted
+   two ways: the model's Conv/Gemm FLOPs (the fp32 graph's) × images/s, and the FLOPs each file executes (folding
+   PRelu doubles the int8 file's convolutions). Target: int8 ≥ 1.5× fp32.
 3. Profile: onnxruntime's per-op profile of the three files at batch 32, top op types by time.
 
   python bench/bench_int8.py                                    # the shipped model, runs/mfn-final/model.onnx
@@ -28,18 +30,16 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from eqface import contract, paths
 from eqface.data.packs import load_pack
 from eqface.data.sources import split_identities
 from eqface.export.flops import count_flops
 from eqface.export.onnx import onnx_session, run_onnx
-from eqface.export.prelu import decompose_prelu
 from eqface.export.quantize import (
     DEFAULT_CALIBRATION_PACK,
     DEFAULT_HELD_OUT_IDENTITIES,
@@ -54,9 +54,9 @@ from eqface.serving.model_configs import OnnxRuntimeSettings
 from eqface.serving.repository import write_model_repository
 
 BATCHES = (1, 32)
-# The shipped fp32 file, the same file with PRelu rewritten (eqface.export.prelu, as in the int8 file: separates what
-# int8 brings from what the rewrite brings), and the int8 file.
-FILES = ("fp32", "fp32+prelu", "int8")
+# The fp32 file, its int8 file with PRelu left as the fp32 rewrite (separates what folding brings from what int8
+# brings), and its int8 file as `eqface quantize` writes it.
+FILES = ("fp32", "int8-rewrite", "int8")
 
 
 def own_cpu_seconds() -> float:
@@ -200,25 +200,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-int8-q-") as tmp:
         int8 = args.int8
         quantize_cpu = None
+        settings = QuantizationSettings(calibration_images=args.calibration_images)
         if int8 is None:
             cpu0, int8 = own_cpu_seconds(), Path(tmp) / "model.int8.onnx"
-            settings = QuantizationSettings(calibration_images=args.calibration_images)
             quantize_onnx(args.fp32, int8, calibration, settings)
             quantize_cpu = own_cpu_seconds() - cpu0
-        files = {"fp32": args.fp32, "fp32+prelu": Path(tmp) / "model.prelu.onnx", "int8": int8}
-        rewritten = onnx.load(str(args.fp32))
-        decompose_prelu(rewritten)
-        onnx.save(rewritten, str(files["fp32+prelu"]))
+        files = {"fp32": args.fp32, "int8-rewrite": Path(tmp) / "model.int8-rewrite.onnx", "int8": int8}
+        quantize_onnx(args.fp32, files["int8-rewrite"], calibration, replace(settings, prelu="rewrite"))
         comparison = compare_precisions(args.fp32, int8, held_out)
+        comparison_rewrite = compare_precisions(args.fp32, files["int8-rewrite"], held_out)
+        executed = {p: sum(count_flops(files[p]).values()) for p in FILES}
         h, w = onnx_session(args.fp32).get_inputs()[0].shape[2:]
         x = contract.preprocess([held_out.image(i) for i in range(max(BATCHES))], (int(h), int(w)))
         median, extra = throughput(files, x, args)
         profiles = {p: profile_top_ops(files[p], x, args.threads, args.profile_runs) for p in FILES}
         profiles = profiles if args.profile_runs else {}
-    report(args, calibration.description, quantize_cpu, comparison, median, extra, profiles)
+    comparisons = {"int8": comparison, "int8-rewrite": comparison_rewrite}
+    report(args, calibration.description, quantize_cpu, comparisons, executed, median, extra, profiles)
 
 
-def report(args, calibrated_on, quantize_cpu, comparison, median, extra, profiles) -> None:
+def report(args, calibrated_on, quantize_cpu, comparisons, executed, median, extra, profiles) -> None:
     flops = sum(count_flops(args.fp32).values())
     peak = matmul_gflops(args.threads)
     load = extra["load_average_1min"]
@@ -229,35 +230,41 @@ def report(args, calibrated_on, quantize_cpu, comparison, median, extra, profile
     )
     quantized = f", quantized in {quantize_cpu:.0f} CPU s" if quantize_cpu is not None else ""
     print(f"calibrated on {calibrated_on}{quantized}")
-    c = comparison
+    for name, c in comparisons.items():
+        print(
+            f"held-out faces, {name}: {c.faces} faces, {c.pairs} pairs: accuracy fp32 {100 * c.accuracy_fp32:.2f} %, "
+            f"int8 {100 * c.accuracy_int8:.2f} % (drop {c.accuracy_drop_points:.2f} points, target ≤ 0.3); "
+            f"Spearman(quality int8, fp32) {c.quality_spearman:.4f} (target ≥ 0.98); embedding cosine "
+            f"{c.embedding_cosine:.4f}"
+        )
     print(
-        f"held-out faces: {c.faces} faces, {c.pairs} pairs: accuracy fp32 {100 * c.accuracy_fp32:.2f} %, int8 "
-        f"{100 * c.accuracy_int8:.2f} % (drop {c.accuracy_drop_points:.2f} points, target ≤ 0.3); "
-        f"Spearman(quality int8, fp32) {c.quality_spearman:.4f} (target ≥ 0.98); embedding cosine "
-        f"{c.embedding_cosine:.4f}"
+        f"model: {flops / 1e9:.3f} GFLOP per image (Conv/Gemm); executed per image: "
+        + ", ".join(f"{p} {executed[p] / 1e9:.3f}" for p in FILES)
+        + f"; fp32 matmul on {args.threads} threads: {peak:.1f} GFLOP/s"
     )
     print(
-        f"model: {flops / 1e9:.3f} GFLOP per image (Conv/Gemm); "
-        f"fp32 matmul on {args.threads} threads: {peak:.1f} GFLOP/s"
+        f"  {'':<9}{'file':<14}{'batch':>5}{'images/s':>10}{'CPU ms/img':>11}{'GFLOP/s':>9}{'÷ matmul':>9}"
+        f"{'executed ÷ matmul':>19}"
     )
-    print(f"  {'':<9}{'file':<11}{'batch':>5}{'images/s':>10}{'CPU ms/img':>11}{'GFLOP/s':>9}{'÷ matmul':>9}")
     for key, m in median.items():
         path, p, b = key.split("/")
         achieved = flops * m["images_per_s"] / 1e9
-        m.update(gflops=achieved, of_matmul=achieved / peak)
+        done = executed[p] * m["images_per_s"] / 1e9
+        m.update(gflops=achieved, of_matmul=achieved / peak, executed_gflops=done, executed_of_matmul=done / peak)
         print(
-            f"  {path:<9}{p:<11}{b:>5}{m['images_per_s']:>10.1f}{1e3 * m['cpu_s_per_image']:>11.2f}"
-            f"{achieved:>9.2f}{achieved / peak:>9.3f}"
+            f"  {path:<9}{p:<14}{b:>5}{m['images_per_s']:>10.1f}{1e3 * m['cpu_s_per_image']:>11.2f}"
+            f"{achieved:>9.2f}{achieved / peak:>9.3f}{done / peak:>19.3f}"
         )
     ratios = {}
-    for a, base in (("int8", "fp32"), ("int8", "fp32+prelu"), ("fp32+prelu", "fp32")):
+    for a, base in (("int8", "fp32"), ("int8-rewrite", "fp32"), ("int8", "int8-rewrite")):
         for path in ("raw ort", "triton"):
             for b in BATCHES:
                 m, n = median[f"{path}/{a}/{b}"], median[f"{path}/{base}/{b}"]
                 speed, cpu = m["images_per_s"] / n["images_per_s"], n["cpu_s_per_image"] / m["cpu_s_per_image"]
                 ratios[f"{a} / {base}, {path}, batch {b}"] = {"throughput": speed, "cpu_per_image": cpu}
                 print(
-                    f"  {a} ÷ {base:<10} {path:<8} batch {b:>2}: {speed:.2f}× images/s, {cpu:.2f}× less CPU per image"
+                    f"  {a:<12} ÷ {base:<12} {path:<8} batch {b:>2}: {speed:.2f}× images/s, "
+                    f"{cpu:.2f}× less CPU per image"
                 )
     for p, top in profiles.items():
         print(f"  profile {p} (batch 32): " + ", ".join(f"{op} {100 * share:.0f} %" for op, share in top))
@@ -266,8 +273,11 @@ def report(args, calibrated_on, quantize_cpu, comparison, median, extra, profile
             "args": {k: str(v) for k, v in vars(args).items()},
             "calibrated_on": calibrated_on,
             "quantize_cpu_s": quantize_cpu,
-            "accuracy": {**asdict(comparison), "accuracy_drop_points": comparison.accuracy_drop_points},
+            "accuracy": {
+                name: {**asdict(c), "accuracy_drop_points": c.accuracy_drop_points} for name, c in comparisons.items()
+            },
             "gflop_per_image": flops / 1e9,
+            "executed_gflop_per_image": {p: f / 1e9 for p, f in executed.items()},
             "matmul_gflops": peak,
             "median": median,
             "ratios": ratios,

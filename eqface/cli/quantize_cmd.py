@@ -10,6 +10,7 @@ from eqface.export.quantize import (
     DEFAULT_CALIBRATION_PACK,
     DEFAULT_HELD_OUT_IDENTITIES,
     DEFAULT_SETTINGS,
+    PRELU_FORMS,
 )
 
 
@@ -64,9 +65,11 @@ def add_quantization_options(parser: argparse.ArgumentParser) -> None:
         help="quantize the quality head too (by default the nodes only the quality output depends on stay fp32)",
     )
     group.add_argument(
-        "--keep-prelu",
-        action="store_true",
-        help="keep onnxruntime's PRelu kernel instead of the equal, faster Min/Mul/Add rewrite (eqface.export.prelu)",
+        "--prelu",
+        choices=PRELU_FORMS,
+        default=DEFAULT_SETTINGS.prelu,
+        help="PRelu folded into its Convs to run in int8 (fold), fp32 Min/Mul/Add between them (rewrite) or "
+        "onnxruntime's fp32 PRelu kernel (kernel); the same values in each (eqface.export.prelu)",
     )
     group.add_argument(
         "--reduce-range", action="store_true", help="7-bit weights, for x86 CPUs without VNNI (saturation)"
@@ -91,7 +94,7 @@ def quantize_from_args(onnx_path: Path, out: Path, args: argparse.Namespace):
         method=args.calibration_method,
         reduce_range=args.reduce_range,
         keep_quality_head_fp32=not args.quantize_quality_head,
-        decompose_prelu=not args.keep_prelu,
+        prelu=args.prelu,
     )
     result = quantize_onnx(onnx_path, out, faces, settings)
     print(

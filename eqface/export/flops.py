@@ -13,7 +13,8 @@ COUNTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def count_flops(path: str | Path) -> dict[str, int]:
-    """Operations per image of each counted op type (``COUNTED_OPS``); a quantized (QDQ) file counts like its fp32 one.
+    """Operations per image of each counted op type (``COUNTED_OPS``) in the file's own graph (a QDQ file's Convs count
+    like fp32 ones; one whose PRelu quantization folded into its Convs counts the extra Convs that brings).
 
     Raises:
         ValueError: a counted node's shapes could not be inferred.
