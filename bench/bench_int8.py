@@ -9,11 +9,13 @@
      raw ort   onnxruntime in this process, --threads intra-op threads, no spinning (as in the served model)
      triton    the same file behind the local Triton (python backend → onnxruntime), one gRPC client sending
                requests of that batch back to back to eqface_onnx; one server per file, all up throughout
+     triton concurrent  --clients closed-loop clients of one face per request against the same server: Triton's
+               dynamic batching joins them (a serving load: many cameras, one face each)
    plus CPU seconds per image (this process for raw ort; tritonserver, its backend stubs and this client for Triton)
    and achieved GFLOP/s ÷ this machine's fp32 matmul GFLOP/s (torch sgemm 1024³ on the same thread count), counted
    two ways: the model's Conv/Gemm FLOPs (the fp32 graph's) × images/s, and the FLOPs each file executes (folding
    PRelu doubles the int8 file's convolutions). Target: int8 ≥ 1.5× fp32.
-3. Profile: onnxruntime's per-op profile of the three files at batch 32, top op types by time.
+3. Profile: onnxruntime's per-op profile of the three files at batch 1 and 32, top op types by time.
 
   python bench/bench_int8.py                                    # the shipped model, runs/mfn-final/model.onnx
   python bench/bench_int8.py --fp32 runs/mfn-final/model.onnx --int8 runs/mfn-final/model.int8.onnx --json b.json
@@ -22,6 +24,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import resource
@@ -34,6 +37,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+from bench_triton import closed_loop
 
 from eqface import contract, paths
 from eqface.data.packs import load_pack
@@ -48,12 +52,14 @@ from eqface.export.quantize import (
     pack_training_faces,
     quantize_onnx,
 )
-from eqface.serving.client import infer_tensor
+from eqface.serving.client import infer_tensor, tensor_input
 from eqface.serving.launcher import TritonServer
 from eqface.serving.model_configs import OnnxRuntimeSettings
 from eqface.serving.repository import write_model_repository
 
 BATCHES = (1, 32)
+CONCURRENT = "triton concurrent"  # --clients clients, one face per request, batched by Triton
+WARMUP_S = 0.5
 # The fp32 file, its int8 file with PRelu left as the fp32 rewrite (separates what folding brings from what int8
 # brings), and its int8 file as `eqface quantize` writes it.
 FILES = ("fp32", "int8-rewrite", "int8")
@@ -137,6 +143,23 @@ def profile_top_ops(path: Path, x: np.ndarray, threads: int, runs: int, top: int
     return [(op, t / total) for op, t in sorted(by_op.items(), key=lambda kv: -kv[1])[:top]]
 
 
+def concurrent_load(server: TritonServer, x: np.ndarray, args) -> dict[str, float]:
+    """images/s of --clients closed-loop clients sending one face per request (Triton's dynamic batching joins them),
+    CPU s/image of tritonserver, its stubs and this process over the whole phase, and the batch Triton formed."""
+    singles = [tensor_input(x[i : i + 1]) for i in range(len(x))]
+    cpu = lambda: process_tree_cpu_seconds(server.pid) + own_cpu_seconds()  # noqa: E731
+    cpu0, start = cpu(), time.perf_counter()
+    load = asyncio.run(closed_loop(server, contract.ONNX_MODEL_NAME, singles, args.clients, WARMUP_S, args.seconds))
+    used, wall = cpu() - cpu0, time.perf_counter() - start
+    # CPU over warm-up and window together, per image at the window's rate over the same time: an estimate.
+    return {
+        "images_per_s": load.images_per_s,
+        "cpu_s_per_image": used / (load.images_per_s * wall),
+        "average_batch": load.average_batch,
+        "p50_ms": load.p50_ms,
+    }
+
+
 def throughput(files: dict[str, Path], x: np.ndarray, args) -> tuple[dict, dict]:
     """Median images/s and CPU s/image per (path, precision, batch) over interleaved rounds; plus the load averages."""
     import tritonclient.grpc as grpcclient
@@ -166,6 +189,8 @@ def throughput(files: dict[str, Path], x: np.ndarray, args) -> tuple[dict, dict]
                             args.seconds,
                             lambda pid=servers[p].pid: process_tree_cpu_seconds(pid) + own_cpu_seconds(),
                         )
+                    if args.clients:
+                        r[f"{CONCURRENT}/{p}/1"] = concurrent_load(servers[p], x, args)
                 rounds.append(r)
             load["after"] = os.getloadavg()[0]
             for c in clients.values():
@@ -188,8 +213,16 @@ def main() -> None:
     parser.add_argument("--calibration-images", type=int, default=QuantizationSettings().calibration_images)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="onnxruntime intra-op threads, all sides")
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per phase")
+    parser.add_argument(
+        "--clients", type=int, default=32, help="closed-loop Triton clients of one face each (0: skip the phase)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every phase")
-    parser.add_argument("--profile-runs", type=int, default=20, help="batch-32 runs profiled per file (0: none)")
+    parser.add_argument(
+        "--profile-runs",
+        type=int,
+        default=20,
+        help="batch-32 runs profiled per file, as many images at batch 1 (0: none)",
+    )
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()
     if not args.fp32.is_file():
@@ -213,10 +246,19 @@ def main() -> None:
         h, w = onnx_session(args.fp32).get_inputs()[0].shape[2:]
         x = contract.preprocess([held_out.image(i) for i in range(max(BATCHES))], (int(h), int(w)))
         median, extra = throughput(files, x, args)
-        profiles = {p: profile_top_ops(files[p], x, args.threads, args.profile_runs) for p in FILES}
-        profiles = profiles if args.profile_runs else {}
+        profiles = {
+            f"{p}, batch {b}": profile_top_ops(files[p], x[:b], args.threads, args.profile_runs * 32 // b)
+            for p in FILES
+            for b in BATCHES
+            if args.profile_runs
+        }
     comparisons = {"int8": comparison, "int8-rewrite": comparison_rewrite}
     report(args, calibration.description, quantize_cpu, comparisons, executed, median, extra, profiles)
+
+
+def phases(args) -> list[tuple[str, int]]:
+    """(path, batch) of every measured phase."""
+    return [(p, b) for p in ("raw ort", "triton") for b in BATCHES] + [(CONCURRENT, 1)] * (args.clients > 0)
 
 
 def report(args, calibrated_on, quantize_cpu, comparisons, executed, median, extra, profiles) -> None:
@@ -243,7 +285,7 @@ def report(args, calibrated_on, quantize_cpu, comparisons, executed, median, ext
         + f"; fp32 matmul on {args.threads} threads: {peak:.1f} GFLOP/s"
     )
     print(
-        f"  {'':<9}{'file':<14}{'batch':>5}{'images/s':>10}{'CPU ms/img':>11}{'GFLOP/s':>9}{'÷ matmul':>9}"
+        f"  {'':<18}{'file':<14}{'batch':>5}{'images/s':>10}{'CPU ms/img':>11}{'GFLOP/s':>9}{'÷ matmul':>9}"
         f"{'executed ÷ matmul':>19}"
     )
     for key, m in median.items():
@@ -251,23 +293,24 @@ def report(args, calibrated_on, quantize_cpu, comparisons, executed, median, ext
         achieved = flops * m["images_per_s"] / 1e9
         done = executed[p] * m["images_per_s"] / 1e9
         m.update(gflops=achieved, of_matmul=achieved / peak, executed_gflops=done, executed_of_matmul=done / peak)
+        batched = (
+            f"  (Triton's batch {m['average_batch']:.1f}, p50 {m['p50_ms']:.1f} ms)" if "average_batch" in m else ""
+        )
         print(
-            f"  {path:<9}{p:<14}{b:>5}{m['images_per_s']:>10.1f}{1e3 * m['cpu_s_per_image']:>11.2f}"
-            f"{achieved:>9.2f}{achieved / peak:>9.3f}{done / peak:>19.3f}"
+            f"  {path:<18}{p:<14}{b:>5}{m['images_per_s']:>10.1f}{1e3 * m['cpu_s_per_image']:>11.2f}"
+            f"{achieved:>9.2f}{achieved / peak:>9.3f}{done / peak:>19.3f}{batched}"
         )
     ratios = {}
     for a, base in (("int8", "fp32"), ("int8-rewrite", "fp32"), ("int8", "int8-rewrite")):
-        for path in ("raw ort", "triton"):
-            for b in BATCHES:
-                m, n = median[f"{path}/{a}/{b}"], median[f"{path}/{base}/{b}"]
-                speed, cpu = m["images_per_s"] / n["images_per_s"], n["cpu_s_per_image"] / m["cpu_s_per_image"]
-                ratios[f"{a} / {base}, {path}, batch {b}"] = {"throughput": speed, "cpu_per_image": cpu}
-                print(
-                    f"  {a:<12} ÷ {base:<12} {path:<8} batch {b:>2}: {speed:.2f}× images/s, "
-                    f"{cpu:.2f}× less CPU per image"
-                )
+        for path, b in phases(args):
+            m, n = median[f"{path}/{a}/{b}"], median[f"{path}/{base}/{b}"]
+            speed, cpu = m["images_per_s"] / n["images_per_s"], n["cpu_s_per_image"] / m["cpu_s_per_image"]
+            ratios[f"{a} / {base}, {path}, batch {b}"] = {"throughput": speed, "cpu_per_image": cpu}
+            print(
+                f"  {a:<12} ÷ {base:<12} {path:<18} batch {b:>2}: {speed:.2f}× images/s, {cpu:.2f}× less CPU per image"
+            )
     for p, top in profiles.items():
-        print(f"  profile {p} (batch 32): " + ", ".join(f"{op} {100 * share:.0f} %" for op, share in top))
+        print(f"  profile {p}: " + ", ".join(f"{op} {100 * share:.0f} %" for op, share in top))
     if args.json:
         data = {
             "args": {k: str(v) for k, v in vars(args).items()},
