@@ -56,9 +56,10 @@ class QuantizationSettings:
         prelu: what PRelu becomes (:mod:`eqface.export.prelu`; the values stay the same in each): ``fold`` folds it
             into the Convs that consume it, so that it runs in int8 kernels (QLinearConv, QLinearAdd) for twice the
             convolution work (on the shipped MobileFaceNet 2.9× the images/s of ``rewrite`` at batch 32 and 1.4× at
-            batch 1, accuracy −0.12 points from fp32 where ``rewrite`` lost 0.35; bench/bench_int8.py); ``rewrite`` leaves it as Min/Mul/Add in fp32 between a
-            DequantizeLinear and a QuantizeLinear; ``kernel`` keeps a PRelu node in fp32 (onnxruntime's slow kernel;
-            a file from ``eqface export`` has the rewrite already, which then stays).
+            batch 1, accuracy −0.12 points from fp32 where ``rewrite`` lost 0.35; bench/bench_int8.py);
+            ``rewrite`` leaves it as Min/Mul/Add in fp32 between a DequantizeLinear and a QuantizeLinear;
+            ``kernel`` keeps a PRelu node in fp32 (onnxruntime's slow kernel; a file from ``eqface export`` has
+            the rewrite already, which then stays).
     """
 
     calibration_images: int = 256
