@@ -128,3 +128,25 @@ def test_a_prelu_without_a_foldable_producer_stays_rewritten():
     before = [n.name for n in model.graph.node]
     assert fold_prelu_into_convs(model) == ()
     assert [n.name for n in model.graph.node] == before
+
+
+def test_a_slope_that_is_not_per_channel_is_not_folded():
+    """A slope broadcast along the width (one per column) cannot scale a Conv's input channels: left rewritten."""
+    rng = np.random.default_rng(3)
+    init = {"w1": rng.normal(size=(4, 3, 3, 3)), "s": np.array([0.1, 0.5, 0.9]), "w2": rng.normal(size=(2, 4, 3, 3))}
+    nodes = [
+        _conv("c1", "x", "w1", "y1"),
+        helper.make_node("PRelu", ["y1", "s"], ["p"], name="prelu"),
+        _conv("c2", "p", "w2", "out"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 5, 3])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 2, 5, 3])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in init.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    decompose_prelu(model)
+    assert fold_prelu_into_convs(model) == ()
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Min", "Mul", "Add", "Conv"]

@@ -115,14 +115,18 @@ def fold_prelu_into_convs(model, keep: frozenset[str] = frozenset()) -> tuple[st
             continue
         x, y = minimum.input[0], adds[0].output[0]
         source = producer.get(x)
+        slope = numpy_helper.to_array(initializers[factor]).astype(np.float32).reshape(-1) + np.float32(1.0)
         folded = [
             q
             for q in consumers.get(y, [])
-            if q.op_type == "Conv" and q.input[0] == y and q.input[1] in initializers and q.name not in keep
+            if q.op_type == "Conv"
+            and q.input[0] == y
+            and q.input[1] in initializers
+            and q.name not in keep
+            and slope.size in (1, _in_channels(initializers[q.input[1]], q))  # one slope per channel, or one for all
         ]
         if source is None or source.op_type not in ("Conv", "Add") or len(source.output) != 1 or not folded:
             continue
-        slope = numpy_helper.to_array(initializers[factor]).astype(np.float32).reshape(-1) + np.float32(1.0)
         positive = f"{x}_positive"
         copy = helper.make_node(source.op_type, list(source.input), [f"{x}_copy"], name=f"{source.name}_copy")
         copy.attribute.extend(source.attribute)
@@ -135,7 +139,7 @@ def fold_prelu_into_convs(model, keep: frozenset[str] = frozenset()) -> tuple[st
             parts = []
             for suffix, scale, inputs in (("linear", per_input, [x]), ("relu", 1.0 - per_input, [positive])):
                 name = f"{q.name}_{suffix}"
-                w = numpy_helper.from_array(weight * scale, f"{q.input[1]}_{suffix}")
+                w = numpy_helper.from_array(weight * scale, f"{name}_weight")  # per node: weights may be shared
                 graph.initializer.append(w)
                 initializers[w.name] = w
                 bias = list(q.input[2:3]) if suffix == "linear" else []
@@ -155,6 +159,10 @@ def fold_prelu_into_convs(model, keep: frozenset[str] = frozenset()) -> tuple[st
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return tuple(added)
+
+
+def _in_channels(weight, conv) -> int:
+    return int(weight.dims[1]) * _group(conv)
 
 
 def _group(conv) -> int:
