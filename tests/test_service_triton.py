@@ -284,6 +284,34 @@ def test_triton_outage_is_unavailable_then_recovers(tmp_path, triton, mobileface
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("crashed", ["preprocess", "eqface_onnx"])
+def test_a_crashed_backend_stub_is_not_ready_until_triton_restarts(tmp_path, triton, mobilefacenet, people, crashed):
+    """A python-backend stub that dies leaves Triton reporting its model ready while every request fails: the
+    service's probe request finds it, so image frames answer UNAVAILABLE (resend later) at once, the Triton
+    component and dependency_up say so (the alert), feature frames keep working; a restarted Triton is followed."""
+    images = people["person0"]
+    with serve_in_thread(_config(tmp_path, triton, mobilefacenet)) as server, aggregator_stub(server.target) as stub:
+        wait_serving(server.target, 30)
+        _stream_images(stub, "cam", images[:2])
+        triton.crash_stub(crashed)
+        _wait_health(server.target, TRITON_HEALTH, NOT_SERVING)
+        with pytest.raises(grpc.RpcError) as err:
+            _stream_images(stub, "cam", images[2:4], first_seq=3)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+        assert health_status(server.target, "") == SERVING  # readiness does not follow Triton
+        feature = pb.StreamFramesRequest(frames=[feature_frame("f", 1, unit(np.ones(128)), 0.9)])
+        reply = stub.StreamFrames(iter([feature]))
+        assert [r.status for m in reply for r in m.results] == [pb.FRAME_STATUS_SEEDED]
+        text = server.server.service.metrics.exposition().decode()
+        assert _sample(text, 'eqface_aggregator_dependency_up{dependency="triton"}') == 0
+        assert _sample(text, 'eqface_aggregator_triton_errors_total{reason="probe_internal"}') >= 1
+        triton.stop()
+        triton.start()
+        _wait_health(server.target, TRITON_HEALTH, SERVING, timeout_s=30)
+        assert len(_stream_images(stub, "cam", images[2:4], first_seq=3)) == 2
+
+
+@pytest.mark.integration
 @pytest.mark.slow
 def test_tensor_mode_from_the_command_line_sends_the_served_models_size(tmp_path, triton, people):
     """``python -m eqface.service --triton-input tensor`` on the 112x96 MobileFaceNet: no flag names the size (it

@@ -4,7 +4,8 @@ Two entry points of the inference contract (``eqface.contract``) are supported: 
 image bytes (``ENSEMBLE_MODEL_NAME``, input ``IMAGE_BYTES_NAME`` BYTES [N, 1]) and the tensor model
 (``ONNX_MODEL_NAME``, input ``INPUT_NAME`` FP32 [N, 3, H, W]). Both answer ``EMBEDDING_NAME`` FP32 [N, D] and
 ``QUALITY_NAME`` FP32 [N, 1]. Any transport failure is ``Unavailable`` and marks Triton not ready; a probe loop
-re-checks readiness every ``probe_interval_s`` and marks it ready again once Triton answers.
+re-checks readiness every ``probe_interval_s`` (server and model ready, and one real request of one image, since
+Triton reports a model with a crashed python-backend stub ready) and marks it ready again once Triton answers.
 
 The shapes come from the served model itself (Triton's model metadata, re-read by every probe, so a redeployed model
 is followed): H and W of the tensor model's input, and D, which must equal the service's ``embedding_dim`` (feature
@@ -16,6 +17,8 @@ give the model's calibrated aggregation thresholds (``eqface.contract.THRESHOLD_
 from __future__ import annotations
 
 import asyncio
+import functools
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -116,6 +119,7 @@ class TritonEmbedder:
         self.embedding_size = embedding_size
         self.served: ServedModel | None = None  # from the model's metadata, once a probe read it
         self.problem: str | None = None  # why the served model cannot be used, when it cannot
+        self._probe_failure: str | None = None  # what the last probe request answered, when it failed
         self.model = contract.ENSEMBLE_MODEL_NAME if config.input_kind == "bytes" else contract.ONNX_MODEL_NAME
         self._metrics = metrics
         self._on_ready_change = on_ready_change or (lambda ready: None)
@@ -171,6 +175,7 @@ class TritonEmbedder:
             )
             if ok:
                 served = await self._read_served_model()
+                ok = await self._probe_inference(served)
         except FailedPrecondition as exc:
             ok, problem = False, str(exc)
         except Exception as exc:  # tritonclient raises its own exception type for every transport error
@@ -184,6 +189,42 @@ class TritonEmbedder:
             self._on_model_change(served)
         self._set_ready(bool(ok))
         return self.ready
+
+    async def _probe_inference(self, served: ServedModel) -> bool:
+        """One real request of one image: Triton can report a model ready that fails every request (a crashed
+        python-backend stub answers "Stub process … is not healthy" until Triton restarts). A timeout is left alone:
+        it may only mean overload, which the readiness calls' own timeouts judge."""
+        from tritonclient.grpc import InferInput, InferRequestedOutput
+        from tritonclient.utils import InferenceServerException
+
+        if self.config.input_kind == "bytes":
+            tensor = InferInput(contract.IMAGE_BYTES_NAME, [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[_probe_jpeg()]], dtype=object))
+        else:
+            tensor = InferInput(contract.INPUT_NAME, [1, *served.input_shape], "FP32")
+            tensor.set_data_from_numpy(np.zeros((1, *served.input_shape), contract.INPUT_DTYPE))
+        outputs = [InferRequestedOutput(contract.EMBEDDING_NAME), InferRequestedOutput(contract.QUALITY_NAME)]
+        try:
+            await self._client.infer(self.model, [tensor], outputs=outputs, client_timeout=self.config.timeout_s)
+        except InferenceServerException as exc:
+            reason = _reason(exc.status())
+            if reason == "deadline_exceeded":
+                return self.ready
+            self._count_error(f"probe_{reason}")
+            failure = str(exc.message() or exc)
+            if failure != self._probe_failure:
+                log.error(
+                    "Triton %s reports model %r ready but a probe request failed (%s): image requests answer "
+                    "UNAVAILABLE until it answers again; a crashed python-backend stub does not come back by itself, "
+                    "restart Triton",
+                    self.config.url,
+                    self.model,
+                    failure,
+                )
+            self._probe_failure = failure
+            return False
+        self._probe_failure = None
+        return True
 
     async def _read_served_model(self) -> ServedModel:
         meta = await self._client.get_model_metadata(self.model, client_timeout=self.config.timeout_s)
@@ -251,6 +292,16 @@ class TritonEmbedder:
     def _count_error(self, reason: str) -> None:
         if self._metrics is not None:
             self._metrics.triton_errors.labels(reason).inc()
+
+
+@functools.cache
+def _probe_jpeg() -> bytes:
+    """A 32×32 mid-grey JPEG: the probe request of the bytes-in ensemble (decoded and resized like any image)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(out, format="JPEG")
+    return out.getvalue()
 
 
 def _reason(status: str | None) -> str:

@@ -302,6 +302,21 @@ class TritonProcess(TritonHelper):
     def thaw(self) -> None:
         os.kill(self.pid, signal.SIGCONT)  # type: ignore[arg-type]
 
+    def crash_stub(self, model: str) -> int:
+        """SIGSEGV to the python-backend stub that runs ``model`` (as the stub itself crashed, seen on this machine);
+        returns its pid. Triton keeps reporting the model ready and answers every request with "Stub process … is
+        not healthy" until it restarts."""
+        for entry in Path("/proc").iterdir():
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == self.pid and b"triton_python_backend_stub" in args[0] and f"/{model}/".encode() in args[1]:
+                os.kill(int(entry.name), signal.SIGSEGV)
+                return int(entry.name)
+        raise AssertionError(f"no python-backend stub of {model!r} under Triton (pid {self.pid})")
+
     def stop(self, timeout_s: float = 60.0) -> None:
         if self.pid is not None:
             try:
