@@ -200,3 +200,21 @@ def test_a_byor_graft_is_quantized_like_the_project_model(shared_data, faces, tm
     _, held_out = split_identities(load_pack(shared_data / FACE_PACK), HELD_OUT)
     c = compare_precisions(served, int8.path, held_out.subset(np.flatnonzero(held_out.labels < 8)), max_pairs=500)
     assert c.accuracy_drop_points <= 2.0 and c.quality_spearman >= 0.95 and c.embedding_cosine >= 0.95, c
+
+
+def test_a_models_own_data_gives_its_calibration_faces(tmp_path):
+    """``eqface quantize --calibration-model`` calibrates on the model's training identities and ``eqface export``
+    without a pack on its held-out ones: both read the split from the configuration stored in model.pt."""
+    from eqface.config import preset
+    from eqface.export.quantize import model_training_faces
+    from eqface.export.thresholds import model_data, training_faces
+    from eqface.train.distributed import DistEnv
+    from eqface.train.plan import train_all_steps
+
+    train_all_steps(preset("test"), tmp_path, DistEnv())
+    name, eval_identities, train, held_out = model_data(tmp_path / "model.pt")
+    assert name == "synthetic" and eval_identities == 3
+    assert len(np.unique(train.labels)) == 5 and len(np.unique(held_out.labels)) == 3
+    calibration, evaluation = model_training_faces(tmp_path / "model.pt"), training_faces(tmp_path / "model.pt")
+    assert len(calibration.source) == len(train) and calibration.description == "synthetic: training identities"
+    assert len(evaluation.source) == len(held_out) and evaluation.description == "synthetic: 3 held-out ids"

@@ -27,7 +27,7 @@ import numpy as np
 from eqface import contract
 from eqface.data.sources import FaceSource
 from eqface.export.prelu import decompose_prelu, fold_prelu_into_convs, rewritten_prelu_nodes
-from eqface.export.thresholds import CalibrationFaces
+from eqface.export.thresholds import CalibrationFaces, model_data
 
 FP32, INT8 = contract.PRECISIONS
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -105,20 +105,10 @@ def pack_training_faces(pack: str | Path, held_out_identities: int) -> Calibrati
 def model_training_faces(model_pt: str | Path) -> CalibrationFaces:
     """The training identities of the data a ``model.pt`` was trained on, as its stored configuration names them.
 
-    Raises:
-        ValueError: the model file stores no training configuration.
-        FileNotFoundError: its training data is not on this machine.
+    Raises: as :func:`eqface.export.thresholds.model_data`.
     """
-    from eqface.config import config_from_dict
-    from eqface.train.checkpoint import load
-    from eqface.train.plan import load_training_data
-
-    state = load(model_pt)
-    if "config" not in state:
-        raise ValueError(f"{model_pt} stores no training configuration: pass a calibration pack")
-    cfg = config_from_dict(json.loads(state["config"]))
-    train, _ = load_training_data(cfg)
-    return CalibrationFaces(train, f"{cfg.data.path or cfg.data.source}: training identities")
+    name, _, train, _ = model_data(model_pt)
+    return CalibrationFaces(train, f"{name}: training identities")
 
 
 def evenly_spaced_indices(n: int, count: int) -> np.ndarray:

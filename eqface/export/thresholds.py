@@ -31,8 +31,9 @@ class CalibrationFaces:
     description: str
 
 
-def training_faces(model_pt: str | Path) -> CalibrationFaces:
-    """The held-out identities of the data the model was trained on (its training faces when none were held out).
+def model_data(model_pt: str | Path) -> tuple[str, int, FaceSource, FaceSource | None]:
+    """The data a ``model.pt`` was trained on, as its stored configuration names it: (the data's name, its training
+    faces, its held-out faces or None).
 
     Raises:
         ValueError: the model file stores no training configuration.
@@ -47,11 +48,18 @@ def training_faces(model_pt: str | Path) -> CalibrationFaces:
         raise ValueError(f"{model_pt} stores no training configuration: pass a calibration pack")
     cfg = config_from_dict(json.loads(state["config"]))
     train, held_out = load_training_data(cfg)
+    return cfg.data.path or cfg.data.source, cfg.data.eval_identities, train, held_out
+
+
+def training_faces(model_pt: str | Path) -> CalibrationFaces:
+    """The held-out identities of the data the model was trained on (its training faces when none were held out).
+
+    Raises: as :func:`model_data`.
+    """
+    name, eval_identities, train, held_out = model_data(model_pt)
     if held_out is not None:
-        return CalibrationFaces(
-            held_out, f"{cfg.data.path or cfg.data.source}: {cfg.data.eval_identities} held-out ids"
-        )
-    return CalibrationFaces(train, f"{cfg.data.path or cfg.data.source}: training faces (no held-out identities)")
+        return CalibrationFaces(held_out, f"{name}: {eval_identities} held-out ids")
+    return CalibrationFaces(train, f"{name}: training faces (no held-out identities)")
 
 
 def pack_faces(pack: str | Path) -> CalibrationFaces:
