@@ -194,18 +194,12 @@ class TritonEmbedder:
         """One real request of one image: Triton can report a model ready that fails every request (a crashed
         python-backend stub answers "Stub process … is not healthy" until Triton restarts). A timeout is left alone:
         it may only mean overload, which the readiness calls' own timeouts judge."""
-        from tritonclient.grpc import InferInput, InferRequestedOutput
         from tritonclient.utils import InferenceServerException
 
-        if self.config.input_kind == "bytes":
-            tensor = InferInput(contract.IMAGE_BYTES_NAME, [1, 1], "BYTES")
-            tensor.set_data_from_numpy(np.array([[_probe_jpeg()]], dtype=object))
-        else:
-            tensor = InferInput(contract.INPUT_NAME, [1, *served.input_shape], "FP32")
-            tensor.set_data_from_numpy(np.zeros((1, *served.input_shape), contract.INPUT_DTYPE))
-        outputs = [InferRequestedOutput(contract.EMBEDDING_NAME), InferRequestedOutput(contract.QUALITY_NAME)]
+        bytes_in = self.config.input_kind == "bytes"
+        image = _probe_jpeg() if bytes_in else np.zeros(served.input_shape, contract.INPUT_DTYPE)
         try:
-            await self._client.infer(self.model, [tensor], outputs=outputs, client_timeout=self.config.timeout_s)
+            await self._request([image], served.input_shape)
         except InferenceServerException as exc:
             reason = _reason(exc.status())
             if reason == "deadline_exceeded":
@@ -246,31 +240,36 @@ class TritonEmbedder:
             log.warning("Triton %s is %s", self.config.url, "ready" if ready else "NOT ready")
             self._on_ready_change(ready)
 
-    async def _probe_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.probe_interval_s)
-            await self.probe()
-
-    async def _infer(self, images: list[Any]) -> list[Embedded]:
+    async def _request(self, images: list[Any], shape: tuple[int, int, int] | None):
+        """One Triton request of ``images``: encoded bytes to the ensemble, or [C, H, W] arrays (``shape``) to the
+        tensor model; both outputs requested."""
         from tritonclient.grpc import InferInput, InferRequestedOutput
-        from tritonclient.utils import InferenceServerException
 
         n = len(images)
         if self.config.input_kind == "bytes":
             tensor = InferInput(contract.IMAGE_BYTES_NAME, [n, 1], "BYTES")
             tensor.set_data_from_numpy(np.array(images, dtype=object).reshape(n, 1))
         else:
-            shape = self.served.input_shape if self.served is not None else None
-            if shape is None:  # image_size() was checked before the images were converted
-                raise Unavailable(f"the input shape of model {self.model!r} is not known yet; retry later")
             tensor = InferInput(contract.INPUT_NAME, [n, *shape], "FP32")
             tensor.set_data_from_numpy(np.stack(images).astype(contract.INPUT_DTYPE, copy=False))
         outputs = [InferRequestedOutput(contract.EMBEDDING_NAME), InferRequestedOutput(contract.QUALITY_NAME)]
+        return await self._client.infer(self.model, [tensor], outputs=outputs, client_timeout=self.config.timeout_s)
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.probe_interval_s)
+            await self.probe()
+
+    async def _infer(self, images: list[Any]) -> list[Embedded]:
+        from tritonclient.utils import InferenceServerException
+
+        n = len(images)
+        shape = self.served.input_shape if self.served is not None else None
+        if self.config.input_kind != "bytes" and shape is None:  # image_size() was checked before the conversion
+            raise Unavailable(f"the input shape of model {self.model!r} is not known yet; retry later")
         started = time.perf_counter()
         try:
-            result = await self._client.infer(
-                self.model, [tensor], outputs=outputs, client_timeout=self.config.timeout_s
-            )
+            result = await self._request(images, shape)
         except InferenceServerException as exc:
             reason = _reason(exc.status())
             self._count_error(reason)
