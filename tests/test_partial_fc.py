@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from eqface.losses import CombinedMarginLoss, NormalizedClassifier
 from eqface.losses.partial_fc import PartialFC, shard_range
-from tests.support.distributed import MARGIN, TinyNet, partial_fc_worker, problem, run_gloo
+from tests.support.distributed import MARGIN, TinyNet, partial_fc_worker, problem, run_gloo, step_inputs
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}
 
@@ -21,16 +21,7 @@ def _reference(form: str) -> dict:
     classifier = NormalizedClassifier(centres.shape[1], centres.shape[0])
     with torch.no_grad():
         classifier.weight.copy_(centres)
-    emb, quality = net(p["x"])
-    if form == "step2":
-        emb = emb.detach()
-        classifier.weight.requires_grad_(False)
-    else:
-        quality = None if form == "step1" else quality.detach()
-    if emb.requires_grad:
-        emb.retain_grad()
-    if quality is not None and quality.requires_grad:
-        quality.retain_grad()
+    emb, quality = step_inputs(form, *net(p["x"]), classifier.weight)
     cos = classifier(emb)
     loss = CombinedMarginLoss(MARGIN)(cos, labels, quality)
     loss.backward()

@@ -68,6 +68,21 @@ class TinyNet(nn.Module):
 MARGIN = MarginConfig(m1=1.0, m2=0.3, m3=0.2, scale=8.0)
 
 
+def step_inputs(form: str, emb: torch.Tensor, quality: torch.Tensor, weight: torch.Tensor):
+    """What each step's loss sees: Step 1 the embedding (no quality), Step 2 the quality against a fixed embedding
+    and classifier, Step 3 the embedding weighted by a fixed quality; the trained tensors keep their gradients."""
+    if form == "step2":
+        emb = emb.detach()
+        weight.requires_grad_(False)
+    else:
+        quality = None if form == "step1" else quality.detach()
+    if emb.requires_grad:
+        emb.retain_grad()
+    if quality is not None and quality.requires_grad:
+        quality.retain_grad()
+    return emb, quality
+
+
 def rows_of(rank: int, sizes: list[int]) -> slice:
     start = sum(sizes[:rank])
     return slice(start, start + sizes[rank])
@@ -100,16 +115,7 @@ def equality_case(rank: int, form: str, sizes: list[int]) -> dict[str, Any]:
     net = nn.parallel.DistributedDataParallel(tiny)
     pfc = PartialFC(p["centres"].shape[1], p["centres"].shape[0], CombinedMarginLoss(MARGIN))
     pfc.load_full(p["centres"])
-    emb, quality = net(p["x"][mine])
-    if form == "step2":
-        emb = emb.detach()
-        pfc.weight.requires_grad_(False)
-    else:
-        quality = None if form == "step1" else quality.detach()
-    if emb.requires_grad:
-        emb.retain_grad()
-    if quality is not None and quality.requires_grad:
-        quality.retain_grad()
+    emb, quality = step_inputs(form, *net(p["x"][mine]), pfc.weight)
     out = pfc(emb, p["labels"][mine], quality)
     out.loss.backward()
     return {
