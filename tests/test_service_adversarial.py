@@ -54,6 +54,15 @@ async def _until(predicate, timeout_s: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _close_streams(held: dict[str, list], quotas) -> None:
+    """Cancels the held streams, closes their channels and waits until the server released every stream."""
+    for call in held.get("calls", []):
+        call.cancel()
+    for channel in held.get("channels", []):
+        await channel.close()
+    await _until(lambda: quotas.streams == 0, 20, "the cancelled streams to be released")
+
+
 def test_a_thousand_idle_streams_do_not_block_health_or_unary_calls(tmp_path):
     """Streams are capped by the service, not by gRPC's call limit: health checks and unary calls keep their own
     slots (``max_concurrent_rpcs`` = 8 here) however many streams are open, and the stream above the cap is refused
@@ -77,13 +86,6 @@ def test_a_thousand_idle_streams_do_not_block_health_or_unary_calls(tmp_path):
             held["calls"] = [_raw_stream(held["channels"][i % 4]) for i in range(1000)]
             await _until(lambda: quotas.streams == 1000, 60, "1,000 open streams")
 
-        async def close_streams() -> None:
-            for call in held.get("calls", []):
-                call.cancel()
-            for channel in held.get("channels", []):
-                await channel.close()
-            await _until(lambda: quotas.streams == 0, 20, "the cancelled streams to be released")
-
         try:
             server.run(open_streams(), 90)
             assert health_status(server.target) == health_pb2.HealthCheckResponse.SERVING
@@ -97,7 +99,7 @@ def test_a_thousand_idle_streams_do_not_block_health_or_unary_calls(tmp_path):
                 assert "the server has 1000 streams open" in err.value.details()
             assert health_status(server.target) == health_pb2.HealthCheckResponse.SERVING
         finally:
-            server.run(close_streams(), 60)
+            server.run(_close_streams(held, quotas), 60)
 
 
 def test_one_tenants_idle_streams_leave_another_tenant_its_streams_and_calls(tmp_path):
@@ -118,13 +120,6 @@ def test_one_tenants_idle_streams_leave_another_tenant_its_streams_and_calls(tmp
             held["calls"] = [_raw_stream(held["channels"][0]) for _ in range(200)]
             await _until(lambda: quotas.streams == 200, 60, "tenant hog's 200 open streams")
 
-        async def close_streams() -> None:
-            for call in held.get("calls", []):
-                call.cancel()
-            for channel in held.get("channels", []):
-                await channel.close()
-            await _until(lambda: quotas.streams == 0, 20, "the cancelled streams to be released")
-
         try:
             server.run(open_streams(), 90)
             assert health_status(server.health_target) == health_pb2.HealthCheckResponse.SERVING
@@ -143,7 +138,7 @@ def test_one_tenants_idle_streams_leave_another_tenant_its_streams_and_calls(tmp
                 assert list(hog.ListSubjects(pb.ListSubjectsRequest(), timeout=5).subject_ids) == []
             assert health_status(server.health_target) == health_pb2.HealthCheckResponse.SERVING
         finally:
-            server.run(close_streams(), 60)
+            server.run(_close_streams(held, quotas), 60)
 
 
 def test_streams_that_never_read_stay_within_the_memory_budget(tmp_path):
